@@ -1,0 +1,61 @@
+//! The agent's configuration: every flag also reads a `DEVCTL_*` variable.
+
+use std::{collections::HashMap, time::Duration};
+
+use clap::Parser;
+use devctl_proto::validate::{self, InvalidField};
+
+/// devctl-agent: runs dev containers on this host's Docker engine, driven by
+/// the scheduler over NATS. Dials out only; opens no port.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "devctl-agent", version, about, long_about = None)]
+pub struct Config {
+    /// This node's name in the cluster (a DNS label, unique per cluster).
+    #[arg(long, env = "DEVCTL_NODE")]
+    pub node: String,
+
+    /// NATS server URL.
+    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+
+    /// Node label KEY=VALUE (repeatable; comma-separated in the variable).
+    #[arg(long = "label", env = "DEVCTL_NODE_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+
+    /// Docker engine URL (unix:///var/run/docker.sock, tcp://HOST:2375);
+    /// default: DOCKER_HOST, then the local socket.
+    #[arg(long, env = "DEVCTL_DOCKER_HOST")]
+    pub docker_host: Option<String>,
+
+    /// How often to send a heartbeat.
+    #[arg(long, env = "DEVCTL_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// Commands executed at once; further commands wait.
+    #[arg(long, env = "DEVCTL_MAX_CONCURRENT_OPS", default_value_t = 32)]
+    pub max_concurrent_ops: usize,
+
+    /// How long shutdown waits for commands in flight.
+    #[arg(long, env = "DEVCTL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// Checks the node name and parses the labels.
+    pub fn validate(&self) -> Result<HashMap<String, String>, InvalidField> {
+        validate::dns_label("--node", &self.node)?;
+        if self.heartbeat_interval.is_zero() {
+            return Err(InvalidField::new(
+                "--heartbeat-interval",
+                "must be more than zero (e.g. 1s)",
+            ));
+        }
+        let mut labels = HashMap::new();
+        for l in &self.labels {
+            let (k, v) = validate::key_value("--label", l)?;
+            validate::label_key("--label", &k)?;
+            labels.insert(k, v);
+        }
+        Ok(labels)
+    }
+}

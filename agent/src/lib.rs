@@ -1,0 +1,192 @@
+//! devctl-agent: one per Docker host.
+//!
+//! - [`config`]: flags and environment.
+//! - [`bus`]: the NATS connection (commands in, heartbeats out); the only
+//!   module that speaks NATS.
+//! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
+//!   that speaks Docker.
+//! - [`dispatch`]: one command in, runtime calls, one reply out.
+//! - [`run`]: the agent's main loop.
+//!
+//! ```text
+//! scheduler --cmd--> NATS --> Commands --> dispatch --> DockerRuntime --> engine
+//!     ^                                       |
+//!     +-------- reply / heartbeat <-----------+
+//! ```
+
+pub mod bus;
+pub mod config;
+pub mod dispatch;
+pub mod runtime;
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
+
+use devctl_proto::pb;
+use thiserror::Error;
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use config::Config;
+use runtime::{ContainerRuntime, EngineInfo, RuntimeError};
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A flag is wrong.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] devctl_proto::validate::InvalidField),
+    /// The bus failed.
+    #[error(transparent)]
+    Bus(#[from] bus::BusError),
+    /// The engine failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// Connects to the engine and the bus and serves commands until `shutdown`
+/// resolves, then drains commands in flight and tells the scheduler it is
+/// leaving.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let labels = config.validate()?;
+    let runtime =
+        runtime::docker::DockerRuntime::connect(config.docker_host.as_deref(), &config.node)
+            .await?;
+    let bus = bus::Bus::connect(&config.nats, &config.node).await?;
+    serve(config, labels, runtime, bus, shutdown).await
+}
+
+/// The main loop, over any runtime.
+pub async fn serve<R: ContainerRuntime>(
+    config: Config,
+    labels: HashMap<String, String>,
+    runtime: R,
+    bus: bus::Bus,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let info = runtime.info().await?;
+    let found = runtime.inventory().await?;
+    tracing::info!(
+        node = %config.node,
+        engine = %info.version,
+        cpus = info.cpus,
+        memory_bytes = info.memory_bytes,
+        containers = found.len(),
+        "agent started"
+    );
+    for c in &found {
+        tracing::info!(id = %c.id, name = %c.name, engine_status = %c.engine_status, "found devctl container");
+    }
+
+    let runtime = Arc::new(runtime);
+    let tasks = TaskTracker::new();
+    let stop = CancellationToken::new();
+    let heartbeats = HeartbeatLoop {
+        bus: bus.clone(),
+        config: config.clone(),
+        labels,
+        info,
+        boot_id: uuid::Uuid::new_v4().to_string(),
+    };
+    tasks.spawn(heartbeats.run(Arc::clone(&runtime), stop.clone()));
+
+    let mut commands = bus.commands().await?;
+    let permits = Arc::new(Semaphore::new(config.max_concurrent_ops.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = commands.next() => {
+                let Some(incoming) = incoming else {
+                    tracing::warn!("command subscription ended");
+                    break;
+                };
+                // Back-pressure: at capacity, stop taking commands until one
+                // finishes.
+                let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore is never closed");
+                let runtime = Arc::clone(&runtime);
+                let bus = bus.clone();
+                tasks.spawn(async move {
+                    let reply = dispatch::handle(runtime.as_ref(), incoming.command.clone()).await;
+                    if let Err(e) = bus.reply(&incoming, &reply).await {
+                        tracing::error!(error = %e, "could not send reply");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    commands.close().await;
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?config.shutdown_timeout, "commands still running at shutdown were abandoned");
+    }
+    bus.flush().await?;
+    tracing::info!(node = %config.node, "agent stopped");
+    Ok(())
+}
+
+struct HeartbeatLoop {
+    bus: bus::Bus,
+    config: Config,
+    labels: HashMap<String, String>,
+    info: EngineInfo,
+    boot_id: String,
+}
+
+impl HeartbeatLoop {
+    fn heartbeat(&self, running: i32, leaving: bool) -> pb::Heartbeat {
+        pb::Heartbeat {
+            node: self.config.node.clone(),
+            boot_id: self.boot_id.clone(),
+            labels: self.labels.clone(),
+            cpus: self.info.cpus,
+            memory_bytes: self.info.memory_bytes,
+            docker_version: self.info.version.clone(),
+            agent_version: devctl_proto::VERSION.to_string(),
+            platform: self.info.platform.clone(),
+            time: Some(SystemTime::now().into()),
+            running_containers: running,
+            leaving,
+        }
+    }
+
+    /// Sends a heartbeat every interval while the engine answers, and a
+    /// final `leaving` one when `stop` is cancelled.
+    async fn run<R: ContainerRuntime>(self, runtime: Arc<R>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut engine_ok = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            // A node whose engine does not answer is not healthy: skip the
+            // heartbeat so the scheduler marks it down.
+            match runtime.running_count().await {
+                Ok(running) => {
+                    if !engine_ok {
+                        tracing::info!("engine answers again");
+                        engine_ok = true;
+                    }
+                    if let Err(e) = self.bus.heartbeat(&self.heartbeat(running, false)).await {
+                        tracing::warn!(error = %e, "heartbeat not sent");
+                    }
+                }
+                Err(e) if engine_ok => {
+                    tracing::error!(error = %e, "engine does not answer; heartbeats paused");
+                    engine_ok = false;
+                }
+                Err(_) => {}
+            }
+        }
+        if let Err(e) = self.bus.heartbeat(&self.heartbeat(0, true)).await {
+            tracing::warn!(error = %e, "leaving heartbeat not sent");
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The Docker engine, through bollard. The only file of the agent that
+//! speaks to Docker.
+//!
+//! Each engine container devctl creates is named `devctl-<name>-<id8>` and
+//! labelled with [`devctl_proto::labels`]; lookups always filter on this
+//! node's label, so several agents may share one engine without touching
+//! each other's containers.
+
+use std::{collections::HashMap, time::SystemTime};
+
+use bollard::{
+    Docker,
+    errors::Error as BollardError,
+    models::{ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig},
+    query_parameters::{
+        CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+        RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
+        StopContainerOptions,
+    },
+};
+use devctl_proto::{labels, pb};
+
+use super::{ContainerRuntime, EngineInfo, RuntimeError};
+
+/// A Docker engine, seen from one node.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    node: String,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine at `host` (`unix:///…`, `tcp://…`), or to the
+    /// local default (`DOCKER_HOST`, then `/var/run/docker.sock`), and
+    /// negotiates the API version, so older engines work.
+    pub async fn connect(host: Option<&str>, node: &str) -> Result<Self, RuntimeError> {
+        let docker = match host {
+            Some(h) => Docker::connect_with_host(h),
+            None => Docker::connect_with_local_defaults(),
+        }
+        .map_err(engine)?
+        .negotiate_version()
+        .await
+        .map_err(engine)?;
+        Ok(Self {
+            docker,
+            node: node.to_string(),
+        })
+    }
+
+    fn node_filter(&self, extra: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+        let mut label = vec![
+            format!("{}=true", labels::MANAGED),
+            format!("{}={}", labels::NODE, self.node),
+        ];
+        label.extend(extra.iter().map(|(k, v)| format!("{k}={v}")));
+        HashMap::from([("label".to_string(), label)])
+    }
+
+    /// The engine id of the devctl container `id` of this node, if any.
+    async fn find(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.node_filter(&[(labels::ID, id)])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine)?;
+        Ok(list.into_iter().find_map(|c| c.id))
+    }
+
+    async fn find_required(&self, id: &str) -> Result<String, RuntimeError> {
+        self.find(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
+    }
+
+    async fn status(&self, runtime_id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+        let inspect = self
+            .docker
+            .inspect_container(runtime_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(e, runtime_id))?;
+        Ok(status_of(&inspect))
+    }
+
+    async fn create_new(&self, spec: &pb::Container) -> Result<String, RuntimeError> {
+        match self.docker.inspect_image(&spec.image).await {
+            Ok(_) => {}
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {
+                return Err(RuntimeError::ImageNotFound {
+                    image: spec.image.clone(),
+                    node: self.node.clone(),
+                });
+            }
+            Err(e) => return Err(engine(e)),
+        }
+        let mut all_labels = spec.labels.clone();
+        all_labels.extend([
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::NAME.to_string(), spec.name.clone()),
+            (labels::ID.to_string(), spec.id.clone()),
+            (labels::OWNER.to_string(), spec.owner.clone()),
+            (labels::NODE.to_string(), self.node.clone()),
+        ]);
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.sort();
+        let res = spec.resources.unwrap_or_default();
+        let memory = (res.memory_bytes > 0).then_some(res.memory_bytes);
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            env: Some(env),
+            labels: Some(all_labels),
+            hostname: Some(spec.name.clone()),
+            host_config: Some(HostConfig {
+                nano_cpus: (res.milli_cpus > 0).then_some(res.milli_cpus * 1_000_000),
+                memory,
+                // No swap beyond the memory limit.
+                memory_swap: memory,
+                // An init process as PID 1 forwards signals and reaps
+                // zombies, so `stop` does not wait out its timeout.
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let short: String = spec.id.chars().filter(|c| *c != '-').take(8).collect();
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(format!("devctl-{}-{short}", spec.name)),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| map_err(e, &spec.id))?;
+        Ok(created.id)
+    }
+
+    async fn remove_quietly(&self, runtime_id: &str) {
+        if let Err(e) = self
+            .docker
+            .remove_container(
+                runtime_id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            tracing::error!(runtime_id, error = %e, "could not remove a container whose start failed");
+        }
+    }
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn info(&self) -> Result<EngineInfo, RuntimeError> {
+        let info = self.docker.info().await.map_err(engine)?;
+        Ok(EngineInfo {
+            cpus: info.ncpu.unwrap_or_default() as i32,
+            memory_bytes: info.mem_total.unwrap_or_default(),
+            version: info.server_version.unwrap_or_default(),
+            platform: format!(
+                "{}/{}",
+                info.os_type.unwrap_or_else(|| "linux".into()),
+                info.architecture.unwrap_or_default()
+            ),
+        })
+    }
+
+    async fn create_and_start(
+        &self,
+        spec: &pb::Container,
+    ) -> Result<pb::ContainerStatus, RuntimeError> {
+        let runtime_id = match self.find(&spec.id).await? {
+            Some(existing) => existing,
+            None => self.create_new(spec).await?,
+        };
+        if let Err(e) = self
+            .docker
+            .start_container(&runtime_id, None::<StartContainerOptions>)
+            .await
+        {
+            let err = map_err(e, &spec.id);
+            self.remove_quietly(&runtime_id).await;
+            return Err(err);
+        }
+        self.status(&runtime_id).await
+    }
+
+    async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        self.docker
+            .start_container(&runtime_id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| map_err(e, id))?;
+        self.status(&runtime_id).await
+    }
+
+    async fn stop(
+        &self,
+        id: &str,
+        timeout_seconds: i32,
+    ) -> Result<pb::ContainerStatus, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        self.docker
+            .stop_container(
+                &runtime_id,
+                Some(StopContainerOptions {
+                    t: Some(timeout_seconds),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_err(e, id))?;
+        self.status(&runtime_id).await
+    }
+
+    async fn restart(
+        &self,
+        id: &str,
+        timeout_seconds: i32,
+    ) -> Result<pb::ContainerStatus, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        self.docker
+            .restart_container(
+                &runtime_id,
+                Some(RestartContainerOptions {
+                    t: Some(timeout_seconds),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_err(e, id))?;
+        self.status(&runtime_id).await
+    }
+
+    async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        if !force {
+            let status = self.status(&runtime_id).await?;
+            if status.state == pb::ContainerState::Running as i32 {
+                return Err(RuntimeError::Conflict(
+                    "container is running; stop it first or remove with force".into(),
+                ));
+            }
+        }
+        self.docker
+            .remove_container(
+                &runtime_id,
+                Some(RemoveContainerOptions {
+                    force,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_err(e, id))
+    }
+
+    async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.node_filter(&[])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine)?;
+        let mut out = Vec::with_capacity(list.len());
+        for c in list {
+            let Some(runtime_id) = c.id else { continue };
+            match self.status(&runtime_id).await {
+                Ok(s) => out.push(s),
+                // Removed between list and inspect.
+                Err(RuntimeError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn running_count(&self) -> Result<i32, RuntimeError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                filters: Some(self.node_filter(&[])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine)?;
+        Ok(list.len() as i32)
+    }
+}
+
+/// Translates an engine inspection into the bus status.
+fn status_of(inspect: &ContainerInspectResponse) -> pb::ContainerStatus {
+    let labels = inspect
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let state = inspect.state.clone().unwrap_or_default();
+    let status = state.status.unwrap_or(ContainerStateStatusEnum::EMPTY);
+    let (devctl_state, exit_code) = match status {
+        ContainerStateStatusEnum::RUNNING
+        | ContainerStateStatusEnum::RESTARTING
+        | ContainerStateStatusEnum::PAUSED
+        | ContainerStateStatusEnum::STOPPING => (pb::ContainerState::Running, None),
+        ContainerStateStatusEnum::CREATED => (pb::ContainerState::Stopped, None),
+        ContainerStateStatusEnum::EXITED => (
+            pb::ContainerState::Stopped,
+            state.exit_code.map(|c| c as i32),
+        ),
+        ContainerStateStatusEnum::DEAD | ContainerStateStatusEnum::REMOVING => (
+            pb::ContainerState::Failed,
+            state.exit_code.map(|c| c as i32),
+        ),
+        ContainerStateStatusEnum::EMPTY => (pb::ContainerState::Unspecified, None),
+    };
+    let start_time = state
+        .started_at
+        .as_deref()
+        .and_then(|s| humantime::parse_rfc3339(s).ok())
+        .filter(|t| *t > SystemTime::UNIX_EPOCH)
+        .map(prost_types::Timestamp::from);
+    pb::ContainerStatus {
+        id: labels.get(labels::ID).cloned().unwrap_or_default(),
+        name: labels.get(labels::NAME).cloned().unwrap_or_default(),
+        runtime_id: inspect.id.clone().unwrap_or_default(),
+        state: devctl_state as i32,
+        exit_code,
+        start_time,
+        engine_status: status.to_string(),
+        image: inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn engine(e: BollardError) -> RuntimeError {
+    RuntimeError::Engine(e.to_string())
+}
+
+fn map_err(e: BollardError, id: &str) -> RuntimeError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code,
+            message,
+        } => match status_code {
+            404 => RuntimeError::NotFound(id.to_string()),
+            400 => RuntimeError::Invalid(message),
+            409 => RuntimeError::Conflict(message),
+            _ => RuntimeError::Engine(message),
+        },
+        other => engine(other),
+    }
+}

@@ -1,0 +1,113 @@
+//! The container runtime an agent drives. [`docker::DockerRuntime`] is the
+//! real one; the trait exists so the command dispatcher can be unit-tested.
+
+pub mod docker;
+
+use std::future::Future;
+
+use devctl_proto::pb;
+use thiserror::Error;
+
+/// What the node's engine reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// CPUs available to containers.
+    pub cpus: i32,
+    /// Memory in bytes.
+    pub memory_bytes: i64,
+    /// Engine version.
+    pub version: String,
+    /// `os/arch`.
+    pub platform: String,
+}
+
+/// Why a runtime operation failed.
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    /// The image is not present on this engine.
+    #[error(
+        "image {image:?} is not present on node {node:?}; build or load it there first (devctl never pulls from a registry)"
+    )]
+    ImageNotFound {
+        /// The image reference.
+        image: String,
+        /// This node.
+        node: String,
+    },
+    /// No devctl container with this id on this node.
+    #[error("no container with devctl id {0} on this node")]
+    NotFound(String),
+    /// The engine refused the request as invalid.
+    #[error("the engine refused the container: {0}")]
+    Invalid(String),
+    /// The request conflicts with the container's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The engine failed or could not be reached.
+    #[error("container engine: {0}")]
+    Engine(String),
+}
+
+impl RuntimeError {
+    /// The bus error code for this error.
+    pub fn code(&self) -> pb::AgentErrorCode {
+        match self {
+            RuntimeError::ImageNotFound { .. } => pb::AgentErrorCode::ImageNotFound,
+            RuntimeError::NotFound(_) => pb::AgentErrorCode::ContainerNotFound,
+            RuntimeError::Invalid(_) => pb::AgentErrorCode::Invalid,
+            RuntimeError::Conflict(_) => pb::AgentErrorCode::Conflict,
+            RuntimeError::Engine(_) => pb::AgentErrorCode::Engine,
+        }
+    }
+}
+
+/// Container operations on one node's engine. Every method only ever
+/// touches containers labelled with this node's name.
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Capacity and version of the engine.
+    fn info(&self) -> impl Future<Output = Result<EngineInfo, RuntimeError>> + Send;
+
+    /// Creates and starts `spec`. Idempotent on `spec.id`: if the container
+    /// already exists it is started and returned. If creation succeeds and
+    /// start fails, the created container is removed before the error is
+    /// returned.
+    fn create_and_start(
+        &self,
+        spec: &pb::Container,
+    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+
+    /// Starts the container with devctl id `id`.
+    fn start(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+
+    /// Stops it, waiting `timeout_seconds` before killing.
+    fn stop(
+        &self,
+        id: &str,
+        timeout_seconds: i32,
+    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+
+    /// Restarts it.
+    fn restart(
+        &self,
+        id: &str,
+        timeout_seconds: i32,
+    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+
+    /// Removes it; a running container only with `force`.
+    fn remove(
+        &self,
+        id: &str,
+        force: bool,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Every devctl container of this node.
+    fn inventory(
+        &self,
+    ) -> impl Future<Output = Result<Vec<pb::ContainerStatus>, RuntimeError>> + Send;
+
+    /// How many devctl containers of this node are running.
+    fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
+}

@@ -1,0 +1,37 @@
+//! One file per subcommand: parse, call the client, print.
+
+pub mod create;
+pub mod get;
+pub mod ls;
+pub mod nodes;
+pub mod restart;
+pub mod rm;
+pub mod start;
+pub mod stop;
+
+use anyhow::Result;
+
+use crate::{Cli, Command, client};
+
+/// Connects and runs the chosen subcommand.
+pub async fn dispatch(cli: Cli) -> Result<()> {
+    // Arguments are checked before connecting, so a typo never waits on the
+    // network.
+    let create = match &cli.command {
+        Command::Create(args) => Some(args.to_request()?),
+        _ => None,
+    };
+    let tls_dir = client::tls_dir(cli.tls_dir)?;
+    let mut client = client::Client::connect(&cli.server, tls_dir).await?;
+    let o = cli.output;
+    match cli.command {
+        Command::Create(_) => create::run(&mut client, o, create.expect("built above")).await,
+        Command::Ls(args) => ls::run(&mut client, o, args).await,
+        Command::Get(args) => get::run(&mut client, o, args).await,
+        Command::Start(args) => start::run(&mut client, o, args).await,
+        Command::Stop(args) => stop::run(&mut client, o, args).await,
+        Command::Restart(args) => restart::run(&mut client, o, args).await,
+        Command::Rm(args) => rm::run(&mut client, o, args).await,
+        Command::Nodes(args) => nodes::run(&mut client, o, args).await,
+    }
+}

@@ -1,0 +1,79 @@
+//! devctl: the command-line client of a devctl cluster.
+//!
+//! - [`Cli`]: global flags and subcommands;
+//! - [`commands`]: one thin file per subcommand (parse, call, print);
+//! - [`client`]: the mutual-TLS connection to the scheduler;
+//! - [`output`]: tables, JSON and YAML;
+//! - [`units`]: sizes and CPU quantities.
+
+pub mod client;
+pub mod commands;
+pub mod output;
+pub mod units;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use output::Format;
+
+/// devctl: launch and manage dev containers on a devctl cluster.
+#[derive(Debug, Parser)]
+#[command(name = "devctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Scheduler URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DEVCTL_SERVER",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    pub server: String,
+    /// Directory holding ca.pem, cert.pem and key.pem (default
+    /// ~/.config/devctl/tls).
+    #[arg(long, global = true, env = "DEVCTL_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a dev container and start it; returns once it runs.
+    Create(commands::create::Args),
+    /// List containers.
+    #[command(visible_alias = "ps")]
+    Ls(commands::ls::Args),
+    /// Show one container.
+    Get(commands::get::Args),
+    /// Start a stopped container.
+    Start(commands::start::Args),
+    /// Stop a running container.
+    Stop(commands::stop::Args),
+    /// Restart a container.
+    Restart(commands::restart::Args),
+    /// Remove a container.
+    Rm(commands::rm::Args),
+    /// List the cluster's nodes, or show one.
+    Nodes(commands::nodes::Args),
+}
+
+/// Runs the command line and returns the process exit code. Errors are
+/// printed to stderr as `devctl: MESSAGE (CODE)`.
+pub async fn run(cli: Cli) -> ExitCode {
+    match commands::dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("devctl: {} ({:?})", status.message(), status.code()),
+                None => eprintln!("devctl: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

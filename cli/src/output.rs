@@ -1,0 +1,314 @@
+//! How results are printed: a table for people, JSON or YAML for scripts.
+//! The JSON/YAML views use lowercase state words (`running`, `ready`) and
+//! RFC 3339 times.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use anyhow::Result;
+use clap::ValueEnum;
+use comfy_table::{ContentArrangement, Table, presets};
+use devctl_proto::pb;
+use serde::Serialize;
+
+use crate::units::{format_bytes, format_cpus};
+
+/// Output format (`-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// JSON: an object, or an array for lists.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// A container as printed.
+#[derive(Debug, Serialize)]
+pub struct ContainerView {
+    name: String,
+    id: String,
+    image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    command: Vec<String>,
+    state: String,
+    desired_state: String,
+    node: String,
+    /// CPU limit in CPUs; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpus: Option<f64>,
+    /// Memory limit in bytes; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_bytes: Option<i64>,
+    env: BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    owner: String,
+    created: Option<String>,
+    updated: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    last_error: String,
+    runtime_id: String,
+}
+
+fn time(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let st = SystemTime::try_from(t?).ok()?;
+    Some(humantime::format_rfc3339_seconds(st).to_string())
+}
+
+fn age(t: Option<prost_types::Timestamp>) -> String {
+    let Some(st) = t.and_then(|t| SystemTime::try_from(t).ok()) else {
+        return "-".into();
+    };
+    let secs = SystemTime::now()
+        .duration_since(st)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// `CONTAINER_STATE_RUNNING` → `running`.
+pub fn state_word(s: pb::ContainerState) -> String {
+    s.as_str_name()
+        .trim_start_matches("CONTAINER_STATE_")
+        .to_lowercase()
+}
+
+fn desired_word(s: pb::DesiredState) -> String {
+    s.as_str_name()
+        .trim_start_matches("DESIRED_STATE_")
+        .to_lowercase()
+}
+
+fn node_state_word(s: pb::NodeState) -> String {
+    s.as_str_name()
+        .trim_start_matches("NODE_STATE_")
+        .to_lowercase()
+}
+
+impl From<&pb::Container> for ContainerView {
+    fn from(c: &pb::Container) -> Self {
+        let r = c.resources.unwrap_or_default();
+        Self {
+            name: c.name.clone(),
+            id: c.id.clone(),
+            image: c.image.clone(),
+            command: c.command.clone(),
+            state: state_word(c.state()),
+            desired_state: desired_word(c.desired_state()),
+            node: c.node.clone(),
+            cpus: (r.milli_cpus > 0).then(|| r.milli_cpus as f64 / 1000.0),
+            memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
+            env: c.env.clone().into_iter().collect(),
+            labels: c.labels.clone().into_iter().collect(),
+            owner: c.owner.clone(),
+            created: time(c.create_time),
+            updated: time(c.update_time),
+            started: time(c.start_time),
+            exit_code: c.exit_code,
+            last_error: c.last_error.clone(),
+            runtime_id: c.runtime_id.clone(),
+        }
+    }
+}
+
+/// A node as printed.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    name: String,
+    state: String,
+    cpus: i32,
+    memory_bytes: i64,
+    containers: i32,
+    labels: BTreeMap<String, String>,
+    docker_version: String,
+    agent_version: String,
+    platform: String,
+    last_seen: Option<String>,
+    created: Option<String>,
+}
+
+impl From<&pb::Node> for NodeView {
+    fn from(n: &pb::Node) -> Self {
+        Self {
+            name: n.name.clone(),
+            state: node_state_word(n.state()),
+            cpus: n.cpus,
+            memory_bytes: n.memory_bytes,
+            containers: n.container_count,
+            labels: n.labels.clone().into_iter().collect(),
+            docker_version: n.docker_version.clone(),
+            agent_version: n.agent_version.clone(),
+            platform: n.platform.clone(),
+            last_seen: time(n.last_seen),
+            created: time(n.create_time),
+        }
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_style(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    t
+}
+
+/// Columns separated by three spaces, no borders, no leading space (as
+/// kubectl and docker print).
+fn render(mut t: Table) -> String {
+    for col in t.column_iter_mut() {
+        col.set_padding((0, 3));
+    }
+    t.trim_fmt()
+}
+
+fn print_serialized<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
+        Format::Table => unreachable!("tables are printed by the caller"),
+    }
+    Ok(())
+}
+
+fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    l.sort();
+    if l.is_empty() {
+        "-".into()
+    } else {
+        l.join(",")
+    }
+}
+
+/// Prints containers: a table, or a JSON/YAML array.
+pub fn containers(format: Format, list: &[pb::Container]) -> Result<()> {
+    if format != Format::Table {
+        let views: Vec<ContainerView> = list.iter().map(ContainerView::from).collect();
+        return print_serialized(format, &views);
+    }
+    let mut t = table(&[
+        "NAME", "STATE", "NODE", "IMAGE", "CPUS", "MEMORY", "OWNER", "AGE",
+    ]);
+    for c in list {
+        let r = c.resources.unwrap_or_default();
+        t.add_row(vec![
+            c.name.clone(),
+            state_word(c.state()),
+            c.node.clone(),
+            c.image.clone(),
+            format_cpus(r.milli_cpus),
+            format_bytes(r.memory_bytes),
+            c.owner.clone(),
+            age(c.create_time),
+        ]);
+    }
+    println!("{}", render(t));
+    Ok(())
+}
+
+/// Prints one container: details, or a JSON/YAML object.
+pub fn container(format: Format, c: &pb::Container) -> Result<()> {
+    if format != Format::Table {
+        return print_serialized(format, &ContainerView::from(c));
+    }
+    let r = c.resources.unwrap_or_default();
+    let mut rows = vec![
+        ("Name", c.name.clone()),
+        ("ID", c.id.clone()),
+        ("State", state_word(c.state())),
+        ("Desired", desired_word(c.desired_state())),
+        ("Node", c.node.clone()),
+        ("Image", c.image.clone()),
+        (
+            "Command",
+            if c.command.is_empty() {
+                "(image default)".into()
+            } else {
+                c.command.join(" ")
+            },
+        ),
+        ("CPUs", format_cpus(r.milli_cpus)),
+        ("Memory", format_bytes(r.memory_bytes)),
+        ("Owner", c.owner.clone()),
+        ("Labels", labels_text(&c.labels)),
+        ("Env", {
+            let mut keys: Vec<&String> = c.env.keys().collect();
+            keys.sort();
+            if keys.is_empty() {
+                "-".into()
+            } else {
+                keys.iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        }),
+        ("Created", time(c.create_time).unwrap_or_else(|| "-".into())),
+        ("Started", time(c.start_time).unwrap_or_else(|| "-".into())),
+    ];
+    if let Some(code) = c.exit_code {
+        rows.push(("Exit code", code.to_string()));
+    }
+    if !c.last_error.is_empty() {
+        rows.push(("Last error", c.last_error.clone()));
+    }
+    rows.push(("Engine ID", c.runtime_id.chars().take(12).collect()));
+    for (k, v) in rows {
+        println!("{:<11} {v}", format!("{k}:"));
+    }
+    Ok(())
+}
+
+/// Prints nodes.
+pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
+    if format != Format::Table {
+        let views: Vec<NodeView> = list.iter().map(NodeView::from).collect();
+        return print_serialized(format, &views);
+    }
+    let mut t = table(&[
+        "NAME",
+        "STATE",
+        "CPUS",
+        "MEMORY",
+        "CONTAINERS",
+        "DOCKER",
+        "LABELS",
+        "LAST SEEN",
+    ]);
+    for n in list {
+        t.add_row(vec![
+            n.name.clone(),
+            node_state_word(n.state()),
+            n.cpus.to_string(),
+            format_bytes(n.memory_bytes),
+            n.container_count.to_string(),
+            n.docker_version.clone(),
+            labels_text(&n.labels),
+            match n.last_seen {
+                Some(_) => format!("{} ago", age(n.last_seen)),
+                None => "never".into(),
+            },
+        ]);
+    }
+    println!("{}", render(t));
+    Ok(())
+}
+
+/// Prints one node.
+pub fn node(format: Format, n: &pb::Node) -> Result<()> {
+    if format != Format::Table {
+        return print_serialized(format, &NodeView::from(n));
+    }
+    nodes(format, std::slice::from_ref(n))
+}

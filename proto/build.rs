@@ -1,0 +1,28 @@
+//! Generates the devctl.v1 code and a descriptor set for gRPC reflection.
+//!
+//! protoc comes from `protoc-bin-vendored`, so a fresh machine needs nothing
+//! installed; set `PROTOC` to use another one.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the
+        // environment concurrently.
+        unsafe { env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    let protos = [
+        "devctl/v1/container.proto",
+        "devctl/v1/node.proto",
+        "devctl/v1/bus.proto",
+    ];
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("devctl_descriptor.bin"))
+        .compile_protos(&protos, &["."])?;
+    // tonic-prost-build does not emit this; without it edits to .proto files
+    // would be ignored once any other rerun line exists.
+    println!("cargo:rerun-if-changed=devctl");
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Labels devctl puts on every engine container it creates. The `io.devctl.`
+//! prefix is reserved: users cannot set labels under it.
+
+/// Reserved prefix.
+pub const PREFIX: &str = "io.devctl.";
+/// Always `"true"` on containers devctl manages.
+pub const MANAGED: &str = "io.devctl.managed";
+/// The container's devctl name.
+pub const NAME: &str = "io.devctl.name";
+/// The container's devctl id.
+pub const ID: &str = "io.devctl.id";
+/// The identity that created the container.
+pub const OWNER: &str = "io.devctl.owner";
+/// The node (agent) the container belongs to: an agent only ever touches
+/// containers carrying its own node name here.
+pub const NODE: &str = "io.devctl.node";

@@ -1,0 +1,32 @@
+//! devctl's shared contract.
+//!
+//! - [`pb`]: the generated `devctl.v1` API (gRPC services and messages, bus
+//!   messages), and its descriptor set for server reflection.
+//! - [`bus`]: NATS subject names and encoding helpers for the scheduler ↔
+//!   agent bus.
+//! - [`identity`]: who a caller is, read from its client certificate.
+//! - [`pki`]: the cluster CA: creating it, issuing certificates, writing and
+//!   loading three-file bundles, and building TLS configurations.
+//! - [`validate`]: name and label rules shared by every binary.
+//! - [`labels`]: the engine labels devctl puts on the containers it manages.
+//! - [`process`]: logging set-up and the shutdown signal of every binary.
+
+pub mod bus;
+pub mod identity;
+pub mod labels;
+pub mod pki;
+pub mod process;
+pub mod validate;
+
+/// The generated `devctl.v1` package.
+#[allow(unreachable_pub, missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("devctl.v1");
+
+    /// Encoded `FileDescriptorSet` of the devctl.v1 package, for gRPC server
+    /// reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("devctl_descriptor");
+}
+
+/// Version of this release line, reported by agents and the scheduler.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

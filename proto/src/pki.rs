@@ -1,0 +1,358 @@
+//! The cluster's certificate authority and the three-file bundles
+//! (`ca.pem`, `cert.pem`, `key.pem`) every participant holds.
+//!
+//! Keys are ECDSA P-256. Private keys are written with mode 0600 and never
+//! logged.
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use thiserror::Error;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity as TlsIdentity, ServerTlsConfig};
+
+use crate::identity::Role;
+
+/// File name of the CA certificate in a bundle.
+pub const CA_FILE: &str = "ca.pem";
+/// File name of the certificate in a bundle.
+pub const CERT_FILE: &str = "cert.pem";
+/// File name of the private key in a bundle.
+pub const KEY_FILE: &str = "key.pem";
+
+/// Errors of the PKI helpers.
+#[derive(Debug, Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Key or certificate generation or parsing failed.
+    #[error("certificate: {0}")]
+    Cert(#[from] rcgen::Error),
+    /// A private key file is readable by others.
+    #[error(
+        "{path}: private key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Makes ring the process's rustls crypto provider. Call once at start-up,
+/// before any TLS configuration is built; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Creates `dir` (and parents) with mode 0700 if missing.
+pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
+/// Writes `contents` to `path` atomically (temporary file, then rename) with
+/// the given mode.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn read_key(path: &Path) -> Result<String, PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)
+        .map_err(io_err(path))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(PkiError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode: mode & 0o777,
+        });
+    }
+    read(path)
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[0] &= 0x7f; // a positive INTEGER
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, valid_for: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // Tolerate small clock differences between machines.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + valid_for;
+}
+
+/// The cluster CA: signs the scheduler's server certificate and every client
+/// certificate.
+#[derive(Debug)]
+pub struct ClusterCa {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl ClusterCa {
+    /// Generates a new CA valid for ten years.
+    pub fn generate(cluster_name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("devctl CA {cluster_name}"));
+        dn.push(DnType::OrganizationName, "devctl");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, Duration::from_secs(10 * 365 * 24 * 3600));
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Loads a CA written by [`ClusterCa::write`].
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        Ok(Self {
+            cert_pem: read(&dir.join(CA_FILE))?,
+            key_pem: read_key(&dir.join("ca-key.pem"))?,
+        })
+    }
+
+    /// Writes `ca.pem` (0644) and `ca-key.pem` (0600) into `dir` (0700).
+    pub fn write(&self, dir: &Path) -> Result<(), PkiError> {
+        create_private_dir(dir)?;
+        write_file(&dir.join(CA_FILE), self.cert_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join("ca-key.pem"), self.key_pem.as_bytes(), 0o600)
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    fn sign(&self, params: &CertificateParams) -> Result<Bundle, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(Bundle {
+            ca_pem: self.cert_pem.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues the scheduler's server certificate for the given DNS names and
+    /// IP addresses.
+    pub fn issue_server(&self, sans: &[String], valid_for: Duration) -> Result<Bundle, PkiError> {
+        let mut params = CertificateParams::new(sans.to_vec())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "devctl-scheduler");
+        dn.push(DnType::OrganizationName, "devctl");
+        params.distinguished_name = dn;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, valid_for);
+        self.sign(&params)
+    }
+
+    /// Issues a client certificate for `name` with `role`.
+    pub fn issue_client(
+        &self,
+        name: &str,
+        role: Role,
+        valid_for: Duration,
+    ) -> Result<Bundle, PkiError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationalUnitName, role.as_str());
+        dn.push(DnType::OrganizationName, "devctl");
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(random_serial());
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params, valid_for);
+        self.sign(&params)
+    }
+}
+
+/// A certificate, its private key and the CA that signed it: the three files
+/// `ca.pem`, `cert.pem` and `key.pem` of a directory.
+#[derive(Clone)]
+pub struct Bundle {
+    /// The cluster CA certificate, PEM.
+    pub ca_pem: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// The private key, PEM. Never log it.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("ca_pem", &"<pem>")
+            .field("cert_pem", &"<pem>")
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Bundle {
+    /// Writes the three files into `dir` (created 0700); the key is 0600.
+    pub fn write(&self, dir: &Path) -> Result<(), PkiError> {
+        create_private_dir(dir)?;
+        write_file(&dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
+        write_file(&dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)
+    }
+
+    /// Reads the three files from `dir`. Refuses a key readable by group or
+    /// others.
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        Ok(Self {
+            ca_pem: read(&dir.join(CA_FILE))?,
+            cert_pem: read(&dir.join(CERT_FILE))?,
+            key_pem: read_key(&dir.join(KEY_FILE))?,
+        })
+    }
+
+    /// TLS for a client of the scheduler: trusts only the cluster CA and
+    /// presents this bundle's certificate.
+    pub fn client_tls(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
+    }
+
+    /// TLS for the scheduler: presents this bundle's certificate and
+    /// requires a client certificate signed by the cluster CA.
+    pub fn server_tls(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+}
+
+/// The names a server certificate should carry by default: `localhost`,
+/// `127.0.0.1`, `::1` and this machine's hostname, followed by `extra`.
+pub fn default_server_sans(extra: &[String]) -> Vec<String> {
+    let mut sans = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(host) = hostname::get()
+        && let Some(host) = host.to_str()
+        && !host.is_empty()
+    {
+        sans.push(host.to_string());
+    }
+    for s in extra {
+        if !sans.contains(s) {
+            sans.push(s.clone());
+        }
+    }
+    sans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn issued_client_certificates_carry_name_and_role() {
+        let ca = ClusterCa::generate("test").unwrap();
+        let bundle = ca
+            .issue_client("alice", Role::Developer, Duration::from_secs(3600))
+            .unwrap();
+        let der = rustls_pem_der(&bundle.cert_pem);
+        let id = Identity::from_der(&der).unwrap();
+        assert_eq!(id.name, "alice");
+        assert_eq!(id.role, Role::Developer);
+        assert!(!id.serial.is_empty());
+    }
+
+    #[test]
+    fn bundles_are_written_with_private_keys_0600_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("test").unwrap();
+        let b = ca
+            .issue_server(&default_server_sans(&[]), Duration::from_secs(3600))
+            .unwrap();
+        b.write(&dir.path().join("server")).unwrap();
+        let key_mode = fs::metadata(dir.path().join("server/key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600);
+        let loaded = Bundle::load(&dir.path().join("server")).unwrap();
+        assert_eq!(loaded.cert_pem, b.cert_pem);
+
+        fs::set_permissions(
+            dir.path().join("server/key.pem"),
+            fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = Bundle::load(&dir.path().join("server")).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    fn rustls_pem_der(pem: &str) -> Vec<u8> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+}

@@ -1,0 +1,96 @@
+//! `devctl.v1.ContainerService`.
+
+use devctl_proto::pb::{self, container_service_server::ContainerService};
+use tonic::{Request, Response, Status};
+
+use super::auth::{caller, may_write};
+use crate::cluster::Cluster;
+
+/// The container service over a cluster.
+#[derive(Debug, Clone)]
+pub struct ContainerApi {
+    cluster: Cluster,
+}
+
+impl ContainerApi {
+    /// The service for `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        Self { cluster }
+    }
+}
+
+#[tonic::async_trait]
+impl ContainerService for ContainerApi {
+    async fn create_container(
+        &self,
+        req: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        let id = caller(&req)?;
+        may_write(&id, "CreateContainer")?;
+        let spec = req
+            .into_inner()
+            .container
+            .ok_or_else(|| Status::invalid_argument("container: is required"))?;
+        Ok(Response::new(self.cluster.create(spec, &id.name).await?))
+    }
+
+    async fn get_container(
+        &self,
+        req: Request<pb::GetContainerRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        caller(&req)?;
+        Ok(Response::new(self.cluster.get(&req.get_ref().name)?))
+    }
+
+    async fn list_containers(
+        &self,
+        req: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        caller(&req)?;
+        Ok(Response::new(self.cluster.list(req.get_ref())?))
+    }
+
+    async fn start_container(
+        &self,
+        req: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        may_write(&caller(&req)?, "StartContainer")?;
+        Ok(Response::new(
+            self.cluster.start(&req.get_ref().name).await?,
+        ))
+    }
+
+    async fn stop_container(
+        &self,
+        req: Request<pb::StopContainerRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        may_write(&caller(&req)?, "StopContainer")?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.cluster.stop(&r.name, r.timeout_seconds).await?,
+        ))
+    }
+
+    async fn restart_container(
+        &self,
+        req: Request<pb::RestartContainerRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        may_write(&caller(&req)?, "RestartContainer")?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.cluster.restart(&r.name, r.timeout_seconds).await?,
+        ))
+    }
+
+    async fn delete_container(
+        &self,
+        req: Request<pb::DeleteContainerRequest>,
+    ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
+        may_write(&caller(&req)?, "DeleteContainer")?;
+        let r = req.into_inner();
+        let container = self.cluster.delete(&r.name, r.force).await?;
+        Ok(Response::new(pb::DeleteContainerResponse {
+            container: Some(container),
+        }))
+    }
+}

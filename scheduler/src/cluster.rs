@@ -1,0 +1,789 @@
+//! The scheduler's operations on containers and nodes, in domain terms.
+//! The API layer decodes and authorizes, then calls these; errors are
+//! [`Error`], mapped to gRPC statuses at the edge.
+//!
+//! Rules every operation keeps:
+//! - operations on one container are serialized by a per-name lock;
+//! - a create is recorded (state `PENDING`) before the agent is asked, and
+//!   the record is deleted again if the agent reports failure, so neither a
+//!   record nor an engine container is left half-made;
+//! - what the API acknowledges was committed to the store first.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use devctl_proto::{
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    validate::{self, InvalidField},
+};
+use thiserror::Error;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::{
+    bus::{Bus, BusError},
+    nodes::Registry,
+    placement,
+    store::{ContainerFilter, Store, StoreError},
+};
+
+/// Why an operation failed. Each variant maps to one gRPC status code.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// INVALID_ARGUMENT: a field is malformed.
+    #[error("{0}")]
+    Invalid(#[from] InvalidField),
+    /// INVALID_ARGUMENT: the engine refused the container's settings.
+    #[error("{0}")]
+    Rejected(String),
+    /// NOT_FOUND: no such container or node.
+    #[error("{0}")]
+    NotFound(String),
+    /// ALREADY_EXISTS: the name is taken.
+    #[error(
+        "a container named {0:?} already exists; choose another name or remove it first (devctl rm {0})"
+    )]
+    AlreadyExists(String),
+    /// FAILED_PRECONDITION: the cluster's state does not allow the call.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// UNAVAILABLE: a node's agent did not answer; retrying may help.
+    #[error("{0}")]
+    Unavailable(String),
+    /// INTERNAL: the store or the engine failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(name) => Error::AlreadyExists(name),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<BusError> for Error {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::NoResponders(_) | BusError::Timeout { .. } => {
+                Error::Unavailable(e.to_string())
+            }
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Settings of the container operations.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long an agent may take for a command, on top of any stop timeout
+    /// the command carries.
+    pub command_timeout: Duration,
+    /// Stop timeout when a request sets none.
+    pub default_stop_timeout: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            command_timeout: Duration::from_secs(30),
+            default_stop_timeout: 10,
+        }
+    }
+}
+
+/// Page size when a request sets none.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Largest page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// Smallest memory limit the engine accepts.
+pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
+/// Smallest CPU limit the engine accepts (0.01 CPU).
+pub const MIN_MILLI_CPUS: i64 = 10;
+
+/// The cluster: a cheap clone handle over shared state.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    nodes: Registry,
+    bus: Bus,
+    settings: Settings,
+    locks: Arc<NameLocks>,
+    // tokio lock: held across the store insert that follows a placement
+    // decision, so two creates cannot both count the same free node.
+    placement: tokio::sync::Mutex<()>,
+}
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(SystemTime::now().into())
+}
+
+fn not_found(name: &str) -> Error {
+    Error::NotFound(format!(
+        "container {name:?} not found; `devctl ls` lists containers"
+    ))
+}
+
+impl Cluster {
+    /// A cluster over `store`, `nodes` and `bus`.
+    pub fn new(store: Store, nodes: Registry, bus: Bus, settings: Settings) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                nodes,
+                bus,
+                settings,
+                locks: Arc::new(NameLocks::default()),
+                placement: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Sends a command to `node`'s agent; `extra` seconds are added to the
+    /// command timeout (a stop's grace period).
+    async fn send_raw(&self, node: &str, command: Command, extra: i32) -> Result<Reply, BusError> {
+        let timeout =
+            self.shared.settings.command_timeout + Duration::from_secs(extra.max(0) as u64);
+        self.shared.bus.command(node, command, timeout).await
+    }
+
+    async fn send(&self, node: &str, command: Command, extra: i32) -> Result<Reply, Error> {
+        Ok(self.send_raw(node, command, extra).await?)
+    }
+
+    /// Creates and starts a container owned by `owner`.
+    pub async fn create(&self, spec: pb::Container, owner: &str) -> Result<pb::Container, Error> {
+        validate_spec(&spec)?;
+        let _lock = self.shared.locks.lock(&spec.name).await;
+        if self.store().container(&spec.name)?.is_some() {
+            return Err(Error::AlreadyExists(spec.name));
+        }
+        let resources = spec.resources.unwrap_or_default();
+        let request = placement::Request {
+            node: (!spec.node.is_empty()).then(|| spec.node.clone()),
+            milli_cpus: resources.milli_cpus,
+            memory_bytes: resources.memory_bytes,
+        };
+        let mut record = pb::Container {
+            name: spec.name,
+            id: uuid::Uuid::new_v4().to_string(),
+            image: spec.image,
+            command: spec.command,
+            state: pb::ContainerState::Pending as i32,
+            desired_state: pb::DesiredState::Running as i32,
+            node: String::new(),
+            resources: Some(resources),
+            env: spec.env,
+            labels: spec.labels,
+            owner: owner.to_string(),
+            create_time: now(),
+            update_time: now(),
+            ..Default::default()
+        };
+        {
+            let _placing = self.shared.placement.lock().await;
+            let counts = self.store().containers_per_node()?;
+            let views: Vec<placement::NodeView> = self
+                .shared
+                .nodes
+                .snapshot()
+                .into_iter()
+                .map(|n| placement::NodeView {
+                    ready: n.state == pb::NodeState::Ready as i32,
+                    milli_cpus: i64::from(n.cpus) * 1000,
+                    memory_bytes: n.memory_bytes,
+                    containers: counts.get(&n.name).copied().unwrap_or(0),
+                    name: n.name,
+                })
+                .collect();
+            record.node = match placement::place(&views, &request) {
+                Ok(node) => node.name.clone(),
+                Err(e @ placement::PlacementError::UnknownNode(_)) => {
+                    return Err(Error::NotFound(e.to_string()));
+                }
+                Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
+            };
+            self.store().insert_container(record.clone()).await?;
+        }
+        tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
+
+        let command = Command::Create(pb::CreateCommand {
+            container: Some(record.clone()),
+        });
+        match self.send_raw(&record.node, command, 0).await {
+            Ok(Reply::Status(status)) => {
+                apply_status(&mut record, &status);
+                self.store().update_container(record.clone()).await?;
+                tracing::info!(name = %record.name, node = %record.node, "container running");
+                Ok(record)
+            }
+            Ok(reply) => {
+                self.store().delete_container(&record.name).await?;
+                Err(agent_error(reply, &record))
+            }
+            Err(BusError::NoResponders(node)) => {
+                // Nobody received the command: nothing was created.
+                self.store().delete_container(&record.name).await?;
+                Err(BusError::NoResponders(node).into())
+            }
+            Err(err) => {
+                // The agent may or may not have created it: make sure it has
+                // not, then forget the record. If even that cannot be
+                // confirmed, keep the record, marked failed, so nothing on
+                // the node is unaccounted for.
+                let cleanup = Command::Remove(pb::RemoveCommand {
+                    id: record.id.clone(),
+                    force: true,
+                });
+                let gone = match self.send_raw(&record.node, cleanup, 0).await {
+                    Ok(Reply::Removed(_)) => true,
+                    Ok(Reply::Error(e)) => e.code == pb::AgentErrorCode::ContainerNotFound as i32,
+                    _ => false,
+                };
+                if gone {
+                    self.store().delete_container(&record.name).await?;
+                    return Err(err.into());
+                }
+                record.state = pb::ContainerState::Failed as i32;
+                record.last_error = format!("create: {err}");
+                record.update_time = now();
+                self.store().update_container(record.clone()).await?;
+                Err(Error::Unavailable(format!(
+                    "{err}; the container is recorded as failed: remove it with `devctl rm --force {}`",
+                    record.name
+                )))
+            }
+        }
+    }
+
+    /// One container.
+    pub fn get(&self, name: &str) -> Result<pb::Container, Error> {
+        self.store().container(name)?.ok_or_else(|| not_found(name))
+    }
+
+    /// A page of containers.
+    pub fn list(
+        &self,
+        req: &pb::ListContainersRequest,
+    ) -> Result<pb::ListContainersResponse, Error> {
+        let size = match req.page_size {
+            n if n < 0 => {
+                return Err(InvalidField::new(
+                    "page_size",
+                    "must not be negative (0 means the default, 100)",
+                )
+                .into());
+            }
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(&req.page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    InvalidField::new(
+                        "page_token",
+                        "is not a token this server issued; pass next_page_token from the previous response unchanged",
+                    )
+                })?;
+            Some(bytes)
+        };
+        let filter = ContainerFilter {
+            node: (!req.node.is_empty()).then(|| req.node.clone()),
+            owner: (!req.owner.is_empty()).then(|| req.owner.clone()),
+        };
+        let (containers, more) = self
+            .store()
+            .list_containers(after.as_deref(), size, &filter)?;
+        let next_page_token = match (more, containers.last()) {
+            (true, Some(last)) => URL_SAFE_NO_PAD.encode(last.name.as_bytes()),
+            _ => String::new(),
+        };
+        Ok(pb::ListContainersResponse {
+            containers,
+            next_page_token,
+        })
+    }
+
+    /// Loads `name` under its lock and checks that its node is ready.
+    async fn for_operation(&self, name: &str) -> Result<(NameGuard, pb::Container), Error> {
+        let lock = self.shared.locks.lock(name).await;
+        let c = self.get(name)?;
+        if !self.shared.nodes.is_ready(&c.node) {
+            return Err(Error::FailedPrecondition(format!(
+                "node {:?} of container {name:?} is down; retry when it is back (`devctl nodes`)",
+                c.node
+            )));
+        }
+        Ok((lock, c))
+    }
+
+    /// Runs a start/stop/restart command and records its outcome.
+    async fn lifecycle(
+        &self,
+        name: &str,
+        desired: pb::DesiredState,
+        make: impl FnOnce(String) -> Command,
+        extra_timeout: i32,
+    ) -> Result<pb::Container, Error> {
+        let (_lock, mut c) = self.for_operation(name).await?;
+        let result = self.send(&c.node, make(c.id.clone()), extra_timeout).await;
+        c.desired_state = desired as i32;
+        c.update_time = now();
+        let outcome = match result {
+            Ok(Reply::Status(status)) => {
+                apply_status(&mut c, &status);
+                Ok(())
+            }
+            Ok(reply) => {
+                let err = agent_error(reply, &c);
+                if matches!(err, Error::NotFound(_)) {
+                    c.state = pb::ContainerState::Failed as i32;
+                }
+                c.last_error = err.to_string();
+                Err(err)
+            }
+            Err(err) => Err(err),
+        };
+        self.store().update_container(c.clone()).await?;
+        outcome.map(|()| c)
+    }
+
+    /// Starts a container.
+    pub async fn start(&self, name: &str) -> Result<pb::Container, Error> {
+        tracing::info!(name, "start");
+        self.lifecycle(
+            name,
+            pb::DesiredState::Running,
+            |id| Command::Start(pb::StartCommand { id }),
+            0,
+        )
+        .await
+    }
+
+    /// Stops a container.
+    pub async fn stop(&self, name: &str, timeout: Option<i32>) -> Result<pb::Container, Error> {
+        let t = self.stop_timeout(timeout)?;
+        tracing::info!(name, timeout = t, "stop");
+        self.lifecycle(
+            name,
+            pb::DesiredState::Stopped,
+            |id| {
+                Command::Stop(pb::StopCommand {
+                    id,
+                    timeout_seconds: t,
+                })
+            },
+            t,
+        )
+        .await
+    }
+
+    /// Restarts a container.
+    pub async fn restart(&self, name: &str, timeout: Option<i32>) -> Result<pb::Container, Error> {
+        let t = self.stop_timeout(timeout)?;
+        tracing::info!(name, timeout = t, "restart");
+        self.lifecycle(
+            name,
+            pb::DesiredState::Running,
+            |id| {
+                Command::Restart(pb::RestartCommand {
+                    id,
+                    timeout_seconds: t,
+                })
+            },
+            t,
+        )
+        .await
+    }
+
+    fn stop_timeout(&self, timeout: Option<i32>) -> Result<i32, Error> {
+        match timeout {
+            None => Ok(self.shared.settings.default_stop_timeout),
+            Some(t) if (0..=3600).contains(&t) => Ok(t),
+            Some(_) => {
+                Err(InvalidField::new("timeout_seconds", "must be between 0 and 3600").into())
+            }
+        }
+    }
+
+    /// Removes a container from its node and from the cluster.
+    pub async fn delete(&self, name: &str, force: bool) -> Result<pb::Container, Error> {
+        let lock = self.shared.locks.lock(name).await;
+        let c = self.get(name)?;
+        if !force && c.state == pb::ContainerState::Running as i32 {
+            return Err(Error::FailedPrecondition(format!(
+                "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
+            )));
+        }
+        if !self.shared.nodes.is_ready(&c.node) {
+            if !force {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {:?} of container {name:?} is down; retry when it is back, or use --force to forget the container",
+                    c.node
+                )));
+            }
+            tracing::warn!(name, node = %c.node, "forgetting a container whose node is down; it may remain on that node's engine");
+        } else {
+            let command = Command::Remove(pb::RemoveCommand {
+                id: c.id.clone(),
+                force,
+            });
+            match self.send(&c.node, command, 0).await? {
+                Reply::Removed(_) => {}
+                Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {
+                    tracing::info!(name, "container was already gone from its node");
+                }
+                other => return Err(agent_error(other, &c)),
+            }
+        }
+        self.store().delete_container(name).await?;
+        drop(lock);
+        tracing::info!(name, "container removed");
+        Ok(c)
+    }
+
+    /// Every node with its state and container count.
+    pub fn nodes(&self) -> Result<Vec<pb::Node>, Error> {
+        let counts = self.store().containers_per_node()?;
+        Ok(self
+            .shared
+            .nodes
+            .snapshot()
+            .into_iter()
+            .map(|mut n| {
+                n.container_count = counts.get(&n.name).copied().unwrap_or(0) as i32;
+                n
+            })
+            .collect())
+    }
+
+    /// One node.
+    pub fn node(&self, name: &str) -> Result<pb::Node, Error> {
+        self.nodes()?
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "node {name:?} not found; `devctl nodes` lists nodes"
+                ))
+            })
+    }
+
+    /// Records a heartbeat; returns whether the node's inventory should be
+    /// synced (its agent is new to this scheduler).
+    pub async fn heartbeat(&self, hb: &pb::Heartbeat) -> Result<bool, Error> {
+        let observed = self.shared.nodes.observe(hb);
+        if let Some(node) = observed.persist {
+            tracing::info!(node = %node.name, cpus = node.cpus, memory_bytes = node.memory_bytes, "node joined or changed");
+            self.store().put_node(node).await?;
+        }
+        if hb.leaving {
+            tracing::info!(node = %hb.node, "node is leaving");
+        }
+        Ok(observed.new_boot)
+    }
+
+    /// Asks `node` for the devctl containers it runs and brings recorded
+    /// observed state in line. Unknown containers are reported, not
+    /// removed; recorded containers missing from the node are marked failed.
+    pub async fn sync_inventory(&self, node: &str) -> Result<(), Error> {
+        let asked_at = SystemTime::now();
+        let inventory = match self
+            .send(node, Command::Inventory(pb::InventoryCommand {}), 0)
+            .await?
+        {
+            Reply::Inventory(inv) => inv.containers,
+            other => return Err(agent_error(other, &pb::Container::default())),
+        };
+        let mut seen = HashSet::new();
+        for status in &inventory {
+            seen.insert(status.id.clone());
+            let Some(name) = self.store().container_name_by_id(&status.id)? else {
+                tracing::warn!(node, id = %status.id, name = %status.name, runtime_id = %status.runtime_id,
+                    "devctl container unknown to the scheduler found on node (left in place)");
+                continue;
+            };
+            let _lock = self.shared.locks.lock(&name).await;
+            let Some(mut c) = self.store().container(&name)? else {
+                continue;
+            };
+            if c.state == pb::ContainerState::Pending as i32 || c.node != node {
+                continue;
+            }
+            let before = (c.state, c.exit_code, c.runtime_id.clone());
+            apply_status(&mut c, status);
+            if before != (c.state, c.exit_code, c.runtime_id.clone()) {
+                tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
+                c.update_time = now();
+                self.store().update_container(c).await?;
+            }
+        }
+        let recorded = self.store().list_containers(
+            None,
+            usize::MAX,
+            &ContainerFilter {
+                node: Some(node.to_string()),
+                owner: None,
+            },
+        )?;
+        for c in recorded.0 {
+            let updated_before_ask = c
+                .update_time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .is_some_and(|t| t < asked_at);
+            if seen.contains(&c.id)
+                || c.state == pb::ContainerState::Pending as i32
+                || !updated_before_ask
+            {
+                continue;
+            }
+            let _lock = self.shared.locks.lock(&c.name).await;
+            let Some(mut c) = self.store().container(&c.name)? else {
+                continue;
+            };
+            if c.state == pb::ContainerState::Failed as i32 {
+                continue;
+            }
+            tracing::warn!(node, name = %c.name, "recorded container is missing on its node");
+            c.state = pb::ContainerState::Failed as i32;
+            c.last_error = format!("the container is missing on node {node:?}");
+            c.update_time = now();
+            self.store().update_container(c).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies what an agent observed into the record.
+fn apply_status(c: &mut pb::Container, s: &pb::ContainerStatus) {
+    c.state = s.state;
+    c.exit_code = s.exit_code;
+    if s.start_time.is_some() {
+        c.start_time = s.start_time;
+    }
+    if !s.runtime_id.is_empty() {
+        c.runtime_id = s.runtime_id.clone();
+    }
+    c.last_error.clear();
+    c.update_time = now();
+}
+
+/// The error an unexpected or failed reply stands for.
+fn agent_error(reply: Reply, c: &pb::Container) -> Error {
+    let e = match reply {
+        Reply::Error(e) => e,
+        other => {
+            return Error::Internal(format!(
+                "the agent of node {:?} sent an unexpected reply: {other:?}",
+                c.node
+            ));
+        }
+    };
+    match pb::AgentErrorCode::try_from(e.code).unwrap_or_default() {
+        pb::AgentErrorCode::ImageNotFound | pb::AgentErrorCode::Conflict => {
+            Error::FailedPrecondition(e.message)
+        }
+        pb::AgentErrorCode::ContainerNotFound => Error::NotFound(format!(
+            "container {:?} is missing on node {:?} (removed outside devctl?); remove it with `devctl rm {}`",
+            c.name, c.node, c.name
+        )),
+        pb::AgentErrorCode::Invalid => Error::Rejected(e.message),
+        _ => Error::Internal(format!("node {:?}: {}", c.node, e.message)),
+    }
+}
+
+/// Checks a create request.
+pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
+    validate::dns_label("container.name", &spec.name)?;
+    if spec.image.trim().is_empty() {
+        return Err(InvalidField::new(
+            "container.image",
+            "is required (e.g. devctl/busybox:latest)",
+        ));
+    }
+    if spec
+        .image
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(InvalidField::new(
+            "container.image",
+            format!(
+                "{:?} is not an image reference (no spaces or control characters)",
+                spec.image
+            ),
+        ));
+    }
+    if !spec.node.is_empty() {
+        validate::dns_label("container.node", &spec.node)?;
+    }
+    let r = spec.resources.unwrap_or_default();
+    if r.milli_cpus < 0 || (r.milli_cpus > 0 && r.milli_cpus < MIN_MILLI_CPUS) {
+        return Err(InvalidField::new(
+            "container.resources.milli_cpus",
+            format!(
+                "{} is out of range; use 0 (no limit) or at least {MIN_MILLI_CPUS} (0.01 CPU)",
+                r.milli_cpus
+            ),
+        ));
+    }
+    if r.memory_bytes < 0 || (r.memory_bytes > 0 && r.memory_bytes < MIN_MEMORY_BYTES) {
+        return Err(InvalidField::new(
+            "container.resources.memory_bytes",
+            format!(
+                "{} is out of range; use 0 (no limit) or at least {MIN_MEMORY_BYTES} (6 MiB)",
+                r.memory_bytes
+            ),
+        ));
+    }
+    for k in spec.env.keys() {
+        validate::env_key("container.env", k)?;
+    }
+    for (k, v) in spec.env.iter().chain(spec.labels.iter()) {
+        if v.contains('\0') {
+            return Err(InvalidField::new(
+                format!("value of {k:?}"),
+                "must not contain NUL",
+            ));
+        }
+    }
+    for k in spec.labels.keys() {
+        validate::label_key("container.labels", k)?;
+    }
+    if spec.command.iter().any(|a| a.contains('\0')) {
+        return Err(InvalidField::new(
+            "container.command",
+            "arguments must not contain NUL",
+        ));
+    }
+    Ok(())
+}
+
+/// Per-name locks, dropped from the map once nobody holds or waits for them.
+#[derive(Debug, Default)]
+struct NameLocks {
+    // std lock: only guards the map, never held across an await.
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl NameLocks {
+    async fn lock(self: &Arc<Self>, name: &str) -> NameGuard {
+        let m = {
+            let mut map = self.map.lock().expect("lock map poisoned");
+            Arc::clone(map.entry(name.to_string()).or_default())
+        };
+        let guard = m.lock_owned().await;
+        NameGuard {
+            guard: Some(guard),
+            name: name.to_string(),
+            locks: Arc::clone(self),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NameGuard {
+    guard: Option<OwnedMutexGuard<()>>,
+    name: String,
+    locks: Arc<NameLocks>,
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map.lock().expect("lock map poisoned");
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> pb::Container {
+        pb::Container {
+            name: "web".into(),
+            image: "devctl/busybox:latest".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_requests_are_validated_field_by_field() {
+        assert!(validate_spec(&spec()).is_ok());
+        type Mutation = Box<dyn Fn(&mut pb::Container)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (Box::new(|s| s.name = "Bad_Name".into()), "container.name"),
+            (Box::new(|s| s.image = " ".into()), "container.image"),
+            (Box::new(|s| s.node = "x.y".into()), "container.node"),
+            (
+                Box::new(|s| {
+                    s.resources = Some(pb::Resources {
+                        milli_cpus: 5,
+                        memory_bytes: 0,
+                    })
+                }),
+                "container.resources.milli_cpus",
+            ),
+            (
+                Box::new(|s| {
+                    s.resources = Some(pb::Resources {
+                        milli_cpus: 0,
+                        memory_bytes: 1024,
+                    })
+                }),
+                "container.resources.memory_bytes",
+            ),
+            (
+                Box::new(|s| {
+                    s.env.insert("A B".into(), "x".into());
+                }),
+                "container.env",
+            ),
+            (
+                Box::new(|s| {
+                    s.labels.insert("io.devctl.id".into(), "x".into());
+                }),
+                "container.labels",
+            ),
+        ];
+        for (mutate, field) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(validate_spec(&s).unwrap_err().field, field);
+        }
+    }
+
+    #[tokio::test]
+    async fn name_locks_are_released_and_forgotten() {
+        let locks = Arc::new(NameLocks::default());
+        let g = locks.lock("a").await;
+        assert_eq!(locks.map.lock().unwrap().len(), 1);
+        drop(g);
+        assert!(locks.map.lock().unwrap().is_empty());
+    }
+}

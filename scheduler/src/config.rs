@@ -1,0 +1,76 @@
+//! The scheduler's command line: every flag also reads a `DEVCTL_*`
+//! variable.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand};
+
+/// devctl-scheduler: cluster state, placement and the public gRPC API of a
+/// devctl cluster.
+#[derive(Debug, Parser)]
+#[command(name = "devctl-scheduler", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the cluster CA, the server certificate and an admin client bundle.
+    Init {
+        /// Data directory.
+        #[arg(long, env = "DEVCTL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Extra DNS name or IP address for the server certificate
+        /// (repeatable). localhost, 127.0.0.1, ::1 and the hostname are
+        /// always included.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Replace an existing CA (invalidates every issued certificate).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate bundle (ca.pem, cert.pem, key.pem).
+    IssueCert {
+        /// Data directory.
+        #[arg(long, env = "DEVCTL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Identity name (a DNS label, e.g. alice or node-a).
+        #[arg(long)]
+        name: String,
+        /// Role carried in the certificate.
+        #[arg(long, value_parser = ["admin", "developer", "viewer", "agent"])]
+        role: String,
+        /// Directory to write the bundle to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Validity.
+        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
+        valid_for: Duration,
+    },
+    /// Serve the gRPC API (mutual TLS) and manage the cluster.
+    Serve(ServeArgs),
+}
+
+/// Flags of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Data directory (run `init` first).
+    #[arg(long, env = "DEVCTL_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port, written to
+    /// DIR/scheduler.addr.
+    #[arg(long, env = "DEVCTL_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// NATS server URL.
+    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+    /// A node without a heartbeat for this long is down.
+    #[arg(long, env = "DEVCTL_NODE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub node_timeout: Duration,
+    /// How long an agent may take to execute a command.
+    #[arg(long, env = "DEVCTL_COMMAND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub command_timeout: Duration,
+}

@@ -1,0 +1,28 @@
+//! devctl-scheduler: holds cluster state, places containers and serves the
+//! public gRPC API.
+//!
+//! - [`config`]: the command line.
+//! - [`datadir`]: the data directory; `init` and `issue-cert`.
+//! - [`server`]: `serve`: wiring and shutdown.
+//! - [`api`]: the gRPC services (decode, authorize, call, encode).
+//! - [`cluster`]: the operations on containers and nodes.
+//! - [`placement`]: pure placement decisions.
+//! - [`nodes`]: the node registry (heartbeats, liveness).
+//! - [`store`]: the embedded store; nothing else touches its file.
+//! - [`bus`]: the only module that speaks NATS.
+//!
+//! ```text
+//! CLI --gRPC/mTLS--> api --> cluster --> placement (pure)
+//!                              |  \----> store (redb)
+//!                              \-------> bus --NATS--> agent
+//! ```
+
+pub mod api;
+pub mod bus;
+pub mod cluster;
+pub mod config;
+pub mod datadir;
+pub mod nodes;
+pub mod placement;
+pub mod server;
+pub mod store;

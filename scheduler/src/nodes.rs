@@ -1,0 +1,208 @@
+//! The node registry: what the scheduler knows of each node. Capacity and
+//! labels are persisted (they change rarely); liveness (last heartbeat) is
+//! kept in memory, so a restarted scheduler sees every node as down until
+//! its next heartbeat, a second later.
+
+use std::{
+    collections::HashMap,
+    sync::RwLock,
+    time::{Duration, SystemTime},
+};
+
+use tokio::time::Instant;
+
+use devctl_proto::pb;
+
+/// What a heartbeat changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The node record to persist, when its durable fields changed (first
+    /// heartbeat, new labels, capacity or versions).
+    pub persist: Option<pb::Node>,
+    /// The agent (re)started since the last heartbeat this scheduler saw,
+    /// or this scheduler has not seen it yet: ask for its inventory.
+    pub new_boot: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    node: pb::Node,
+    last_seen: Option<Instant>,
+    boot_id: String,
+    leaving: bool,
+}
+
+/// Nodes by name. A cheap clone handle is not needed: the registry lives in
+/// the scheduler's shared state.
+#[derive(Debug)]
+pub struct Registry {
+    // std lock: held only for map lookups, never across an await.
+    entries: RwLock<HashMap<String, Entry>>,
+    timeout: Duration,
+}
+
+impl Registry {
+    /// A registry holding the persisted `nodes` (all down), where a node is
+    /// down once `timeout` passes without a heartbeat.
+    pub fn new(nodes: Vec<pb::Node>, timeout: Duration) -> Self {
+        let entries = nodes
+            .into_iter()
+            .map(|node| {
+                (
+                    node.name.clone(),
+                    Entry {
+                        node,
+                        last_seen: None,
+                        boot_id: String::new(),
+                        leaving: false,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            entries: RwLock::new(entries),
+            timeout,
+        }
+    }
+
+    /// Records a heartbeat.
+    pub fn observe(&self, hb: &pb::Heartbeat) -> Observed {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        let now = Instant::now();
+        let entry = entries.entry(hb.node.clone()).or_insert_with(|| Entry {
+            node: pb::Node {
+                name: hb.node.clone(),
+                create_time: Some(SystemTime::now().into()),
+                ..Default::default()
+            },
+            last_seen: None,
+            boot_id: String::new(),
+            leaving: false,
+        });
+        let durable = |n: &pb::Node| {
+            (
+                n.labels.clone(),
+                n.cpus,
+                n.memory_bytes,
+                n.docker_version.clone(),
+                n.agent_version.clone(),
+                n.platform.clone(),
+            )
+        };
+        let before = durable(&entry.node);
+        let first = entry.node.last_seen.is_none() && entry.last_seen.is_none();
+        entry.node.labels = hb.labels.clone();
+        entry.node.cpus = hb.cpus;
+        entry.node.memory_bytes = hb.memory_bytes;
+        entry.node.docker_version = hb.docker_version.clone();
+        entry.node.agent_version = hb.agent_version.clone();
+        entry.node.platform = hb.platform.clone();
+        entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
+        let changed = first || before != durable(&entry.node);
+        let new_boot = !hb.leaving && entry.boot_id != hb.boot_id;
+        entry.boot_id = hb.boot_id.clone();
+        entry.leaving = hb.leaving;
+        entry.last_seen = Some(now);
+        Observed {
+            persist: changed.then(|| entry.node.clone()),
+            new_boot,
+        }
+    }
+
+    fn state(&self, e: &Entry) -> pb::NodeState {
+        match e.last_seen {
+            Some(t) if !e.leaving && t.elapsed() <= self.timeout => pb::NodeState::Ready,
+            _ => pb::NodeState::Down,
+        }
+    }
+
+    /// Every node with its current state, by name.
+    pub fn snapshot(&self) -> Vec<pb::Node> {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        let mut nodes: Vec<pb::Node> = entries
+            .values()
+            .map(|e| pb::Node {
+                state: self.state(e) as i32,
+                ..e.node.clone()
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        nodes
+    }
+
+    /// One node with its current state.
+    pub fn get(&self, name: &str) -> Option<pb::Node> {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries.get(name).map(|e| pb::Node {
+            state: self.state(e) as i32,
+            ..e.node.clone()
+        })
+    }
+
+    /// Whether `name` is ready.
+    pub fn is_ready(&self, name: &str) -> bool {
+        self.get(name)
+            .is_some_and(|n| n.state == pb::NodeState::Ready as i32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(node: &str, boot: &str) -> pb::Heartbeat {
+        pb::Heartbeat {
+            node: node.into(),
+            boot_id: boot.into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn first_heartbeat_persists_and_asks_for_inventory() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let o = reg.observe(&hb("a", "boot1"));
+        assert!(o.persist.is_some());
+        assert!(o.new_boot);
+        assert!(reg.is_ready("a"));
+        let o = reg.observe(&hb("a", "boot1"));
+        assert_eq!(
+            o,
+            Observed {
+                persist: None,
+                new_boot: false
+            }
+        );
+        let o = reg.observe(&hb("a", "boot2"));
+        assert!(o.new_boot && o.persist.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn leaving_or_silent_nodes_are_down() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        reg.observe(&hb("a", "b"));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(reg.is_ready("a"));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!reg.is_ready("a"));
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let mut leaving = hb("a", "b");
+        leaving.leaving = true;
+        reg.observe(&leaving);
+        assert_eq!(reg.get("a").unwrap().state, pb::NodeState::Down as i32);
+    }
+
+    #[test]
+    fn persisted_nodes_start_down() {
+        let reg = Registry::new(
+            vec![pb::Node {
+                name: "a".into(),
+                ..Default::default()
+            }],
+            Duration::from_secs(10),
+        );
+        assert_eq!(reg.snapshot()[0].state, pb::NodeState::Down as i32);
+    }
+}

@@ -1,0 +1,330 @@
+//! The scheduler's embedded, crash-safe store (redb). Nothing else touches
+//! the database file.
+//!
+//! Records are the API's own protobuf messages, encoded with prost: the
+//! proto is the only model of a container or a node. Every write is one
+//! redb transaction committed with immediate durability (fsync) before the
+//! call returns, so whatever the API acknowledged survives a crash or
+//! `kill -9`.
+//!
+//! Tables:
+//! - `containers`: name → `Container` (ordered by name: pagination walks it)
+//! - `container_ids`: id → name
+//! - `nodes`: name → `Node` (capacity, labels, first seen; liveness is kept
+//!   in memory)
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use devctl_proto::pb;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use thiserror::Error;
+
+const CONTAINERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("containers");
+const CONTAINER_IDS: TableDefinition<'_, &str, &str> = TableDefinition::new("container_ids");
+const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+
+/// A store failure.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    /// A record could not be decoded (a corrupt or foreign file).
+    #[error("store: corrupt record {key:?}: {source}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// The decoding error.
+        source: prost::DecodeError,
+    },
+    /// A container of that name exists.
+    #[error("a container named {0:?} already exists")]
+    NameTaken(String),
+    /// A blocking task failed.
+    #[error("store task: {0}")]
+    Task(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Which containers a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    /// Only this node's.
+    pub node: Option<String>,
+    /// Only this owner's.
+    pub owner: Option<String>,
+}
+
+impl ContainerFilter {
+    fn matches(&self, c: &pb::Container) -> bool {
+        self.node.as_ref().is_none_or(|n| *n == c.node)
+            && self.owner.as_ref().is_none_or(|o| *o == c.owner)
+    }
+}
+
+/// A handle to the store; clones share one database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`. redb recovers an
+    /// interrupted commit on open.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(CONTAINERS)?;
+        txn.open_table(CONTAINER_IDS)?;
+        txn.open_table(NODES)?;
+        txn.commit()?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs a write on the blocking pool (commits fsync).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Records a new container. Fails with [`StoreError::NameTaken`] if the
+    /// name is in use.
+    pub async fn insert_container(&self, c: pb::Container) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut containers = txn.open_table(CONTAINERS)?;
+                if containers.get(c.name.as_str())?.is_some() {
+                    return Err(StoreError::NameTaken(c.name));
+                }
+                containers.insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
+                txn.open_table(CONTAINER_IDS)?
+                    .insert(c.id.as_str(), c.name.as_str())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the record of an existing container (same name and id).
+    pub async fn update_container(&self, c: pb::Container) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(CONTAINERS)?
+                .insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a container's record.
+    pub async fn delete_container(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_string();
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            {
+                let mut containers = txn.open_table(CONTAINERS)?;
+                let id = match containers.remove(name.as_str())? {
+                    Some(old) => decode::<pb::Container>(&name, old.value())?.id,
+                    None => return Ok(()),
+                };
+                txn.open_table(CONTAINER_IDS)?.remove(id.as_str())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One container by name.
+    pub fn container(&self, name: &str) -> Result<Option<pb::Container>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTAINERS)?;
+        let found = table.get(name)?;
+        found.map(|v| decode(name, v.value())).transpose()
+    }
+
+    /// The name of the container with this id.
+    pub fn container_name_by_id(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTAINER_IDS)?;
+        let found = table.get(id)?;
+        Ok(found.map(|v| v.value().to_string()))
+    }
+
+    /// Up to `limit` containers matching `filter`, in name order, starting
+    /// after `after`. The flag says whether more remain.
+    pub fn list_containers(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &ContainerFilter,
+    ) -> Result<(Vec<pb::Container>, bool), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTAINERS)?;
+        let range = match after {
+            Some(a) => {
+                table.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
+            None => table.range::<&str>(..)?,
+        };
+        let mut out = Vec::new();
+        for entry in range {
+            let (k, v) = entry?;
+            let c: pb::Container = decode(k.value(), v.value())?;
+            if !filter.matches(&c) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push(c);
+        }
+        Ok((out, false))
+    }
+
+    /// Every container (for reconciliation and counts).
+    pub fn all_containers(&self) -> Result<Vec<pb::Container>, StoreError> {
+        Ok(self
+            .list_containers(None, usize::MAX, &ContainerFilter::default())?
+            .0)
+    }
+
+    /// How many containers each node holds.
+    pub fn containers_per_node(&self) -> Result<HashMap<String, usize>, StoreError> {
+        let mut counts = HashMap::new();
+        for c in self.all_containers()? {
+            *counts.entry(c.node).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Records a node (capacity, labels, first seen).
+    pub async fn put_node(&self, n: pb::Node) -> Result<(), StoreError> {
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            txn.open_table(NODES)?
+                .insert(n.name.as_str(), n.encode_to_vec().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every recorded node, by name.
+    pub fn nodes(&self) -> Result<Vec<pb::Node>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(NODES)?;
+        let mut out = Vec::new();
+        for entry in table.range::<&str>(..)? {
+            let (k, v) = entry?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(name: &str, node: &str) -> pb::Container {
+        pb::Container {
+            name: name.into(),
+            id: format!("id-{name}"),
+            image: "img".into(),
+            node: node.into(),
+            owner: "alice".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_and_records_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_container(container("a", "n1")).await.unwrap();
+            let err = store
+                .insert_container(container("a", "n2"))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::NameTaken(ref n) if n == "a"));
+            let mut b = container("b", "n2");
+            store.insert_container(b.clone()).await.unwrap();
+            b.last_error = "boom".into();
+            store.update_container(b).await.unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.container("a").unwrap().unwrap().node, "n1");
+        assert_eq!(store.container("b").unwrap().unwrap().last_error, "boom");
+        assert_eq!(
+            store.container_name_by_id("id-b").unwrap().as_deref(),
+            Some("b")
+        );
+        store.delete_container("a").await.unwrap();
+        assert!(store.container("a").unwrap().is_none());
+        assert!(store.container_name_by_id("id-a").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn listing_pages_in_name_order_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        for (name, node) in [("c", "n1"), ("a", "n1"), ("b", "n2"), ("d", "n1")] {
+            store.insert_container(container(name, node)).await.unwrap();
+        }
+        let all = ContainerFilter::default();
+        let (page, more) = store.list_containers(None, 2, &all).unwrap();
+        assert_eq!(
+            page.iter().map(|c| &c.name[..]).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(more);
+        let (page, more) = store.list_containers(Some("b"), 2, &all).unwrap();
+        assert_eq!(
+            page.iter().map(|c| &c.name[..]).collect::<Vec<_>>(),
+            ["c", "d"]
+        );
+        assert!(!more);
+        let n1 = ContainerFilter {
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        let (page, _) = store.list_containers(None, 10, &n1).unwrap();
+        assert_eq!(page.len(), 3);
+        assert_eq!(store.containers_per_node().unwrap()["n1"], 3);
+    }
+}
