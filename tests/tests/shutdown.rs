@@ -1,0 +1,34 @@
+//! SIGTERM stops the scheduler and the agent cleanly: exit status 0, a
+//! final log line, and an agent leaving leaves its containers running.
+
+use std::time::Duration;
+
+use devctl_tests::{IMAGE, TestCluster, engine_status};
+use nix::sys::signal::Signal;
+
+#[test]
+fn sigterm_stops_agent_and_scheduler_cleanly() {
+    let mut c = TestCluster::start(&["a"]);
+    c.devctl(&["create", "survivor", "--image", IMAGE]).ok();
+
+    let agent = c.agent("a");
+    agent.signal(Signal::SIGTERM);
+    let status = agent.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "agent exit: {status}");
+    assert!(agent.log().contains("agent stopped"));
+    // The agent's own end does not end the dev containers.
+    assert_eq!(
+        engine_status(&c.engine_container("survivor").unwrap()),
+        "running"
+    );
+    // It said it was leaving: the node is down without waiting for a timeout.
+    let nodes = c.devctl(&["nodes", "-o", "json"]).json();
+    assert_eq!(nodes[0]["state"], "down");
+
+    let mut scheduler = c.scheduler.take().unwrap();
+    scheduler.signal(Signal::SIGTERM);
+    let status = scheduler.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "scheduler exit: {status}");
+    assert!(scheduler.log().contains("scheduler stopped"));
+    assert!(!c.data_dir().join("scheduler.addr").exists());
+}

@@ -1,0 +1,110 @@
+//! The API requires a client certificate from the cluster CA.
+
+use std::{fs, path::Path};
+
+use devctl_proto::{
+    pb::{ListContainersRequest, container_service_client::ContainerServiceClient},
+    pki::Bundle,
+};
+use devctl_tests::{TestCluster, bin};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+fn copy(from: &Path, to: &Path, file: &str) {
+    fs::copy(from.join(file), to.join(file)).unwrap();
+}
+
+#[test]
+fn only_certificates_of_the_cluster_ca_are_accepted() {
+    let c = TestCluster::start(&[]);
+
+    // The admin bundle works.
+    c.devctl(&["ls"]).ok();
+
+    // A certificate from another CA, presented by a client that trusts our
+    // server: refused by the server.
+    let other = c.scratch().join("other");
+    let status = std::process::Command::new(bin("devctl-scheduler"))
+        .args(["init", "--data-dir"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mixed = c.scratch().join("mixed");
+    fs::create_dir(&mixed).unwrap();
+    copy(&c.admin_tls(), &mixed, "ca.pem");
+    copy(&other.join("clients/admin"), &mixed, "cert.pem");
+    copy(&other.join("clients/admin"), &mixed, "key.pem");
+    let err = c.devctl_as(&mixed, &["ls"]).err();
+    assert!(err.contains("issued by this cluster's CA"), "{err}");
+
+    // The other cluster's bundle as is: our server is not trusted either.
+    let err = c.devctl_as(&other.join("clients/admin"), &["ls"]).err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    // Agents' certificates may not use the API.
+    let agent = c.scratch().join("agent-cert");
+    let out = std::process::Command::new(bin("devctl-scheduler"))
+        .args([
+            "issue-cert",
+            "--name",
+            "node-x",
+            "--role",
+            "agent",
+            "--data-dir",
+        ])
+        .arg(c.data_dir())
+        .arg("--out")
+        .arg(&agent)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = c.devctl_as(&agent, &["ls"]).err();
+    assert!(err.contains("PermissionDenied"), "{err}");
+
+    // A developer certificate works.
+    let dev = c.scratch().join("dev-cert");
+    let out = std::process::Command::new(bin("devctl-scheduler"))
+        .args([
+            "issue-cert",
+            "--name",
+            "alice",
+            "--role",
+            "developer",
+            "--data-dir",
+        ])
+        .arg(c.data_dir())
+        .arg("--out")
+        .arg(&dev)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    c.devctl_as(&dev, &["ls"]).ok();
+
+    // No client certificate at all: the first call fails (under TLS 1.3 the
+    // handshake itself may appear to succeed).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ca = Bundle::load(&c.admin_tls()).unwrap().ca_pem;
+    let server = c.server.clone();
+    let result = rt.block_on(async move {
+        devctl_proto::pki::install_crypto_provider();
+        let channel = Endpoint::from_shared(server)
+            .unwrap()
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+            .unwrap()
+            .connect()
+            .await;
+        match channel {
+            Err(e) => Err(e.to_string()),
+            Ok(ch) => ContainerServiceClient::new(ch)
+                .list_containers(ListContainersRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+        }
+    });
+    assert!(result.is_err(), "a client without a certificate was served");
+}
