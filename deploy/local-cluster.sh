@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# A single-host devctl cluster on this machine, for trying devctl out.
+#
+#   deploy/local-cluster.sh [up]   build, start nats-server + scheduler + one
+#                                  agent, launch the dev container "hello"
+#   deploy/local-cluster.sh status what runs
+#   deploy/local-cluster.sh down   stop everything (containers stay)
+#   deploy/local-cluster.sh purge  down, remove its containers and state
+#
+# Settings (environment):
+#   DEVCTL_HOME       state, certificates and logs   (default: REPO/.devctl)
+#   DEVCTL_PORT       scheduler port, 0 = any free    (default: 7443)
+#   DEVCTL_NATS_PORT  NATS port, 0 = any free         (default: 4222)
+#   DEVCTL_NODE       the agent's node name           (default: local)
+#   DEVCTL_PROFILE    cargo profile to build          (default: release)
+#   DEVCTL_BIN_DIR    use these binaries, build none
+#   DEVCTL_SAMPLE     name of the sample container, "" for none (default: hello)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/deploy/prereqs.sh"
+
+home=${DEVCTL_HOME:-$root/.devctl}
+port=${DEVCTL_PORT:-7443}
+nats_port=${DEVCTL_NATS_PORT:-4222}
+node=${DEVCTL_NODE:-local}
+profile=${DEVCTL_PROFILE:-release}
+sample=${DEVCTL_SAMPLE-hello}
+data=$home/data
+logs=$home/logs
+run=$home/run
+
+pid_alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+
+# Waits for a command to succeed, up to $1 seconds.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "timed out waiting for $what (logs: $logs)"
+    sleep 0.2
+  done
+}
+
+start_bg() { # name, command...
+  local name=$1; shift
+  if pid_alive "$name"; then say "$name already runs (pid $(cat "$run/$name.pid"))"; return; fi
+  setsid "$@" >"$logs/$name.log" 2>&1 </dev/null &
+  echo $! >"$run/$name.pid"
+}
+
+stop_bg() { # name
+  local name=$1 pid
+  pid_alive "$name" || { rm -f "$run/$name.pid"; return; }
+  pid=$(cat "$run/$name.pid")
+  kill -TERM "$pid"
+  local deadline=$((SECONDS + 30))
+  while kill -0 "$pid" 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { kill -KILL "$pid"; break; }
+    sleep 0.1
+  done
+  rm -f "$run/$name.pid"
+  say "stopped $name"
+}
+
+binaries() {
+  if [ -n "${DEVCTL_BIN_DIR:-}" ]; then
+    bin=$DEVCTL_BIN_DIR
+  else
+    need_cargo
+    say "building devctl ($profile; the first build takes a few minutes)"
+    (cd "$root" && cargo build --workspace --bins --profile "$profile" -q)
+    local dir=$profile; [ "$profile" = dev ] && dir=debug
+    bin=$root/target/$dir
+  fi
+  for b in devctl devctl-scheduler devctl-agent; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing"
+  done
+}
+
+nats_url() {
+  local f
+  f=$(ls "$run"/nats/nats-server_*.ports 2>/dev/null | head -n1)
+  [ -n "$f" ] && sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$f"
+}
+
+write_env() {
+  cat >"$home/env" <<ENV
+export DEVCTL_SERVER=https://$(cat "$data/scheduler.addr")
+export DEVCTL_TLS_DIR=$data/clients/admin
+export PATH="$bin:\$PATH"
+ENV
+}
+
+up() {
+  need_docker
+  need_nats_server
+  need_image
+  binaries
+  mkdir -p "$logs" "$run/nats"
+  chmod 700 "$home"
+
+  if ! pid_alive nats; then
+    rm -f "$run"/nats/*.ports
+    local p=$nats_port; [ "$p" = 0 ] && p=-1
+    start_bg nats nats-server -a 127.0.0.1 -p "$p" -js -sd "$home/jetstream" --ports_file_dir "$run/nats"
+  fi
+  wait_for 15 "nats-server" nats_url
+  local nats; nats=$(nats_url)
+
+  if [ ! -f "$data/ca/ca.pem" ]; then
+    "$bin/devctl-scheduler" init --data-dir "$data" >/dev/null
+    say "created the cluster CA and an admin certificate in $data"
+  fi
+  if ! pid_alive scheduler; then
+    rm -f "$data/scheduler.addr"
+    start_bg scheduler "$bin/devctl-scheduler" serve --data-dir "$data" --listen "127.0.0.1:$port" --nats "$nats"
+  fi
+  wait_for 20 "the scheduler" test -s "$data/scheduler.addr"
+  start_bg agent "$bin/devctl-agent" --node "$node" --nats "$nats" --label env=local
+  write_env
+  source "$home/env"
+  wait_for 30 "node $node to be ready" sh -c "'$bin/devctl' nodes $node -o json | grep -q '\"state\": \"ready\"'"
+  say "cluster up: nats $nats, scheduler $DEVCTL_SERVER, node $node"
+
+  if [ -n "$sample" ]; then
+    if "$bin/devctl" get "$sample" >/dev/null 2>&1; then
+      "$bin/devctl" start "$sample" >/dev/null
+    else
+      say "launching dev container '$sample'"
+      "$bin/devctl" create "$sample" --image "$DEVCTL_IMAGE" --cpus 0.5 --memory 256m --label purpose=sample >/dev/null
+    fi
+    echo
+    "$bin/devctl" ls
+  fi
+  cat <<MSG
+
+Use the CLI from this shell with:
+  source $home/env
+  devctl nodes
+  devctl create dev2 --image $DEVCTL_IMAGE --cpus 1 --memory 512m
+  devctl stop $sample && devctl rm $sample
+Stop the cluster: deploy/local-cluster.sh down   (logs: $logs)
+MSG
+}
+
+status() {
+  for n in nats scheduler agent; do
+    if pid_alive $n; then echo "$n: running (pid $(cat "$run/$n.pid"))"; else echo "$n: stopped"; fi
+  done
+}
+
+down() {
+  stop_bg agent
+  stop_bg scheduler
+  stop_bg nats
+}
+
+purge() {
+  down
+  need_docker
+  local ids
+  ids=$(docker ps -aq --filter "label=io.devctl.node=$node")
+  [ -z "$ids" ] || docker rm -f $ids >/dev/null
+  rm -rf "$home"
+  say "removed the containers of node $node and $home"
+}
+
+case "${1:-up}" in
+  up) up ;;
+  status) status ;;
+  down) down ;;
+  purge) purge ;;
+  *) die "usage: $0 [up|status|down|purge]" ;;
+esac

