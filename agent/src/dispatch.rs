@@ -1,32 +1,113 @@
 //! Turns one bus command into runtime calls and one reply.
+//!
+//! Commands for one container run one at a time, in arrival order (a
+//! scheduler's clean-up `remove` after a timed-out `create` waits for that
+//! create to finish). An inventory waits for every command in flight, so it
+//! never reports a container halfway through an operation.
 
-use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use std::sync::Arc;
+
+use devctl_proto::{
+    keyed::KeyedLocks,
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+};
+use tokio::sync::RwLock;
 
 use crate::runtime::{ContainerRuntime, RuntimeError};
 
-/// Executes `command` on `runtime` and returns the reply to send.
-pub async fn handle<R: ContainerRuntime>(
-    runtime: &R,
-    command: Result<pb::AgentCommand, prost::DecodeError>,
-) -> pb::AgentReply {
-    let result = match command.map(|c| c.command) {
-        Err(e) => Err((
-            pb::AgentErrorCode::BadCommand,
-            format!("undecodable command: {e}"),
-        )),
-        Ok(None) => Err((pb::AgentErrorCode::BadCommand, "empty command".to_string())),
-        Ok(Some(cmd)) => execute(runtime, cmd)
-            .await
-            .map_err(|e| (e.code(), e.to_string())),
-    };
+/// Executes commands on a runtime.
+#[derive(Debug)]
+pub struct Dispatcher<R> {
+    runtime: R,
+    per_container: Arc<KeyedLocks>,
+    // Commands hold it shared; an inventory holds it exclusively.
+    barrier: RwLock<()>,
+}
+
+fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
     pb::AgentReply {
-        result: Some(match result {
-            Ok(reply) => reply,
-            Err((code, message)) => Reply::Error(pb::AgentError {
-                code: code as i32,
-                message,
-            }),
-        }),
+        result: Some(Reply::Error(pb::AgentError {
+            code: code as i32,
+            message,
+        })),
+    }
+}
+
+/// The reply to a command the agent will not execute because it is
+/// stopping.
+pub fn shutting_down() -> pb::AgentReply {
+    error_reply(
+        pb::AgentErrorCode::ShuttingDown,
+        "the agent is shutting down and did not execute the command".into(),
+    )
+}
+
+impl<R: ContainerRuntime> Dispatcher<R> {
+    /// A dispatcher over `runtime`.
+    pub fn new(runtime: R) -> Self {
+        Self {
+            runtime,
+            per_container: KeyedLocks::new(),
+            barrier: RwLock::new(()),
+        }
+    }
+
+    /// The runtime.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// Executes `command` and returns the reply to send.
+    pub async fn handle(
+        &self,
+        command: Result<pb::AgentCommand, prost::DecodeError>,
+    ) -> pb::AgentReply {
+        let cmd = match command.map(|c| c.command) {
+            Err(e) => {
+                return error_reply(
+                    pb::AgentErrorCode::BadCommand,
+                    format!("undecodable command: {e}"),
+                );
+            }
+            Ok(None) => {
+                return error_reply(pb::AgentErrorCode::BadCommand, "empty command".into());
+            }
+            Ok(Some(cmd)) => cmd,
+        };
+        let result = match container_id(&cmd) {
+            None => {
+                let _all = self.barrier.write().await;
+                execute(&self.runtime, cmd).await
+            }
+            Some(id) => {
+                let _shared = self.barrier.read().await;
+                let _one = self.per_container.lock(&id).await;
+                execute(&self.runtime, cmd).await
+            }
+        };
+        match result {
+            Ok(reply) => pb::AgentReply {
+                result: Some(reply),
+            },
+            Err(e) => error_reply(e.code(), e.to_string()),
+        }
+    }
+}
+
+/// The container a command is about; `None` for node-wide commands.
+fn container_id(cmd: &Command) -> Option<String> {
+    match cmd {
+        Command::Create(c) => Some(
+            c.container
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_default(),
+        ),
+        Command::Start(c) => Some(c.id.clone()),
+        Command::Stop(c) => Some(c.id.clone()),
+        Command::Restart(c) => Some(c.id.clone()),
+        Command::Remove(c) => Some(c.id.clone()),
+        Command::Inventory(_) => None,
     }
 }
 
@@ -58,4 +139,143 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
             containers: runtime.inventory().await?,
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::runtime::EngineInfo;
+
+    /// Records calls; `create` waits until the gate opens.
+    #[derive(Default)]
+    struct Gated {
+        log: Mutex<Vec<String>>,
+        gate: Notify,
+    }
+
+    impl Gated {
+        fn log(&self, s: String) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.log.lock().unwrap().push(s);
+            Ok(pb::ContainerStatus::default())
+        }
+        fn calls(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl ContainerRuntime for Arc<Gated> {
+        async fn info(&self) -> Result<EngineInfo, RuntimeError> {
+            Ok(EngineInfo::default())
+        }
+        async fn create_and_start(
+            &self,
+            spec: &pb::Container,
+        ) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.gate.notified().await;
+            self.log(format!("create {}", spec.id))
+        }
+        async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.log(format!("start {id}"))
+        }
+        async fn stop(&self, id: &str, _: i32) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.log(format!("stop {id}"))
+        }
+        async fn restart(&self, id: &str, _: i32) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.log(format!("restart {id}"))
+        }
+        async fn remove(&self, id: &str, _: bool) -> Result<(), RuntimeError> {
+            self.log(format!("remove {id}")).map(|_| ())
+        }
+        async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
+            self.log("inventory".into()).map(|_| vec![])
+        }
+        async fn running_count(&self) -> Result<i32, RuntimeError> {
+            Ok(0)
+        }
+    }
+
+    fn cmd(c: Command) -> Result<pb::AgentCommand, prost::DecodeError> {
+        Ok(pb::AgentCommand { command: Some(c) })
+    }
+
+    fn create(id: &str) -> Command {
+        Command::Create(pb::CreateCommand {
+            container: Some(pb::Container {
+                id: id.into(),
+                ..Default::default()
+            }),
+        })
+    }
+
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_for_one_container_run_in_order_others_do_not_wait() {
+        let rt = Arc::new(Gated::default());
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let spawn = |c: Command| {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.handle(cmd(c)).await })
+        };
+        let create_a = spawn(create("a"));
+        settle().await;
+        let remove_a = spawn(Command::Remove(pb::RemoveCommand {
+            id: "a".into(),
+            force: true,
+        }));
+        let start_b = spawn(Command::Start(pb::StartCommand { id: "b".into() }));
+        start_b.await.unwrap();
+        settle().await;
+        assert!(
+            !remove_a.is_finished(),
+            "remove waits for the create of the same container"
+        );
+        assert_eq!(rt.calls(), ["start b"]);
+        rt.gate.notify_one();
+        create_a.await.unwrap();
+        remove_a.await.unwrap();
+        assert_eq!(rt.calls(), ["start b", "create a", "remove a"]);
+    }
+
+    #[tokio::test]
+    async fn an_inventory_waits_for_commands_in_flight() {
+        let rt = Arc::new(Gated::default());
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let create_a = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.handle(cmd(create("a"))).await })
+        };
+        settle().await;
+        let inventory = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move {
+                d.handle(cmd(Command::Inventory(pb::InventoryCommand {})))
+                    .await
+            })
+        };
+        settle().await;
+        assert!(!inventory.is_finished());
+        rt.gate.notify_one();
+        create_a.await.unwrap();
+        inventory.await.unwrap();
+        assert_eq!(rt.calls(), ["create a", "inventory"]);
+    }
+
+    #[tokio::test]
+    async fn undecodable_and_empty_commands_are_refused() {
+        let d = Dispatcher::new(Arc::new(Gated::default()));
+        let r = d.handle(Ok(pb::AgentCommand { command: None })).await;
+        let Some(Reply::Error(e)) = r.result else {
+            panic!("{r:?}")
+        };
+        assert_eq!(e.code, pb::AgentErrorCode::BadCommand as i32);
+    }
 }

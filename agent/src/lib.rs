@@ -19,7 +19,12 @@ pub mod config;
 pub mod dispatch;
 pub mod runtime;
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use devctl_proto::pb;
 use thiserror::Error;
@@ -27,6 +32,7 @@ use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use config::Config;
+use dispatch::Dispatcher;
 use runtime::{ContainerRuntime, EngineInfo, RuntimeError};
 
 /// Why the agent could not run.
@@ -56,6 +62,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// The main loop, over any runtime.
+///
+/// Shutdown order: stop taking commands; answer commands already delivered
+/// but not started with SHUTTING_DOWN (the scheduler then knows nothing was
+/// done); wait for commands in flight; then send the `leaving` heartbeat.
 pub async fn serve<R: ContainerRuntime>(
     config: Config,
     labels: HashMap<String, String>,
@@ -77,53 +87,79 @@ pub async fn serve<R: ContainerRuntime>(
         tracing::info!(id = %c.id, name = %c.name, engine_status = %c.engine_status, "found devctl container");
     }
 
-    let runtime = Arc::new(runtime);
-    let tasks = TaskTracker::new();
-    let stop = CancellationToken::new();
-    let heartbeats = HeartbeatLoop {
-        bus: bus.clone(),
-        config: config.clone(),
-        labels,
-        info,
-        boot_id: uuid::Uuid::new_v4().to_string(),
-    };
-    tasks.spawn(heartbeats.run(Arc::clone(&runtime), stop.clone()));
-
+    // Listen before announcing ourselves: the scheduler asks for our
+    // inventory as soon as it hears the first heartbeat.
     let mut commands = bus.commands().await?;
+    let dispatcher = Arc::new(Dispatcher::new(runtime));
+    let stop_heartbeats = CancellationToken::new();
+    let heartbeats = tokio::spawn(
+        HeartbeatLoop {
+            bus: bus.clone(),
+            config: config.clone(),
+            labels,
+            info,
+            boot_id: uuid::Uuid::new_v4().to_string(),
+        }
+        .run(Arc::clone(&dispatcher), stop_heartbeats.clone()),
+    );
+
+    let in_flight = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_concurrent_ops.max(1)));
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        // Back-pressure: at capacity, take no command until one finishes.
+        let permit = tokio::select! {
             _ = &mut shutdown => break,
-            incoming = commands.next() => {
-                let Some(incoming) = incoming else {
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let incoming = tokio::select! {
+            _ = &mut shutdown => break,
+            incoming = commands.next() => match incoming {
+                Some(incoming) => incoming,
+                None => {
                     tracing::warn!("command subscription ended");
                     break;
-                };
-                // Back-pressure: at capacity, stop taking commands until one
-                // finishes.
-                let permit = Arc::clone(&permits).acquire_owned().await.expect("semaphore is never closed");
-                let runtime = Arc::clone(&runtime);
-                let bus = bus.clone();
-                tasks.spawn(async move {
-                    let reply = dispatch::handle(runtime.as_ref(), incoming.command.clone()).await;
-                    if let Err(e) = bus.reply(&incoming, &reply).await {
-                        tracing::error!(error = %e, "could not send reply");
-                    }
-                    drop(permit);
-                });
+                }
+            },
+        };
+        let dispatcher = Arc::clone(&dispatcher);
+        let bus = bus.clone();
+        in_flight.spawn(async move {
+            let reply = dispatcher.handle(incoming.command.clone()).await;
+            if let Err(e) = bus.reply(&incoming, &reply).await {
+                tracing::error!(error = %e, "could not send reply");
             }
-        }
+            drop(permit);
+        });
     }
 
     commands.close().await;
-    stop.cancel();
-    tasks.close();
-    if tokio::time::timeout(config.shutdown_timeout, tasks.wait())
+    let refused = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut n = 0;
+        while let Some(incoming) = commands.next().await {
+            if let Err(e) = bus.reply(&incoming, &dispatch::shutting_down()).await {
+                tracing::warn!(error = %e, "could not refuse a command");
+            }
+            n += 1;
+        }
+        n
+    })
+    .await;
+    if let Ok(n) = refused
+        && n > 0
+    {
+        tracing::info!(commands = n, "refused commands delivered during shutdown");
+    }
+    in_flight.close();
+    if tokio::time::timeout(config.shutdown_timeout, in_flight.wait())
         .await
         .is_err()
     {
         tracing::warn!(timeout = ?config.shutdown_timeout, "commands still running at shutdown were abandoned");
+    }
+    stop_heartbeats.cancel();
+    if let Err(e) = heartbeats.await {
+        tracing::error!(error = %e, "heartbeat task failed");
     }
     bus.flush().await?;
     tracing::info!(node = %config.node, "agent stopped");
@@ -157,7 +193,11 @@ impl HeartbeatLoop {
 
     /// Sends a heartbeat every interval while the engine answers, and a
     /// final `leaving` one when `stop` is cancelled.
-    async fn run<R: ContainerRuntime>(self, runtime: Arc<R>, stop: CancellationToken) {
+    async fn run<R: ContainerRuntime>(
+        self,
+        dispatcher: Arc<Dispatcher<R>>,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut engine_ok = true;
@@ -168,7 +208,7 @@ impl HeartbeatLoop {
             }
             // A node whose engine does not answer is not healthy: skip the
             // heartbeat so the scheduler marks it down.
-            match runtime.running_count().await {
+            match dispatcher.runtime().running_count().await {
                 Ok(running) => {
                     if !engine_ok {
                         tracing::info!("engine answers again");

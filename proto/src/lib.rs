@@ -9,10 +9,12 @@
 //!   loading three-file bundles, and building TLS configurations.
 //! - [`validate`]: name and label rules shared by every binary.
 //! - [`labels`]: the engine labels devctl puts on the containers it manages.
+//! - [`keyed`]: per-key async locks (one operation per container at a time).
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod bus;
 pub mod identity;
+pub mod keyed;
 pub mod labels;
 pub mod pki;
 pub mod process;

@@ -76,6 +76,12 @@ pub fn create_private_dir(dir: &Path) -> Result<(), PkiError> {
         .map_err(io_err(dir))
 }
 
+/// Sets `dir`'s mode to 0700.
+pub fn restrict_dir(dir: &Path) -> Result<(), PkiError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err(dir))
+}
+
 /// Writes `contents` to `path` atomically (temporary file, then rename) with
 /// the given mode.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
@@ -126,10 +132,18 @@ fn validity(params: &mut CertificateParams, valid_for: Duration) {
 
 /// The cluster CA: signs the scheduler's server certificate and every client
 /// certificate.
-#[derive(Debug)]
 pub struct ClusterCa {
     cert_pem: String,
     key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_pem", &"<pem>")
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl ClusterCa {

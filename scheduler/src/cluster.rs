@@ -11,17 +11,18 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use devctl_proto::{
+    keyed::{KeyGuard, KeyedLocks},
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
     validate::{self, InvalidField},
 };
 use thiserror::Error;
-use tokio::sync::OwnedMutexGuard;
+use tokio_util::task::TaskTracker;
 
 use crate::{
     bus::{Bus, BusError},
@@ -39,7 +40,7 @@ pub enum Error {
     /// INVALID_ARGUMENT: the engine refused the container's settings.
     #[error("{0}")]
     Rejected(String),
-    /// NOT_FOUND: no such container or node.
+    /// NOT_FOUND: no such container or node (in the cluster's records).
     #[error("{0}")]
     NotFound(String),
     /// ALREADY_EXISTS: the name is taken.
@@ -56,6 +57,22 @@ pub enum Error {
     /// INTERNAL: the store or the engine failed.
     #[error("{0}")]
     Internal(String),
+}
+
+impl Error {
+    /// The same error with `note` appended to its message.
+    fn annotate(self, note: &str) -> Self {
+        let with = |m: String| format!("{m}; {note}");
+        match self {
+            Error::Invalid(f) => Error::Rejected(with(f.to_string())),
+            Error::Rejected(m) => Error::Rejected(with(m)),
+            Error::NotFound(m) => Error::NotFound(with(m)),
+            Error::AlreadyExists(m) => Error::AlreadyExists(m),
+            Error::FailedPrecondition(m) => Error::FailedPrecondition(with(m)),
+            Error::Unavailable(m) => Error::Unavailable(with(m)),
+            Error::Internal(m) => Error::Internal(with(m)),
+        }
+    }
 }
 
 impl From<StoreError> for Error {
@@ -118,7 +135,10 @@ struct Shared {
     nodes: Registry,
     bus: Bus,
     settings: Settings,
-    locks: Arc<NameLocks>,
+    locks: Arc<KeyedLocks>,
+    // Every mutating operation runs as a task of this tracker, so a caller
+    // that goes away (deadline, Ctrl-C) cannot cut an operation in half.
+    tasks: TaskTracker,
     // tokio lock: held across the store insert that follows a placement
     // decision, so two creates cannot both count the same free node.
     placement: tokio::sync::Mutex<()>,
@@ -143,7 +163,8 @@ impl Cluster {
                 nodes,
                 bus,
                 settings,
-                locks: Arc::new(NameLocks::default()),
+                locks: KeyedLocks::new(),
+                tasks: TaskTracker::new(),
                 placement: tokio::sync::Mutex::new(()),
             }),
         }
@@ -165,9 +186,34 @@ impl Cluster {
         Ok(self.send_raw(node, command, extra).await?)
     }
 
+    /// Runs `op` as a task of the cluster and waits for it: if the caller
+    /// goes away, the operation still completes and records its outcome.
+    async fn detached<T: Send + 'static>(
+        &self,
+        op: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.shared
+            .tasks
+            .spawn(op)
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(format!("operation task failed: {e}"))))
+    }
+
+    /// Waits for every operation in flight to finish (at shutdown).
+    pub async fn finish_operations(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+
     /// Creates and starts a container owned by `owner`.
     pub async fn create(&self, spec: pb::Container, owner: &str) -> Result<pb::Container, Error> {
         validate_spec(&spec)?;
+        let (this, owner) = (self.clone(), owner.to_string());
+        self.detached(async move { this.create_now(spec, &owner).await })
+            .await
+    }
+
+    async fn create_now(&self, spec: pb::Container, owner: &str) -> Result<pb::Container, Error> {
         let _lock = self.shared.locks.lock(&spec.name).await;
         if self.store().container(&spec.name)?.is_some() {
             return Err(Error::AlreadyExists(spec.name));
@@ -231,43 +277,56 @@ impl Cluster {
                 tracing::info!(name = %record.name, node = %record.node, "container running");
                 Ok(record)
             }
-            Ok(reply) => {
+            // Any refusal but ENGINE guarantees the agent left nothing behind
+            // (it reports ENGINE when it could not clean up after itself).
+            Ok(Reply::Error(e)) if e.code != pb::AgentErrorCode::Engine as i32 && e.code != 0 => {
                 self.store().delete_container(&record.name).await?;
-                Err(agent_error(reply, &record))
+                Err(agent_error(Reply::Error(e), &record))
             }
             Err(BusError::NoResponders(node)) => {
                 // Nobody received the command: nothing was created.
                 self.store().delete_container(&record.name).await?;
                 Err(BusError::NoResponders(node).into())
             }
-            Err(err) => {
-                // The agent may or may not have created it: make sure it has
-                // not, then forget the record. If even that cannot be
-                // confirmed, keep the record, marked failed, so nothing on
-                // the node is unaccounted for.
-                let cleanup = Command::Remove(pb::RemoveCommand {
-                    id: record.id.clone(),
-                    force: true,
-                });
-                let gone = match self.send_raw(&record.node, cleanup, 0).await {
-                    Ok(Reply::Removed(_)) => true,
-                    Ok(Reply::Error(e)) => e.code == pb::AgentErrorCode::ContainerNotFound as i32,
-                    _ => false,
-                };
-                if gone {
-                    self.store().delete_container(&record.name).await?;
-                    return Err(err.into());
-                }
-                record.state = pb::ContainerState::Failed as i32;
-                record.last_error = format!("create: {err}");
-                record.update_time = now();
-                self.store().update_container(record.clone()).await?;
-                Err(Error::Unavailable(format!(
-                    "{err}; the container is recorded as failed: remove it with `devctl rm --force {}`",
-                    record.name
-                )))
+            Ok(reply) => {
+                let err = agent_error(reply, &record);
+                self.forget_or_mark_failed(record, err).await
             }
+            Err(e) => self.forget_or_mark_failed(record, e.into()).await,
         }
+    }
+
+    /// After a create whose outcome on the node is unknown: make sure the
+    /// node does not have the container, then forget the record. If that
+    /// cannot be confirmed, keep the record, marked failed, so nothing on
+    /// the node is unaccounted for. The agent runs commands for one
+    /// container in order, so this remove runs after the create finished.
+    async fn forget_or_mark_failed(
+        &self,
+        mut record: pb::Container,
+        err: Error,
+    ) -> Result<pb::Container, Error> {
+        let cleanup = Command::Remove(pb::RemoveCommand {
+            id: record.id.clone(),
+            force: true,
+        });
+        let gone = match self.send_raw(&record.node, cleanup, 0).await {
+            Ok(Reply::Removed(_)) => true,
+            Ok(Reply::Error(e)) => e.code == pb::AgentErrorCode::ContainerNotFound as i32,
+            _ => false,
+        };
+        if gone {
+            self.store().delete_container(&record.name).await?;
+            return Err(err);
+        }
+        record.state = pb::ContainerState::Failed as i32;
+        record.last_error = format!("create: {err}");
+        record.update_time = now();
+        self.store().update_container(record.clone()).await?;
+        Err(err.annotate(&format!(
+            "the container is recorded as failed: remove it with `devctl rm --force {}`",
+            record.name
+        )))
     }
 
     /// One container.
@@ -324,7 +383,7 @@ impl Cluster {
     }
 
     /// Loads `name` under its lock and checks that its node is ready.
-    async fn for_operation(&self, name: &str) -> Result<(NameGuard, pb::Container), Error> {
+    async fn for_operation(&self, name: &str) -> Result<(KeyGuard, pb::Container), Error> {
         let lock = self.shared.locks.lock(name).await;
         let c = self.get(name)?;
         if !self.shared.nodes.is_ready(&c.node) {
@@ -341,30 +400,36 @@ impl Cluster {
         &self,
         name: &str,
         desired: pb::DesiredState,
-        make: impl FnOnce(String) -> Command,
-        extra_timeout: i32,
+        command: fn(String, i32) -> Command,
+        stop_timeout: i32,
     ) -> Result<pb::Container, Error> {
-        let (_lock, mut c) = self.for_operation(name).await?;
-        let result = self.send(&c.node, make(c.id.clone()), extra_timeout).await;
-        c.desired_state = desired as i32;
-        c.update_time = now();
-        let outcome = match result {
-            Ok(Reply::Status(status)) => {
-                apply_status(&mut c, &status);
-                Ok(())
-            }
-            Ok(reply) => {
-                let err = agent_error(reply, &c);
-                if matches!(err, Error::NotFound(_)) {
-                    c.state = pb::ContainerState::Failed as i32;
+        let (this, name) = (self.clone(), name.to_string());
+        self.detached(async move {
+            let (_lock, mut c) = this.for_operation(&name).await?;
+            let result = this
+                .send(&c.node, command(c.id.clone(), stop_timeout), stop_timeout)
+                .await;
+            c.desired_state = desired as i32;
+            c.update_time = now();
+            let outcome = match result {
+                Ok(Reply::Status(status)) => {
+                    apply_status(&mut c, &status);
+                    Ok(())
                 }
-                c.last_error = err.to_string();
-                Err(err)
-            }
-            Err(err) => Err(err),
-        };
-        self.store().update_container(c.clone()).await?;
-        outcome.map(|()| c)
+                Ok(reply) => {
+                    let err = agent_error(reply, &c);
+                    if matches!(err, Error::FailedPrecondition(ref m) if m.contains("missing on node")) {
+                        c.state = pb::ContainerState::Failed as i32;
+                    }
+                    c.last_error = err.to_string();
+                    Err(err)
+                }
+                Err(err) => Err(err),
+            };
+            this.store().update_container(c.clone()).await?;
+            outcome.map(|()| c)
+        })
+        .await
     }
 
     /// Starts a container.
@@ -373,7 +438,7 @@ impl Cluster {
         self.lifecycle(
             name,
             pb::DesiredState::Running,
-            |id| Command::Start(pb::StartCommand { id }),
+            |id, _| Command::Start(pb::StartCommand { id }),
             0,
         )
         .await
@@ -386,10 +451,10 @@ impl Cluster {
         self.lifecycle(
             name,
             pb::DesiredState::Stopped,
-            |id| {
+            |id, timeout_seconds| {
                 Command::Stop(pb::StopCommand {
                     id,
-                    timeout_seconds: t,
+                    timeout_seconds,
                 })
             },
             t,
@@ -404,10 +469,10 @@ impl Cluster {
         self.lifecycle(
             name,
             pb::DesiredState::Running,
-            |id| {
+            |id, timeout_seconds| {
                 Command::Restart(pb::RestartCommand {
                     id,
-                    timeout_seconds: t,
+                    timeout_seconds,
                 })
             },
             t,
@@ -427,7 +492,13 @@ impl Cluster {
 
     /// Removes a container from its node and from the cluster.
     pub async fn delete(&self, name: &str, force: bool) -> Result<pb::Container, Error> {
-        let lock = self.shared.locks.lock(name).await;
+        let (this, name) = (self.clone(), name.to_string());
+        self.detached(async move { this.delete_now(&name, force).await })
+            .await
+    }
+
+    async fn delete_now(&self, name: &str, force: bool) -> Result<pb::Container, Error> {
+        let _lock = self.shared.locks.lock(name).await;
         let c = self.get(name)?;
         if !force && c.state == pb::ContainerState::Running as i32 {
             return Err(Error::FailedPrecondition(format!(
@@ -456,7 +527,6 @@ impl Cluster {
             }
         }
         self.store().delete_container(name).await?;
-        drop(lock);
         tracing::info!(name, "container removed");
         Ok(c)
     }
@@ -488,9 +558,14 @@ impl Cluster {
             })
     }
 
-    /// Records a heartbeat; returns whether the node's inventory should be
-    /// synced (its agent is new to this scheduler).
-    pub async fn heartbeat(&self, hb: &pb::Heartbeat) -> Result<bool, Error> {
+    /// Records a heartbeat. The first heartbeat of an agent process this
+    /// scheduler sees starts an inventory sync of its node (retried at the
+    /// next heartbeat until one succeeds).
+    pub async fn heartbeat(&self, hb: &pb::Heartbeat) -> Result<(), Error> {
+        if let Err(e) = validate::dns_label("heartbeat.node", &hb.node) {
+            tracing::warn!(error = %e, "heartbeat ignored");
+            return Ok(());
+        }
         let observed = self.shared.nodes.observe(hb);
         if let Some(node) = observed.persist {
             tracing::info!(node = %node.name, cpus = node.cpus, memory_bytes = node.memory_bytes, "node joined or changed");
@@ -499,7 +574,17 @@ impl Cluster {
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
         }
-        Ok(observed.new_boot)
+        if observed.needs_sync {
+            let (this, node, boot) = (self.clone(), hb.node.clone(), hb.boot_id.clone());
+            self.shared.tasks.spawn(async move {
+                let result = this.sync_inventory(&node).await;
+                if let Err(e) = &result {
+                    tracing::warn!(node, error = %e, "inventory sync failed; retrying at the next heartbeat");
+                }
+                this.shared.nodes.sync_done(&node, &boot, result.is_ok());
+            });
+        }
+        Ok(())
     }
 
     /// Asks `node` for the devctl containers it runs and brings recorded
@@ -541,7 +626,12 @@ impl Cluster {
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .is_none_or(|t| t >= asked_at);
             let was_pending = c.state == pb::ContainerState::Pending as i32;
-            match on_node.remove(&c.id) {
+            let status = on_node.remove(&c.id);
+            // Whatever changed after the inventory was taken is newer than it.
+            if changed_since_ask {
+                continue;
+            }
+            match status {
                 Some(status) => {
                     let before = (c.state, c.exit_code, c.runtime_id.clone());
                     apply_status(&mut c, &status);
@@ -554,7 +644,7 @@ impl Cluster {
                         tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
                     }
                 }
-                None if changed_since_ask || c.state == pb::ContainerState::Failed as i32 => {
+                None if c.state == pb::ContainerState::Failed as i32 => {
                     continue;
                 }
                 None => {
@@ -609,11 +699,15 @@ fn agent_error(reply: Reply, c: &pb::Container) -> Error {
         pb::AgentErrorCode::ImageNotFound | pb::AgentErrorCode::Conflict => {
             Error::FailedPrecondition(e.message)
         }
-        pb::AgentErrorCode::ContainerNotFound => Error::NotFound(format!(
+        pb::AgentErrorCode::ContainerNotFound => Error::FailedPrecondition(format!(
             "container {:?} is missing on node {:?} (removed outside devctl?); remove it with `devctl rm {}`",
             c.name, c.node, c.name
         )),
         pb::AgentErrorCode::Invalid => Error::Rejected(e.message),
+        pb::AgentErrorCode::ShuttingDown => Error::Unavailable(format!(
+            "the agent of node {:?} is shutting down; retry when it is back",
+            c.node
+        )),
         _ => Error::Internal(format!("node {:?}: {}", c.node, e.message)),
     }
 }
@@ -685,48 +779,6 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
     Ok(())
 }
 
-/// Per-name locks, dropped from the map once nobody holds or waits for them.
-#[derive(Debug, Default)]
-struct NameLocks {
-    // std lock: only guards the map, never held across an await.
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl NameLocks {
-    async fn lock(self: &Arc<Self>, name: &str) -> NameGuard {
-        let m = {
-            let mut map = self.map.lock().expect("lock map poisoned");
-            Arc::clone(map.entry(name.to_string()).or_default())
-        };
-        let guard = m.lock_owned().await;
-        NameGuard {
-            guard: Some(guard),
-            name: name.to_string(),
-            locks: Arc::clone(self),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct NameGuard {
-    guard: Option<OwnedMutexGuard<()>>,
-    name: String,
-    locks: Arc<NameLocks>,
-}
-
-impl Drop for NameGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = self.locks.map.lock().expect("lock map poisoned");
-        if map
-            .get(&self.name)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            map.remove(&self.name);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -783,14 +835,5 @@ mod tests {
             mutate(&mut s);
             assert_eq!(validate_spec(&s).unwrap_err().field, field);
         }
-    }
-
-    #[tokio::test]
-    async fn name_locks_are_released_and_forgotten() {
-        let locks = Arc::new(NameLocks::default());
-        let g = locks.lock("a").await;
-        assert_eq!(locks.map.lock().unwrap().len(), 1);
-        drop(g);
-        assert!(locks.map.lock().unwrap().is_empty());
     }
 }

@@ -92,6 +92,9 @@ impl DataDir {
             return Err(DataDirError::AlreadyInitialized(self.root.clone()));
         }
         pki::create_private_dir(&self.root)?;
+        // Also when the directory existed before: it holds the CA key and
+        // every container's environment.
+        pki::restrict_dir(&self.root)?;
         let ca = ClusterCa::generate(
             &self
                 .root

@@ -19,9 +19,10 @@ pub struct Observed {
     /// The node record to persist, when its durable fields changed (first
     /// heartbeat, new labels, capacity or versions).
     pub persist: Option<pb::Node>,
-    /// The agent (re)started since the last heartbeat this scheduler saw,
-    /// or this scheduler has not seen it yet: ask for its inventory.
-    pub new_boot: bool,
+    /// This agent process's inventory has not been synced by this
+    /// scheduler yet, and no sync is running: start one, then report with
+    /// [`Registry::sync_done`].
+    pub needs_sync: bool,
 }
 
 #[derive(Debug)]
@@ -30,6 +31,9 @@ struct Entry {
     last_seen: Option<Instant>,
     boot_id: String,
     leaving: bool,
+    /// The boot id whose inventory was synced.
+    synced_boot: String,
+    syncing: bool,
 }
 
 /// Nodes by name. A cheap clone handle is not needed: the registry lives in
@@ -55,6 +59,8 @@ impl Registry {
                         last_seen: None,
                         boot_id: String::new(),
                         leaving: false,
+                        synced_boot: String::new(),
+                        syncing: false,
                     },
                 )
             })
@@ -78,6 +84,8 @@ impl Registry {
             last_seen: None,
             boot_id: String::new(),
             leaving: false,
+            synced_boot: String::new(),
+            syncing: false,
         });
         let durable = |n: &pb::Node| {
             (
@@ -99,13 +107,25 @@ impl Registry {
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
         let changed = first || before != durable(&entry.node);
-        let new_boot = !hb.leaving && entry.boot_id != hb.boot_id;
+        let needs_sync = !hb.leaving && !entry.syncing && entry.synced_boot != hb.boot_id;
+        entry.syncing |= needs_sync;
         entry.boot_id = hb.boot_id.clone();
         entry.leaving = hb.leaving;
         entry.last_seen = Some(now);
         Observed {
             persist: changed.then(|| entry.node.clone()),
-            new_boot,
+            needs_sync,
+        }
+    }
+
+    /// Records the end of an inventory sync of `node` for `boot_id`.
+    pub fn sync_done(&self, node: &str, boot_id: &str, ok: bool) {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        if let Some(e) = entries.get_mut(node) {
+            e.syncing = false;
+            if ok {
+                e.synced_boot = boot_id.to_string();
+            }
         }
     }
 
@@ -161,22 +181,29 @@ mod tests {
     }
 
     #[test]
-    fn first_heartbeat_persists_and_asks_for_inventory() {
+    fn inventory_is_synced_once_per_agent_boot_and_retried_after_failure() {
         let reg = Registry::new(vec![], Duration::from_secs(10));
         let o = reg.observe(&hb("a", "boot1"));
         assert!(o.persist.is_some());
-        assert!(o.new_boot);
+        assert!(o.needs_sync);
         assert!(reg.is_ready("a"));
+        // While a sync runs, no second one starts.
+        assert!(!reg.observe(&hb("a", "boot1")).needs_sync);
+        reg.sync_done("a", "boot1", false);
+        // Failed: the next heartbeat retries.
+        assert!(reg.observe(&hb("a", "boot1")).needs_sync);
+        reg.sync_done("a", "boot1", true);
         let o = reg.observe(&hb("a", "boot1"));
         assert_eq!(
             o,
             Observed {
                 persist: None,
-                new_boot: false
+                needs_sync: false
             }
         );
+        // A restarted agent is synced again.
         let o = reg.observe(&hb("a", "boot2"));
-        assert!(o.new_boot && o.persist.is_none());
+        assert!(o.needs_sync && o.persist.is_none());
     }
 
     #[tokio::test(start_paused = true)]

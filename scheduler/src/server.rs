@@ -7,9 +7,8 @@ use devctl_proto::pb::{
     self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
 };
 use thiserror::Error;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{auth::authenticate, containers::ContainerApi, nodes::NodeApi},
@@ -69,15 +68,6 @@ pub async fn serve(
     let heartbeats = bus.heartbeats().await?;
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
-    let background = TaskTracker::new();
-    let stop = CancellationToken::new();
-    background.spawn(heartbeat_loop(
-        cluster.clone(),
-        heartbeats,
-        stop.clone(),
-        background.clone(),
-    ));
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ContainerServiceServer<ContainerApi>>()
@@ -103,10 +93,14 @@ pub async fn serve(
     .map_err(|e| ServeError::Io(e.to_string()))?;
     tracing::info!(%addr, nats = %config.nats, "scheduler listening (mutual TLS)");
 
+    let stop = CancellationToken::new();
+    // Stops the heartbeat loop on every way out of this function.
+    let _stop_on_exit = stop.clone().drop_guard();
+    let heartbeat_task = tokio::spawn(heartbeat_loop(cluster.clone(), heartbeats, stop.clone()));
+
     let result = Server::builder()
         .tls_config(bundle.server_tls())
         .map_err(|e| ServeError::Transport(e.to_string()))?
-        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ContainerServiceServer::with_interceptor(
@@ -117,17 +111,33 @@ pub async fn serve(
             NodeApi::new(cluster.clone()),
             authenticate,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Our own listener (port 0 support): set TCP_NODELAY on it here, as
+        // the builder's setting only applies to listeners tonic binds.
+        // Without it, larger replies stall ~40 ms on Nagle + delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            shutdown,
+        )
         .await
         .map_err(|e| ServeError::Transport(e.to_string()));
 
     stop.cancel();
-    background.close();
-    if tokio::time::timeout(Duration::from_secs(10), background.wait())
+    if let Err(e) = heartbeat_task.await {
+        tracing::error!(error = %e, "heartbeat loop failed");
+    }
+    // Calls in flight have finished; operations whose callers went away, and
+    // inventory syncs, may still run: let them record their outcome.
+    let grace = config.settings.command_timeout + Duration::from_secs(5);
+    if tokio::time::timeout(grace, cluster.finish_operations())
         .await
         .is_err()
     {
-        tracing::warn!("background tasks did not finish within 10s");
+        tracing::warn!(
+            ?grace,
+            "operations still running at shutdown were abandoned"
+        );
     }
     if let Err(e) = bus.flush().await {
         tracing::warn!(error = %e, "bus flush at shutdown");
@@ -137,14 +147,8 @@ pub async fn serve(
     result
 }
 
-/// Feeds heartbeats to the cluster and syncs the inventory of each agent the
-/// first time this scheduler hears from it.
-async fn heartbeat_loop(
-    cluster: Cluster,
-    mut heartbeats: Heartbeats,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
+/// Feeds heartbeats to the cluster until `stop` is cancelled.
+async fn heartbeat_loop(cluster: Cluster, mut heartbeats: Heartbeats, stop: CancellationToken) {
     loop {
         let hb = tokio::select! {
             _ = stop.cancelled() => break,
@@ -153,21 +157,8 @@ async fn heartbeat_loop(
                 None => break,
             },
         };
-        match cluster.heartbeat(&hb).await {
-            Ok(true) => {
-                let cluster = cluster.clone();
-                let stop = stop.clone();
-                tasks.spawn(async move {
-                    tokio::select! {
-                        _ = stop.cancelled() => {}
-                        r = cluster.sync_inventory(&hb.node) => if let Err(e) = r {
-                            tracing::warn!(node = %hb.node, error = %e, "inventory sync failed");
-                        }
-                    }
-                });
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(node = %hb.node, error = %e, "recording heartbeat failed"),
+        if let Err(e) = cluster.heartbeat(&hb).await {
+            tracing::error!(node = %hb.node, error = %e, "recording heartbeat failed");
         }
     }
 }

@@ -5,7 +5,10 @@
 //!
 //!   deploy/bench.sh launch        (N = DEVCTL_BENCH_RUNS, default 20)
 
-use std::{process::Command, time::{Duration, Instant}};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use devctl_tests::{IMAGE, TestCluster};
 
@@ -18,12 +21,19 @@ fn timed(mut cmd: Command) -> Duration {
     let t = Instant::now();
     let out = cmd.output().expect("spawn");
     let d = t.elapsed();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d
 }
 
 fn main() {
-    let runs: usize = std::env::var("DEVCTL_BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let runs: usize = std::env::var("DEVCTL_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
     let c = TestCluster::start(&["bench"]);
     let label = format!("devctl-bench={}", c.prefix);
     let mut devctl = Vec::new();
@@ -48,9 +58,18 @@ fn main() {
     }
     let (m1, m2) = (median(&mut devctl), median(&mut docker));
     println!("launch, {runs} runs each, medians:");
-    println!("| devctl create (until running) | {:.1} ms |", m1.as_secs_f64() * 1e3);
-    println!("| docker run -d --init          | {:.1} ms |", m2.as_secs_f64() * 1e3);
-    println!("| ratio                         | {:.3}    |", m1.as_secs_f64() / m2.as_secs_f64());
+    println!(
+        "| devctl create (until running) | {:.1} ms |",
+        m1.as_secs_f64() * 1e3
+    );
+    println!(
+        "| docker run -d --init          | {:.1} ms |",
+        m2.as_secs_f64() * 1e3
+    );
+    println!(
+        "| ratio                         | {:.3}    |",
+        m1.as_secs_f64() / m2.as_secs_f64()
+    );
     println!(
         "min/max devctl {:.1}/{:.1} ms, docker {:.1}/{:.1} ms",
         devctl[0].as_secs_f64() * 1e3,

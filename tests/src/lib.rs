@@ -110,7 +110,19 @@ pub struct Proc {
 impl Proc {
     /// Spawns `cmd`, logging to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
         let out = fs::File::create(&log)?;
+        // If the test process dies without dropping its guards, the kernel
+        // still ends the child. (It fires when the spawning *thread* ends:
+        // start processes from a test's own thread, not a pool thread.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs in the child
+        // between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -385,6 +397,19 @@ impl TestCluster {
             .1
     }
 
+    /// Waits until node `name` has `state` (`ready`, `down`).
+    pub fn wait_node_state(&self, name: &str, state: &str) {
+        wait_until(
+            &format!("node {name} {state}"),
+            Duration::from_secs(30),
+            || {
+                let r = self.devctl(&["nodes", name, "-o", "json"]);
+                let n: Value = serde_json::from_str(&r.stdout).ok()?;
+                (n["state"] == state).then_some(())
+            },
+        );
+    }
+
     /// Waits until every named node is ready.
     pub fn wait_nodes_ready(&self, names: &[String]) {
         wait_until("nodes ready", Duration::from_secs(30), || {
@@ -470,19 +495,21 @@ fn docker(args: &[&str]) -> Result<String> {
 }
 
 /// `docker inspect` of every container (running or not) with `label`.
+/// Containers are inspected one by one: only one removed between the
+/// listing and its inspection is skipped; any other failure panics.
 pub fn docker_inspect_by_label(label: &str) -> Vec<Value> {
     let ids = docker(&["ps", "-aq", "--filter", &format!("label={label}")]).expect("docker ps");
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if ids.is_empty() {
-        return Vec::new();
+    let mut out = Vec::new();
+    for id in ids.split_whitespace() {
+        match docker(&["inspect", id]) {
+            Ok(json) => {
+                out.extend(serde_json::from_str::<Vec<Value>>(&json).expect("inspect JSON"))
+            }
+            Err(e) if e.to_string().contains("No such") => {}
+            Err(e) => panic!("{e}"),
+        }
     }
-    let mut args = vec!["inspect"];
-    args.extend(ids);
-    match docker(&args) {
-        Ok(out) => serde_json::from_str::<Vec<Value>>(&out).expect("inspect JSON"),
-        // A container removed between ps and inspect.
-        Err(_) => Vec::new(),
-    }
+    out
 }
 
 /// Removes every container with `label`.

@@ -34,8 +34,14 @@ fn local_cluster_script_launches_a_dev_container_and_purges() {
     let stdout = String::from_utf8_lossy(&up.stdout);
     let stderr = String::from_utf8_lossy(&up.stderr);
     assert!(up.status.success(), "up failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("hello") && stdout.contains("running"), "{stdout}");
-    assert!(stdout.contains("source "), "tells how to use the CLI: {stdout}");
+    assert!(
+        stdout.contains("hello") && stdout.contains("running"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("source "),
+        "tells how to use the CLI: {stdout}"
+    );
 
     let on_engine = docker_inspect_by_label(&format!("io.devctl.node={node}"));
     assert_eq!(on_engine.len(), 1, "{on_engine:?}");
@@ -45,7 +51,10 @@ fn local_cluster_script_launches_a_dev_container_and_purges() {
 
     // A second `up` is harmless: same container, nothing duplicated.
     assert!(script("up").status.success());
-    assert_eq!(docker_inspect_by_label(&format!("io.devctl.node={node}")).len(), 1);
+    assert_eq!(
+        docker_inspect_by_label(&format!("io.devctl.node={node}")).len(),
+        1
+    );
 
     let status = String::from_utf8_lossy(&script("status").stdout).into_owned();
     assert_eq!(status.matches("running").count(), 3, "{status}");

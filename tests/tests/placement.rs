@@ -86,18 +86,8 @@ fn a_down_node_is_never_chosen_and_a_pinned_create_says_why() {
             .wait_exit(std::time::Duration::from_secs(20))
             .success()
     );
-    let nodes = c.devctl(&["nodes", "-o", "json"]).json();
-    let state = |n: &str| {
-        nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["name"] == n)
-            .unwrap()["state"]
-            .clone()
-    };
-    assert_eq!(state(&a), "ready");
-    assert_eq!(state(&b), "down");
+    c.wait_node_state(&b, "down");
+    c.wait_node_state(&a, "ready");
 
     for i in 0..2 {
         let got = c

@@ -21,9 +21,15 @@ fn sigterm_stops_agent_and_scheduler_cleanly() {
         engine_status(&c.engine_container("survivor").unwrap()),
         "running"
     );
-    // It said it was leaving: the node is down without waiting for a timeout.
-    let nodes = c.devctl(&["nodes", "-o", "json"]).json();
-    assert_eq!(nodes[0]["state"], "down");
+    // It said it was leaving: the node goes down without waiting out the
+    // 10 s heartbeat timeout (the deadline here is shorter than that).
+    let started = std::time::Instant::now();
+    c.wait_node_state(&c.node("a"), "down");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "down only after {:?}",
+        started.elapsed()
+    );
 
     let mut scheduler = c.scheduler.take().unwrap();
     scheduler.signal(Signal::SIGTERM);

@@ -143,23 +143,6 @@ impl DockerRuntime {
             .map_err(|e| map_err(e, &spec.id))?;
         Ok(created.id)
     }
-
-    async fn remove_quietly(&self, runtime_id: &str) {
-        if let Err(e) = self
-            .docker
-            .remove_container(
-                runtime_id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-        {
-            tracing::error!(runtime_id, error = %e, "could not remove a container whose start failed");
-        }
-    }
 }
 
 impl ContainerRuntime for DockerRuntime {
@@ -185,16 +168,34 @@ impl ContainerRuntime for DockerRuntime {
             Some(existing) => existing,
             None => self.create_new(spec).await?,
         };
-        if let Err(e) = self
-            .docker
-            .start_container(&runtime_id, None::<StartContainerOptions>)
-            .await
-        {
-            let err = map_err(e, &spec.id);
-            self.remove_quietly(&runtime_id).await;
-            return Err(err);
+        let started = async {
+            self.docker
+                .start_container(&runtime_id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| map_err(e, &spec.id))?;
+            self.status(&runtime_id).await
         }
-        self.status(&runtime_id).await
+        .await;
+        let Err(err) = started else { return started };
+        // Leave nothing behind. If even that fails, say so as an engine
+        // error: the scheduler then keeps a record of the container.
+        let removed = self
+            .docker
+            .remove_container(
+                &runtime_id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        match removed {
+            Ok(()) => Err(err),
+            Err(e) => Err(RuntimeError::Engine(format!(
+                "{err}; removing the container afterwards also failed: {e}"
+            ))),
+        }
     }
 
     async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {

@@ -93,9 +93,19 @@ fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`. redb recovers an
+    /// Opens (or creates) the database at `path`, readable by its owner
+    /// only (it holds every container's environment). redb recovers an
     /// interrupted commit on open.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let io = |e: std::io::Error| StoreError::Db(redb::StorageError::from(e).into());
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(CONTAINERS)?;
@@ -268,6 +278,16 @@ mod tests {
             owner: "alice".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
+        Store::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[tokio::test]
