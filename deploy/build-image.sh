@@ -9,16 +9,25 @@ set -euo pipefail
 tag=${1:-devctl/busybox:latest}
 here=$(cd "$(dirname "$0")" && pwd)
 
-if ! dpkg -s busybox-static >/dev/null 2>&1; then
-  echo "installing busybox-static" >&2
-  ${SUDO:-} apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -qq busybox-static >/dev/null
+# A static busybox: $BUSYBOX, or Debian's busybox-static (installed if
+# missing; it replaces Debian's dynamically linked busybox package).
+busybox=${BUSYBOX:-}
+if [ -z "$busybox" ]; then
+  if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed'; then
+    command -v apt-get >/dev/null || { echo "error: set BUSYBOX to a statically linked busybox binary" >&2; exit 1; }
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "installing busybox-static" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq busybox-static >/dev/null
+  fi
+  busybox=/bin/busybox
 fi
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 cp "$here/images/busybox/Dockerfile" "$ctx/"
-cp -L /bin/busybox "$ctx/busybox"
+cp -L "$busybox" "$ctx/busybox"
 # The classic builder needs nothing from a registry for FROM scratch (and is
 # the one every engine version has).
 if ! DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >"$ctx/build.log" 2>&1; then

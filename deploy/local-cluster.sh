@@ -29,13 +29,21 @@ data=$home/data
 logs=$home/logs
 run=$home/run
 
-pid_alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
+# The process a pid file names, if it still runs and is still ours (a pid
+# file left by a reboot may name an unrelated process).
+declare -A exe=([nats]=nats-server [scheduler]=devctl-scheduler [agent]=devctl-agent)
+pid_alive() {
+  local pid
+  [ -f "$run/$1.pid" ] || return 1
+  pid=$(cat "$run/$1.pid")
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "${exe[$1]}"
+}
 
 # Waits for a command to succeed, up to $1 seconds.
 wait_for() {
   local secs=$1 what=$2; shift 2
   local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
+  until "$@" >/dev/null; do
     [ $SECONDS -lt $deadline ] || die "timed out waiting for $what (logs: $logs)"
     sleep 0.2
   done
@@ -46,6 +54,7 @@ start_bg() { # name, command...
   if pid_alive "$name"; then say "$name already runs (pid $(cat "$run/$name.pid"))"; return; fi
   setsid "$@" >"$logs/$name.log" 2>&1 </dev/null &
   echo $! >"$run/$name.pid"
+  started+=("$name")
 }
 
 stop_bg() { # name
@@ -58,6 +67,8 @@ stop_bg() { # name
     [ $SECONDS -lt $deadline ] || { kill -KILL "$pid"; break; }
     sleep 0.1
   done
+  # Reap it if this shell started it (and keep bash's job notice quiet).
+  wait "$pid" 2>/dev/null || true
   rm -f "$run/$name.pid"
   say "stopped $name"
 }
@@ -78,26 +89,37 @@ binaries() {
 }
 
 nats_url() {
-  local f
+  local f url
   f=$(ls "$run"/nats/nats-server_*.ports 2>/dev/null | head -n1)
-  [ -n "$f" ] && sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$f"
+  [ -n "$f" ] || return 1
+  url=$(sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$f")
+  [ -n "$url" ] && echo "$url"
+}
+
+node_ready() {
+  pid_alive agent || die "the agent exited: $(tail -n 1 "$logs/agent.log")"
+  "$bin/devctl" nodes "$node" -o json 2>/dev/null | grep -q '"state": "ready"'
 }
 
 write_env() {
-  cat >"$home/env" <<ENV
-export DEVCTL_SERVER=https://$(cat "$data/scheduler.addr")
-export DEVCTL_TLS_DIR=$data/clients/admin
-export PATH="$bin:\$PATH"
-ENV
+  {
+    printf 'export DEVCTL_SERVER=%q\n' "https://$(cat "$data/scheduler.addr")"
+    printf 'export DEVCTL_TLS_DIR=%q\n' "$data/clients/admin"
+    printf 'export PATH=%q:"$PATH"\n' "$bin"
+  } >"$home/env"
 }
 
 up() {
+  # If anything below fails, stop what this run started.
+  started=()
+  trap 'rc=$?; if [ $rc -ne 0 ]; then for n in "${started[@]}"; do stop_bg "$n"; done; fi' EXIT
   need_docker
   need_nats_server
   need_image
   binaries
   mkdir -p "$logs" "$run/nats"
   chmod 700 "$home"
+  touch "$home/.devctl-local-cluster"
 
   if ! pid_alive nats; then
     rm -f "$run"/nats/*.ports
@@ -119,7 +141,7 @@ up() {
   start_bg agent "$bin/devctl-agent" --node "$node" --nats "$nats" --label env=local
   write_env
   source "$home/env"
-  wait_for 30 "node $node to be ready" sh -c "'$bin/devctl' nodes $node -o json | grep -q '\"state\": \"ready\"'"
+  wait_for 30 "node $node to be ready" node_ready
   say "cluster up: nats $nats, scheduler $DEVCTL_SERVER, node $node"
 
   if [ -n "$sample" ]; then
@@ -156,6 +178,10 @@ down() {
 }
 
 purge() {
+  # Only ever delete a directory this script made.
+  if [ -d "$home" ] && [ ! -f "$home/.devctl-local-cluster" ]; then
+    die "$home was not made by this script; not removing it"
+  fi
   down
   need_docker
   local ids

