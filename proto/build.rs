@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/container.proto",
         "devctl/v1/node.proto",
         "devctl/v1/bus.proto",
+        "devctl/v1/events.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))

@@ -21,6 +21,7 @@ fn bus_err(e: impl std::fmt::Display) -> BusError {
 #[derive(Debug, Clone)]
 pub struct Bus {
     client: Client,
+    jetstream: async_nats::jetstream::Context,
     node: String,
 }
 
@@ -46,6 +47,7 @@ impl Bus {
             .await
             .map_err(bus_err)?;
         Ok(Self {
+            jetstream: async_nats::jetstream::new(client.clone()),
             client,
             node: node.to_string(),
         })
@@ -81,6 +83,22 @@ impl Bus {
             )
             .await
             .map_err(bus_err)
+    }
+
+    /// Stores an engine event in the node-events stream and waits for the
+    /// server's acknowledgement (so a full stream slows the agent down
+    /// instead of losing events).
+    pub async fn engine_event(&self, ev: &pb::EngineEvent) -> Result<(), BusError> {
+        let msg = async_nats::jetstream::message::PublishMessage::build()
+            .payload(ev.encode_to_vec().into())
+            .message_id(&ev.event_id);
+        self.jetstream
+            .send_publish(bus::engine_events_subject(&self.node), msg)
+            .await
+            .map_err(bus_err)?
+            .await
+            .map_err(bus_err)?;
+        Ok(())
     }
 
     /// Waits until everything published so far has reached the server.

@@ -196,6 +196,9 @@ mod tests {
         async fn running_count(&self) -> Result<i32, RuntimeError> {
             Ok(0)
         }
+        fn engine_events(&self, _: i64) -> crate::runtime::EngineEvents {
+            Box::pin(futures::stream::empty())
+        }
     }
 
     fn cmd(c: Command) -> Result<pb::AgentCommand, prost::DecodeError> {

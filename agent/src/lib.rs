@@ -27,6 +27,7 @@ use std::{
 };
 
 use devctl_proto::pb;
+use futures::StreamExt;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -103,6 +104,13 @@ pub async fn serve<R: ContainerRuntime>(
         .run(Arc::clone(&dispatcher), stop_heartbeats.clone()),
     );
 
+    let stop_events = CancellationToken::new();
+    let events = tokio::spawn(forward_engine_events(
+        Arc::clone(&dispatcher),
+        bus.clone(),
+        stop_events.clone(),
+    ));
+
     let in_flight = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(config.max_concurrent_ops.max(1)));
     tokio::pin!(shutdown);
@@ -157,6 +165,13 @@ pub async fn serve<R: ContainerRuntime>(
     {
         tracing::warn!(timeout = ?config.shutdown_timeout, "commands still running at shutdown were abandoned");
     }
+    // Events of the last commands are on the engine's stream by now; give
+    // the forwarder a moment to pass them on, then stop it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_events.cancel();
+    if let Err(e) = events.await {
+        tracing::error!(error = %e, "event forwarder failed");
+    }
     stop_heartbeats.cancel();
     if let Err(e) = heartbeats.await {
         tracing::error!(error = %e, "heartbeat task failed");
@@ -164,6 +179,60 @@ pub async fn serve<R: ContainerRuntime>(
     bus.flush().await?;
     tracing::info!(node = %config.node, "agent stopped");
     Ok(())
+}
+
+/// Forwards the engine's events for this node to the bus until `stop`.
+/// Reconnects to the engine from the last event's time after a failure;
+/// retries a publish until it is acknowledged.
+async fn forward_engine_events<R: ContainerRuntime>(
+    dispatcher: Arc<Dispatcher<R>>,
+    bus: bus::Bus,
+    stop: CancellationToken,
+) {
+    let now = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or_default()
+    };
+    let mut since = now();
+    let mut backoff = Duration::from_millis(100);
+    'outer: loop {
+        let mut events = dispatcher.runtime().engine_events(since);
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => break 'outer,
+                ev = events.next() => ev,
+            };
+            match ev {
+                Some(Ok(ev)) => {
+                    backoff = Duration::from_millis(100);
+                    let mut retry = Duration::from_millis(100);
+                    while let Err(e) = bus.engine_event(&ev).await {
+                        tracing::warn!(error = %e, action = %ev.action, "engine event not stored yet; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => break 'outer,
+                            _ = tokio::time::sleep(retry) => {}
+                        }
+                        retry = (retry * 2).min(Duration::from_secs(5));
+                    }
+                    if let Some(t) = ev.time {
+                        since = t.seconds * 1_000_000_000 + i64::from(t.nanos);
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "engine event stream failed; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 struct HeartbeatLoop {

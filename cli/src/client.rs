@@ -6,7 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result, bail};
 use devctl_proto::{
     pb::{
-        container_service_client::ContainerServiceClient, node_service_client::NodeServiceClient,
+        container_service_client::ContainerServiceClient, event_service_client::EventServiceClient,
+        node_service_client::NodeServiceClient,
     },
     pki::Bundle,
 };
@@ -19,6 +20,8 @@ pub struct Client {
     pub containers: ContainerServiceClient<Channel>,
     /// NodeService.
     pub nodes: NodeServiceClient<Channel>,
+    /// EventService.
+    pub events: EventServiceClient<Channel>,
 }
 
 /// The bundle directory: `--tls-dir`, else `~/.config/devctl/tls` if it
@@ -58,7 +61,8 @@ impl Client {
             .with_context(|| format!("cannot reach the scheduler at {server}"))?;
         Ok(Self {
             containers: ContainerServiceClient::new(channel.clone()),
-            nodes: NodeServiceClient::new(channel),
+            nodes: NodeServiceClient::new(channel.clone()),
+            events: EventServiceClient::new(channel),
         })
     }
 }

@@ -61,6 +61,8 @@ pub enum Command {
     Rm(commands::rm::Args),
     /// List the cluster's nodes, or show one.
     Nodes(commands::nodes::Args),
+    /// Show the cluster's events (-f to follow).
+    Events(commands::events::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

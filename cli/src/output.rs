@@ -312,3 +312,110 @@ pub fn node(format: Format, n: &pb::Node) -> Result<()> {
     }
     nodes(format, std::slice::from_ref(n))
 }
+
+/// An event as printed with -o json/yaml.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    sequence: u64,
+    time: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    container: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    container_id: String,
+    node: String,
+    actor: String,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    message: String,
+}
+
+/// `EVENT_TYPE_CONTAINER_STARTED` → `container.started`.
+pub fn event_word(t: pb::EventType) -> String {
+    let s = t
+        .as_str_name()
+        .trim_start_matches("EVENT_TYPE_")
+        .to_lowercase();
+    match s.split_once('_') {
+        Some((kind, what)) => format!("{kind}.{what}"),
+        None => s,
+    }
+}
+
+impl From<&pb::Event> for EventView {
+    fn from(e: &pb::Event) -> Self {
+        Self {
+            sequence: e.sequence,
+            time: e
+                .time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            kind: event_word(e.r#type()),
+            container: e.container.clone(),
+            container_id: e.container_id.clone(),
+            node: e.node.clone(),
+            actor: e.actor.clone(),
+            reason: e.reason.clone(),
+            exit_code: e.exit_code,
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// Prints a stream of events: one line each (a header first), one JSON
+/// object per line with -o json, YAML documents with -o yaml.
+#[derive(Debug)]
+pub struct EventPrinter {
+    format: Format,
+    header: bool,
+}
+
+impl EventPrinter {
+    /// A printer for `format`.
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            header: false,
+        }
+    }
+
+    /// Prints one event.
+    pub fn print(&mut self, e: &pb::Event) -> Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let view = EventView::from(e);
+        match self.format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&view)?)?,
+            Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
+            Format::Table => {
+                if !self.header {
+                    writeln!(
+                        out,
+                        "{:<24}  {:<21}  {:<16}  {:<14}  {:<10}  {:<17}  MESSAGE",
+                        "TIME", "TYPE", "CONTAINER", "NODE", "ACTOR", "REASON"
+                    )?;
+                    self.header = true;
+                }
+                writeln!(
+                    out,
+                    "{:<24}  {:<21}  {:<16}  {:<14}  {:<10}  {:<17}  {}",
+                    view.time.as_deref().unwrap_or("-"),
+                    view.kind,
+                    if view.container.is_empty() {
+                        "-"
+                    } else {
+                        &view.container
+                    },
+                    view.node,
+                    view.actor,
+                    view.reason,
+                    view.message
+                )?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}

@@ -21,6 +21,43 @@ pub fn heartbeat_subject(node: &str) -> String {
     format!("{ROOT}.node.{node}.heartbeat")
 }
 
+/// Engine events of one node (JetStream stream [`NODE_EVENTS_STREAM`]).
+pub fn engine_events_subject(node: &str) -> String {
+    format!("{ROOT}.node.{node}.events")
+}
+
+/// The JetStream stream of every node's engine events (a work queue the
+/// scheduler consumes).
+pub const NODE_EVENTS_STREAM: &str = "DEVCTL_NODE_EVENTS";
+/// Its subjects.
+pub const ALL_ENGINE_EVENTS: &str = "devctl.node.*.events";
+
+/// The JetStream stream of the cluster's event history.
+pub const EVENTS_STREAM: &str = "DEVCTL_EVENTS";
+/// Its subjects.
+pub const ALL_EVENTS: &str = "devctl.events.>";
+
+/// Subject of a container's events: `devctl.events.<node>.container.<name>`.
+pub fn container_event_subject(node: &str, name: &str) -> String {
+    format!("{ROOT}.events.{node}.container.{name}")
+}
+
+/// Subject of a node's own events: `devctl.events.<node>.node`.
+pub fn node_event_subject(node: &str) -> String {
+    format!("{ROOT}.events.{node}.node")
+}
+
+/// The subject filter selecting the events of `node` and/or `container`
+/// (each `None` for any).
+pub fn event_filter(node: Option<&str>, container: Option<&str>) -> String {
+    match (node, container) {
+        (None, None) => ALL_EVENTS.to_string(),
+        (Some(n), None) => format!("{ROOT}.events.{n}.>"),
+        (None, Some(c)) => format!("{ROOT}.events.*.container.{c}"),
+        (Some(n), Some(c)) => container_event_subject(n, c),
+    }
+}
+
 /// Heartbeats of every node (for the scheduler's subscription).
 pub const ALL_HEARTBEATS: &str = "devctl.node.*.heartbeat";
 

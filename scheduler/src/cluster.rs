@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     bus::{Bus, BusError},
+    events::{self, Intents, Op},
     nodes::Registry,
     placement,
     store::{ContainerFilter, Store, StoreError},
@@ -136,6 +137,7 @@ struct Shared {
     bus: Bus,
     settings: Settings,
     locks: Arc<KeyedLocks>,
+    intents: Arc<Intents>,
     // Every mutating operation runs as a task of this tracker, so a caller
     // that goes away (deadline, Ctrl-C) cannot cut an operation in half.
     tasks: TaskTracker,
@@ -164,6 +166,7 @@ impl Cluster {
                 bus,
                 settings,
                 locks: KeyedLocks::new(),
+                intents: Arc::default(),
                 tasks: TaskTracker::new(),
                 placement: tokio::sync::Mutex::new(()),
             }),
@@ -266,6 +269,7 @@ impl Cluster {
             self.store().insert_container(record.clone()).await?;
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
+        let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
 
         let command = Command::Create(pb::CreateCommand {
             container: Some(record.clone()),
@@ -402,10 +406,13 @@ impl Cluster {
         desired: pb::DesiredState,
         command: fn(String, i32) -> Command,
         stop_timeout: i32,
+        actor: &str,
+        op: Op,
     ) -> Result<pb::Container, Error> {
-        let (this, name) = (self.clone(), name.to_string());
+        let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
         self.detached(async move {
             let (_lock, mut c) = this.for_operation(&name).await?;
+            let _intent = this.shared.intents.begin(&c.id, &actor, op);
             let result = this
                 .send(&c.node, command(c.id.clone(), stop_timeout), stop_timeout)
                 .await;
@@ -433,21 +440,28 @@ impl Cluster {
     }
 
     /// Starts a container.
-    pub async fn start(&self, name: &str) -> Result<pb::Container, Error> {
-        tracing::info!(name, "start");
+    pub async fn start(&self, name: &str, actor: &str) -> Result<pb::Container, Error> {
+        tracing::info!(name, actor, "start");
         self.lifecycle(
             name,
             pb::DesiredState::Running,
             |id, _| Command::Start(pb::StartCommand { id }),
             0,
+            actor,
+            Op::Start,
         )
         .await
     }
 
     /// Stops a container.
-    pub async fn stop(&self, name: &str, timeout: Option<i32>) -> Result<pb::Container, Error> {
+    pub async fn stop(
+        &self,
+        name: &str,
+        timeout: Option<i32>,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
-        tracing::info!(name, timeout = t, "stop");
+        tracing::info!(name, actor, timeout = t, "stop");
         self.lifecycle(
             name,
             pb::DesiredState::Stopped,
@@ -458,14 +472,21 @@ impl Cluster {
                 })
             },
             t,
+            actor,
+            Op::Stop,
         )
         .await
     }
 
     /// Restarts a container.
-    pub async fn restart(&self, name: &str, timeout: Option<i32>) -> Result<pb::Container, Error> {
+    pub async fn restart(
+        &self,
+        name: &str,
+        timeout: Option<i32>,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
-        tracing::info!(name, timeout = t, "restart");
+        tracing::info!(name, actor, timeout = t, "restart");
         self.lifecycle(
             name,
             pb::DesiredState::Running,
@@ -476,6 +497,8 @@ impl Cluster {
                 })
             },
             t,
+            actor,
+            Op::Restart,
         )
         .await
     }
@@ -491,15 +514,26 @@ impl Cluster {
     }
 
     /// Removes a container from its node and from the cluster.
-    pub async fn delete(&self, name: &str, force: bool) -> Result<pb::Container, Error> {
-        let (this, name) = (self.clone(), name.to_string());
-        self.detached(async move { this.delete_now(&name, force).await })
+    pub async fn delete(
+        &self,
+        name: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
+        let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
+        self.detached(async move { this.delete_now(&name, force, &actor).await })
             .await
     }
 
-    async fn delete_now(&self, name: &str, force: bool) -> Result<pb::Container, Error> {
+    async fn delete_now(
+        &self,
+        name: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
         let _lock = self.shared.locks.lock(name).await;
         let c = self.get(name)?;
+        let _intent = self.shared.intents.begin(&c.id, actor, Op::Remove);
         if !force && c.state == pb::ContainerState::Running as i32 {
             return Err(Error::FailedPrecondition(format!(
                 "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
@@ -571,9 +605,14 @@ impl Cluster {
             tracing::info!(node = %node.name, cpus = node.cpus, memory_bytes = node.memory_bytes, "node joined or changed");
             self.store().put_node(node).await?;
         }
+        if observed.joined {
+            let ev = events::node_event(&hb.node, pb::EventType::NodeJoined, "first_heartbeat");
+            self.emit(ev, format!("joined-{}", hb.node)).await;
+        }
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
         }
+        self.check_nodes().await;
         if observed.needs_sync {
             let (this, node, boot) = (self.clone(), hb.node.clone(), hb.boot_id.clone());
             self.shared.tasks.spawn(async move {
@@ -585,6 +624,88 @@ impl Cluster {
             });
         }
         Ok(())
+    }
+
+    /// Records an event for every node whose state changed (called on each
+    /// heartbeat and periodically, to notice silence).
+    pub async fn check_nodes(&self) {
+        for (node, state, reason) in self.shared.nodes.transitions() {
+            let ty = match state {
+                pb::NodeState::Ready => pb::EventType::NodeReady,
+                _ => pb::EventType::NodeDown,
+            };
+            tracing::info!(node, state = ?state, reason, "node state changed");
+            self.emit(
+                events::node_event(&node, ty, reason),
+                uuid::Uuid::new_v4().to_string(),
+            )
+            .await;
+        }
+    }
+
+    /// Appends an event to the history; `id` de-duplicates retries. A
+    /// failure is logged: the operation that caused the event stands.
+    async fn emit(&self, event: pb::Event, id: String) {
+        let subject = if event.container.is_empty() {
+            devctl_proto::bus::node_event_subject(&event.node)
+        } else {
+            devctl_proto::bus::container_event_subject(&event.node, &event.container)
+        };
+        if let Err(e) = self.shared.bus.publish_event(subject, &event, &id).await {
+            tracing::error!(error = %e, event = %event.message, "event not recorded");
+        }
+    }
+
+    /// Handles one engine event: records the cluster event it stands for
+    /// and, for a change devctl did not request, updates the container's
+    /// observed state. Idempotent (a redelivered event changes nothing
+    /// more and is de-duplicated in the history).
+    pub async fn engine_event(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+        let intent = self.shared.intents.get(&ev.id);
+        if ev.action == "oom" {
+            self.shared.intents.oom(&ev.id);
+        }
+        let oom = ev.action == "die" && self.shared.intents.take_oom(&ev.id);
+        let t = events::translate(ev, intent.as_ref(), oom);
+        if let Some(change) = t.change
+            && let Some(name) = self.store().container_name_by_id(&ev.id)?
+        {
+            // After any operation on it: its own write must not overwrite
+            // this newer change, nor this change land in the middle of it.
+            let _lock = self.shared.locks.lock(&name).await;
+            let updated = self
+                .store()
+                .modify_container(&name, move |c| {
+                    let before = c.clone();
+                    change.apply(c);
+                    if *c == before {
+                        return false;
+                    }
+                    c.update_time = now();
+                    true
+                })
+                .await?;
+            if let Some(c) = updated {
+                tracing::info!(name, state = ?c.state(), action = %ev.action, "container changed outside devctl");
+            }
+        }
+        if let Some(event) = t.event {
+            self.emit(event, format!("engine-{}", ev.event_id)).await;
+        }
+        Ok(())
+    }
+
+    /// Reads the event history matching `filter` from `start`.
+    pub async fn watch_events(
+        &self,
+        filter: String,
+        start: crate::bus::EventStart,
+    ) -> Result<crate::bus::EventReader, Error> {
+        self.shared
+            .bus
+            .watch_events(filter, start)
+            .await
+            .map_err(|e| Error::Unavailable(format!("event history: {e}")))
     }
 
     /// Asks `node` for the devctl containers it runs and brings recorded

@@ -73,4 +73,7 @@ pub struct ServeArgs {
     /// How long an agent may take to execute a command.
     #[arg(long, env = "DEVCTL_COMMAND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
+    /// How long events are kept.
+    #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
 }

@@ -7,6 +7,7 @@
 //! - [`api`]: the gRPC services (decode, authorize, call, encode).
 //! - [`cluster`]: the operations on containers and nodes.
 //! - [`placement`]: pure placement decisions.
+//! - [`events`]: what engine events mean (pure).
 //! - [`nodes`]: the node registry (heartbeats, liveness).
 //! - [`store`]: the embedded store; nothing else touches its file.
 //! - [`bus`]: the only module that speaks NATS.
@@ -22,6 +23,7 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
+pub mod events;
 pub mod nodes;
 pub mod placement;
 pub mod server;

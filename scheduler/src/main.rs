@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 nats: args.nats,
                 node_timeout: args.node_timeout,
+                event_retention: args.event_retention,
                 settings: Settings {
                     command_timeout: args.command_timeout,
                     ..Settings::default()

@@ -23,6 +23,8 @@ pub struct Observed {
     /// scheduler yet, and no sync is running: start one, then report with
     /// [`Registry::sync_done`].
     pub needs_sync: bool,
+    /// First heartbeat of a node this cluster never saw before.
+    pub joined: bool,
 }
 
 #[derive(Debug)]
@@ -34,6 +36,8 @@ struct Entry {
     /// The boot id whose inventory was synced.
     synced_boot: String,
     syncing: bool,
+    /// The state last reported as an event (`None`: nothing reported yet).
+    reported: Option<pb::NodeState>,
 }
 
 /// Nodes by name. A cheap clone handle is not needed: the registry lives in
@@ -61,6 +65,8 @@ impl Registry {
                         leaving: false,
                         synced_boot: String::new(),
                         syncing: false,
+                        // Known nodes start down, silently.
+                        reported: Some(pb::NodeState::Down),
                     },
                 )
             })
@@ -86,6 +92,7 @@ impl Registry {
             leaving: false,
             synced_boot: String::new(),
             syncing: false,
+            reported: None,
         });
         let durable = |n: &pb::Node| {
             (
@@ -115,7 +122,30 @@ impl Registry {
         Observed {
             persist: changed.then(|| entry.node.clone()),
             needs_sync,
+            joined: first && entry.reported.is_none(),
         }
+    }
+
+    /// Nodes whose state changed since the last call, with the new state
+    /// and why (`"heartbeat"`, `"agent_left"`, `"heartbeat_timeout"`).
+    pub fn transitions(&self) -> Vec<(String, pb::NodeState, &'static str)> {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        let mut out = Vec::new();
+        for (name, e) in entries.iter_mut() {
+            let state = self.state(e);
+            if e.reported == Some(state) {
+                continue;
+            }
+            e.reported = Some(state);
+            let reason = match state {
+                pb::NodeState::Ready => "heartbeat",
+                _ if e.leaving => "agent_left",
+                _ => "heartbeat_timeout",
+            };
+            out.push((name.clone(), state, reason));
+        }
+        out.sort();
+        out
     }
 
     /// Records the end of an inventory sync of `node` for `boot_id`.
@@ -198,12 +228,35 @@ mod tests {
             o,
             Observed {
                 persist: None,
-                needs_sync: false
+                needs_sync: false,
+                joined: false,
             }
         );
         // A restarted agent is synced again.
         let o = reg.observe(&hb("a", "boot2"));
         assert!(o.needs_sync && o.persist.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transitions_are_reported_once_each() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        assert!(reg.observe(&hb("a", "b")).joined);
+        assert_eq!(
+            reg.transitions(),
+            [("a".into(), pb::NodeState::Ready, "heartbeat")]
+        );
+        assert!(reg.transitions().is_empty());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(
+            reg.transitions(),
+            [("a".into(), pb::NodeState::Down, "heartbeat_timeout")]
+        );
+        assert!(!reg.observe(&hb("a", "b")).joined);
+        assert_eq!(reg.transitions()[0].1, pb::NodeState::Ready);
+        let mut leaving = hb("a", "b");
+        leaving.leaving = true;
+        reg.observe(&leaving);
+        assert_eq!(reg.transitions()[0].2, "agent_left");
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,13 +6,14 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use devctl_proto::pb::{
     self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
 };
+use devctl_proto::{pb::event_service_server::EventServiceServer, validate};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{auth::authenticate, containers::ContainerApi, nodes::NodeApi},
-    bus::{Bus, BusError, Heartbeats},
+    api::{auth::authenticate, containers::ContainerApi, events::EventApi, nodes::NodeApi},
+    bus::{Bus, BusError, EngineEvents, Heartbeats},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
     nodes::Registry,
@@ -33,6 +34,8 @@ pub struct ServeConfig {
     pub node_timeout: Duration,
     /// Container operation settings.
     pub settings: Settings,
+    /// How long events are kept.
+    pub event_retention: Duration,
 }
 
 /// Why the scheduler could not serve.
@@ -66,6 +69,8 @@ pub async fn serve(
     let registry = Registry::new(store.nodes()?, config.node_timeout);
     let bus = Bus::connect(&config.nats).await?;
     let heartbeats = bus.heartbeats().await?;
+    bus.ensure_streams(config.event_retention).await?;
+    let engine_events = bus.engine_events().await?;
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -73,6 +78,7 @@ pub async fn serve(
         .set_serving::<ContainerServiceServer<ContainerApi>>()
         .await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
+    health.set_serving::<EventServiceServer<EventApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -97,6 +103,21 @@ pub async fn serve(
     // Stops the heartbeat loop on every way out of this function.
     let _stop_on_exit = stop.clone().drop_guard();
     let heartbeat_task = tokio::spawn(heartbeat_loop(cluster.clone(), heartbeats, stop.clone()));
+    let events_task = tokio::spawn(engine_event_loop(
+        cluster.clone(),
+        engine_events,
+        stop.clone(),
+    ));
+    let streams = TaskTracker::new();
+    // At the shutdown signal, end the streams first (a following watch
+    // would otherwise hold the graceful drain open), then drain.
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    };
 
     let result = Server::builder()
         .tls_config(bundle.server_tls())
@@ -109,6 +130,10 @@ pub async fn serve(
         ))
         .add_service(NodeServiceServer::with_interceptor(
             NodeApi::new(cluster.clone()),
+            authenticate,
+        ))
+        .add_service(EventServiceServer::with_interceptor(
+            EventApi::new(cluster.clone(), stop.clone(), streams.clone()),
             authenticate,
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
@@ -124,9 +149,16 @@ pub async fn serve(
         .map_err(|e| ServeError::Transport(e.to_string()));
 
     stop.cancel();
-    if let Err(e) = heartbeat_task.await {
-        tracing::error!(error = %e, "heartbeat loop failed");
+    for (name, task) in [
+        ("heartbeat loop", heartbeat_task),
+        ("engine event loop", events_task),
+    ] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "{name} failed");
+        }
     }
+    streams.close();
+    streams.wait().await;
     // Calls in flight have finished; operations whose callers went away, and
     // inventory syncs, may still run: let them record their outcome.
     let grace = config.settings.command_timeout + Duration::from_secs(5);
@@ -147,11 +179,60 @@ pub async fn serve(
     result
 }
 
-/// Feeds heartbeats to the cluster until `stop` is cancelled.
+/// Handles engine events until `stop` is cancelled; each is acknowledged
+/// only once handled, so one that fails comes again.
+async fn engine_event_loop(cluster: Cluster, mut events: EngineEvents, stop: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = events.next() => match msg {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "engine event stream");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let handled = match &msg.event {
+            Ok(ev)
+                if validate::dns_label("node", &ev.node).is_ok()
+                    && validate::dns_label("name", &ev.name).is_ok() =>
+            {
+                cluster.engine_event(ev).await
+            }
+            Ok(ev) => {
+                tracing::warn!(node = %ev.node, name = %ev.name, "engine event with invalid names dropped");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable engine event dropped");
+                Ok(())
+            }
+        };
+        match handled {
+            Ok(()) => {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "engine event not acknowledged; it will come again");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "engine event not handled; it will come again"),
+        }
+    }
+}
+
+/// Feeds heartbeats to the cluster until `stop` is cancelled, and checks
+/// node liveness every second.
 async fn heartbeat_loop(cluster: Cluster, mut heartbeats: Heartbeats, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let hb = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = tick.tick() => {
+                cluster.check_nodes().await;
+                continue;
+            }
             hb = heartbeats.next() => match hb {
                 Some(hb) => hb,
                 None => break,

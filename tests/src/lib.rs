@@ -228,6 +228,7 @@ pub struct TestCluster {
     /// `https://127.0.0.1:PORT`.
     pub server: String,
     scheduler_starts: usize,
+    scheduler_args: Vec<String>,
     tmp: TempDir,
 }
 
@@ -289,6 +290,16 @@ impl TestCluster {
 
     /// As [`TestCluster::start`]; `agent_args` are given to every agent.
     pub fn start_with(nodes: &[&str], agent_args: &[&str]) -> Result<Self> {
+        Self::start_opts(nodes, agent_args, &[])
+    }
+
+    /// As [`TestCluster::start_with`]; `scheduler_args` are given to every
+    /// start of the scheduler (e.g. `--node-timeout 2s`).
+    pub fn start_opts(
+        nodes: &[&str],
+        agent_args: &[&str],
+        scheduler_args: &[&str],
+    ) -> Result<Self> {
         ensure_prerequisites();
         let tmp = tempfile::Builder::new().prefix("devctl-e2e-").tempdir()?;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -307,6 +318,7 @@ impl TestCluster {
             agents: Vec::new(),
             server: String::new(),
             scheduler_starts: 0,
+            scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(),
             tmp,
         };
         cluster.start_scheduler()?;
@@ -351,7 +363,8 @@ impl TestCluster {
             &self.nats.url,
             "--data-dir",
         ])
-        .arg(self.data_dir());
+        .arg(self.data_dir())
+        .args(&self.scheduler_args);
         self.scheduler_starts += 1;
         let n = self.scheduler_starts;
         let proc = Proc::spawn(

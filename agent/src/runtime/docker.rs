@@ -11,14 +11,18 @@ use std::{collections::HashMap, time::SystemTime};
 use bollard::{
     Docker,
     errors::Error as BollardError,
-    models::{ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig},
+    models::{
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
+        HostConfig,
+    },
     query_parameters::{
-        CreateContainerOptions, InspectContainerOptions, ListContainersOptions,
+        CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
         RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
         StopContainerOptions,
     },
 };
 use devctl_proto::{labels, pb};
+use futures::StreamExt;
 
 use super::{ContainerRuntime, EngineInfo, RuntimeError};
 
@@ -291,6 +295,40 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
+    fn engine_events(&self, since_nanos: i64) -> super::EngineEvents {
+        let mut filters = self.node_filter(&[]);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            [
+                "create", "start", "die", "stop", "oom", "restart", "destroy",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        // The engine takes seconds with a fraction.
+        let since = format!(
+            "{}.{:09}",
+            since_nanos / 1_000_000_000,
+            since_nanos % 1_000_000_000
+        );
+        let node = self.node.clone();
+        self.docker
+            .events(Some(EventsOptions {
+                since: Some(since),
+                until: None,
+                filters: Some(filters),
+            }))
+            .filter_map(move |e| {
+                let out = match e {
+                    Ok(msg) => engine_event(&node, msg).map(Ok),
+                    Err(e) => Some(Err(engine(e))),
+                };
+                std::future::ready(out)
+            })
+            .boxed()
+    }
+
     async fn running_count(&self) -> Result<i32, RuntimeError> {
         let list = self
             .docker
@@ -303,6 +341,33 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(engine)?;
         Ok(list.len() as i32)
     }
+}
+
+/// Translates an engine event; `None` for events of no interest.
+fn engine_event(node: &str, msg: EventMessage) -> Option<pb::EngineEvent> {
+    let action = msg.action?;
+    let actor = msg.actor?;
+    let runtime_id = actor.id.unwrap_or_default();
+    let attrs = actor.attributes.unwrap_or_default();
+    let nanos = msg
+        .time_nano
+        .or(msg.time.map(|s| s * 1_000_000_000))
+        .unwrap_or_default();
+    Some(pb::EngineEvent {
+        // The same engine event always gets the same id, so a re-read
+        // after a reconnect is de-duplicated by JetStream.
+        event_id: format!("{runtime_id}-{action}-{nanos}"),
+        node: node.to_string(),
+        id: attrs.get(labels::ID).cloned().unwrap_or_default(),
+        name: attrs.get(labels::NAME).cloned().unwrap_or_default(),
+        runtime_id,
+        exit_code: attrs.get("exitCode").and_then(|c| c.parse().ok()),
+        time: Some(prost_types::Timestamp {
+            seconds: nanos.div_euclid(1_000_000_000),
+            nanos: nanos.rem_euclid(1_000_000_000) as i32,
+        }),
+        action,
+    })
 }
 
 /// Translates an engine inspection into the bus status.

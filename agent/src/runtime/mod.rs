@@ -110,4 +110,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
+
+    /// The engine's events for this node's devctl containers, from
+    /// `since_nanos` (Unix time in nanoseconds) on, as they happen. The
+    /// stream ends or fails when the engine connection does.
+    fn engine_events(&self, since_nanos: i64) -> EngineEvents;
 }
+
+/// A stream of engine events.
+pub type EngineEvents = futures::stream::BoxStream<'static, Result<pb::EngineEvent, RuntimeError>>;

@@ -1,6 +1,7 @@
 //! One file per subcommand: parse, call the client, print.
 
 pub mod create;
+pub mod events;
 pub mod get;
 pub mod ls;
 pub mod nodes;
@@ -21,6 +22,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Create(args) => Some(args.to_request()?),
         _ => None,
     };
+    let events = match &cli.command {
+        Command::Events(args) => Some(args.to_request()?),
+        _ => None,
+    };
     let tls_dir = client::tls_dir(cli.tls_dir)?;
     let mut client = client::Client::connect(&cli.server, tls_dir).await?;
     let o = cli.output;
@@ -33,5 +38,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Restart(args) => restart::run(&mut client, o, args).await,
         Command::Rm(args) => rm::run(&mut client, o, args).await,
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
+        Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
     }
 }

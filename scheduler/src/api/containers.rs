@@ -54,41 +54,42 @@ impl ContainerService for ContainerApi {
         &self,
         req: Request<pb::StartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
-        may_write(&caller(&req)?, "StartContainer")?;
-        Ok(Response::new(
-            self.cluster.start(&req.get_ref().name).await?,
-        ))
+        let id = caller(&req)?;
+        may_write(&id, "StartContainer")?;
+        let r = req.into_inner();
+        Ok(Response::new(self.cluster.start(&r.name, &id.name).await?))
     }
 
     async fn stop_container(
         &self,
         req: Request<pb::StopContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
-        may_write(&caller(&req)?, "StopContainer")?;
+        let id = caller(&req)?;
+        may_write(&id, "StopContainer")?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.cluster.stop(&r.name, r.timeout_seconds).await?,
-        ))
+        let c = self.cluster.stop(&r.name, r.timeout_seconds, &id.name);
+        Ok(Response::new(c.await?))
     }
 
     async fn restart_container(
         &self,
         req: Request<pb::RestartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
-        may_write(&caller(&req)?, "RestartContainer")?;
+        let id = caller(&req)?;
+        may_write(&id, "RestartContainer")?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.cluster.restart(&r.name, r.timeout_seconds).await?,
-        ))
+        let c = self.cluster.restart(&r.name, r.timeout_seconds, &id.name);
+        Ok(Response::new(c.await?))
     }
 
     async fn delete_container(
         &self,
         req: Request<pb::DeleteContainerRequest>,
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
-        may_write(&caller(&req)?, "DeleteContainer")?;
+        let id = caller(&req)?;
+        may_write(&id, "DeleteContainer")?;
         let r = req.into_inner();
-        let container = self.cluster.delete(&r.name, r.force).await?;
+        let container = self.cluster.delete(&r.name, r.force, &id.name).await?;
         Ok(Response::new(pb::DeleteContainerResponse {
             container: Some(container),
         }))

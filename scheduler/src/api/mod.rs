@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod containers;
+pub mod events;
 pub mod nodes;
 
 use tonic::Status;

@@ -158,6 +158,36 @@ impl Store {
         .await
     }
 
+    /// Changes a container's record in one transaction (read, `f`, write),
+    /// so it cannot lose a concurrent update. `f` returns whether it changed
+    /// anything. Returns the new record, or `None` if there is none.
+    pub async fn modify_container(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut pb::Container) -> bool + Send + 'static,
+    ) -> Result<Option<pb::Container>, StoreError> {
+        let name = name.to_string();
+        self.write(move |db| {
+            let txn = db.begin_write()?;
+            let updated = {
+                let mut containers = txn.open_table(CONTAINERS)?;
+                let current = match containers.get(name.as_str())? {
+                    Some(v) => decode::<pb::Container>(&name, v.value())?,
+                    None => return Ok(None),
+                };
+                let mut c = current;
+                if !f(&mut c) {
+                    return Ok(Some(c));
+                }
+                containers.insert(name.as_str(), c.encode_to_vec().as_slice())?;
+                c
+            };
+            txn.commit()?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+
     /// Deletes a container's record.
     pub async fn delete_container(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();

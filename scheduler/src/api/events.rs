@@ -1,0 +1,101 @@
+//! `devctl.v1.EventService`.
+
+use devctl_proto::{
+    bus::event_filter,
+    pb::{self, event_service_server::EventService},
+    validate,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use crate::{bus::EventStart, cluster::Cluster};
+
+/// Events buffered per watcher before the reader waits for the client.
+const WATCH_BUFFER: usize = 64;
+
+/// The event service over a cluster.
+#[derive(Debug, Clone)]
+pub struct EventApi {
+    cluster: Cluster,
+    // Cancelled at shutdown: following streams end instead of holding the
+    // server open.
+    stop: CancellationToken,
+    streams: TaskTracker,
+}
+
+impl EventApi {
+    /// The service; its streams end when `stop` is cancelled and run as
+    /// tasks of `streams`.
+    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
+        Self {
+            cluster,
+            stop,
+            streams,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    type WatchEventsStream = ReceiverStream<Result<pb::Event, Status>>;
+
+    async fn watch_events(
+        &self,
+        req: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        caller(&req)?;
+        let r = req.into_inner();
+        let container = (!r.container.is_empty()).then_some(r.container.as_str());
+        let node = (!r.node.is_empty()).then_some(r.node.as_str());
+        if let Some(c) = container {
+            validate::dns_label("container", c)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        if let Some(n) = node {
+            validate::dns_label("node", n).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let start = match (r.since_sequence, r.since_time) {
+            (0, None) => EventStart::All,
+            (0, Some(t)) => EventStart::Time(
+                std::time::SystemTime::try_from(t)
+                    .map_err(|_| Status::invalid_argument("since_time: not a valid time"))?,
+            ),
+            (seq, _) => EventStart::Sequence(seq),
+        };
+        let mut reader = self
+            .cluster
+            .watch_events(event_filter(node, container), start)
+            .await?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        if !r.follow && reader.pending == 0 {
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let stop = self.stop.clone();
+        self.streams.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tx.closed() => break,
+                    next = reader.next() => next,
+                };
+                match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        break;
+                    }
+                    Some(Ok((event, pending))) => {
+                        // Waits while the client is slow: back-pressure.
+                        if tx.send(Ok(event)).await.is_err() || (!r.follow && pending == 0) {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

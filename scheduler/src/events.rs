@@ -1,0 +1,456 @@
+//! What engine events mean for the cluster: which [`pb::Event`] to record,
+//! who caused it, and how a change devctl did not request changes the
+//! container's observed state. Pure, apart from the clock in [`Intents`].
+//!
+//! Every devctl operation registers an *intent* (who asked for what) for
+//! its container while it runs and a few seconds after, so the engine events
+//! it causes are attributed to that identity. Engine events without an
+//! intent come from outside devctl (a process that exited, `docker kill`):
+//! their actor is `system`, and they change the recorded state, since no
+//! operation will.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use devctl_proto::pb::{self, EventType};
+
+/// How long an intent outlives its operation: engine events are delivered
+/// asynchronously and may arrive after the operation's reply.
+const INTENT_GRACE: Duration = Duration::from_secs(5);
+/// How long an `oom` event colours the `die` that follows it.
+const OOM_WINDOW: Duration = Duration::from_secs(10);
+
+/// A devctl operation on a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// CreateContainer.
+    Create,
+    /// StartContainer.
+    Start,
+    /// StopContainer.
+    Stop,
+    /// RestartContainer.
+    Restart,
+    /// DeleteContainer.
+    Remove,
+}
+
+/// Who asked for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    /// The identity's name.
+    pub actor: String,
+    /// The operation.
+    pub op: Op,
+}
+
+#[derive(Debug)]
+struct Entry {
+    intent: Intent,
+    // None while the operation runs.
+    until: Option<Instant>,
+}
+
+/// Intents by container id, and recent OOM kills.
+#[derive(Debug, Default)]
+pub struct Intents {
+    // std lock: map operations only, never held across an await.
+    entries: Mutex<HashMap<String, Entry>>,
+    ooms: Mutex<HashMap<String, Instant>>,
+}
+
+/// Ends an intent's operation when dropped (the intent then lingers for
+/// [`INTENT_GRACE`]).
+#[derive(Debug)]
+pub struct IntentGuard {
+    intents: Arc<Intents>,
+    id: String,
+}
+
+impl Drop for IntentGuard {
+    fn drop(&mut self) {
+        let mut entries = self.intents.entries.lock().expect("intents poisoned");
+        if let Some(e) = entries.get_mut(&self.id) {
+            e.until = Some(Instant::now() + INTENT_GRACE);
+        }
+    }
+}
+
+impl Intents {
+    /// Records that `actor` runs `op` on container `id`.
+    pub fn begin(self: &Arc<Self>, id: &str, actor: &str, op: Op) -> IntentGuard {
+        let mut entries = self.entries.lock().expect("intents poisoned");
+        let now = Instant::now();
+        entries.retain(|_, e| e.until.is_none_or(|u| u > now));
+        entries.insert(
+            id.to_string(),
+            Entry {
+                intent: Intent {
+                    actor: actor.to_string(),
+                    op,
+                },
+                until: None,
+            },
+        );
+        IntentGuard {
+            intents: Arc::clone(self),
+            id: id.to_string(),
+        }
+    }
+
+    /// The intent behind events of container `id` now, if any.
+    pub fn get(&self, id: &str) -> Option<Intent> {
+        let entries = self.entries.lock().expect("intents poisoned");
+        entries
+            .get(id)
+            .filter(|e| e.until.is_none_or(|u| u > Instant::now()))
+            .map(|e| e.intent.clone())
+    }
+
+    /// Notes an OOM kill in container `id`.
+    pub fn oom(&self, id: &str) {
+        let mut ooms = self.ooms.lock().expect("intents poisoned");
+        let now = Instant::now();
+        ooms.retain(|_, t| now.duration_since(*t) < OOM_WINDOW);
+        ooms.insert(id.to_string(), now);
+    }
+
+    /// Whether container `id` was OOM-killed just now (forgets it).
+    pub fn take_oom(&self, id: &str) -> bool {
+        let mut ooms = self.ooms.lock().expect("intents poisoned");
+        ooms.remove(id).is_some_and(|t| t.elapsed() < OOM_WINDOW)
+    }
+}
+
+/// How an engine event from outside devctl changes the recorded container.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateChange {
+    /// It runs (again).
+    Running {
+        /// When it started.
+        at: Option<prost_types::Timestamp>,
+    },
+    /// Its main process ended.
+    Exited {
+        /// Exit code.
+        code: Option<i32>,
+        /// Killed for lack of memory.
+        oom: bool,
+    },
+    /// It was stopped on its engine (`docker stop`), not by devctl.
+    StoppedOutside,
+    /// It was removed from its node.
+    Removed,
+}
+
+impl StateChange {
+    /// Applies the change to a record.
+    pub fn apply(&self, c: &mut pb::Container) {
+        match self {
+            StateChange::Running { at } => {
+                c.state = pb::ContainerState::Running as i32;
+                c.exit_code = None;
+                c.start_time = at.or(c.start_time);
+                c.last_error.clear();
+            }
+            StateChange::Exited { code, oom } => {
+                c.exit_code = *code;
+                let clean = *code == Some(0) && !oom;
+                c.state = if clean {
+                    pb::ContainerState::Stopped
+                } else {
+                    pb::ContainerState::Failed
+                } as i32;
+                c.last_error = match (oom, code) {
+                    (true, _) => "killed for lack of memory (OOM); raise --memory".into(),
+                    (false, Some(0)) => String::new(),
+                    (false, Some(code)) => {
+                        format!("the main process exited with code {code} without a devctl request")
+                    }
+                    (false, None) => "the main process exited without a devctl request".into(),
+                };
+            }
+            StateChange::StoppedOutside => {
+                c.state = pb::ContainerState::Stopped as i32;
+                c.last_error = "stopped on its node outside devctl".into();
+            }
+            StateChange::Removed => {
+                c.state = pb::ContainerState::Failed as i32;
+                c.last_error = format!(
+                    "the container was removed from node {:?} outside devctl; remove it with `devctl rm {}`",
+                    c.node, c.name
+                );
+            }
+        }
+    }
+}
+
+/// What one engine event means.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Translation {
+    /// The event to record, unless it is part of another (a restart's die
+    /// and start).
+    pub event: Option<pb::Event>,
+    /// The state change, for changes devctl did not request.
+    pub change: Option<StateChange>,
+}
+
+impl Op {
+    /// Whether this operation makes the engine emit `action`. Only those
+    /// events are the operation's; any other is a change from outside.
+    pub fn causes(self, action: &str) -> bool {
+        match self {
+            // A failed start is cleaned up: destroy (and die, if it ran).
+            Op::Create => matches!(action, "create" | "start" | "destroy"),
+            Op::Start => action == "start",
+            Op::Stop => matches!(action, "die" | "stop"),
+            Op::Restart => matches!(action, "die" | "stop" | "start" | "restart"),
+            Op::Remove => matches!(action, "die" | "stop" | "destroy"),
+        }
+    }
+}
+
+/// Translates `ev` given the `intent` registered for its container and
+/// whether an OOM kill preceded it.
+pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Translation {
+    let intent = intent.filter(|i| i.op.causes(&ev.action));
+    let op = intent.map(|i| i.op);
+    let actor = intent.map_or("system", |i| i.actor.as_str()).to_string();
+    let requested = |reason: &str| if intent.is_some() { "manual" } else { reason }.to_string();
+    let who = &ev.name;
+    let node = &ev.node;
+    let (ty, reason, message, change) = match ev.action.as_str() {
+        "create" => (
+            EventType::ContainerCreated,
+            requested("outside_devctl"),
+            format!("container {who} created on node {node}"),
+            None,
+        ),
+        "start" if op == Some(Op::Restart) => return Translation::default(),
+        "start" => (
+            EventType::ContainerStarted,
+            requested("outside_devctl"),
+            format!("container {who} started on node {node}"),
+            intent
+                .is_none()
+                .then_some(StateChange::Running { at: ev.time }),
+        ),
+        "die" if op == Some(Op::Restart) => return Translation::default(),
+        "die" if matches!(op, Some(Op::Stop | Op::Remove)) => (
+            EventType::ContainerStopped,
+            "manual".to_string(),
+            format!("container {who} stopped"),
+            None,
+        ),
+        "die" => (
+            EventType::ContainerDied,
+            if oom { "oom" } else { "exited" }.to_string(),
+            match ev.exit_code {
+                Some(code) => format!("container {who}: main process exited with code {code}"),
+                None => format!("container {who}: main process exited"),
+            },
+            intent.is_none().then_some(StateChange::Exited {
+                code: ev.exit_code,
+                oom,
+            }),
+        ),
+        // The engine's own stop (after the die): no event of its own, but a
+        // request, not a crash.
+        "stop" => {
+            return Translation {
+                event: None,
+                change: intent.is_none().then_some(StateChange::StoppedOutside),
+            };
+        }
+        "oom" => (
+            EventType::ContainerOomKilled,
+            "oom".to_string(),
+            format!("container {who}: a process was killed for lack of memory"),
+            None,
+        ),
+        "restart" => (
+            EventType::ContainerRestarted,
+            requested("outside_devctl"),
+            format!("container {who} restarted"),
+            None,
+        ),
+        "destroy" => (
+            EventType::ContainerRemoved,
+            requested("outside_devctl"),
+            format!("container {who} removed from node {node}"),
+            (op != Some(Op::Remove) && op != Some(Op::Create)).then_some(StateChange::Removed),
+        ),
+        _ => return Translation::default(),
+    };
+    Translation {
+        event: Some(pb::Event {
+            sequence: 0,
+            time: ev.time,
+            r#type: ty as i32,
+            container: ev.name.clone(),
+            container_id: ev.id.clone(),
+            node: ev.node.clone(),
+            actor,
+            reason,
+            exit_code: if matches!(ty, EventType::ContainerStopped | EventType::ContainerDied) {
+                ev.exit_code
+            } else {
+                None
+            },
+            message,
+        }),
+        change,
+    }
+}
+
+/// A node event.
+pub fn node_event(node: &str, ty: EventType, reason: &str) -> pb::Event {
+    let what = match ty {
+        EventType::NodeJoined => "joined the cluster",
+        EventType::NodeReady => "is ready",
+        _ => "is down",
+    };
+    pb::Event {
+        time: Some(std::time::SystemTime::now().into()),
+        r#type: ty as i32,
+        node: node.to_string(),
+        actor: "system".into(),
+        reason: reason.to_string(),
+        message: format!("node {node} {what}"),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(action: &str, exit: Option<i32>) -> pb::EngineEvent {
+        pb::EngineEvent {
+            event_id: "e".into(),
+            node: "n1".into(),
+            id: "id1".into(),
+            name: "web".into(),
+            action: action.into(),
+            exit_code: exit,
+            ..Default::default()
+        }
+    }
+
+    fn intent(op: Op) -> Intent {
+        Intent {
+            actor: "alice".into(),
+            op,
+        }
+    }
+
+    #[test]
+    fn requested_changes_are_attributed_and_leave_state_to_the_operation() {
+        let t = translate(&ev("die", Some(143)), Some(&intent(Op::Stop)), false);
+        let e = t.event.unwrap();
+        assert_eq!(e.r#type(), EventType::ContainerStopped);
+        assert_eq!((e.actor.as_str(), e.reason.as_str()), ("alice", "manual"));
+        assert_eq!(e.exit_code, Some(143));
+        assert_eq!(t.change, None);
+        let t = translate(&ev("start", None), Some(&intent(Op::Start)), false);
+        assert_eq!(t.event.unwrap().actor, "alice");
+        assert_eq!(t.change, None);
+    }
+
+    #[test]
+    fn an_intent_only_covers_what_its_operation_causes() {
+        // A crash (or `docker kill`) right after a devctl start is not the
+        // starter's doing.
+        let t = translate(&ev("die", Some(137)), Some(&intent(Op::Start)), false);
+        assert_eq!(t.event.as_ref().unwrap().actor, "system");
+        assert!(t.change.is_some());
+        // Nor is a start right after a devctl stop.
+        let t = translate(&ev("start", None), Some(&intent(Op::Stop)), false);
+        assert_eq!(t.event.unwrap().actor, "system");
+        // A process that dies right after its create is a failure to see.
+        let t = translate(&ev("die", Some(127)), Some(&intent(Op::Create)), false);
+        assert_eq!(t.event.unwrap().r#type(), EventType::ContainerDied);
+        assert!(t.change.is_some());
+    }
+
+    #[test]
+    fn a_restart_is_one_event() {
+        let i = intent(Op::Restart);
+        assert_eq!(
+            translate(&ev("die", Some(143)), Some(&i), false),
+            Translation::default()
+        );
+        assert_eq!(
+            translate(&ev("start", None), Some(&i), false),
+            Translation::default()
+        );
+        let t = translate(&ev("restart", None), Some(&i), false);
+        assert_eq!(t.event.unwrap().r#type(), EventType::ContainerRestarted);
+    }
+
+    #[test]
+    fn changes_from_outside_devctl_are_system_events_that_change_state() {
+        let t = translate(&ev("die", Some(137)), None, false);
+        let e = t.event.unwrap();
+        assert_eq!(e.r#type(), EventType::ContainerDied);
+        assert_eq!((e.actor.as_str(), e.reason.as_str()), ("system", "exited"));
+        let mut c = pb::Container {
+            state: pb::ContainerState::Running as i32,
+            ..Default::default()
+        };
+        t.change.unwrap().apply(&mut c);
+        assert_eq!(c.state(), pb::ContainerState::Failed);
+        assert_eq!(c.exit_code, Some(137));
+        assert!(c.last_error.contains("137"));
+
+        let mut c = pb::Container::default();
+        translate(&ev("die", Some(0)), None, false)
+            .change
+            .unwrap()
+            .apply(&mut c);
+        assert_eq!(c.state(), pb::ContainerState::Stopped);
+
+        let t = translate(&ev("die", Some(137)), None, true);
+        assert_eq!(t.event.as_ref().unwrap().reason, "oom");
+        let mut c = pb::Container::default();
+        t.change.unwrap().apply(&mut c);
+        assert!(c.last_error.contains("OOM"));
+
+        // `docker stop` by hand: die, then the engine's stop.
+        let t = translate(&ev("stop", None), None, false);
+        assert_eq!(t.event, None);
+        let mut c = pb::Container::default();
+        t.change.unwrap().apply(&mut c);
+        assert_eq!(c.state(), pb::ContainerState::Stopped);
+        assert_eq!(
+            translate(&ev("stop", None), Some(&intent(Op::Stop)), false),
+            Translation::default()
+        );
+
+        let t = translate(&ev("destroy", None), None, false);
+        assert_eq!(t.event.unwrap().reason, "outside_devctl");
+        assert_eq!(t.change, Some(StateChange::Removed));
+        // A devctl removal, or the clean-up of a failed create, is not.
+        assert_eq!(
+            translate(&ev("destroy", None), Some(&intent(Op::Remove)), false).change,
+            None
+        );
+    }
+
+    #[test]
+    fn intents_end_after_a_grace_period_and_ooms_are_taken_once() {
+        let intents = Arc::new(Intents::default());
+        let g = intents.begin("id1", "alice", Op::Stop);
+        assert_eq!(intents.get("id1").unwrap().op, Op::Stop);
+        drop(g);
+        // Still attributed during the grace period.
+        assert_eq!(intents.get("id1").unwrap().actor, "alice");
+        assert!(intents.get("other").is_none());
+        intents.oom("id1");
+        assert!(intents.take_oom("id1"));
+        assert!(!intents.take_oom("id1"));
+    }
+}

@@ -1,0 +1,215 @@
+//! Every state change is an event, kept durably in JetStream: devctl's own
+//! operations (attributed to the caller), changes made outside devctl (seen
+//! by the agent on the engine's event stream), and node transitions.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+fn events(c: &TestCluster, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["events", "-o", "json"];
+    args.extend_from_slice(extra);
+    let out = c.devctl(&args).ok().stdout;
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn has(evs: &[Value], kind: &str, container: &str) -> Option<Value> {
+    evs.iter()
+        .find(|e| e["type"] == kind && (container.is_empty() || e["container"] == container))
+        .cloned()
+}
+
+#[test]
+fn operations_and_outside_changes_are_events_and_state_follows_the_engine() {
+    let c = TestCluster::start(&["a"]);
+    let node = c.node("a");
+    c.devctl(&["create", "web", "--image", IMAGE]).ok();
+    c.devctl(&["stop", "web", "-t", "1"]).ok();
+    c.devctl(&["start", "web"]).ok();
+
+    // The agent forwards engine events asynchronously: poll.
+    let evs = wait_until("lifecycle events", Duration::from_secs(10), || {
+        let evs = events(&c, &["--container", "web"]);
+        (evs.iter()
+            .filter(|e| e["type"] == "container.started")
+            .count()
+            == 2)
+            .then_some(evs)
+    });
+    let created = has(&evs, "container.created", "web").expect("created");
+    assert_eq!(created["actor"], "admin");
+    assert_eq!(created["node"], node.as_str());
+    let stopped = has(&evs, "container.stopped", "web").expect("stopped");
+    assert_eq!(
+        (stopped["actor"].as_str(), stopped["reason"].as_str()),
+        (Some("admin"), Some("manual"))
+    );
+    assert!(stopped["exit_code"].is_number());
+    // Sequence numbers increase.
+    let seqs: Vec<u64> = evs
+        .iter()
+        .map(|e| e["sequence"].as_u64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // Killed outside devctl: an event by `system`, and the state follows
+    // within 2 s.
+    let engine = c.engine_container("web").unwrap();
+    let killed_at = Instant::now();
+    let out = Command::new("docker")
+        .args(["kill", engine["Id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let got = wait_until(
+        "state to follow docker kill",
+        Duration::from_secs(2),
+        || {
+            let g = c.devctl(&["get", "web", "-o", "json"]).json();
+            (g["state"] == "failed").then_some(g)
+        },
+    );
+    eprintln!("state followed docker kill after {:?}", killed_at.elapsed());
+    assert_eq!(got["exit_code"], 137);
+    assert!(got["last_error"].as_str().unwrap().contains("137"), "{got}");
+    let died = wait_until("died event", Duration::from_secs(5), || {
+        has(
+            &events(&c, &["--container", "web"]),
+            "container.died",
+            "web",
+        )
+    });
+    assert_eq!(
+        (died["actor"].as_str(), died["exit_code"].as_i64()),
+        (Some("system"), Some(137))
+    );
+
+    // Removed: an event by the caller.
+    c.devctl(&["rm", "web"]).ok();
+    let removed = wait_until("removed event", Duration::from_secs(5), || {
+        has(
+            &events(&c, &["--container", "web"]),
+            "container.removed",
+            "web",
+        )
+    });
+    assert_eq!(removed["actor"], "admin");
+
+    // Node events: joined and ready at start, filtered by node.
+    let node_evs = events(&c, &["--node", &node]);
+    assert!(has(&node_evs, "node.joined", "").is_some(), "{node_evs:?}");
+    assert!(has(&node_evs, "node.ready", "").is_some(), "{node_evs:?}");
+    assert!(node_evs.iter().all(|e| e["node"] == node.as_str()));
+}
+
+#[test]
+fn events_survive_a_scheduler_restart_and_replay_from_a_time_or_sequence() {
+    let mut c = TestCluster::start(&["a"]);
+    c.devctl(&["create", "one", "--image", IMAGE]).ok();
+    let first = wait_until("first container's events", Duration::from_secs(10), || {
+        let evs = events(&c, &["--container", "one"]);
+        has(&evs, "container.started", "one").map(|_| evs)
+    });
+    let mut s = c.scheduler.take().unwrap();
+    s.signal(Signal::SIGKILL);
+    s.wait_exit(Duration::from_secs(10));
+    c.start_scheduler().unwrap();
+    c.wait_nodes_ready(&[c.node("a")]);
+
+    // Still there after the restart.
+    let again = events(&c, &["--container", "one"]);
+    assert_eq!(again, first);
+
+    // --from-seq resumes after a known event; --since filters by time.
+    let last_seq = first.last().unwrap()["sequence"].as_u64().unwrap();
+    let marker = std::time::SystemTime::now();
+    c.devctl(&["create", "two", "--image", IMAGE]).ok();
+    wait_until("second container's events", Duration::from_secs(10), || {
+        has(
+            &events(&c, &["--container", "two"]),
+            "container.started",
+            "two",
+        )
+    });
+    let after = events(&c, &["--from-seq", &(last_seq + 1).to_string()]);
+    assert!(
+        after
+            .iter()
+            .all(|e| e["sequence"].as_u64().unwrap() > last_seq)
+    );
+    assert!(has(&after, "container.created", "two").is_some());
+    assert!(has(&after, "container.created", "one").is_none());
+    let since = humantime::format_rfc3339_millis(marker).to_string();
+    let recent = events(&c, &["--since", &since, "--container", "two"]);
+    assert!(
+        has(&recent, "container.created", "two").is_some(),
+        "{recent:?}"
+    );
+    assert!(events(&c, &["--since", &since, "--container", "one"]).is_empty());
+}
+
+#[test]
+fn follow_streams_new_events_and_nodes_going_down_are_events() {
+    let mut c = TestCluster::start_opts(&["a", "b"], &[], &["--node-timeout", "2s"]).unwrap();
+    let b = c.node("b");
+    let mut follower = Command::new(bin("devctl"))
+        .args(["events", "-f", "-o", "json"])
+        .env("DEVCTL_SERVER", &c.server)
+        .env("DEVCTL_TLS_DIR", c.admin_tls())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<Value>();
+    let stdout = follower.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(serde_json::from_str(&line).unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // The first event of `kind` about `subject` after sequence `after`.
+    let mut wait_for = |kind: &str, subject: &str, after: u64| -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(e) = seen.iter().find(|e: &&Value| {
+                e["type"] == kind
+                    && (e["container"] == subject || e["node"] == subject)
+                    && e["sequence"].as_u64().unwrap() > after
+            }) {
+                return e.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(e) => seen.push(e),
+                Err(_) => panic!("no {kind} for {subject} in {seen:?}"),
+            }
+        }
+    };
+
+    c.devctl(&["create", "live", "--image", IMAGE]).ok();
+    assert_eq!(wait_for("container.started", "live", 0)["actor"], "admin");
+
+    // An agent killed without a word: down after the node timeout.
+    c.agent("b").signal(Signal::SIGKILL);
+    let down = wait_for("node.down", &b, 0);
+    assert_eq!(down["reason"], "heartbeat_timeout");
+    c.start_agent("b", &[]).unwrap();
+    let ready_again = wait_for("node.ready", &b, down["sequence"].as_u64().unwrap());
+    assert_eq!(ready_again["reason"], "heartbeat");
+
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    reader.join().unwrap();
+}
