@@ -59,7 +59,5 @@ need_nats_server() {
 }
 
 need_image() {
-  docker image inspect "$DEVCTL_IMAGE" >/dev/null 2>&1 && return
-  say "building $DEVCTL_IMAGE (no registry needed)"
-  "$DEPLOY_DIR/build-image.sh" "$DEVCTL_IMAGE" >&2
+  "$DEPLOY_DIR/build-image.sh" --if-changed "$DEVCTL_IMAGE" >&2
 }

@@ -107,6 +107,126 @@ impl Bus {
     }
 }
 
+/// Keeps the number of streams being served.
+#[derive(Debug, Clone, Default)]
+pub struct StreamCount(std::sync::Arc<std::sync::atomic::AtomicI32>);
+
+impl StreamCount {
+    /// Streams open now.
+    pub fn get(&self) -> i32 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+struct Counted(StreamCount);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.0)
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The control side of a stream, subscribed before the stream is announced
+/// so no message from the reader is missed.
+#[derive(Debug)]
+pub struct StreamControl {
+    sub: Subscriber,
+    setup: pb::StreamSetup,
+}
+
+impl Bus {
+    /// Listens for a stream's control messages.
+    pub async fn stream_control(&self, setup: pb::StreamSetup) -> Result<StreamControl, BusError> {
+        let sub = self
+            .client
+            .subscribe(setup.control_subject.clone())
+            .await
+            .map_err(bus_err)?;
+        Ok(StreamControl { sub, setup })
+    }
+
+    /// Sends `chunks` to the reader, one chunk per credit, until they end,
+    /// the reader cancels or falls silent, or `stop` is cancelled. The last
+    /// chunk sent has `end` set.
+    pub async fn pump(
+        &self,
+        mut control: StreamControl,
+        mut chunks: crate::runtime::OutputChunks,
+        stop: tokio_util::sync::CancellationToken,
+        count: StreamCount,
+    ) {
+        count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _counted = Counted(count);
+        let subject = control.setup.data_subject.clone();
+        let mut credit = control.setup.initial_credit;
+        let mut seq = 0u64;
+        let idle = tokio::time::sleep(bus::STREAM_IDLE_LIMIT);
+        tokio::pin!(idle);
+        let end = |seq, error: String| pb::StreamChunk {
+            seq,
+            end: true,
+            error,
+            ..Default::default()
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => {
+                    self.send_chunk(&subject, &end(seq, "the agent is shutting down".into())).await;
+                    return;
+                }
+                _ = &mut idle => {
+                    tracing::info!(subject, "stream reader fell silent; stream closed");
+                    return;
+                }
+                msg = control.sub.next() => {
+                    let Some(msg) = msg else { return };
+                    let Ok(ctl) = pb::StreamControl::decode(msg.payload) else { continue };
+                    if ctl.cancel {
+                        return;
+                    }
+                    credit = credit.saturating_add(ctl.credit);
+                    idle.as_mut().reset(tokio::time::Instant::now() + bus::STREAM_IDLE_LIMIT);
+                }
+                chunk = chunks.next(), if credit > 0 => match chunk {
+                    Some(Ok((stream, data))) => {
+                        for piece in data.chunks(bus::STREAM_CHUNK_MAX) {
+                            let c = pb::StreamChunk {
+                                seq,
+                                stream: stream as i32,
+                                data: piece.to_vec(),
+                                ..Default::default()
+                            };
+                            self.send_chunk(&subject, &c).await;
+                            seq += 1;
+                            credit = credit.saturating_sub(1);
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.send_chunk(&subject, &end(seq, e.to_string())).await;
+                        return;
+                    }
+                    None => {
+                        self.send_chunk(&subject, &end(seq, String::new())).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn send_chunk(&self, subject: &str, chunk: &pb::StreamChunk) {
+        if let Err(e) = self
+            .client
+            .publish(subject.to_string(), chunk.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(error = %e, "stream chunk not sent");
+        }
+    }
+}
+
 /// The stream of commands for this node.
 #[derive(Debug)]
 pub struct Commands {

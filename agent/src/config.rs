@@ -35,6 +35,14 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_MAX_CONCURRENT_OPS", default_value_t = 32)]
     pub max_concurrent_ops: usize,
 
+    /// Output kept per container: size of one log file (json-file engines).
+    #[arg(long, env = "DEVCTL_LOG_MAX_SIZE", default_value = "64m")]
+    pub log_max_size: String,
+
+    /// Output kept per container: number of log files (json-file engines).
+    #[arg(long, env = "DEVCTL_LOG_MAX_FILES", default_value_t = 3)]
+    pub log_max_files: u32,
+
     /// How long shutdown waits for commands in flight.
     #[arg(long, env = "DEVCTL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
@@ -48,6 +56,13 @@ impl Config {
             return Err(InvalidField::new(
                 "--heartbeat-interval",
                 "must be more than zero (e.g. 1s)",
+            ));
+        }
+        let size = self.log_max_size.trim_end_matches(['k', 'm', 'g']);
+        if size.is_empty() || !size.bytes().all(|b| b.is_ascii_digit()) || self.log_max_files == 0 {
+            return Err(InvalidField::new(
+                "--log-max-size/--log-max-files",
+                "use a size such as 64m and at least one file",
             ));
         }
         let mut labels = HashMap::new();

@@ -15,6 +15,40 @@ use tokio::sync::RwLock;
 
 use crate::runtime::{ContainerRuntime, RuntimeError};
 
+/// A stream the agent is to serve after replying to its command.
+pub struct OpenedStream {
+    /// Where the reader wants it.
+    pub setup: pb::StreamSetup,
+    /// What to send.
+    pub chunks: crate::runtime::OutputChunks,
+}
+
+impl std::fmt::Debug for OpenedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedStream")
+            .field("setup", &self.setup)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of one command.
+#[derive(Debug)]
+pub struct Handled {
+    /// The reply to send.
+    pub reply: pb::AgentReply,
+    /// A stream to serve once the reply is sent.
+    pub stream: Option<OpenedStream>,
+}
+
+impl From<pb::AgentReply> for Handled {
+    fn from(reply: pb::AgentReply) -> Self {
+        Self {
+            reply,
+            stream: None,
+        }
+    }
+}
+
 /// Executes commands on a runtime.
 #[derive(Debug)]
 pub struct Dispatcher<R> {
@@ -24,7 +58,7 @@ pub struct Dispatcher<R> {
     barrier: RwLock<()>,
 }
 
-fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
+pub(crate) fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
     pb::AgentReply {
         result: Some(Reply::Error(pb::AgentError {
             code: code as i32,
@@ -57,8 +91,44 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         &self.runtime
     }
 
-    /// Executes `command` and returns the reply to send.
-    pub async fn handle(
+    /// Executes `command`: the reply to send, and any stream to serve.
+    pub async fn handle(&self, command: Result<pb::AgentCommand, prost::DecodeError>) -> Handled {
+        match command {
+            Ok(pb::AgentCommand {
+                command: Some(Command::Logs(logs)),
+            }) => self.open_logs(logs).await,
+            other => self.execute_one(other).await.into(),
+        }
+    }
+
+    /// Opens a container's output. Takes no container lock: a stream must
+    /// not hold up a stop.
+    async fn open_logs(&self, cmd: pb::LogsCommand) -> Handled {
+        let Some(setup) = cmd.stream else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "logs: no stream setup".into(),
+            )
+            .into();
+        };
+        let options = crate::runtime::LogOptions {
+            follow: cmd.follow,
+            tail: cmd.tail,
+            since: cmd.since.map(|t| t.seconds),
+            timestamps: cmd.timestamps,
+        };
+        match self.runtime.logs(&cmd.id, options).await {
+            Ok(chunks) => Handled {
+                reply: pb::AgentReply {
+                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                },
+                stream: Some(OpenedStream { setup, chunks }),
+            },
+            Err(e) => error_reply(e.code(), e.to_string()).into(),
+        }
+    }
+
+    async fn execute_one(
         &self,
         command: Result<pb::AgentCommand, prost::DecodeError>,
     ) -> pb::AgentReply {
@@ -107,6 +177,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Stop(c) => Some(c.id.clone()),
         Command::Restart(c) => Some(c.id.clone()),
         Command::Remove(c) => Some(c.id.clone()),
+        Command::Logs(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -137,6 +208,11 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         }
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
+        }),
+        // Routed to open_logs before it gets here.
+        Command::Logs(_) => Reply::Error(pb::AgentError {
+            code: pb::AgentErrorCode::BadCommand as i32,
+            message: "logs are a stream".into(),
         }),
     })
 }
@@ -198,6 +274,14 @@ mod tests {
         }
         fn engine_events(&self, _: i64) -> crate::runtime::EngineEvents {
             Box::pin(futures::stream::empty())
+        }
+        async fn logs(
+            &self,
+            id: &str,
+            _: crate::runtime::LogOptions,
+        ) -> Result<crate::runtime::OutputChunks, RuntimeError> {
+            self.log(format!("logs {id}"))?;
+            Ok(Box::pin(futures::stream::empty()))
         }
     }
 
@@ -273,10 +357,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn opening_logs_does_not_wait_for_the_containers_operations() {
+        let rt = Arc::new(Gated::default());
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let create_a = {
+            let d = Arc::clone(&d);
+            tokio::spawn(async move { d.handle(cmd(create("a"))).await })
+        };
+        settle().await;
+        let logs = d
+            .handle(cmd(Command::Logs(pb::LogsCommand {
+                id: "a".into(),
+                stream: Some(pb::StreamSetup::default()),
+                ..Default::default()
+            })))
+            .await;
+        assert!(matches!(logs.reply.result, Some(Reply::Opened(_))));
+        assert!(logs.stream.is_some());
+        assert!(!create_a.is_finished());
+        rt.gate.notify_one();
+        create_a.await.unwrap();
+        assert_eq!(rt.calls(), ["logs a", "create a"]);
+    }
+
+    #[tokio::test]
     async fn undecodable_and_empty_commands_are_refused() {
         let d = Dispatcher::new(Arc::new(Gated::default()));
         let r = d.handle(Ok(pb::AgentCommand { command: None })).await;
-        let Some(Reply::Error(e)) = r.result else {
+        let Some(Reply::Error(e)) = r.reply.result else {
             panic!("{r:?}")
         };
         assert_eq!(e.code, pb::AgentErrorCode::BadCommand as i32);

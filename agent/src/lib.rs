@@ -55,9 +55,15 @@ pub enum Error {
 /// leaving.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let labels = config.validate()?;
-    let runtime =
-        runtime::docker::DockerRuntime::connect(config.docker_host.as_deref(), &config.node)
-            .await?;
+    let runtime = runtime::docker::DockerRuntime::connect(
+        config.docker_host.as_deref(),
+        &config.node,
+        &runtime::docker::LogPolicy {
+            max_size: config.log_max_size.clone(),
+            max_files: config.log_max_files,
+        },
+    )
+    .await?;
     let bus = bus::Bus::connect(&config.nats, &config.node).await?;
     serve(config, labels, runtime, bus, shutdown).await
 }
@@ -93,6 +99,7 @@ pub async fn serve<R: ContainerRuntime>(
     let mut commands = bus.commands().await?;
     let dispatcher = Arc::new(Dispatcher::new(runtime));
     let stop_heartbeats = CancellationToken::new();
+    let stream_count = bus::StreamCount::default();
     let heartbeats = tokio::spawn(
         HeartbeatLoop {
             bus: bus.clone(),
@@ -100,6 +107,7 @@ pub async fn serve<R: ContainerRuntime>(
             labels,
             info,
             boot_id: uuid::Uuid::new_v4().to_string(),
+            streams: stream_count.clone(),
         }
         .run(Arc::clone(&dispatcher), stop_heartbeats.clone()),
     );
@@ -112,6 +120,8 @@ pub async fn serve<R: ContainerRuntime>(
     ));
 
     let in_flight = TaskTracker::new();
+    let streams = TaskTracker::new();
+    let stop_streams = CancellationToken::new();
     let permits = Arc::new(Semaphore::new(config.max_concurrent_ops.max(1)));
     tokio::pin!(shutdown);
     loop {
@@ -132,10 +142,28 @@ pub async fn serve<R: ContainerRuntime>(
         };
         let dispatcher = Arc::clone(&dispatcher);
         let bus = bus.clone();
+        let (streams, stop_streams, count) =
+            (streams.clone(), stop_streams.clone(), stream_count.clone());
         in_flight.spawn(async move {
-            let reply = dispatcher.handle(incoming.command.clone()).await;
+            let handled = dispatcher.handle(incoming.command.clone()).await;
+            let mut reply = handled.reply;
+            // Listen for the reader before announcing the stream.
+            let stream = match handled.stream {
+                Some(s) => match bus.stream_control(s.setup).await {
+                    Ok(control) => Some((control, s.chunks)),
+                    Err(e) => {
+                        reply = dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                        None
+                    }
+                },
+                None => None,
+            };
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
+            }
+            if let Some((control, chunks)) = stream {
+                let bus = bus.clone();
+                streams.spawn(async move { bus.pump(control, chunks, stop_streams, count).await });
             }
             drop(permit);
         });
@@ -168,6 +196,9 @@ pub async fn serve<R: ContainerRuntime>(
     // Events of the last commands are on the engine's stream by now; give
     // the forwarder a moment to pass them on, then stop it.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_streams.cancel();
+    streams.close();
+    streams.wait().await;
     stop_events.cancel();
     if let Err(e) = events.await {
         tracing::error!(error = %e, "event forwarder failed");
@@ -241,6 +272,7 @@ struct HeartbeatLoop {
     labels: HashMap<String, String>,
     info: EngineInfo,
     boot_id: String,
+    streams: bus::StreamCount,
 }
 
 impl HeartbeatLoop {
@@ -256,6 +288,7 @@ impl HeartbeatLoop {
             platform: self.info.platform.clone(),
             time: Some(SystemTime::now().into()),
             running_containers: running,
+            open_streams: self.streams.get(),
             leaving,
         }
     }

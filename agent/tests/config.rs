@@ -12,6 +12,10 @@ fn invalid_node_names_and_labels_are_refused() {
             &["--node", "ok", "--label", "io.devctl.node=x"][..],
             "reserved",
         ),
+        (
+            &["--node", "ok", "--log-max-size", "lots"][..],
+            "--log-max-size",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_devctl-agent"))
             .args(args)

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use devctl_proto::{
     pb::{
         container_service_client::ContainerServiceClient, event_service_client::EventServiceClient,
-        node_service_client::NodeServiceClient,
+        log_service_client::LogServiceClient, node_service_client::NodeServiceClient,
     },
     pki::Bundle,
 };
@@ -22,6 +22,8 @@ pub struct Client {
     pub nodes: NodeServiceClient<Channel>,
     /// EventService.
     pub events: EventServiceClient<Channel>,
+    /// LogService.
+    pub logs: LogServiceClient<Channel>,
 }
 
 /// The bundle directory: `--tls-dir`, else `~/.config/devctl/tls` if it
@@ -62,7 +64,8 @@ impl Client {
         Ok(Self {
             containers: ContainerServiceClient::new(channel.clone()),
             nodes: NodeServiceClient::new(channel.clone()),
-            events: EventServiceClient::new(channel),
+            events: EventServiceClient::new(channel.clone()),
+            logs: LogServiceClient::new(channel),
         })
     }
 }

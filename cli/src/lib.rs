@@ -63,6 +63,8 @@ pub enum Command {
     Nodes(commands::nodes::Args),
     /// Show the cluster's events (-f to follow).
     Events(commands::events::Args),
+    /// Print a container's output (-f to follow).
+    Logs(commands::logs::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

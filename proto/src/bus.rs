@@ -58,6 +58,23 @@ pub fn event_filter(node: Option<&str>, container: Option<&str>) -> String {
     }
 }
 
+/// Chunks an agent may send before it waits for credit.
+pub const STREAM_WINDOW: u32 = 64;
+/// Largest chunk payload an agent sends (well under NATS's 1 MiB default).
+pub const STREAM_CHUNK_MAX: usize = 64 * 1024;
+/// How often a reading scheduler sends a keepalive.
+pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long an agent keeps a stream without hearing from its reader.
+pub const STREAM_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Data and control subjects of stream `id`.
+pub fn stream_subjects(id: &str) -> (String, String) {
+    (
+        format!("{ROOT}.stream.{id}.data"),
+        format!("{ROOT}.stream.{id}.control"),
+    )
+}
+
 /// Heartbeats of every node (for the scheduler's subscription).
 pub const ALL_HEARTBEATS: &str = "devctl.node.*.heartbeat";
 

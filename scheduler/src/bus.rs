@@ -218,12 +218,143 @@ impl Bus {
         Ok(EventReader { messages, pending })
     }
 
+    /// Opens a container's output on `node` (see the stream protocol in
+    /// bus.proto). `Err(Ok(reply))`: the agent refused with `reply`.
+    pub async fn open_logs(
+        &self,
+        node: &str,
+        mut cmd: pb::LogsCommand,
+        timeout: Duration,
+    ) -> Result<StreamReader, Result<pb::agent_reply::Result, BusError>> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (data_subject, control_subject) = bus::stream_subjects(&id);
+        let sub = self
+            .client
+            .subscribe(data_subject.clone())
+            .await
+            .map_err(|e| Err(BusError::Nats(e.to_string())))?;
+        cmd.stream = Some(pb::StreamSetup {
+            data_subject,
+            control_subject: control_subject.clone(),
+            initial_credit: bus::STREAM_WINDOW,
+        });
+        match self
+            .command(node, pb::agent_command::Command::Logs(cmd), timeout)
+            .await
+        {
+            Ok(pb::agent_reply::Result::Opened(_)) => {}
+            Ok(other) => return Err(Ok(other)),
+            Err(e) => return Err(Err(e)),
+        }
+        let mut keepalive = tokio::time::interval(bus::STREAM_KEEPALIVE);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.reset();
+        Ok(StreamReader {
+            client: self.client.clone(),
+            sub,
+            control_subject,
+            next_seq: 0,
+            ungranted: 0,
+            done: false,
+            keepalive,
+        })
+    }
+
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client
             .flush()
             .await
             .map_err(|e| BusError::Nats(e.to_string()))
+    }
+}
+
+/// The reading end of an agent's output stream. Credit is granted as chunks
+/// are read, so an unread stream stops its agent; call
+/// [`StreamReader::close`] when done.
+#[derive(Debug)]
+pub struct StreamReader {
+    client: Client,
+    sub: Subscriber,
+    control_subject: String,
+    next_seq: u64,
+    ungranted: u32,
+    done: bool,
+    keepalive: tokio::time::Interval,
+}
+
+impl StreamReader {
+    async fn control(&self, ctl: pb::StreamControl) {
+        if let Err(e) = self
+            .client
+            .publish(self.control_subject.clone(), ctl.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(error = %e, "stream control not sent");
+        }
+    }
+
+    /// The next piece of output; `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<Result<(pb::OutputStream, Vec<u8>), BusError>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let msg = tokio::select! {
+                _ = self.keepalive.tick() => {
+                    self.control(pb::StreamControl::default()).await;
+                    continue;
+                }
+                msg = self.sub.next() => msg,
+            };
+            let Some(msg) = msg else {
+                self.done = true;
+                return Some(Err(BusError::Nats("stream subscription ended".into())));
+            };
+            let chunk = match pb::StreamChunk::decode(msg.payload) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(BusError::Nats(format!(
+                        "undecodable stream chunk: {e}"
+                    ))));
+                }
+            };
+            if chunk.seq != self.next_seq {
+                self.done = true;
+                return Some(Err(BusError::Nats(format!(
+                    "stream lost data: chunk {} arrived, {} expected",
+                    chunk.seq, self.next_seq
+                ))));
+            }
+            self.next_seq += 1;
+            if chunk.end {
+                self.done = true;
+                return (!chunk.error.is_empty()).then_some(Err(BusError::Nats(chunk.error)));
+            }
+            self.ungranted += 1;
+            if self.ungranted >= bus::STREAM_WINDOW / 2 {
+                let credit = std::mem::take(&mut self.ungranted);
+                self.control(pb::StreamControl {
+                    credit,
+                    cancel: false,
+                })
+                .await;
+            }
+            return Some(Ok((chunk.stream(), chunk.data)));
+        }
+    }
+
+    /// Tells the agent to stop (unless the stream already ended).
+    pub async fn close(mut self) {
+        if !self.done {
+            self.control(pb::StreamControl {
+                credit: 0,
+                cancel: true,
+            })
+            .await;
+        }
+        let _ = self.sub.unsubscribe().await;
     }
 }
 

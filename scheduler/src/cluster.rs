@@ -695,6 +695,38 @@ impl Cluster {
         Ok(())
     }
 
+    /// Opens `name`'s output on its node.
+    pub async fn open_logs(
+        &self,
+        name: &str,
+        req: &pb::StreamLogsRequest,
+    ) -> Result<crate::bus::StreamReader, Error> {
+        if req.tail.is_some_and(|t| t < 0) {
+            return Err(InvalidField::new("tail", "must not be negative").into());
+        }
+        let c = self.get(name)?;
+        if !self.shared.nodes.is_ready(&c.node) {
+            return Err(Error::FailedPrecondition(format!(
+                "node {:?} of container {name:?} is down; its output cannot be read now",
+                c.node
+            )));
+        }
+        let cmd = pb::LogsCommand {
+            id: c.id.clone(),
+            follow: req.follow,
+            tail: req.tail,
+            since: req.since,
+            timestamps: req.timestamps,
+            stream: None,
+        };
+        let timeout = self.shared.settings.command_timeout;
+        match self.shared.bus.open_logs(&c.node, cmd, timeout).await {
+            Ok(reader) => Ok(reader),
+            Err(Ok(reply)) => Err(agent_error(reply, &c)),
+            Err(Err(e)) => Err(e.into()),
+        }
+    }
+
     /// Reads the event history matching `filter` from `start`.
     pub async fn watch_events(
         &self,

@@ -113,6 +113,7 @@ impl Registry {
         entry.node.agent_version = hb.agent_version.clone();
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
+        entry.node.open_streams = hb.open_streams;
         let changed = first || before != durable(&entry.node);
         let needs_sync = !hb.leaving && !entry.syncing && entry.synced_boot != hb.boot_id;
         entry.syncing |= needs_sync;

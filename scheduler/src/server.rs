@@ -6,13 +6,19 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use devctl_proto::pb::{
     self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
 };
-use devctl_proto::{pb::event_service_server::EventServiceServer, validate};
+use devctl_proto::{
+    pb::{event_service_server::EventServiceServer, log_service_server::LogServiceServer},
+    validate,
+};
 use thiserror::Error;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{auth::authenticate, containers::ContainerApi, events::EventApi, nodes::NodeApi},
+    api::{
+        auth::authenticate, containers::ContainerApi, events::EventApi, logs::LogApi,
+        nodes::NodeApi,
+    },
     bus::{Bus, BusError, EngineEvents, Heartbeats},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
@@ -79,6 +85,7 @@ pub async fn serve(
         .await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
+    health.set_serving::<LogServiceServer<LogApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -134,6 +141,10 @@ pub async fn serve(
         ))
         .add_service(EventServiceServer::with_interceptor(
             EventApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            authenticate,
+        ))
+        .add_service(LogServiceServer::with_interceptor(
+            LogApi::new(cluster.clone(), stop.clone(), streams.clone()),
             authenticate,
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as

@@ -62,19 +62,12 @@ pub fn repo_root() -> PathBuf {
 pub fn ensure_prerequisites() {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
-        let has_image = Command::new("docker")
-            .args(["image", "inspect", IMAGE])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        // Builds it, or rebuilds it if its recipe changed.
+        let status = Command::new(repo_root().join("deploy/build-image.sh"))
+            .args(["--if-changed", IMAGE])
             .status()
-            .is_ok_and(|s| s.success());
-        if !has_image {
-            let status = Command::new(repo_root().join("deploy/build-image.sh"))
-                .arg(IMAGE)
-                .status()
-                .expect("run deploy/build-image.sh");
-            assert!(status.success(), "deploy/build-image.sh failed");
-        }
+            .expect("run deploy/build-image.sh");
+        assert!(status.success(), "deploy/build-image.sh failed");
         let nats = Command::new("nats-server").arg("--version").output();
         assert!(
             nats.is_ok_and(|o| o.status.success()),

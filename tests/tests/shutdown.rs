@@ -31,10 +31,41 @@ fn sigterm_stops_agent_and_scheduler_cleanly() {
         started.elapsed()
     );
 
+    // Followers attached at shutdown end with it, instead of holding it up.
+    c.start_agent("a", &[]).unwrap();
+    c.wait_nodes_ready(&[c.node("a")]);
+    let follow = |args: &[&str]| {
+        std::process::Command::new(devctl_tests::bin("devctl"))
+            .args(args)
+            .env("DEVCTL_SERVER", &c.server)
+            .env("DEVCTL_TLS_DIR", c.admin_tls())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut followers = [
+        follow(&["logs", "-f", "survivor"]),
+        follow(&["events", "-f"]),
+    ];
+    devctl_tests::wait_until(
+        "the log follower to attach",
+        Duration::from_secs(10),
+        || {
+            let n = c.devctl(&["nodes", &c.node("a"), "-o", "json"]).json();
+            (n["open_streams"] == 1).then_some(())
+        },
+    );
+
     let mut scheduler = c.scheduler.take().unwrap();
     scheduler.signal(Signal::SIGTERM);
     let status = scheduler.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "scheduler exit: {status}");
     assert!(scheduler.log().contains("scheduler stopped"));
+    for f in &mut followers {
+        devctl_tests::wait_until("a follower to end", Duration::from_secs(10), || {
+            f.try_wait().unwrap()
+        });
+    }
     assert!(!c.data_dir().join("scheduler.addr").exists());
 }

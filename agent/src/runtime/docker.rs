@@ -10,14 +10,15 @@ use std::{collections::HashMap, time::SystemTime};
 
 use bollard::{
     Docker,
+    container::LogOutput,
     errors::Error as BollardError,
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-        HostConfig,
+        HostConfig, HostConfigLogConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
-        RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
+        LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
         StopContainerOptions,
     },
 };
@@ -31,13 +32,32 @@ use super::{ContainerRuntime, EngineInfo, RuntimeError};
 pub struct DockerRuntime {
     docker: Docker,
     node: String,
+    log_policy: Option<HostConfigLogConfig>,
+}
+
+/// How much output the engine keeps per container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPolicy {
+    /// Size of one log file, in the engine's notation (`64m`).
+    pub max_size: String,
+    /// Files kept.
+    pub max_files: u32,
 }
 
 impl DockerRuntime {
     /// Connects to the engine at `host` (`unix:///…`, `tcp://…`), or to the
     /// local default (`DOCKER_HOST`, then `/var/run/docker.sock`), and
     /// negotiates the API version, so older engines work.
-    pub async fn connect(host: Option<&str>, node: &str) -> Result<Self, RuntimeError> {
+    ///
+    /// When the engine logs to json-file, containers get `logs` as their own
+    /// rotation policy: an engine default as small as a few MiB would drop
+    /// output a reader has not caught up with (and Docker's follow mode
+    /// stalls across a rotation).
+    pub async fn connect(
+        host: Option<&str>,
+        node: &str,
+        logs: &LogPolicy,
+    ) -> Result<Self, RuntimeError> {
         let docker = match host {
             Some(h) => Docker::connect_with_host(h),
             None => Docker::connect_with_local_defaults(),
@@ -46,9 +66,18 @@ impl DockerRuntime {
         .negotiate_version()
         .await
         .map_err(engine)?;
+        let driver = docker.info().await.map_err(engine)?.logging_driver;
+        let log_policy = (driver.as_deref() == Some("json-file")).then(|| HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), logs.max_size.clone()),
+                ("max-file".to_string(), logs.max_files.to_string()),
+            ])),
+        });
         Ok(Self {
             docker,
             node: node.to_string(),
+            log_policy,
         })
     }
 
@@ -129,6 +158,7 @@ impl DockerRuntime {
                 // An init process as PID 1 forwards signals and reaps
                 // zombies, so `stop` does not wait out its timeout.
                 init: Some(true),
+                log_config: self.log_policy.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -327,6 +357,40 @@ impl ContainerRuntime for DockerRuntime {
                 std::future::ready(out)
             })
             .boxed()
+    }
+
+    async fn logs(
+        &self,
+        id: &str,
+        options: super::LogOptions,
+    ) -> Result<super::OutputChunks, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        let id = id.to_string();
+        let chunks = self
+            .docker
+            .logs(
+                &runtime_id,
+                Some(LogsOptions {
+                    follow: options.follow,
+                    stdout: true,
+                    stderr: true,
+                    since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+                    until: 0,
+                    timestamps: options.timestamps,
+                    tail: options
+                        .tail
+                        .map_or_else(|| "all".to_string(), |n| n.max(0).to_string()),
+                }),
+            )
+            .map(move |chunk| match chunk {
+                Ok(LogOutput::StdErr { message }) => {
+                    Ok((pb::OutputStream::Stderr, message.to_vec()))
+                }
+                Ok(out) => Ok((pb::OutputStream::Stdout, out.into_bytes().to_vec())),
+                Err(e) => Err(map_err(e, &id)),
+            })
+            .boxed();
+        Ok(chunks)
     }
 
     async fn running_count(&self) -> Result<i32, RuntimeError> {

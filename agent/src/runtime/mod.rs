@@ -115,7 +115,31 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// `since_nanos` (Unix time in nanoseconds) on, as they happen. The
     /// stream ends or fails when the engine connection does.
     fn engine_events(&self, since_nanos: i64) -> EngineEvents;
+
+    /// The output of the container with devctl id `id`.
+    fn logs(
+        &self,
+        id: &str,
+        options: LogOptions,
+    ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send;
 }
+
+/// What to read of a container's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep reading new output until the container stops.
+    pub follow: bool,
+    /// Only the last lines.
+    pub tail: Option<i32>,
+    /// Only output at or after this Unix time (seconds).
+    pub since: Option<i64>,
+    /// Prefix lines with the engine's timestamps.
+    pub timestamps: bool,
+}
+
+/// A container's output: (which stream, bytes).
+pub type OutputChunks =
+    futures::stream::BoxStream<'static, Result<(pb::OutputStream, Vec<u8>), RuntimeError>>;
 
 /// A stream of engine events.
 pub type EngineEvents = futures::stream::BoxStream<'static, Result<pb::EngineEvent, RuntimeError>>;

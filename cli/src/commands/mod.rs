@@ -3,6 +3,7 @@
 pub mod create;
 pub mod events;
 pub mod get;
+pub mod logs;
 pub mod ls;
 pub mod nodes;
 pub mod restart;
@@ -26,6 +27,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Events(args) => Some(args.to_request()?),
         _ => None,
     };
+    let logs = match &cli.command {
+        Command::Logs(args) => Some(args.to_request()?),
+        _ => None,
+    };
     let tls_dir = client::tls_dir(cli.tls_dir)?;
     let mut client = client::Client::connect(&cli.server, tls_dir).await?;
     let o = cli.output;
@@ -39,5 +44,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&mut client, o, args).await,
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
+        Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,
     }
 }

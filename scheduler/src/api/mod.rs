@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod containers;
 pub mod events;
+pub mod logs;
 pub mod nodes;
 
 use tonic::Status;

@@ -1,0 +1,73 @@
+//! `devctl.v1.LogService`.
+
+use devctl_proto::pb::{self, log_service_server::LogService};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use crate::cluster::Cluster;
+
+/// Chunks buffered per reader before the agent is held back.
+const BUFFER: usize = 16;
+
+/// The log service over a cluster.
+#[derive(Debug, Clone)]
+pub struct LogApi {
+    cluster: Cluster,
+    stop: CancellationToken,
+    streams: TaskTracker,
+}
+
+impl LogApi {
+    /// The service; its streams end when `stop` is cancelled.
+    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
+        Self {
+            cluster,
+            stop,
+            streams,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl LogService for LogApi {
+    type StreamLogsStream = ReceiverStream<Result<pb::LogChunk, Status>>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        caller(&req)?;
+        let r = req.into_inner();
+        let mut reader = self.cluster.open_logs(&r.name, &r).await?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let stop = self.stop.clone();
+        self.streams.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tx.closed() => break,
+                    next = reader.next() => next,
+                };
+                let item = match next {
+                    None => break,
+                    Some(Ok((stream, data))) => Ok(pb::LogChunk {
+                        stream: stream as i32,
+                        data,
+                    }),
+                    Some(Err(e)) => Err(Status::unavailable(e.to_string())),
+                };
+                let failed = item.is_err();
+                // Waits while the client is slow; the agent is held back
+                // by the credit it does not get meanwhile.
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+            reader.close().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
