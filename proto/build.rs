@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/bus.proto",
         "devctl/v1/events.proto",
         "devctl/v1/logs.proto",
+        "devctl/v1/stats.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))

@@ -101,6 +101,18 @@ impl Bus {
         Ok(())
     }
 
+    /// Publishes a stats report (core NATS: the newest report is what
+    /// matters; none is stored).
+    pub async fn stats(&self, report: &pb::StatsReport) -> Result<(), BusError> {
+        self.client
+            .publish(
+                bus::stats_subject(&self.node),
+                report.encode_to_vec().into(),
+            )
+            .await
+            .map_err(bus_err)
+    }
+
     /// Waits until everything published so far has reached the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(bus_err)

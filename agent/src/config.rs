@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// How often to report usage (node and containers).
+    #[arg(long, env = "DEVCTL_STATS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub stats_interval: Duration,
+
     /// Commands executed at once; further commands wait.
     #[arg(long, env = "DEVCTL_MAX_CONCURRENT_OPS", default_value_t = 32)]
     pub max_concurrent_ops: usize,

@@ -275,6 +275,12 @@ mod tests {
         fn engine_events(&self, _: i64) -> crate::runtime::EngineEvents {
             Box::pin(futures::stream::empty())
         }
+        async fn running(&self) -> Result<Vec<crate::runtime::Running>, RuntimeError> {
+            Ok(vec![])
+        }
+        fn stats(&self, _: &crate::runtime::Running) -> crate::runtime::StatsSamples {
+            Box::pin(futures::stream::empty())
+        }
         async fn logs(
             &self,
             id: &str,

@@ -17,7 +17,9 @@
 pub mod bus;
 pub mod config;
 pub mod dispatch;
+pub mod host;
 pub mod runtime;
+pub mod stats;
 
 use std::{
     collections::HashMap,
@@ -105,13 +107,22 @@ pub async fn serve<R: ContainerRuntime>(
             bus: bus.clone(),
             config: config.clone(),
             labels,
-            info,
+            info: info.clone(),
             boot_id: uuid::Uuid::new_v4().to_string(),
             streams: stream_count.clone(),
         }
         .run(Arc::clone(&dispatcher), stop_heartbeats.clone()),
     );
 
+    let stop_stats = CancellationToken::new();
+    let stats = tokio::spawn(stats::run(
+        Arc::clone(&dispatcher),
+        bus.clone(),
+        config.node.clone(),
+        info.data_root.clone(),
+        config.stats_interval,
+        stop_stats.clone(),
+    ));
     let stop_events = CancellationToken::new();
     let events = tokio::spawn(forward_engine_events(
         Arc::clone(&dispatcher),
@@ -196,6 +207,10 @@ pub async fn serve<R: ContainerRuntime>(
     // Events of the last commands are on the engine's stream by now; give
     // the forwarder a moment to pass them on, then stop it.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_stats.cancel();
+    if let Err(e) = stats.await {
+        tracing::error!(error = %e, "stats task failed");
+    }
     stop_streams.cancel();
     streams.close();
     streams.wait().await;

@@ -8,6 +8,7 @@ use devctl_proto::{
     pb::{
         container_service_client::ContainerServiceClient, event_service_client::EventServiceClient,
         log_service_client::LogServiceClient, node_service_client::NodeServiceClient,
+        stats_service_client::StatsServiceClient,
     },
     pki::Bundle,
 };
@@ -24,6 +25,8 @@ pub struct Client {
     pub events: EventServiceClient<Channel>,
     /// LogService.
     pub logs: LogServiceClient<Channel>,
+    /// StatsService.
+    pub stats: StatsServiceClient<Channel>,
 }
 
 /// The bundle directory: `--tls-dir`, else `~/.config/devctl/tls` if it
@@ -65,7 +68,8 @@ impl Client {
             containers: ContainerServiceClient::new(channel.clone()),
             nodes: NodeServiceClient::new(channel.clone()),
             events: EventServiceClient::new(channel.clone()),
-            logs: LogServiceClient::new(channel),
+            logs: LogServiceClient::new(channel.clone()),
+            stats: StatsServiceClient::new(channel),
         })
     }
 }

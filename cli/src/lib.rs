@@ -65,6 +65,10 @@ pub enum Command {
     Events(commands::events::Args),
     /// Print a container's output (-f to follow).
     Logs(commands::logs::Args),
+    /// Live resource usage of containers (like docker stats).
+    Stats(commands::stats::Args),
+    /// The cluster at a glance: nodes with usage and the busiest containers.
+    Top(commands::top::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -130,6 +130,10 @@ pub struct NodeView {
     memory_bytes: i64,
     containers: i32,
     open_streams: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory_used_bytes: Option<i64>,
     labels: BTreeMap<String, String>,
     docker_version: String,
     agent_version: String,
@@ -147,6 +151,11 @@ impl From<&pb::Node> for NodeView {
             memory_bytes: n.memory_bytes,
             containers: n.container_count,
             open_streams: n.open_streams,
+            cpu_percent: n
+                .usage
+                .as_ref()
+                .map(|u| (u.cpu_percent * 10.0).round() / 10.0),
+            memory_used_bytes: n.usage.as_ref().map(|u| u.memory_used_bytes),
             labels: n.labels.clone().into_iter().collect(),
             docker_version: n.docker_version.clone(),
             agent_version: n.agent_version.clone(),
@@ -282,7 +291,9 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
         "NAME",
         "STATE",
         "CPUS",
+        "CPU %",
         "MEMORY",
+        "MEM USED",
         "CONTAINERS",
         "DOCKER",
         "LABELS",
@@ -293,7 +304,13 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
             n.name.clone(),
             node_state_word(n.state()),
             n.cpus.to_string(),
+            n.usage
+                .as_ref()
+                .map_or("-".into(), |u| format!("{:.1}%", u.cpu_percent)),
             format_bytes(n.memory_bytes),
+            n.usage
+                .as_ref()
+                .map_or("-".into(), |u| format_bytes(u.memory_used_bytes)),
             n.container_count.to_string(),
             n.docker_version.clone(),
             labels_text(&n.labels),
@@ -420,4 +437,174 @@ impl EventPrinter {
         out.flush()?;
         Ok(())
     }
+}
+
+/// A container's usage as printed with -o json/yaml.
+#[derive(Debug, Serialize)]
+pub struct ContainerStatsView {
+    name: String,
+    node: String,
+    time: Option<String>,
+    cpu_percent: f64,
+    memory_bytes: i64,
+    memory_limit_bytes: i64,
+    network_rx_bytes: i64,
+    network_tx_bytes: i64,
+    block_read_bytes: i64,
+    block_write_bytes: i64,
+    pids: i64,
+}
+
+impl From<&pb::ContainerStats> for ContainerStatsView {
+    fn from(s: &pb::ContainerStats) -> Self {
+        Self {
+            name: s.name.clone(),
+            node: s.node.clone(),
+            time: s
+                .time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            cpu_percent: (s.cpu_percent * 100.0).round() / 100.0,
+            memory_bytes: s.memory_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+            network_rx_bytes: s.network_rx_bytes,
+            network_tx_bytes: s.network_tx_bytes,
+            block_read_bytes: s.block_read_bytes,
+            block_write_bytes: s.block_write_bytes,
+            pids: s.pids,
+        }
+    }
+}
+
+fn percent(part: i64, whole: i64) -> String {
+    if whole <= 0 {
+        "-".into()
+    } else {
+        format!("{:.2}%", 100.0 * part as f64 / whole as f64)
+    }
+}
+
+/// Clears the terminal before a redraw.
+fn clear(tty: bool) {
+    if tty {
+        print!("\x1b[2J\x1b[H");
+    }
+}
+
+/// Prints container usage: a table like `docker stats` (cleared first when
+/// `redraw`), or one JSON object per line with -o json.
+pub fn container_stats(format: Format, list: &[pb::ContainerStats], redraw: bool) -> Result<()> {
+    if format != Format::Table {
+        for s in list {
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string(&ContainerStatsView::from(s))?)
+                }
+                _ => print!(
+                    "---\n{}",
+                    serde_yaml_ng::to_string(&ContainerStatsView::from(s))?
+                ),
+            }
+        }
+        return Ok(());
+    }
+    let mut t = table(&[
+        "NAME",
+        "NODE",
+        "CPU %",
+        "MEM USAGE / LIMIT",
+        "MEM %",
+        "NET I/O",
+        "BLOCK I/O",
+        "PIDS",
+    ]);
+    for s in list {
+        t.add_row(vec![
+            s.name.clone(),
+            s.node.clone(),
+            format!("{:.2}%", s.cpu_percent),
+            format!(
+                "{} / {}",
+                format_bytes(s.memory_bytes),
+                format_bytes(s.memory_limit_bytes)
+            ),
+            percent(s.memory_bytes, s.memory_limit_bytes),
+            format!(
+                "{} / {}",
+                format_bytes(s.network_rx_bytes),
+                format_bytes(s.network_tx_bytes)
+            ),
+            format!(
+                "{} / {}",
+                format_bytes(s.block_read_bytes),
+                format_bytes(s.block_write_bytes)
+            ),
+            s.pids.to_string(),
+        ]);
+    }
+    clear(redraw);
+    println!("{}", render(t));
+    Ok(())
+}
+
+/// Prints the cluster at a glance: nodes with usage, then the busiest
+/// containers.
+pub fn top(
+    format: Format,
+    nodes: &[pb::Node],
+    busiest: &[pb::ContainerStats],
+    redraw: bool,
+) -> Result<()> {
+    if format != Format::Table {
+        #[derive(Serialize)]
+        struct Top {
+            nodes: Vec<NodeView>,
+            containers: Vec<ContainerStatsView>,
+        }
+        let top = Top {
+            nodes: nodes.iter().map(NodeView::from).collect(),
+            containers: busiest.iter().map(ContainerStatsView::from).collect(),
+        };
+        match format {
+            Format::Json => println!("{}", serde_json::to_string(&top)?),
+            _ => print!("---\n{}", serde_yaml_ng::to_string(&top)?),
+        }
+        return Ok(());
+    }
+    let mut t = table(&["NODE", "STATE", "CPU %", "MEMORY", "DISK", "CONTAINERS"]);
+    for n in nodes {
+        let u = n.usage.clone().unwrap_or_default();
+        let has = n.usage.is_some();
+        t.add_row(vec![
+            n.name.clone(),
+            node_state_word(n.state()),
+            if has {
+                format!("{:.1}%", u.cpu_percent)
+            } else {
+                "-".into()
+            },
+            if has {
+                format!(
+                    "{} / {}",
+                    format_bytes(u.memory_used_bytes),
+                    format_bytes(u.memory_total_bytes)
+                )
+            } else {
+                "-".into()
+            },
+            if has {
+                format!(
+                    "{} / {}",
+                    format_bytes(u.disk_used_bytes),
+                    format_bytes(u.disk_total_bytes)
+                )
+            } else {
+                "-".into()
+            },
+            n.container_count.to_string(),
+        ]);
+    }
+    clear(redraw);
+    println!("{}\n", render(t));
+    container_stats(format, busiest, false)
 }

@@ -75,6 +75,14 @@ pub fn stream_subjects(id: &str) -> (String, String) {
     )
 }
 
+/// Stats reports of one node.
+pub fn stats_subject(node: &str) -> String {
+    format!("{ROOT}.node.{node}.stats")
+}
+
+/// Stats reports of every node.
+pub const ALL_STATS: &str = "devctl.node.*.stats";
+
 /// Heartbeats of every node (for the scheduler's subscription).
 pub const ALL_HEARTBEATS: &str = "devctl.node.*.heartbeat";
 

@@ -62,6 +62,16 @@ impl Bus {
         })
     }
 
+    /// Subscribes to every node's stats reports.
+    pub async fn stats_reports(&self) -> Result<StatsReports, BusError> {
+        let sub = self
+            .client
+            .subscribe(bus::ALL_STATS)
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))?;
+        Ok(StatsReports { sub })
+    }
+
     /// Subscribes to every node's heartbeats.
     pub async fn heartbeats(&self) -> Result<Heartbeats, BusError> {
         let sub = self
@@ -446,6 +456,35 @@ impl EventReader {
             }
             Err(e) => Err(BusError::Nats(format!("undecodable event {seq}: {e}"))),
         })
+    }
+}
+
+/// The stream of stats reports.
+#[derive(Debug)]
+pub struct StatsReports {
+    sub: Subscriber,
+}
+
+impl StatsReports {
+    /// The next report whose contents are all about the node whose subject
+    /// it came on; `None` once the subscription ends.
+    pub async fn next(&mut self) -> Option<pb::StatsReport> {
+        loop {
+            let msg = self.sub.next().await?;
+            let Some(node) = bus::node_of_subject(&msg.subject) else {
+                continue;
+            };
+            match pb::StatsReport::decode(msg.payload) {
+                Ok(r)
+                    if r.node.as_ref().is_some_and(|n| n.node == node)
+                        && r.containers.iter().all(|c| c.node == node) =>
+                {
+                    return Some(r);
+                }
+                Ok(_) => tracing::warn!(node, "stats report about another node ignored"),
+                Err(e) => tracing::warn!(node, error = %e, "undecodable stats report"),
+            }
+        }
     }
 }
 

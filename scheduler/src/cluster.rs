@@ -138,6 +138,7 @@ struct Shared {
     settings: Settings,
     locks: Arc<KeyedLocks>,
     intents: Arc<Intents>,
+    stats: crate::stats::StatsCache,
     // Every mutating operation runs as a task of this tracker, so a caller
     // that goes away (deadline, Ctrl-C) cannot cut an operation in half.
     tasks: TaskTracker,
@@ -167,6 +168,7 @@ impl Cluster {
                 settings,
                 locks: KeyedLocks::new(),
                 intents: Arc::default(),
+                stats: crate::stats::StatsCache::default(),
                 tasks: TaskTracker::new(),
                 placement: tokio::sync::Mutex::new(()),
             }),
@@ -575,6 +577,7 @@ impl Cluster {
             .into_iter()
             .map(|mut n| {
                 n.container_count = counts.get(&n.name).copied().unwrap_or(0) as i32;
+                n.usage = self.shared.stats.node(&n.name);
                 n
             })
             .collect())
@@ -725,6 +728,11 @@ impl Cluster {
             Err(Ok(reply)) => Err(agent_error(reply, &c)),
             Err(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// The latest usage samples.
+    pub fn stats(&self) -> &crate::stats::StatsCache {
+        &self.shared.stats
     }
 
     /// Reads the event history matching `filter` from `start`.

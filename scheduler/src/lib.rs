@@ -9,6 +9,7 @@
 //! - [`placement`]: pure placement decisions.
 //! - [`events`]: what engine events mean (pure).
 //! - [`nodes`]: the node registry (heartbeats, liveness).
+//! - [`stats`]: the latest usage samples (memory only).
 //! - [`store`]: the embedded store; nothing else touches its file.
 //! - [`bus`]: the only module that speaks NATS.
 //!
@@ -27,4 +28,5 @@ pub mod events;
 pub mod nodes;
 pub mod placement;
 pub mod server;
+pub mod stats;
 pub mod store;

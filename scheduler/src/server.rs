@@ -7,7 +7,10 @@ use devctl_proto::pb::{
     self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
 };
 use devctl_proto::{
-    pb::{event_service_server::EventServiceServer, log_service_server::LogServiceServer},
+    pb::{
+        event_service_server::EventServiceServer, log_service_server::LogServiceServer,
+        stats_service_server::StatsServiceServer,
+    },
     validate,
 };
 use thiserror::Error;
@@ -17,9 +20,9 @@ use tonic::transport::{Server, server::TcpIncoming};
 use crate::{
     api::{
         auth::authenticate, containers::ContainerApi, events::EventApi, logs::LogApi,
-        nodes::NodeApi,
+        nodes::NodeApi, stats::StatsApi,
     },
-    bus::{Bus, BusError, EngineEvents, Heartbeats},
+    bus::{Bus, BusError, EngineEvents, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
     nodes::Registry,
@@ -77,6 +80,7 @@ pub async fn serve(
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
     let engine_events = bus.engine_events().await?;
+    let stats_reports = bus.stats_reports().await?;
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -86,6 +90,7 @@ pub async fn serve(
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health.set_serving::<LogServiceServer<LogApi>>().await;
+    health.set_serving::<StatsServiceServer<StatsApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -115,6 +120,7 @@ pub async fn serve(
         engine_events,
         stop.clone(),
     ));
+    let stats_task = tokio::spawn(stats_loop(cluster.clone(), stats_reports, stop.clone()));
     let streams = TaskTracker::new();
     // At the shutdown signal, end the streams first (a following watch
     // would otherwise hold the graceful drain open), then drain.
@@ -147,6 +153,10 @@ pub async fn serve(
             LogApi::new(cluster.clone(), stop.clone(), streams.clone()),
             authenticate,
         ))
+        .add_service(StatsServiceServer::with_interceptor(
+            StatsApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            authenticate,
+        ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.
         // Without it, larger replies stall ~40 ms on Nagle + delayed ACK.
@@ -163,6 +173,7 @@ pub async fn serve(
     for (name, task) in [
         ("heartbeat loop", heartbeat_task),
         ("engine event loop", events_task),
+        ("stats loop", stats_task),
     ] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{name} failed");
@@ -228,6 +239,19 @@ async fn engine_event_loop(cluster: Cluster, mut events: EngineEvents, stop: Can
                 }
             }
             Err(e) => tracing::error!(error = %e, "engine event not handled; it will come again"),
+        }
+    }
+}
+
+/// Takes in stats reports until `stop` is cancelled.
+async fn stats_loop(cluster: Cluster, mut reports: StatsReports, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            r = reports.next() => match r {
+                Some(r) => cluster.stats().ingest(r),
+                None => break,
+            },
         }
     }
 }

@@ -13,13 +13,13 @@ use bollard::{
     container::LogOutput,
     errors::Error as BollardError,
     models::{
-        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EventMessage,
-        HostConfig, HostConfigLogConfig,
+        ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
+        ContainerStatsResponse, EventMessage, HostConfig, HostConfigLogConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
         LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
-        StopContainerOptions,
+        StatsOptions, StopContainerOptions,
     },
 };
 use devctl_proto::{labels, pb};
@@ -191,6 +191,7 @@ impl ContainerRuntime for DockerRuntime {
                 info.os_type.unwrap_or_else(|| "linux".into()),
                 info.architecture.unwrap_or_default()
             ),
+            data_root: info.docker_root_dir.unwrap_or_else(|| "/".into()),
         })
     }
 
@@ -393,6 +394,44 @@ impl ContainerRuntime for DockerRuntime {
         Ok(chunks)
     }
 
+    async fn running(&self) -> Result<Vec<super::Running>, RuntimeError> {
+        let list = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: false,
+                filters: Some(self.node_filter(&[])),
+                ..Default::default()
+            }))
+            .await
+            .map_err(engine)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                Some(super::Running {
+                    id: labels.get(labels::ID)?.clone(),
+                    name: labels.get(labels::NAME)?.clone(),
+                    runtime_id: c.id?,
+                })
+            })
+            .collect())
+    }
+
+    fn stats(&self, container: &super::Running) -> super::StatsSamples {
+        let c = container.clone();
+        let node = self.node.clone();
+        self.docker
+            .stats(
+                &container.runtime_id,
+                Some(StatsOptions {
+                    stream: true,
+                    one_shot: false,
+                }),
+            )
+            .map(move |s| s.map(|s| sample(&node, &c, &s)).map_err(engine))
+            .boxed()
+    }
+
     async fn running_count(&self) -> Result<i32, RuntimeError> {
         let list = self
             .docker
@@ -404,6 +443,69 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(engine)?;
         Ok(list.len() as i32)
+    }
+}
+
+/// A usage sample from the engine's stats, computed as `docker stats` does.
+fn sample(node: &str, c: &super::Running, s: &ContainerStatsResponse) -> pb::ContainerStats {
+    let cpu = s.cpu_stats.clone().unwrap_or_default();
+    let pre = s.precpu_stats.clone().unwrap_or_default();
+    let total = |c: &bollard::models::ContainerCpuStats| {
+        c.cpu_usage
+            .as_ref()
+            .and_then(|u| u.total_usage)
+            .unwrap_or(0)
+    };
+    let cpu_delta = total(&cpu).saturating_sub(total(&pre));
+    let system_delta = cpu
+        .system_cpu_usage
+        .unwrap_or(0)
+        .saturating_sub(pre.system_cpu_usage.unwrap_or(0));
+    let online = cpu.online_cpus.unwrap_or(1).max(1);
+    let cpu_percent = if system_delta > 0 && pre.system_cpu_usage.is_some() {
+        cpu_delta as f64 / system_delta as f64 * f64::from(online) * 100.0
+    } else {
+        0.0
+    };
+    let mem = s.memory_stats.clone().unwrap_or_default();
+    let stats = mem.stats.unwrap_or_default();
+    let cache = stats
+        .get("total_inactive_file")
+        .or_else(|| stats.get("inactive_file"))
+        .copied()
+        .unwrap_or(0);
+    let usage = mem.usage.unwrap_or(0);
+    let usage = if cache < usage { usage - cache } else { usage };
+    let (mut rx, mut tx) = (0u64, 0u64);
+    for n in s.networks.as_ref().into_iter().flat_map(|n| n.values()) {
+        rx += n.rx_bytes.unwrap_or(0);
+        tx += n.tx_bytes.unwrap_or(0);
+    }
+    let (mut read, mut write) = (0u64, 0u64);
+    let io = s
+        .blkio_stats
+        .as_ref()
+        .and_then(|b| b.io_service_bytes_recursive.clone());
+    for e in io.unwrap_or_default() {
+        match e.op.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("read") => read += e.value.unwrap_or(0),
+            Some("write") => write += e.value.unwrap_or(0),
+            _ => {}
+        }
+    }
+    pb::ContainerStats {
+        name: c.name.clone(),
+        id: c.id.clone(),
+        node: node.to_string(),
+        time: Some(std::time::SystemTime::now().into()),
+        cpu_percent,
+        memory_bytes: usage as i64,
+        memory_limit_bytes: mem.limit.unwrap_or(0) as i64,
+        network_rx_bytes: rx as i64,
+        network_tx_bytes: tx as i64,
+        block_read_bytes: read as i64,
+        block_write_bytes: write as i64,
+        pids: s.pids_stats.as_ref().and_then(|p| p.current).unwrap_or(0) as i64,
     }
 }
 

@@ -19,7 +19,24 @@ pub struct EngineInfo {
     pub version: String,
     /// `os/arch`.
     pub platform: String,
+    /// Where the engine keeps its data (for disk usage).
+    pub data_root: String,
 }
+
+/// A running devctl container of this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// devctl id.
+    pub id: String,
+    /// devctl name.
+    pub name: String,
+    /// Engine id.
+    pub runtime_id: String,
+}
+
+/// Usage samples of one container, about one a second, until it stops.
+pub type StatsSamples =
+    futures::stream::BoxStream<'static, Result<pb::ContainerStats, RuntimeError>>;
 
 /// Why a runtime operation failed.
 #[derive(Debug, Error)]
@@ -110,6 +127,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
+
+    /// The devctl containers of this node that are running.
+    fn running(&self) -> impl Future<Output = Result<Vec<Running>, RuntimeError>> + Send;
+
+    /// A long-lived stream of usage samples of `container` (one engine
+    /// stream, not one call per sample).
+    fn stats(&self, container: &Running) -> StatsSamples;
 
     /// The engine's events for this node's devctl containers, from
     /// `since_nanos` (Unix time in nanoseconds) on, as they happen. The

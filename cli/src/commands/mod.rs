@@ -9,7 +9,9 @@ pub mod nodes;
 pub mod restart;
 pub mod rm;
 pub mod start;
+pub mod stats;
 pub mod stop;
+pub mod top;
 
 use anyhow::Result;
 
@@ -45,5 +47,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
         Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,
+        Command::Stats(args) => stats::run(&mut client, o, args).await,
+        Command::Top(args) => top::run(&mut client, o, args).await,
     }
 }

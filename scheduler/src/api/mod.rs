@@ -6,6 +6,7 @@ pub mod containers;
 pub mod events;
 pub mod logs;
 pub mod nodes;
+pub mod stats;
 
 use tonic::Status;
 

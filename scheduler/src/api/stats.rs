@@ -1,0 +1,80 @@
+//! `devctl.v1.StatsService`.
+
+use devctl_proto::pb::{self, stats_service_server::StatsService};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status};
+
+use super::auth::caller;
+use crate::cluster::Cluster;
+
+/// The stats service over a cluster.
+#[derive(Debug, Clone)]
+pub struct StatsApi {
+    cluster: Cluster,
+    stop: CancellationToken,
+    streams: TaskTracker,
+}
+
+impl StatsApi {
+    /// The service; its streams end when `stop` is cancelled.
+    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
+        Self {
+            cluster,
+            stop,
+            streams,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl StatsService for StatsApi {
+    type WatchStatsStream = ReceiverStream<Result<pb::StatsUpdate, Status>>;
+
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        caller(&req)?;
+        Ok(Response::new(
+            self.cluster.stats().get(&req.get_ref().names),
+        ))
+    }
+
+    async fn watch_stats(
+        &self,
+        req: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        caller(&req)?;
+        let r = req.into_inner();
+        let mut updates = self.cluster.stats().subscribe();
+        let (tx, rx) = mpsc::channel(256);
+        let stop = self.stop.clone();
+        self.streams.spawn(async move {
+            loop {
+                let update = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tx.closed() => break,
+                    u = updates.recv() => match u {
+                        Ok(u) => u,
+                        // Too slow: skip to the newest samples.
+                        Err(RecvError::Lagged(_)) => continue,
+                        Err(RecvError::Closed) => break,
+                    },
+                };
+                let wanted = match &update.sample {
+                    Some(pb::stats_update::Sample::Container(c)) => {
+                        r.names.is_empty() || r.names.contains(&c.name)
+                    }
+                    Some(pb::stats_update::Sample::Node(_)) => r.nodes,
+                    None => false,
+                };
+                if wanted && tx.send(Ok(update)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

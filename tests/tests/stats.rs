@@ -1,0 +1,139 @@
+//! Live usage from the agents: containers (CPU against the limit, memory
+//! against the engine's own figure), nodes, `stats` and `top`.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
+use serde_json::Value;
+
+fn sample(c: &TestCluster, name: &str) -> Option<Value> {
+    let out = c
+        .devctl(&["stats", "--no-stream", name, "-o", "json"])
+        .ok()
+        .stdout;
+    out.lines().next().map(|l| serde_json::from_str(l).unwrap())
+}
+
+/// Bytes from docker's "1.5MiB" notation.
+fn docker_bytes(s: &str) -> f64 {
+    let units = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ];
+    let (unit, mult) = units.iter().find(|(u, _)| s.ends_with(u)).unwrap();
+    s.trim_end_matches(unit).parse::<f64>().unwrap() * *mult as f64
+}
+
+#[test]
+fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
+    let c = TestCluster::start(&["a"]);
+    c.devctl(&[
+        "create",
+        "burner",
+        "--image",
+        IMAGE,
+        "--cpus",
+        "0.5",
+        "--memory",
+        "64m",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ])
+    .ok();
+    // CPU near its limit: the mean of five consecutive samples.
+    let mut cpu = Vec::new();
+    wait_until("five CPU samples", Duration::from_secs(30), || {
+        let s = sample(&c, "burner")?;
+        let t = s["time"].as_str()?.to_string();
+        if cpu.last().map(|(lt, _)| lt) != Some(&t) {
+            cpu.push((t, s["cpu_percent"].as_f64()?));
+        }
+        (cpu.len() >= 6).then_some(())
+    });
+    // The first sample may cover the start.
+    let mean: f64 = cpu[1..].iter().map(|(_, v)| v).sum::<f64>() / (cpu.len() - 1) as f64;
+    eprintln!("burner at --cpus 0.5: CPU samples {cpu:?}, mean {mean:.1}%");
+    assert!(
+        (40.0..=60.0).contains(&mean),
+        "mean CPU {mean:.1}% with a 0.5 CPU limit"
+    );
+
+    // Memory: the limit exactly, the usage close to the engine's figure.
+    let s = sample(&c, "burner").unwrap();
+    assert_eq!(s["memory_limit_bytes"], 64i64 << 20);
+    assert!(s["pids"].as_i64().unwrap() >= 1);
+    let engine_id = c.engine_container("burner").unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = Command::new("docker")
+        .args([
+            "stats",
+            "--no-stream",
+            "--format",
+            "{{.MemUsage}}",
+            &engine_id,
+        ])
+        .output()
+        .unwrap();
+    let theirs = docker_bytes(
+        String::from_utf8_lossy(&out.stdout)
+            .split(" / ")
+            .next()
+            .unwrap()
+            .trim(),
+    );
+    let ours = sample(&c, "burner").unwrap()["memory_bytes"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (ours - theirs).abs() <= (theirs * 0.25).max(512.0 * 1024.0),
+        "ours {ours}, docker {theirs}"
+    );
+
+    // Nodes report their own usage.
+    let node = c.devctl(&["nodes", &c.node("a"), "-o", "json"]).json();
+    assert!(node["memory_used_bytes"].as_i64().unwrap() > 0, "{node}");
+    assert!(node["cpu_percent"].as_f64().is_some(), "{node}");
+    let top = c.devctl(&["top", "--no-stream", "-o", "json"]).json();
+    assert_eq!(top["containers"][0]["name"], "burner");
+
+    // Stopped: no more samples.
+    c.devctl(&["stop", "burner", "-t", "0"]).ok();
+    wait_until("samples to stop", Duration::from_secs(10), || {
+        sample(&c, "burner").is_none().then_some(())
+    });
+}
+
+#[test]
+fn stats_streams_samples_as_they_arrive() {
+    let c = TestCluster::start(&["a"]);
+    c.devctl(&["create", "idle", "--image", IMAGE]).ok();
+    let mut watcher = Command::new(bin("devctl"))
+        .args(["stats", "idle", "-o", "json"])
+        .env("DEVCTL_SERVER", &c.server)
+        .env("DEVCTL_TLS_DIR", c.admin_tls())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut times = Vec::new();
+    while times.len() < 3 {
+        let line = lines.next().expect("stats output ended").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["name"], "idle");
+        times.push(v["time"].as_str().unwrap().to_string());
+    }
+    times.dedup();
+    assert!(times.len() >= 2, "samples are fresh each time: {times:?}");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
+}
