@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/node.proto",
         "devctl/v1/bus.proto",
         "devctl/v1/events.proto",
+        "devctl/v1/exec.proto",
         "devctl/v1/logs.proto",
         "devctl/v1/stats.proto",
     ];

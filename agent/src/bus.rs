@@ -168,6 +168,7 @@ impl Bus {
         mut chunks: crate::runtime::OutputChunks,
         stop: tokio_util::sync::CancellationToken,
         count: StreamCount,
+        exit: Option<futures::future::BoxFuture<'static, Option<i32>>>,
     ) {
         count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _counted = Counted(count);
@@ -220,7 +221,11 @@ impl Bus {
                         return;
                     }
                     None => {
-                        self.send_chunk(&subject, &end(seq, String::new())).await;
+                        let mut last = end(seq, String::new());
+                        if let Some(exit) = exit {
+                            last.exit_code = exit.await;
+                        }
+                        self.send_chunk(&subject, &last).await;
                         return;
                     }
                 },
@@ -235,6 +240,36 @@ impl Bus {
             .await
         {
             tracing::warn!(error = %e, "stream chunk not sent");
+        }
+    }
+}
+
+impl Bus {
+    /// Listens for an exec's input.
+    pub async fn exec_input(&self, subject: &str) -> Result<ExecInput, BusError> {
+        let sub = self
+            .client
+            .subscribe(subject.to_string())
+            .await
+            .map_err(bus_err)?;
+        Ok(ExecInput { sub })
+    }
+}
+
+/// An exec's input messages.
+#[derive(Debug)]
+pub struct ExecInput {
+    sub: Subscriber,
+}
+
+impl ExecInput {
+    /// The next input message; `None` when the subscription ends.
+    pub async fn next(&mut self) -> Option<pb::ExecInput> {
+        loop {
+            let msg = self.sub.next().await?;
+            if let Ok(input) = pb::ExecInput::decode(msg.payload) {
+                return Some(input);
+            }
         }
     }
 }

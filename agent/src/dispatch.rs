@@ -21,6 +21,19 @@ pub struct OpenedStream {
     pub setup: pb::StreamSetup,
     /// What to send.
     pub chunks: crate::runtime::OutputChunks,
+    /// For an exec: its input side and control.
+    pub exec: Option<ExecParts>,
+}
+
+/// The input side of an exec.
+#[allow(missing_debug_implementations)] // holds an engine writer
+pub struct ExecParts {
+    /// Where its input arrives.
+    pub input_subject: String,
+    /// Its stdin, if attached.
+    pub input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    /// Resize and exit code.
+    pub control: Arc<dyn crate::runtime::ExecControl>,
 }
 
 impl std::fmt::Debug for OpenedStream {
@@ -97,6 +110,9 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Logs(logs)),
             }) => self.open_logs(logs).await,
+            Ok(pb::AgentCommand {
+                command: Some(Command::Exec(exec)),
+            }) => self.open_exec(exec).await,
             other => self.execute_one(other).await.into(),
         }
     }
@@ -122,7 +138,40 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 reply: pb::AgentReply {
                     result: Some(Reply::Opened(pb::StreamOpened {})),
                 },
-                stream: Some(OpenedStream { setup, chunks }),
+                stream: Some(OpenedStream {
+                    setup,
+                    chunks,
+                    exec: None,
+                }),
+            },
+            Err(e) => error_reply(e.code(), e.to_string()).into(),
+        }
+    }
+
+    /// Starts a command in a container. Takes no container lock.
+    async fn open_exec(&self, cmd: pb::ExecCommand) -> Handled {
+        let (Some(setup), Some(start)) = (cmd.stream, cmd.start) else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "exec: incomplete command".into(),
+            )
+            .into();
+        };
+        tracing::info!(id = %cmd.id, tty = start.tty, "exec");
+        match self.runtime.exec(&cmd.id, &start).await {
+            Ok(session) => Handled {
+                reply: pb::AgentReply {
+                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                },
+                stream: Some(OpenedStream {
+                    setup,
+                    chunks: session.output,
+                    exec: Some(ExecParts {
+                        input_subject: cmd.input_subject,
+                        input: session.input,
+                        control: session.control,
+                    }),
+                }),
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -178,6 +227,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Restart(c) => Some(c.id.clone()),
         Command::Remove(c) => Some(c.id.clone()),
         Command::Logs(c) => Some(c.id.clone()),
+        Command::Exec(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -209,8 +259,8 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
         }),
-        // Routed to open_logs before it gets here.
-        Command::Logs(_) => Reply::Error(pb::AgentError {
+        // Routed to open_logs/open_exec before it gets here.
+        Command::Logs(_) | Command::Exec(_) => Reply::Error(pb::AgentError {
             code: pb::AgentErrorCode::BadCommand as i32,
             message: "logs are a stream".into(),
         }),
@@ -277,6 +327,13 @@ mod tests {
         }
         async fn running(&self) -> Result<Vec<crate::runtime::Running>, RuntimeError> {
             Ok(vec![])
+        }
+        async fn exec(
+            &self,
+            id: &str,
+            _: &pb::ExecStart,
+        ) -> Result<crate::runtime::ExecSession, RuntimeError> {
+            Err(RuntimeError::NotFound(id.to_string()))
         }
         fn stats(&self, _: &crate::runtime::Running) -> crate::runtime::StatsSamples {
             Box::pin(futures::stream::empty())

@@ -158,10 +158,11 @@ pub async fn serve<R: ContainerRuntime>(
         in_flight.spawn(async move {
             let handled = dispatcher.handle(incoming.command.clone()).await;
             let mut reply = handled.reply;
-            // Listen for the reader before announcing the stream.
+            // Listen for the reader (and an exec's input) before announcing
+            // the stream.
             let stream = match handled.stream {
-                Some(s) => match bus.stream_control(s.setup).await {
-                    Ok(control) => Some((control, s.chunks)),
+                Some(s) => match listen(&bus, s).await {
+                    Ok(listening) => Some(listening),
                     Err(e) => {
                         reply = dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
                         None
@@ -172,9 +173,9 @@ pub async fn serve<R: ContainerRuntime>(
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
             }
-            if let Some((control, chunks)) = stream {
+            if let Some(listening) = stream {
                 let bus = bus.clone();
-                streams.spawn(async move { bus.pump(control, chunks, stop_streams, count).await });
+                streams.spawn(serve_stream(bus, listening, stop_streams, count));
             }
             drop(permit);
         });
@@ -225,6 +226,88 @@ pub async fn serve<R: ContainerRuntime>(
     bus.flush().await?;
     tracing::info!(node = %config.node, "agent stopped");
     Ok(())
+}
+
+/// A stream whose reader (and input, for an exec) is being listened to.
+struct Listening {
+    control: bus::StreamControl,
+    chunks: runtime::OutputChunks,
+    exec: Option<(bus::ExecInput, dispatch::ExecParts)>,
+}
+
+async fn listen(bus: &bus::Bus, s: dispatch::OpenedStream) -> Result<Listening, bus::BusError> {
+    let control = bus.stream_control(s.setup).await?;
+    let exec = match s.exec {
+        Some(parts) => Some((bus.exec_input(&parts.input_subject).await?, parts)),
+        None => None,
+    };
+    Ok(Listening {
+        control,
+        chunks: s.chunks,
+        exec,
+    })
+}
+
+/// Serves one stream; for an exec, also feeds its input until the output
+/// ends.
+async fn serve_stream(
+    bus: bus::Bus,
+    s: Listening,
+    stop: CancellationToken,
+    count: bus::StreamCount,
+) {
+    let Some((input, parts)) = s.exec else {
+        bus.pump(s.control, s.chunks, stop, count, None).await;
+        return;
+    };
+    let done = CancellationToken::new();
+    let control = Arc::clone(&parts.control);
+    let feeder = tokio::spawn(feed_exec_input(input, parts, done.clone()));
+    bus.pump(s.control, s.chunks, stop, count, Some(control.exit_code()))
+        .await;
+    done.cancel();
+    let _ = feeder.await;
+}
+
+/// Writes an exec's input to its stdin and applies resizes, until `done`.
+async fn feed_exec_input(
+    mut input: bus::ExecInput,
+    parts: dispatch::ExecParts,
+    done: CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = parts.input;
+    loop {
+        let msg = tokio::select! {
+            _ = done.cancelled() => break,
+            msg = input.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match msg.input {
+            Some(pb::exec_input::Input::Stdin(bytes)) => {
+                if let Some(w) = stdin.as_mut()
+                    && w.write_all(&bytes).await.is_err()
+                {
+                    stdin = None;
+                }
+            }
+            Some(pb::exec_input::Input::Resize(size)) => {
+                let rows = size.rows.min(u32::from(u16::MAX)) as u16;
+                let cols = size.cols.min(u32::from(u16::MAX)) as u16;
+                if let Err(e) = parts.control.resize(rows, cols).await {
+                    tracing::debug!(error = %e, "exec resize");
+                }
+            }
+            Some(pb::exec_input::Input::CloseStdin(_)) => {
+                if let Some(mut w) = stdin.take() {
+                    let _ = w.shutdown().await;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Forwards the engine's events for this node to the bus until `stop`.

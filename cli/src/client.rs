@@ -7,8 +7,8 @@ use anyhow::{Context, Result, bail};
 use devctl_proto::{
     pb::{
         container_service_client::ContainerServiceClient, event_service_client::EventServiceClient,
-        log_service_client::LogServiceClient, node_service_client::NodeServiceClient,
-        stats_service_client::StatsServiceClient,
+        exec_service_client::ExecServiceClient, log_service_client::LogServiceClient,
+        node_service_client::NodeServiceClient, stats_service_client::StatsServiceClient,
     },
     pki::Bundle,
 };
@@ -27,6 +27,8 @@ pub struct Client {
     pub logs: LogServiceClient<Channel>,
     /// StatsService.
     pub stats: StatsServiceClient<Channel>,
+    /// ExecService.
+    pub exec: ExecServiceClient<Channel>,
 }
 
 /// The bundle directory: `--tls-dir`, else `~/.config/devctl/tls` if it
@@ -69,7 +71,8 @@ impl Client {
             nodes: NodeServiceClient::new(channel.clone()),
             events: EventServiceClient::new(channel.clone()),
             logs: LogServiceClient::new(channel.clone()),
-            stats: StatsServiceClient::new(channel),
+            stats: StatsServiceClient::new(channel.clone()),
+            exec: ExecServiceClient::new(channel),
         })
     }
 }

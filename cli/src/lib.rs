@@ -65,6 +65,8 @@ pub enum Command {
     Events(commands::events::Args),
     /// Print a container's output (-f to follow).
     Logs(commands::logs::Args),
+    /// Run a command in a running container (-it for a shell).
+    Exec(commands::exec::Args),
     /// Live resource usage of containers (like docker stats).
     Stats(commands::stats::Args),
     /// The cluster at a glance: nodes with usage and the busiest containers.

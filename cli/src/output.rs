@@ -349,6 +349,8 @@ pub struct EventView {
     #[serde(skip_serializing_if = "Option::is_none")]
     exit_code: Option<i32>,
     message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    session: String,
 }
 
 /// `EVENT_TYPE_CONTAINER_STARTED` → `container.started`.
@@ -379,6 +381,7 @@ impl From<&pb::Event> for EventView {
             reason: e.reason.clone(),
             exit_code: e.exit_code,
             message: e.message.clone(),
+            session: e.session.clone(),
         }
     }
 }

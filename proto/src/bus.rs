@@ -67,6 +67,11 @@ pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs
 /// How long an agent keeps a stream without hearing from its reader.
 pub const STREAM_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Input subject of exec session `id`.
+pub fn exec_input_subject(id: &str) -> String {
+    format!("{ROOT}.stream.{id}.input")
+}
+
 /// Data and control subjects of stream `id`.
 pub fn stream_subjects(id: &str) -> (String, String) {
     (

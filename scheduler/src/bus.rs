@@ -228,12 +228,13 @@ impl Bus {
         Ok(EventReader { messages, pending })
     }
 
-    /// Opens a container's output on `node` (see the stream protocol in
-    /// bus.proto). `Err(Ok(reply))`: the agent refused with `reply`.
-    pub async fn open_logs(
+    /// Opens a stream from `node` (see the stream protocol in bus.proto):
+    /// `build` makes the command from the stream's setup and id.
+    /// `Err(Ok(reply))`: the agent refused with `reply`.
+    pub async fn open_stream(
         &self,
         node: &str,
-        mut cmd: pb::LogsCommand,
+        build: impl FnOnce(pb::StreamSetup, &str) -> pb::agent_command::Command,
         timeout: Duration,
     ) -> Result<StreamReader, Result<pb::agent_reply::Result, BusError>> {
         let id = uuid::Uuid::new_v4().simple().to_string();
@@ -243,15 +244,12 @@ impl Bus {
             .subscribe(data_subject.clone())
             .await
             .map_err(|e| Err(BusError::Nats(e.to_string())))?;
-        cmd.stream = Some(pb::StreamSetup {
+        let setup = pb::StreamSetup {
             data_subject,
             control_subject: control_subject.clone(),
             initial_credit: bus::STREAM_WINDOW,
-        });
-        match self
-            .command(node, pb::agent_command::Command::Logs(cmd), timeout)
-            .await
-        {
+        };
+        match self.command(node, build(setup, &id), timeout).await {
             Ok(pb::agent_reply::Result::Opened(_)) => {}
             Ok(other) => return Err(Ok(other)),
             Err(e) => return Err(Err(e)),
@@ -266,8 +264,17 @@ impl Bus {
             next_seq: 0,
             ungranted: 0,
             done: false,
+            exit_code: None,
             keepalive,
         })
+    }
+
+    /// Sends input to exec session `id`.
+    pub fn exec_input(&self, id: &str) -> ExecInputSender {
+        ExecInputSender {
+            client: self.client.clone(),
+            subject: bus::exec_input_subject(id),
+        }
     }
 
     /// Waits until everything published so far has reached the server.
@@ -290,7 +297,25 @@ pub struct StreamReader {
     next_seq: u64,
     ungranted: u32,
     done: bool,
+    exit_code: Option<i32>,
     keepalive: tokio::time::Interval,
+}
+
+/// Sends an exec's input to its agent.
+#[derive(Debug, Clone)]
+pub struct ExecInputSender {
+    client: Client,
+    subject: String,
+}
+
+impl ExecInputSender {
+    /// Sends one input message.
+    pub async fn send(&self, input: pb::ExecInput) -> Result<(), BusError> {
+        self.client
+            .publish(self.subject.clone(), input.encode_to_vec().into())
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
+    }
 }
 
 impl StreamReader {
@@ -340,6 +365,7 @@ impl StreamReader {
             self.next_seq += 1;
             if chunk.end {
                 self.done = true;
+                self.exit_code = chunk.exit_code;
                 return (!chunk.error.is_empty()).then_some(Err(BusError::Nats(chunk.error)));
             }
             self.ungranted += 1;
@@ -353,6 +379,11 @@ impl StreamReader {
             }
             return Some(Ok((chunk.stream(), chunk.data)));
         }
+    }
+
+    /// The exit code the last chunk carried (exec streams).
+    pub fn exit_code(&self) -> Option<i32> {
+        self.exit_code
     }
 
     /// Tells the agent to stop (unless the stream already ended).

@@ -723,11 +723,109 @@ impl Cluster {
             stream: None,
         };
         let timeout = self.shared.settings.command_timeout;
-        match self.shared.bus.open_logs(&c.node, cmd, timeout).await {
+        let build = |setup, _: &str| {
+            Command::Logs(pb::LogsCommand {
+                stream: Some(setup),
+                ..cmd
+            })
+        };
+        match self.shared.bus.open_stream(&c.node, build, timeout).await {
             Ok(reader) => Ok(reader),
             Err(Ok(reply)) => Err(agent_error(reply, &c)),
             Err(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// Starts a command in `start.name` as `actor`: the output stream, the
+    /// input sender, and the session (recorded as an exec.started event;
+    /// report its end with [`Cluster::exec_ended`]).
+    pub async fn open_exec(
+        &self,
+        start: pb::ExecStart,
+        actor: &str,
+    ) -> Result<
+        (
+            crate::bus::StreamReader,
+            crate::bus::ExecInputSender,
+            Session,
+        ),
+        Error,
+    > {
+        if start.command.is_empty() {
+            return Err(InvalidField::new("start.command", "is required (e.g. [\"sh\"])").into());
+        }
+        if start
+            .command
+            .iter()
+            .chain(&start.env)
+            .any(|a| a.contains('\0'))
+        {
+            return Err(InvalidField::new("start.command", "must not contain NUL").into());
+        }
+        let c = self.get(&start.name)?;
+        if c.state != pb::ContainerState::Running as i32 {
+            return Err(Error::FailedPrecondition(format!(
+                "container {:?} is not running; start it first (devctl start {})",
+                c.name, c.name
+            )));
+        }
+        if !self.shared.nodes.is_ready(&c.node) {
+            return Err(Error::FailedPrecondition(format!(
+                "node {:?} of container {:?} is down",
+                c.node, c.name
+            )));
+        }
+        let command_line = start.command.join(" ");
+        let session = Session {
+            id: String::new(),
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            node: c.node.clone(),
+            actor: actor.to_string(),
+            command: command_line,
+        };
+        let container_id = c.id.clone();
+        let build = |setup, id: &str| {
+            Command::Exec(pb::ExecCommand {
+                id: container_id,
+                start: Some(start),
+                stream: Some(setup),
+                input_subject: devctl_proto::bus::exec_input_subject(id),
+            })
+        };
+        let mut session_id = String::new();
+        let build = |setup, id: &str| {
+            session_id = id.to_string();
+            build(setup, id)
+        };
+        let timeout = self.shared.settings.command_timeout;
+        let reader = match self.shared.bus.open_stream(&c.node, build, timeout).await {
+            Ok(reader) => reader,
+            Err(Ok(reply)) => return Err(agent_error(reply, &c)),
+            Err(Err(e)) => return Err(e.into()),
+        };
+        let session = Session {
+            id: session_id,
+            ..session
+        };
+        tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
+        self.emit(
+            session.event(pb::EventType::ExecStarted, None),
+            format!("exec-start-{}", session.id),
+        )
+        .await;
+        let input = self.shared.bus.exec_input(&session.id);
+        Ok((reader, input, session))
+    }
+
+    /// Records the end of an exec session.
+    pub async fn exec_ended(&self, session: &Session, exit_code: Option<i32>) {
+        tracing::info!(session = %session.id, container = %session.container, ?exit_code, "exec session ended");
+        self.emit(
+            session.event(pb::EventType::ExecEnded, exit_code),
+            format!("exec-end-{}", session.id),
+        )
+        .await;
     }
 
     /// The latest usage samples.
@@ -828,6 +926,46 @@ impl Cluster {
                 "devctl container unknown to the scheduler found on node (left in place)");
         }
         Ok(())
+    }
+}
+
+/// One exec session: who ran what, where.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Unique id.
+    pub id: String,
+    /// Container name and id, and its node.
+    pub container: String,
+    /// The container's id.
+    pub container_id: String,
+    /// The container's node.
+    pub node: String,
+    /// Who ran it.
+    pub actor: String,
+    /// The command line.
+    pub command: String,
+}
+
+impl Session {
+    fn event(&self, ty: pb::EventType, exit_code: Option<i32>) -> pb::Event {
+        let what = if ty == pb::EventType::ExecStarted {
+            "started"
+        } else {
+            "ended"
+        };
+        pb::Event {
+            time: now(),
+            r#type: ty as i32,
+            container: self.container.clone(),
+            container_id: self.container_id.clone(),
+            node: self.node.clone(),
+            actor: self.actor.clone(),
+            reason: "exec".into(),
+            exit_code,
+            message: format!("exec session {} {what}: {}", self.id, self.command),
+            session: self.id.clone(),
+            ..Default::default()
+        }
     }
 }
 

@@ -301,6 +301,7 @@ pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Tr
                 None
             },
             message,
+            session: String::new(),
         }),
         change,
     }

@@ -8,8 +8,8 @@ use devctl_proto::pb::{
 };
 use devctl_proto::{
     pb::{
-        event_service_server::EventServiceServer, log_service_server::LogServiceServer,
-        stats_service_server::StatsServiceServer,
+        event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
+        log_service_server::LogServiceServer, stats_service_server::StatsServiceServer,
     },
     validate,
 };
@@ -19,8 +19,8 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     api::{
-        auth::authenticate, containers::ContainerApi, events::EventApi, logs::LogApi,
-        nodes::NodeApi, stats::StatsApi,
+        auth::authenticate, containers::ContainerApi, events::EventApi, exec::ExecApi,
+        logs::LogApi, nodes::NodeApi, stats::StatsApi,
     },
     bus::{Bus, BusError, EngineEvents, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
@@ -91,6 +91,7 @@ pub async fn serve(
     health.set_serving::<EventServiceServer<EventApi>>().await;
     health.set_serving::<LogServiceServer<LogApi>>().await;
     health.set_serving::<StatsServiceServer<StatsApi>>().await;
+    health.set_serving::<ExecServiceServer<ExecApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -151,6 +152,10 @@ pub async fn serve(
         ))
         .add_service(LogServiceServer::with_interceptor(
             LogApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            authenticate,
+        ))
+        .add_service(ExecServiceServer::with_interceptor(
+            ExecApi::new(cluster.clone(), stop.clone(), streams.clone()),
             authenticate,
         ))
         .add_service(StatsServiceServer::with_interceptor(

@@ -12,9 +12,10 @@ use bollard::{
     Docker,
     container::LogOutput,
     errors::Error as BollardError,
+    exec::{ResizeExecOptions, StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-        ContainerStatsResponse, EventMessage, HostConfig, HostConfigLogConfig,
+        ContainerStatsResponse, EventMessage, ExecConfig, HostConfig, HostConfigLogConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -360,6 +361,67 @@ impl ContainerRuntime for DockerRuntime {
             .boxed()
     }
 
+    async fn exec(
+        &self,
+        id: &str,
+        start: &pb::ExecStart,
+    ) -> Result<super::ExecSession, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        let size = start.size.unwrap_or_default();
+        let created = self
+            .docker
+            .create_exec(
+                &runtime_id,
+                ExecConfig {
+                    attach_stdin: Some(start.stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    tty: Some(start.tty),
+                    cmd: Some(start.command.clone()),
+                    env: (!start.env.is_empty()).then(|| start.env.clone()),
+                    working_dir: (!start.workdir.is_empty()).then(|| start.workdir.clone()),
+                    console_size: (start.tty && size.rows > 0 && size.cols > 0)
+                        .then(|| vec![size.rows as usize, size.cols as usize]),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err(e, id))?;
+        let started = self
+            .docker
+            .start_exec(
+                &created.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: start.tty,
+                    output_capacity: None,
+                }),
+            )
+            .await
+            .map_err(|e| map_err(e, id))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(RuntimeError::Engine("the exec did not attach".into()));
+        };
+        let exec_id = id.to_string();
+        let output = output
+            .map(move |chunk| match chunk {
+                Ok(LogOutput::StdErr { message }) => {
+                    Ok((pb::OutputStream::Stderr, message.to_vec()))
+                }
+                Ok(out) => Ok((pb::OutputStream::Stdout, out.into_bytes().to_vec())),
+                Err(e) => Err(map_err(e, &exec_id)),
+            })
+            .boxed();
+        Ok(super::ExecSession {
+            output,
+            input: start.stdin.then_some(input),
+            control: std::sync::Arc::new(DockerExec {
+                docker: self.docker.clone(),
+                exec_id: created.id,
+            }),
+        })
+    }
+
     async fn logs(
         &self,
         id: &str,
@@ -443,6 +505,49 @@ impl ContainerRuntime for DockerRuntime {
             .await
             .map_err(engine)?;
         Ok(list.len() as i32)
+    }
+}
+
+/// Control of one engine exec.
+struct DockerExec {
+    docker: Docker,
+    exec_id: String,
+}
+
+impl super::ExecControl for DockerExec {
+    fn resize(
+        &self,
+        rows: u16,
+        cols: u16,
+    ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>> {
+        let (docker, id) = (self.docker.clone(), self.exec_id.clone());
+        Box::pin(async move {
+            docker
+                .resize_exec(
+                    &id,
+                    ResizeExecOptions {
+                        height: rows,
+                        width: cols,
+                    },
+                )
+                .await
+                .map_err(engine)
+        })
+    }
+
+    fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>> {
+        let (docker, id) = (self.docker.clone(), self.exec_id.clone());
+        Box::pin(async move {
+            // The engine records the code a moment after the output ends.
+            for _ in 0..50 {
+                match docker.inspect_exec(&id).await {
+                    Ok(i) if i.running != Some(true) => return i.exit_code.map(|c| c as i32),
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
     }
 }
 

@@ -140,6 +140,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// stream ends or fails when the engine connection does.
     fn engine_events(&self, since_nanos: i64) -> EngineEvents;
 
+    /// Runs a command in the container with devctl id `id`.
+    fn exec(
+        &self,
+        id: &str,
+        start: &pb::ExecStart,
+    ) -> impl Future<Output = Result<ExecSession, RuntimeError>> + Send;
+
     /// The output of the container with devctl id `id`.
     fn logs(
         &self,
@@ -164,6 +171,34 @@ pub struct LogOptions {
 /// A container's output: (which stream, bytes).
 pub type OutputChunks =
     futures::stream::BoxStream<'static, Result<(pb::OutputStream, Vec<u8>), RuntimeError>>;
+
+/// A running exec: its output, its stdin (when asked for), and control.
+pub struct ExecSession {
+    /// What the command writes.
+    pub output: OutputChunks,
+    /// The command's stdin, if it was asked for.
+    pub input: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    /// Resize and exit code.
+    pub control: std::sync::Arc<dyn ExecControl>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession").finish_non_exhaustive()
+    }
+}
+
+/// Control of a running exec.
+pub trait ExecControl: Send + Sync {
+    /// Resizes its terminal.
+    fn resize(
+        &self,
+        rows: u16,
+        cols: u16,
+    ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>>;
+    /// Its exit code, once it has ended.
+    fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>>;
+}
 
 /// A stream of engine events.
 pub type EngineEvents = futures::stream::BoxStream<'static, Result<pb::EngineEvent, RuntimeError>>;

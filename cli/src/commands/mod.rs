@@ -2,6 +2,7 @@
 
 pub mod create;
 pub mod events;
+pub mod exec;
 pub mod get;
 pub mod logs;
 pub mod ls;
@@ -48,6 +49,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
         Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,
         Command::Stats(args) => stats::run(&mut client, o, args).await,
+        Command::Exec(args) => {
+            let code = exec::run(&mut client, args).await?;
+            // The command's exit code is ours.
+            std::process::exit(code);
+        }
         Command::Top(args) => top::run(&mut client, o, args).await,
     }
 }

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod containers;
 pub mod events;
+pub mod exec;
 pub mod logs;
 pub mod nodes;
 pub mod stats;

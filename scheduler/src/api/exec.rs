@@ -1,0 +1,132 @@
+//! `devctl.v1.ExecService`.
+
+use devctl_proto::pb::{
+    self, exec_input::Input, exec_output::Output, exec_service_server::ExecService,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{caller, may_write};
+use crate::cluster::Cluster;
+
+/// The exec service over a cluster.
+#[derive(Debug, Clone)]
+pub struct ExecApi {
+    cluster: Cluster,
+    stop: CancellationToken,
+    streams: TaskTracker,
+}
+
+impl ExecApi {
+    /// The service; its sessions' streams end when `stop` is cancelled.
+    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
+        Self {
+            cluster,
+            stop,
+            streams,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ExecService for ExecApi {
+    type ExecStream = ReceiverStream<Result<pb::ExecOutput, Status>>;
+
+    async fn exec(
+        &self,
+        req: Request<Streaming<pb::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        let id = caller(&req)?;
+        may_write(&id, "Exec")?;
+        let mut inbound = req.into_inner();
+        let start = match inbound.message().await? {
+            Some(pb::ExecInput {
+                input: Some(Input::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of Exec must be `start` (name and command)",
+                ));
+            }
+        };
+        let (mut reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let output_done = CancellationToken::new();
+
+        // Client -> agent: stdin, resizes; closing the send side closes stdin.
+        let (stop, done) = (self.stop.clone(), output_done.clone());
+        self.streams.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = done.cancelled() => break,
+                    msg = inbound.message() => msg,
+                };
+                let forward = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => pb::ExecInput {
+                        input: Some(Input::CloseStdin(true)),
+                    },
+                    Err(_) => break,
+                };
+                let last = matches!(forward.input, Some(Input::CloseStdin(_)));
+                if input.send(forward).await.is_err() || last {
+                    break;
+                }
+            }
+        });
+
+        // Agent -> client: output, then the exit code.
+        let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
+        self.streams.spawn(async move {
+            let mut failed = false;
+            loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tx.closed() => break,
+                    next = reader.next() => next,
+                };
+                let item = match next {
+                    None => break,
+                    Some(Ok((stream, data))) => Ok(pb::ExecOutput {
+                        output: Some(Output::Chunk(pb::LogChunk {
+                            stream: stream as i32,
+                            data,
+                        })),
+                    }),
+                    Some(Err(e)) => {
+                        failed = true;
+                        Err(Status::unavailable(e.to_string()))
+                    }
+                };
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+            output_done.cancel();
+            let code = reader.exit_code();
+            match code {
+                Some(code) => {
+                    let _ = tx
+                        .send(Ok(pb::ExecOutput {
+                            output: Some(Output::ExitCode(code)),
+                        }))
+                        .await;
+                }
+                None if !failed => {
+                    let _ = tx
+                        .send(Err(Status::unavailable(
+                            "the session ended without an exit code (agent or scheduler stopping?)",
+                        )))
+                        .await;
+                }
+                None => {}
+            }
+            cluster.exec_ended(&session, code).await;
+            reader.close().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
