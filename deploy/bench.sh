@@ -2,7 +2,7 @@
 # Runs devctl's benchmarks on release builds and prints markdown rows for
 # docs/benchmarks.md, after a line describing this machine.
 #
-#   deploy/bench.sh [launch|api|all]
+#   deploy/bench.sh [launch|api|stats|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/deploy/prereqs.sh"
@@ -13,6 +13,7 @@ echo "machine: $(nproc) cores, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | 
 case "${1:-all}" in
   launch) cargo bench -q -p devctl-tests --bench launch ;;
   api) cargo bench -q -p devctl-tests --bench api ;;
-  all) cargo bench -q -p devctl-tests --bench launch; cargo bench -q -p devctl-tests --bench api ;;
-  *) echo "usage: $0 [launch|api|all]" >&2; exit 2 ;;
+  stats) cargo bench -q -p devctl-tests --bench stats ;;
+  all) for b in launch api stats; do cargo bench -q -p devctl-tests --bench $b; done ;;
+  *) echo "usage: $0 [launch|api|stats|all]" >&2; exit 2 ;;
 esac

@@ -159,7 +159,7 @@ impl Bus {
         Ok(StreamControl { sub, setup })
     }
 
-    /// Sends `chunks` to the reader, one chunk per credit, until they end,
+    /// Sends `chunks` to the reader within its window, until they end,
     /// the reader cancels or falls silent, or `stop` is cancelled. The last
     /// chunk sent has `end` set.
     pub async fn pump(
@@ -173,55 +173,64 @@ impl Bus {
         count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let _counted = Counted(count);
         let subject = control.setup.data_subject.clone();
-        let mut credit = control.setup.initial_credit;
+        let mut window_end = u64::from(control.setup.initial_credit);
         let mut seq = 0u64;
+        // Pieces of engine output not sent yet (waiting for the window).
+        let mut pending: std::collections::VecDeque<(pb::OutputStream, Vec<u8>)> =
+            Default::default();
         let idle = tokio::time::sleep(bus::STREAM_IDLE_LIMIT);
         tokio::pin!(idle);
-        let end = |seq, error: String| pb::StreamChunk {
+        let end = |seq, error: &str| pb::StreamChunk {
             seq,
             end: true,
-            error,
+            error: error.to_string(),
             ..Default::default()
         };
         loop {
+            while seq < window_end
+                && let Some((stream, data)) = pending.pop_front()
+            {
+                let c = pb::StreamChunk {
+                    seq,
+                    stream: stream as i32,
+                    data,
+                    ..Default::default()
+                };
+                self.send_chunk(&subject, &c).await;
+                seq += 1;
+            }
             tokio::select! {
                 _ = stop.cancelled() => {
-                    self.send_chunk(&subject, &end(seq, "the agent is shutting down".into())).await;
+                    self.send_chunk(&subject, &end(seq, "the agent is shutting down")).await;
                     return;
                 }
                 _ = &mut idle => {
                     tracing::info!(subject, "stream reader fell silent; stream closed");
+                    self.send_chunk(&subject, &end(seq, "the reader fell silent")).await;
                     return;
                 }
                 msg = control.sub.next() => {
-                    let Some(msg) = msg else { return };
+                    let Some(msg) = msg else {
+                        self.send_chunk(&subject, &end(seq, "control subscription ended")).await;
+                        return;
+                    };
                     let Ok(ctl) = pb::StreamControl::decode(msg.payload) else { continue };
                     if ctl.cancel {
                         return;
                     }
-                    credit = credit.saturating_add(ctl.credit);
+                    window_end = window_end.max(ctl.window_end);
                     idle.as_mut().reset(tokio::time::Instant::now() + bus::STREAM_IDLE_LIMIT);
                 }
-                chunk = chunks.next(), if credit > 0 => match chunk {
+                chunk = chunks.next(), if pending.is_empty() && seq < window_end => match chunk {
                     Some(Ok((stream, data))) => {
-                        for piece in data.chunks(bus::STREAM_CHUNK_MAX) {
-                            let c = pb::StreamChunk {
-                                seq,
-                                stream: stream as i32,
-                                data: piece.to_vec(),
-                                ..Default::default()
-                            };
-                            self.send_chunk(&subject, &c).await;
-                            seq += 1;
-                            credit = credit.saturating_sub(1);
-                        }
+                        pending.extend(data.chunks(bus::STREAM_CHUNK_MAX).map(|p| (stream, p.to_vec())));
                     }
                     Some(Err(e)) => {
-                        self.send_chunk(&subject, &end(seq, e.to_string())).await;
+                        self.send_chunk(&subject, &end(seq, &e.to_string())).await;
                         return;
                     }
                     None => {
-                        let mut last = end(seq, String::new());
+                        let mut last = end(seq, "");
                         if let Some(exit) = exit {
                             last.exit_code = exit.await;
                         }

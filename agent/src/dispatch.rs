@@ -228,6 +228,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Remove(c) => Some(c.id.clone()),
         Command::Logs(c) => Some(c.id.clone()),
         Command::Exec(c) => Some(c.id.clone()),
+        Command::Inspect(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -256,6 +257,7 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
             runtime.remove(&c.id, c.force).await?;
             Reply::Removed(pb::RemovedReply { id: c.id })
         }
+        Command::Inspect(c) => Reply::Status(runtime.inspect(&c.id).await?),
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
         }),
@@ -306,6 +308,9 @@ mod tests {
         }
         async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
             self.log(format!("start {id}"))
+        }
+        async fn inspect(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+            self.log(format!("inspect {id}"))
         }
         async fn stop(&self, id: &str, _: i32) -> Result<pb::ContainerStatus, RuntimeError> {
             self.log(format!("stop {id}"))

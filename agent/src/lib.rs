@@ -214,7 +214,12 @@ pub async fn serve<R: ContainerRuntime>(
     }
     stop_streams.cancel();
     streams.close();
-    streams.wait().await;
+    if tokio::time::timeout(Duration::from_secs(10), streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("streams still open at shutdown were abandoned");
+    }
     stop_events.cancel();
     if let Err(e) = events.await {
         tracing::error!(error = %e, "event forwarder failed");
@@ -287,10 +292,16 @@ async fn feed_exec_input(
         };
         match msg.input {
             Some(pb::exec_input::Input::Stdin(bytes)) => {
-                if let Some(w) = stdin.as_mut()
-                    && w.write_all(&bytes).await.is_err()
-                {
-                    stdin = None;
+                // A command that does not read its stdin must not keep this
+                // task (and the agent's shutdown) waiting.
+                if let Some(w) = stdin.as_mut() {
+                    let written = tokio::select! {
+                        _ = done.cancelled() => break,
+                        r = w.write_all(&bytes) => r.is_ok(),
+                    };
+                    if !written {
+                        stdin = None;
+                    }
                 }
             }
             Some(pb::exec_input::Input::Resize(size)) => {

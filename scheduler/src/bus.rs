@@ -2,7 +2,13 @@
 //! speaks NATS. Commands go out as requests on `devctl.node.<node>.cmd`;
 //! heartbeats come in on `devctl.node.*.heartbeat`.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::{
     Client, ConnectOptions, RequestErrorKind, Subscriber,
@@ -254,15 +260,38 @@ impl Bus {
             Ok(other) => return Err(Ok(other)),
             Err(e) => return Err(Err(e)),
         }
-        let mut keepalive = tokio::time::interval(bus::STREAM_KEEPALIVE);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        keepalive.reset();
+        let window_end = Arc::new(AtomicU64::new(u64::from(bus::STREAM_WINDOW)));
+        // Repeats the window end on a timer, whether or not the reader is
+        // being read: a reader held up by a slow client must not look dead
+        // to the agent, and a lost window message is healed.
+        let keepalive = tokio::spawn({
+            let (client, subject, window_end) = (
+                self.client.clone(),
+                control_subject.clone(),
+                Arc::clone(&window_end),
+            );
+            async move {
+                let mut tick = tokio::time::interval(bus::STREAM_KEEPALIVE);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let ctl = pb::StreamControl {
+                        window_end: window_end.load(Ordering::Relaxed),
+                        cancel: false,
+                    };
+                    let _ = client
+                        .publish(subject.clone(), ctl.encode_to_vec().into())
+                        .await;
+                }
+            }
+        });
         Ok(StreamReader {
             client: self.client.clone(),
             sub,
             control_subject,
             next_seq: 0,
-            ungranted: 0,
+            granted: u64::from(bus::STREAM_WINDOW),
+            window_end,
             done: false,
             exit_code: None,
             keepalive,
@@ -295,10 +324,18 @@ pub struct StreamReader {
     sub: Subscriber,
     control_subject: String,
     next_seq: u64,
-    ungranted: u32,
+    // The window end last sent, and the one the keepalive repeats.
+    granted: u64,
+    window_end: Arc<AtomicU64>,
     done: bool,
     exit_code: Option<i32>,
-    keepalive: tokio::time::Interval,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
 }
 
 /// Sends an exec's input to its agent.
@@ -334,14 +371,8 @@ impl StreamReader {
         if self.done {
             return None;
         }
-        loop {
-            let msg = tokio::select! {
-                _ = self.keepalive.tick() => {
-                    self.control(pb::StreamControl::default()).await;
-                    continue;
-                }
-                msg = self.sub.next() => msg,
-            };
+        {
+            let msg = self.sub.next().await;
             let Some(msg) = msg else {
                 self.done = true;
                 return Some(Err(BusError::Nats("stream subscription ended".into())));
@@ -368,16 +399,18 @@ impl StreamReader {
                 self.exit_code = chunk.exit_code;
                 return (!chunk.error.is_empty()).then_some(Err(BusError::Nats(chunk.error)));
             }
-            self.ungranted += 1;
-            if self.ungranted >= bus::STREAM_WINDOW / 2 {
-                let credit = std::mem::take(&mut self.ungranted);
+            // Move the window once half of it has been read.
+            let wanted = self.next_seq + u64::from(bus::STREAM_WINDOW);
+            if wanted - self.granted >= u64::from(bus::STREAM_WINDOW / 2) {
+                self.granted = wanted;
+                self.window_end.store(wanted, Ordering::Relaxed);
                 self.control(pb::StreamControl {
-                    credit,
+                    window_end: wanted,
                     cancel: false,
                 })
                 .await;
             }
-            return Some(Ok((chunk.stream(), chunk.data)));
+            Some(Ok((chunk.stream(), chunk.data)))
         }
     }
 
@@ -390,7 +423,7 @@ impl StreamReader {
     pub async fn close(mut self) {
         if !self.done {
             self.control(pb::StreamControl {
-                credit: 0,
+                window_end: 0,
                 cancel: true,
             })
             .await;

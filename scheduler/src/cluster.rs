@@ -26,7 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::{
     bus::{Bus, BusError},
-    events::{self, Intents, Op},
+    events::{self, Intents, Op, StateChange},
     nodes::Registry,
     placement,
     store::{ContainerFilter, Store, StoreError},
@@ -610,7 +610,7 @@ impl Cluster {
         }
         if observed.joined {
             let ev = events::node_event(&hb.node, pb::EventType::NodeJoined, "first_heartbeat");
-            self.emit(ev, format!("joined-{}", hb.node)).await;
+            let _ = self.emit(ev, format!("joined-{}", hb.node)).await;
         }
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
@@ -638,25 +638,28 @@ impl Cluster {
                 _ => pb::EventType::NodeDown,
             };
             tracing::info!(node, state = ?state, reason, "node state changed");
-            self.emit(
-                events::node_event(&node, ty, reason),
-                uuid::Uuid::new_v4().to_string(),
-            )
-            .await;
+            let _ = self
+                .emit(
+                    events::node_event(&node, ty, reason),
+                    uuid::Uuid::new_v4().to_string(),
+                )
+                .await;
         }
     }
 
     /// Appends an event to the history; `id` de-duplicates retries. A
     /// failure is logged: the operation that caused the event stands.
-    async fn emit(&self, event: pb::Event, id: String) {
+    async fn emit(&self, event: pb::Event, id: String) -> Result<(), BusError> {
         let subject = if event.container.is_empty() {
             devctl_proto::bus::node_event_subject(&event.node)
         } else {
             devctl_proto::bus::container_event_subject(&event.node, &event.container)
         };
-        if let Err(e) = self.shared.bus.publish_event(subject, &event, &id).await {
+        let published = self.shared.bus.publish_event(subject, &event, &id).await;
+        if let Err(e) = &published {
             tracing::error!(error = %e, event = %event.message, "event not recorded");
         }
+        published.map(|_| ())
     }
 
     /// Handles one engine event: records the cluster event it stands for
@@ -673,28 +676,66 @@ impl Cluster {
         if let Some(change) = t.change
             && let Some(name) = self.store().container_name_by_id(&ev.id)?
         {
-            // After any operation on it: its own write must not overwrite
-            // this newer change, nor this change land in the middle of it.
-            let _lock = self.shared.locks.lock(&name).await;
-            let updated = self
-                .store()
-                .modify_container(&name, move |c| {
-                    let before = c.clone();
-                    change.apply(c);
-                    if *c == before {
-                        return false;
-                    }
-                    c.update_time = now();
-                    true
-                })
-                .await?;
-            if let Some(c) = updated {
-                tracing::info!(name, state = ?c.state(), action = %ev.action, "container changed outside devctl");
-            }
+            self.follow_engine(&name, ev, change).await?;
         }
         if let Some(event) = t.event {
-            self.emit(event, format!("engine-{}", ev.event_id)).await;
+            self.emit(event, format!("engine-{}", ev.event_id))
+                .await
+                .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))?;
         }
+        Ok(())
+    }
+
+    /// Brings `name`'s record in line with its engine after a change devctl
+    /// did not request. The event only says something changed: the state
+    /// recorded is what the node reports now (so a late or replayed event
+    /// cannot overwrite newer state), classified by the event.
+    async fn follow_engine(
+        &self,
+        name: &str,
+        ev: &pb::EngineEvent,
+        change: StateChange,
+    ) -> Result<(), Error> {
+        // After any operation on it: its own write must not overwrite this
+        // newer change, nor this change land in the middle of it.
+        let _lock = self.shared.locks.lock(name).await;
+        let Some(mut c) = self.store().container(name)? else {
+            return Ok(());
+        };
+        if c.id != ev.id || c.node != ev.node {
+            return Ok(()); // another container of the same name by now
+        }
+        let before = c.clone();
+        let inspect = Command::Inspect(pb::InspectCommand { id: c.id.clone() });
+        match self.send_raw(&c.node, inspect, 0).await {
+            Ok(Reply::Status(s)) => {
+                let running = s.state == pb::ContainerState::Running as i32;
+                apply_status(&mut c, &s);
+                if !running {
+                    match change {
+                        // A stale start: the engine says it is not running.
+                        StateChange::Running { .. } => {}
+                        StateChange::Exited { oom, .. } => StateChange::Exited {
+                            code: s.exit_code,
+                            oom,
+                        }
+                        .apply(&mut c),
+                        other => other.apply(&mut c),
+                    }
+                }
+            }
+            Ok(Reply::Error(e)) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {
+                StateChange::Removed.apply(&mut c);
+            }
+            // The node does not answer: go by the event.
+            _ => change.apply(&mut c),
+        }
+        if c == before {
+            return Ok(());
+        }
+        c.update_time = now();
+        tracing::info!(name, state = ?c.state(), action = %ev.action, "container changed outside devctl");
+        self.store().update_container(c).await?;
         Ok(())
     }
 
@@ -809,11 +850,12 @@ impl Cluster {
             ..session
         };
         tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
-        self.emit(
-            session.event(pb::EventType::ExecStarted, None),
-            format!("exec-start-{}", session.id),
-        )
-        .await;
+        let _ = self
+            .emit(
+                session.event(pb::EventType::ExecStarted, None),
+                format!("exec-start-{}", session.id),
+            )
+            .await;
         let input = self.shared.bus.exec_input(&session.id);
         Ok((reader, input, session))
     }
@@ -821,11 +863,12 @@ impl Cluster {
     /// Records the end of an exec session.
     pub async fn exec_ended(&self, session: &Session, exit_code: Option<i32>) {
         tracing::info!(session = %session.id, container = %session.container, ?exit_code, "exec session ended");
-        self.emit(
-            session.event(pb::EventType::ExecEnded, exit_code),
-            format!("exec-end-{}", session.id),
-        )
-        .await;
+        let _ = self
+            .emit(
+                session.event(pb::EventType::ExecEnded, exit_code),
+                format!("exec-end-{}", session.id),
+            )
+            .await;
     }
 
     /// The latest usage samples.

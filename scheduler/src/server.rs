@@ -185,7 +185,12 @@ pub async fn serve(
         }
     }
     streams.close();
-    streams.wait().await;
+    if tokio::time::timeout(Duration::from_secs(10), streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("client streams still open at shutdown were abandoned");
+    }
     // Calls in flight have finished; operations whose callers went away, and
     // inventory syncs, may still run: let them record their outcome.
     let grace = config.settings.command_timeout + Duration::from_secs(5);

@@ -213,3 +213,24 @@ fn follow_streams_new_events_and_nodes_going_down_are_events() {
     follower.wait().unwrap();
     reader.join().unwrap();
 }
+
+#[test]
+fn a_late_event_never_overwrites_newer_state() {
+    let c = TestCluster::start(&["a"]);
+    c.devctl(&["create", "flip", "--image", IMAGE]).ok();
+    // Back to back: the stop's engine events may be handled after the start.
+    for _ in 0..3 {
+        c.devctl(&["stop", "flip", "-t", "0"]).ok();
+        c.devctl(&["start", "flip"]).ok();
+    }
+    // Once every engine event of those operations is handled...
+    wait_until("all lifecycle events", Duration::from_secs(15), || {
+        let evs = events(&c, &["--container", "flip"]);
+        (evs.iter().filter(|e| e["type"] == "container.started").count() == 4).then_some(())
+    });
+    // ...the record still says what the engine says.
+    let got = c.devctl(&["get", "flip", "-o", "json"]).json();
+    assert_eq!(got["state"], "running", "{got}");
+    let engine = c.engine_container("flip").unwrap();
+    assert_eq!(engine["State"]["Status"], "running");
+}

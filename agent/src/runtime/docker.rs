@@ -234,6 +234,11 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
+    async fn inspect(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        self.status(&runtime_id).await
+    }
+
     async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         self.docker

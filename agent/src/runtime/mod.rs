@@ -93,6 +93,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         spec: &pb::Container,
     ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
 
+    /// The current state of the container with devctl id `id`.
+    fn inspect(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+
     /// Starts the container with devctl id `id`.
     fn start(
         &self,

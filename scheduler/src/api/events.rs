@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::{auth::caller, send_or_stop};
 use crate::{bus::EventStart, cluster::Cluster};
 
 /// Events buffered per watcher before the reader waits for the client.
@@ -84,12 +84,13 @@ impl EventService for EventApi {
                 match next {
                     None => break,
                     Some(Err(e)) => {
-                        let _ = tx.send(Err(Status::unavailable(e.to_string()))).await;
+                        send_or_stop(&tx, Err(Status::unavailable(e.to_string())), &stop).await;
                         break;
                     }
                     Some(Ok((event, pending))) => {
                         // Waits while the client is slow: back-pressure.
-                        if tx.send(Ok(event)).await.is_err() || (!r.follow && pending == 0) {
+                        if !send_or_stop(&tx, Ok(event), &stop).await || (!r.follow && pending == 0)
+                        {
                             break;
                         }
                     }

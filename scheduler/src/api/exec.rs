@@ -8,7 +8,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{caller, may_write};
+use super::{
+    auth::{caller, may_write},
+    send_or_stop,
+};
 use crate::cluster::Cluster;
 
 /// The exec service over a cluster.
@@ -101,7 +104,7 @@ impl ExecService for ExecApi {
                         Err(Status::unavailable(e.to_string()))
                     }
                 };
-                if tx.send(item).await.is_err() || failed {
+                if !send_or_stop(&tx, item, &stop).await || failed {
                     break;
                 }
             }
@@ -109,18 +112,16 @@ impl ExecService for ExecApi {
             let code = reader.exit_code();
             match code {
                 Some(code) => {
-                    let _ = tx
-                        .send(Ok(pb::ExecOutput {
-                            output: Some(Output::ExitCode(code)),
-                        }))
-                        .await;
+                    let last = Ok(pb::ExecOutput {
+                        output: Some(Output::ExitCode(code)),
+                    });
+                    send_or_stop(&tx, last, &stop).await;
                 }
                 None if !failed => {
-                    let _ = tx
-                        .send(Err(Status::unavailable(
-                            "the session ended without an exit code (agent or scheduler stopping?)",
-                        )))
-                        .await;
+                    let last = Err(Status::unavailable(
+                        "the session ended without an exit code (agent or scheduler stopping?)",
+                    ));
+                    send_or_stop(&tx, last, &stop).await;
                 }
                 None => {}
             }

@@ -6,7 +6,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::{auth::caller, send_or_stop};
 use crate::cluster::Cluster;
 
 /// Chunks buffered per reader before the agent is held back.
@@ -62,7 +62,7 @@ impl LogService for LogApi {
                 let failed = item.is_err();
                 // Waits while the client is slow; the agent is held back
                 // by the credit it does not get meanwhile.
-                if tx.send(item).await.is_err() || failed {
+                if !send_or_stop(&tx, item, &stop).await || failed {
                     break;
                 }
             }

@@ -29,3 +29,17 @@ impl From<Error> for Status {
         }
     }
 }
+
+/// Sends `item` to a client stream, unless the server stops first (a client
+/// that has stopped reading must not hold shutdown open). `false`: the
+/// stream should end.
+pub(crate) async fn send_or_stop<T>(
+    tx: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+    stop: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        sent = tx.send(item) => sent.is_ok(),
+    }
+}

@@ -6,7 +6,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::{auth::caller, send_or_stop};
 use crate::cluster::Cluster;
 
 /// The stats service over a cluster.
@@ -70,7 +70,7 @@ impl StatsService for StatsApi {
                     Some(pb::stats_update::Sample::Node(_)) => r.nodes,
                     None => false,
                 };
-                if wanted && tx.send(Ok(update)).await.is_err() {
+                if wanted && !send_or_stop(&tx, Ok(update), &stop).await {
                     break;
                 }
             }
