@@ -226,7 +226,11 @@ fn a_late_event_never_overwrites_newer_state() {
     // Once every engine event of those operations is handled...
     wait_until("all lifecycle events", Duration::from_secs(15), || {
         let evs = events(&c, &["--container", "flip"]);
-        (evs.iter().filter(|e| e["type"] == "container.started").count() == 4).then_some(())
+        (evs.iter()
+            .filter(|e| e["type"] == "container.started")
+            .count()
+            == 4)
+            .then_some(())
     });
     // ...the record still says what the engine says.
     let got = c.devctl(&["get", "flip", "-o", "json"]).json();

@@ -15,7 +15,8 @@ use bollard::{
     exec::{ResizeExecOptions, StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-        ContainerStatsResponse, EventMessage, ExecConfig, HostConfig, HostConfigLogConfig,
+        ContainerStatsResponse, ContainerSummary, EventMessage, ExecConfig, HostConfig,
+        HostConfigLogConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -91,17 +92,26 @@ impl DockerRuntime {
         HashMap::from([("label".to_string(), label)])
     }
 
-    /// The engine id of the devctl container `id` of this node, if any.
-    async fn find(&self, id: &str) -> Result<Option<String>, RuntimeError> {
-        let list = self
-            .docker
+    /// This node's devctl containers (`all`: also those not running) that
+    /// carry the `extra` labels too.
+    async fn list(
+        &self,
+        all: bool,
+        extra: &[(&str, &str)],
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.docker
             .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(self.node_filter(&[(labels::ID, id)])),
+                all,
+                filters: Some(self.node_filter(extra)),
                 ..Default::default()
             }))
             .await
-            .map_err(engine)?;
+            .map_err(engine)
+    }
+
+    /// The engine id of the devctl container `id` of this node, if any.
+    async fn find(&self, id: &str) -> Result<Option<String>, RuntimeError> {
+        let list = self.list(true, &[(labels::ID, id)]).await?;
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
@@ -310,15 +320,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: true,
-                filters: Some(self.node_filter(&[])),
-                ..Default::default()
-            }))
-            .await
-            .map_err(engine)?;
+        let list = self.list(true, &[]).await?;
         let mut out = Vec::with_capacity(list.len());
         for c in list {
             let Some(runtime_id) = c.id else { continue };
@@ -407,18 +409,8 @@ impl ContainerRuntime for DockerRuntime {
         let StartExecResults::Attached { output, input } = started else {
             return Err(RuntimeError::Engine("the exec did not attach".into()));
         };
-        let exec_id = id.to_string();
-        let output = output
-            .map(move |chunk| match chunk {
-                Ok(LogOutput::StdErr { message }) => {
-                    Ok((pb::OutputStream::Stderr, message.to_vec()))
-                }
-                Ok(out) => Ok((pb::OutputStream::Stdout, out.into_bytes().to_vec())),
-                Err(e) => Err(map_err(e, &exec_id)),
-            })
-            .boxed();
         Ok(super::ExecSession {
-            output,
+            output: output_chunks(output, id),
             input: start.stdin.then_some(input),
             control: std::sync::Arc::new(DockerExec {
                 docker: self.docker.clone(),
@@ -433,44 +425,25 @@ impl ContainerRuntime for DockerRuntime {
         options: super::LogOptions,
     ) -> Result<super::OutputChunks, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
-        let id = id.to_string();
-        let chunks = self
-            .docker
-            .logs(
-                &runtime_id,
-                Some(LogsOptions {
-                    follow: options.follow,
-                    stdout: true,
-                    stderr: true,
-                    since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
-                    until: 0,
-                    timestamps: options.timestamps,
-                    tail: options
-                        .tail
-                        .map_or_else(|| "all".to_string(), |n| n.max(0).to_string()),
-                }),
-            )
-            .map(move |chunk| match chunk {
-                Ok(LogOutput::StdErr { message }) => {
-                    Ok((pb::OutputStream::Stderr, message.to_vec()))
-                }
-                Ok(out) => Ok((pb::OutputStream::Stdout, out.into_bytes().to_vec())),
-                Err(e) => Err(map_err(e, &id)),
-            })
-            .boxed();
-        Ok(chunks)
+        let logs = self.docker.logs(
+            &runtime_id,
+            Some(LogsOptions {
+                follow: options.follow,
+                stdout: true,
+                stderr: true,
+                since: options.since.unwrap_or(0).clamp(0, i64::from(i32::MAX)) as i32,
+                until: 0,
+                timestamps: options.timestamps,
+                tail: options
+                    .tail
+                    .map_or_else(|| "all".to_string(), |n| n.max(0).to_string()),
+            }),
+        );
+        Ok(output_chunks(logs, id))
     }
 
     async fn running(&self) -> Result<Vec<super::Running>, RuntimeError> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                filters: Some(self.node_filter(&[])),
-                ..Default::default()
-            }))
-            .await
-            .map_err(engine)?;
+        let list = self.list(false, &[]).await?;
         Ok(list
             .into_iter()
             .filter_map(|c| {
@@ -500,15 +473,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn running_count(&self) -> Result<i32, RuntimeError> {
-        let list = self
-            .docker
-            .list_containers(Some(ListContainersOptions {
-                all: false,
-                filters: Some(self.node_filter(&[])),
-                ..Default::default()
-            }))
-            .await
-            .map_err(engine)?;
+        let list = self.list(false, &[]).await?;
         Ok(list.len() as i32)
     }
 }
@@ -554,6 +519,21 @@ impl super::ExecControl for DockerExec {
             None
         })
     }
+}
+
+/// The engine's multiplexed output (logs, exec) as devctl chunks.
+fn output_chunks(
+    output: impl futures::Stream<Item = Result<LogOutput, BollardError>> + Send + 'static,
+    id: &str,
+) -> super::OutputChunks {
+    let id = id.to_string();
+    output
+        .map(move |chunk| match chunk {
+            Ok(LogOutput::StdErr { message }) => Ok((pb::OutputStream::Stderr, message.to_vec())),
+            Ok(out) => Ok((pb::OutputStream::Stdout, out.into_bytes().to_vec())),
+            Err(e) => Err(map_err(e, &id)),
+        })
+        .boxed()
 }
 
 /// A usage sample from the engine's stats, computed as `docker stats` does.
