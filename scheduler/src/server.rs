@@ -118,6 +118,7 @@ pub async fn serve(
     let heartbeat_task = tokio::spawn(heartbeat_loop(cluster.clone(), heartbeats, stop.clone()));
     let events_task = tokio::spawn(engine_event_loop(
         cluster.clone(),
+        bus.clone(),
         engine_events,
         stop.clone(),
     ));
@@ -213,7 +214,13 @@ pub async fn serve(
 
 /// Handles engine events until `stop` is cancelled; each is acknowledged
 /// only once handled, so one that fails comes again.
-async fn engine_event_loop(cluster: Cluster, mut events: EngineEvents, stop: CancellationToken) {
+async fn engine_event_loop(
+    cluster: Cluster,
+    bus: Bus,
+    mut events: EngineEvents,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -223,9 +230,24 @@ async fn engine_event_loop(cluster: Cluster, mut events: EngineEvents, stop: Can
                     tracing::warn!(error = %e, "engine event stream");
                     continue;
                 }
-                None => break,
+                None => {
+                    // The consumer ended (e.g. the server went away): it is
+                    // durable, so take it up again where it stopped.
+                    tracing::warn!(?backoff, "engine event consumer ended; resubscribing");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    match bus.engine_events().await {
+                        Ok(e) => events = e,
+                        Err(e) => tracing::warn!(error = %e, "resubscribing to engine events"),
+                    }
+                    continue;
+                }
             },
         };
+        backoff = Duration::from_millis(100);
         let handled = match &msg.event {
             Ok(ev)
                 if validate::dns_label("node", &ev.node).is_ok()

@@ -68,14 +68,28 @@ impl ExecService for ExecApi {
                     msg = inbound.message() => msg,
                 };
                 let forward = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) => pb::ExecInput {
-                        input: Some(Input::CloseStdin(true)),
-                    },
-                    Err(_) => break,
+                    Ok(Some(m)) => m.input,
+                    // The client closed its side, or went away: no more
+                    // stdin, whichever way.
+                    Ok(None) | Err(_) => Some(Input::CloseStdin(true)),
                 };
-                let last = matches!(forward.input, Some(Input::CloseStdin(_)));
-                if input.send(forward).await.is_err() || last {
+                let pieces: Vec<Input> = match forward {
+                    // Bus messages stay small whatever the client sends.
+                    Some(Input::Stdin(bytes)) => bytes
+                        .chunks(devctl_proto::bus::STREAM_CHUNK_MAX)
+                        .map(|p| Input::Stdin(p.to_vec()))
+                        .collect(),
+                    // Only the first message may start the session.
+                    Some(Input::Start(_)) | None => continue,
+                    Some(other) => vec![other],
+                };
+                let mut ended = false;
+                for piece in pieces {
+                    ended |= matches!(piece, Input::CloseStdin(_));
+                    let msg = pb::ExecInput { input: Some(piece) };
+                    ended |= input.send(msg).await.is_err();
+                }
+                if ended {
                     break;
                 }
             }
