@@ -638,12 +638,15 @@ impl Cluster {
                 _ => pb::EventType::NodeDown,
             };
             tracing::info!(node, state = ?state, reason, "node state changed");
-            let _ = self
-                .emit(
-                    events::node_event(&node, ty, reason),
-                    uuid::Uuid::new_v4().to_string(),
-                )
-                .await;
+            let event = events::node_event(&node, ty, reason);
+            if self
+                .emit(event, uuid::Uuid::new_v4().to_string())
+                .await
+                .is_err()
+            {
+                // Not recorded: report it again at the next check.
+                self.shared.nodes.unreport(&node);
+            }
         }
     }
 

@@ -149,6 +149,16 @@ impl Registry {
         out
     }
 
+    /// Forgets that `node`'s current state was reported (its event could
+    /// not be recorded), so the next [`Registry::transitions`] reports it
+    /// again.
+    pub fn unreport(&self, node: &str) {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        if let Some(e) = entries.get_mut(node) {
+            e.reported = None;
+        }
+    }
+
     /// Records the end of an inventory sync of `node` for `boot_id`.
     pub fn sync_done(&self, node: &str, boot_id: &str, ok: bool) {
         let mut entries = self.entries.write().expect("registry lock poisoned");
@@ -258,6 +268,10 @@ mod tests {
         leaving.leaving = true;
         reg.observe(&leaving);
         assert_eq!(reg.transitions()[0].2, "agent_left");
+        // A transition whose event was not recorded is reported again.
+        reg.unreport("a");
+        assert_eq!(reg.transitions()[0].1, pb::NodeState::Down);
+        assert!(reg.transitions().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
