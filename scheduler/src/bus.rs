@@ -286,6 +286,7 @@ impl Bus {
             }
         });
         Ok(StreamReader {
+            node: node.to_string(),
             client: self.client.clone(),
             sub,
             control_subject,
@@ -320,6 +321,7 @@ impl Bus {
 /// [`StreamReader::close`] when done.
 #[derive(Debug)]
 pub struct StreamReader {
+    node: String,
     client: Client,
     sub: Subscriber,
     control_subject: String,
@@ -412,6 +414,11 @@ impl StreamReader {
             }
             Some(Ok((chunk.stream(), chunk.data)))
         }
+    }
+
+    /// The node the stream comes from.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// The exit code the last chunk carried (exec streams).

@@ -874,6 +874,11 @@ impl Cluster {
             .await;
     }
 
+    /// Whether `node` is ready (heartbeats arrive).
+    pub fn node_ready(&self, node: &str) -> bool {
+        self.shared.nodes.is_ready(node)
+    }
+
     /// The latest usage samples.
     pub fn stats(&self) -> &crate::stats::StatsCache {
         &self.shared.stats

@@ -192,3 +192,39 @@ fn a_50_mb_burst_arrives_complete_and_in_order() {
         "devctl logs differs from docker logs"
     );
 }
+
+#[test]
+fn a_follower_is_told_when_its_node_dies() {
+    let mut c = TestCluster::start_opts(&["a", "b"], &[], &["--node-timeout", "2s"]).unwrap();
+    let b = c.node("b");
+    c.devctl(&[
+        "create",
+        "doomed",
+        "--image",
+        IMAGE,
+        "--node",
+        &b,
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.2; done",
+    ])
+    .ok();
+    let mut f = follower(&c, &["logs", "-f", "doomed"]);
+    let mut first = String::new();
+    BufReader::new(f.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "tick\n");
+    c.agent("b").signal(nix::sys::signal::Signal::SIGKILL);
+    let status = wait_until("the follower to be told", Duration::from_secs(15), || {
+        f.try_wait().unwrap()
+    });
+    assert!(!status.success());
+    let mut err = String::new();
+    f.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(
+        err.contains("went down") && err.contains("Unavailable"),
+        "{err}"
+    );
+}

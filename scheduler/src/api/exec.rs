@@ -12,7 +12,7 @@ use super::{
     auth::{caller, may_write},
     send_or_stop,
 };
-use crate::cluster::Cluster;
+use crate::{bus::BusError, cluster::Cluster};
 
 /// The exec service over a cluster.
 #[derive(Debug, Clone)]
@@ -99,11 +99,21 @@ impl ExecService for ExecApi {
         let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
         self.streams.spawn(async move {
             let mut failed = false;
+            let node = reader.node().to_string();
+            let mut alive = tokio::time::interval(super::logs::NODE_CHECK);
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tx.closed() => break,
                     next = reader.next() => next,
+                    // A dead node sends nothing more: say so instead of
+                    // waiting forever.
+                    _ = alive.tick() => {
+                        if cluster.node_ready(&node) {
+                            continue;
+                        }
+                        Some(Err(BusError::Nats(format!("node {node:?} went down; the stream is cut"))))
+                    }
                 };
                 let item = match next {
                     None => break,

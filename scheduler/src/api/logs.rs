@@ -7,7 +7,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
 use super::{auth::caller, send_or_stop};
-use crate::cluster::Cluster;
+use crate::{bus::BusError, cluster::Cluster};
+
+/// How often a stream checks that its node is still up.
+pub(crate) const NODE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Chunks buffered per reader before the agent is held back.
 const BUFFER: usize = 16;
@@ -43,13 +46,23 @@ impl LogService for LogApi {
         let r = req.into_inner();
         let mut reader = self.cluster.open_logs(&r.name, &r).await?;
         let (tx, rx) = mpsc::channel(BUFFER);
-        let stop = self.stop.clone();
+        let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
         self.streams.spawn(async move {
+            let node = reader.node().to_string();
+            let mut alive = tokio::time::interval(NODE_CHECK);
             loop {
                 let next = tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tx.closed() => break,
                     next = reader.next() => next,
+                    // A dead node sends nothing more: say so instead of
+                    // waiting forever.
+                    _ = alive.tick() => {
+                        if cluster.node_ready(&node) {
+                            continue;
+                        }
+                        Some(Err(BusError::Nats(format!("node {node:?} went down; the stream is cut"))))
+                    }
                 };
                 let item = match next {
                     None => break,
