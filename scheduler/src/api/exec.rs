@@ -9,10 +9,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
+    NodeStream,
     auth::{caller, may_write},
     send_or_stop,
 };
-use crate::{bus::BusError, cluster::Cluster};
+use crate::cluster::Cluster;
 
 /// The exec service over a cluster.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ impl ExecService for ExecApi {
                 ));
             }
         };
-        let (mut reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
+        let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);
         let output_done = CancellationToken::new();
 
@@ -97,33 +98,18 @@ impl ExecService for ExecApi {
 
         // Agent -> client: output, then the exit code.
         let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
+        let mut stream = NodeStream::new(reader, self.cluster.clone());
         self.streams.spawn(async move {
             let mut failed = false;
-            let node = reader.node().to_string();
-            let mut alive = tokio::time::interval(super::logs::NODE_CHECK);
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tx.closed() => break,
-                    next = reader.next() => next,
-                    // A dead node sends nothing more: say so instead of
-                    // waiting forever.
-                    _ = alive.tick() => {
-                        if cluster.node_ready(&node) {
-                            continue;
-                        }
-                        Some(Err(BusError::Nats(format!("node {node:?} went down; the stream is cut"))))
-                    }
-                };
+            while let Some(next) = stream.next(&tx, &stop).await {
                 let item = match next {
-                    None => break,
-                    Some(Ok((stream, data))) => Ok(pb::ExecOutput {
+                    Ok((which, data)) => Ok(pb::ExecOutput {
                         output: Some(Output::Chunk(pb::LogChunk {
-                            stream: stream as i32,
+                            stream: which as i32,
                             data,
                         })),
                     }),
-                    Some(Err(e)) => {
+                    Err(e) => {
                         failed = true;
                         Err(Status::unavailable(e.to_string()))
                     }
@@ -133,7 +119,7 @@ impl ExecService for ExecApi {
                 }
             }
             output_done.cancel();
-            let code = reader.exit_code();
+            let code = stream.exit_code();
             match code {
                 Some(code) => {
                     let last = Ok(pb::ExecOutput {
@@ -150,7 +136,7 @@ impl ExecService for ExecApi {
                 None => {}
             }
             cluster.exec_ended(&session, code).await;
-            reader.close().await;
+            stream.close().await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

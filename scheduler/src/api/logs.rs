@@ -6,11 +6,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller, send_or_stop};
-use crate::{bus::BusError, cluster::Cluster};
-
-/// How often a stream checks that its node is still up.
-pub(crate) const NODE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+use super::{NodeStream, auth::caller, send_or_stop};
+use crate::cluster::Cluster;
 
 /// Chunks buffered per reader before the agent is held back.
 const BUFFER: usize = 16;
@@ -44,33 +41,18 @@ impl LogService for LogApi {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         caller(&req)?;
         let r = req.into_inner();
-        let mut reader = self.cluster.open_logs(&r.name, &r).await?;
+        let reader = self.cluster.open_logs(&r.name, &r).await?;
+        let mut stream = NodeStream::new(reader, self.cluster.clone());
         let (tx, rx) = mpsc::channel(BUFFER);
-        let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
+        let stop = self.stop.clone();
         self.streams.spawn(async move {
-            let node = reader.node().to_string();
-            let mut alive = tokio::time::interval(NODE_CHECK);
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tx.closed() => break,
-                    next = reader.next() => next,
-                    // A dead node sends nothing more: say so instead of
-                    // waiting forever.
-                    _ = alive.tick() => {
-                        if cluster.node_ready(&node) {
-                            continue;
-                        }
-                        Some(Err(BusError::Nats(format!("node {node:?} went down; the stream is cut"))))
-                    }
-                };
+            while let Some(next) = stream.next(&tx, &stop).await {
                 let item = match next {
-                    None => break,
-                    Some(Ok((stream, data))) => Ok(pb::LogChunk {
-                        stream: stream as i32,
+                    Ok((which, data)) => Ok(pb::LogChunk {
+                        stream: which as i32,
                         data,
                     }),
-                    Some(Err(e)) => Err(Status::unavailable(e.to_string())),
+                    Err(e) => Err(Status::unavailable(e.to_string())),
                 };
                 let failed = item.is_err();
                 // Waits while the client is slow; the agent is held back
@@ -79,7 +61,7 @@ impl LogService for LogApi {
                     break;
                 }
             }
-            reader.close().await;
+            stream.close().await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -43,3 +43,61 @@ pub(crate) async fn send_or_stop<T>(
         sent = tx.send(item) => sent.is_ok(),
     }
 }
+
+/// How often a stream checks that its node is still up.
+const NODE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A node's output stream read for one client (logs, exec).
+#[derive(Debug)]
+pub(crate) struct NodeStream {
+    reader: crate::bus::StreamReader,
+    node: String,
+    alive: tokio::time::Interval,
+    cluster: crate::cluster::Cluster,
+}
+
+impl NodeStream {
+    pub(crate) fn new(reader: crate::bus::StreamReader, cluster: crate::cluster::Cluster) -> Self {
+        Self {
+            node: reader.node().to_string(),
+            reader,
+            alive: tokio::time::interval(NODE_CHECK),
+            cluster,
+        }
+    }
+
+    /// The next piece of output; `None` when the stream ended, the client
+    /// is gone (`tx` closed) or the server stops. A node that goes down is
+    /// an error (it would otherwise send nothing more, ever).
+    pub(crate) async fn next<T>(
+        &mut self,
+        tx: &tokio::sync::mpsc::Sender<T>,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Option<Result<(devctl_proto::pb::OutputStream, Vec<u8>), crate::bus::BusError>> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tx.closed() => return None,
+                next = self.reader.next() => return next,
+                _ = self.alive.tick() => {
+                    if !self.cluster.node_ready(&self.node) {
+                        return Some(Err(crate::bus::BusError::Nats(format!(
+                            "node {:?} went down; the stream is cut",
+                            self.node
+                        ))));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exit code the stream ended with (exec).
+    pub(crate) fn exit_code(&self) -> Option<i32> {
+        self.reader.exit_code()
+    }
+
+    /// Ends the stream on the agent too.
+    pub(crate) async fn close(self) {
+        self.reader.close().await;
+    }
+}
