@@ -3,13 +3,11 @@
 //! - [`Cli`]: global flags and subcommands;
 //! - [`commands`]: one thin file per subcommand (parse, call, print);
 //! - [`client`]: the mutual-TLS connection to the scheduler;
-//! - [`output`]: tables, JSON and YAML;
-//! - [`units`]: sizes and CPU quantities.
+//! - [`output`]: tables, JSON and YAML (sizes and CPUs: `devctl_proto::units`).
 
 pub mod client;
 pub mod commands;
 pub mod output;
-pub mod units;
 
 use std::{path::PathBuf, process::ExitCode};
 

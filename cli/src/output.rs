@@ -10,7 +10,7 @@ use comfy_table::{ContentArrangement, Table, presets};
 use devctl_proto::pb;
 use serde::Serialize;
 
-use crate::units::{format_bytes, format_cpus};
+use devctl_proto::units::{format_bytes, format_cpus};
 
 /// Output format (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -43,6 +43,8 @@ pub struct ContainerView {
     memory_bytes: Option<i64>,
     env: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    constraints: BTreeMap<String, String>,
     owner: String,
     created: Option<String>,
     updated: Option<String>,
@@ -110,6 +112,7 @@ impl From<&pb::Container> for ContainerView {
             memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
             env: c.env.clone().into_iter().collect(),
             labels: c.labels.clone().into_iter().collect(),
+            constraints: c.constraints.clone().into_iter().collect(),
             owner: c.owner.clone(),
             created: time(c.create_time),
             updated: time(c.update_time),
@@ -129,6 +132,8 @@ pub struct NodeView {
     cpus: i32,
     memory_bytes: i64,
     containers: i32,
+    reserved_milli_cpus: i64,
+    reserved_memory_bytes: i64,
     open_streams: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_percent: Option<f64>,
@@ -150,6 +155,8 @@ impl From<&pb::Node> for NodeView {
             cpus: n.cpus,
             memory_bytes: n.memory_bytes,
             containers: n.container_count,
+            reserved_milli_cpus: n.reserved_milli_cpus,
+            reserved_memory_bytes: n.reserved_memory_bytes,
             open_streams: n.open_streams,
             cpu_percent: n
                 .usage

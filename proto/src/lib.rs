@@ -9,6 +9,7 @@
 //!   loading three-file bundles, and building TLS configurations.
 //! - [`validate`]: name and label rules shared by every binary.
 //! - [`labels`]: the engine labels devctl puts on the containers it manages.
+//! - [`units`]: sizes and CPU quantities as people write them (512m, 0.5).
 //! - [`keyed`]: per-key async locks (one operation per container at a time).
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
@@ -18,6 +19,7 @@ pub mod keyed;
 pub mod labels;
 pub mod pki;
 pub mod process;
+pub mod units;
 pub mod validate;
 
 /// The generated `devctl.v1` package.

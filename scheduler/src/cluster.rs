@@ -52,6 +52,9 @@ pub enum Error {
     /// FAILED_PRECONDITION: the cluster's state does not allow the call.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// RESOURCE_EXHAUSTED: no node has the capacity now.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// UNAVAILABLE: a node's agent did not answer; retrying may help.
     #[error("{0}")]
     Unavailable(String),
@@ -70,6 +73,7 @@ impl Error {
             Error::NotFound(m) => Error::NotFound(with(m)),
             Error::AlreadyExists(m) => Error::AlreadyExists(m),
             Error::FailedPrecondition(m) => Error::FailedPrecondition(with(m)),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(with(m)),
             Error::Unavailable(m) => Error::Unavailable(with(m)),
             Error::Internal(m) => Error::Internal(with(m)),
         }
@@ -104,6 +108,23 @@ pub struct Settings {
     pub command_timeout: Duration,
     /// Stop timeout when a request sets none.
     pub default_stop_timeout: i32,
+    /// Placement strategy when a request sets none.
+    pub strategy: placement::Strategy,
+    /// Live memory use (percent) above which a node takes no new container.
+    pub memory_threshold_percent: f64,
+    /// CPU (thousandths) a container without a CPU limit gets (0: none).
+    pub default_milli_cpus: i64,
+    /// Memory a container without a memory limit gets (0: none).
+    pub default_memory_bytes: i64,
+}
+
+/// Options of one create.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions {
+    /// Only decide the placement.
+    pub dry_run: bool,
+    /// Placement strategy; `None`: the cluster's.
+    pub strategy: Option<placement::Strategy>,
 }
 
 impl Default for Settings {
@@ -111,6 +132,10 @@ impl Default for Settings {
         Self {
             command_timeout: Duration::from_secs(30),
             default_stop_timeout: 10,
+            strategy: placement::Strategy::Spread,
+            memory_threshold_percent: 90.0,
+            default_milli_cpus: 0,
+            default_memory_bytes: 0,
         }
     }
 }
@@ -210,24 +235,73 @@ impl Cluster {
         self.shared.tasks.wait().await;
     }
 
-    /// Creates and starts a container owned by `owner`.
-    pub async fn create(&self, spec: pb::Container, owner: &str) -> Result<pb::Container, Error> {
+    /// Creates and starts a container owned by `owner` (with `dry_run`, only
+    /// decides where it would run).
+    pub async fn create(
+        &self,
+        spec: pb::Container,
+        owner: &str,
+        options: CreateOptions,
+    ) -> Result<pb::Container, Error> {
         validate_spec(&spec)?;
         let (this, owner) = (self.clone(), owner.to_string());
-        self.detached(async move { this.create_now(spec, &owner).await })
+        self.detached(async move { this.create_now(spec, &owner, options).await })
             .await
     }
 
-    async fn create_now(&self, spec: pb::Container, owner: &str) -> Result<pb::Container, Error> {
+    /// The nodes as placement sees them now.
+    fn placement_views(&self) -> Result<Vec<placement::NodeView>, Error> {
+        let usage = self.store().node_usage()?;
+        Ok(self
+            .shared
+            .nodes
+            .snapshot()
+            .into_iter()
+            .map(|n| {
+                let u = usage.get(&n.name).copied().unwrap_or_default();
+                let live = self.shared.stats.node(&n.name);
+                placement::NodeView {
+                    ready: n.state == pb::NodeState::Ready as i32,
+                    labels: n.labels,
+                    milli_cpus: i64::from(n.cpus) * 1000,
+                    memory_bytes: n.memory_bytes,
+                    reserved_milli_cpus: u.milli_cpus,
+                    reserved_memory_bytes: u.memory_bytes,
+                    memory_used_percent: live
+                        .filter(|s| s.memory_total_bytes > 0)
+                        .map(|s| 100.0 * s.memory_used_bytes as f64 / s.memory_total_bytes as f64),
+                    containers: u.containers,
+                    name: n.name,
+                }
+            })
+            .collect())
+    }
+
+    async fn create_now(
+        &self,
+        spec: pb::Container,
+        owner: &str,
+        options: CreateOptions,
+    ) -> Result<pb::Container, Error> {
         let _lock = self.shared.locks.lock(&spec.name).await;
         if self.store().container(&spec.name)?.is_some() {
             return Err(Error::AlreadyExists(spec.name));
         }
-        let resources = spec.resources.unwrap_or_default();
+        let settings = &self.shared.settings;
+        let mut resources = spec.resources.unwrap_or_default();
+        if resources.milli_cpus == 0 {
+            resources.milli_cpus = settings.default_milli_cpus;
+        }
+        if resources.memory_bytes == 0 {
+            resources.memory_bytes = settings.default_memory_bytes;
+        }
         let request = placement::Request {
             node: (!spec.node.is_empty()).then(|| spec.node.clone()),
             milli_cpus: resources.milli_cpus,
             memory_bytes: resources.memory_bytes,
+            constraints: spec.constraints.clone(),
+            strategy: options.strategy.unwrap_or(settings.strategy),
+            memory_threshold_percent: settings.memory_threshold_percent,
         };
         let mut record = pb::Container {
             name: spec.name,
@@ -240,6 +314,7 @@ impl Cluster {
             resources: Some(resources),
             env: spec.env,
             labels: spec.labels,
+            constraints: spec.constraints,
             owner: owner.to_string(),
             create_time: now(),
             update_time: now(),
@@ -247,27 +322,18 @@ impl Cluster {
         };
         {
             let _placing = self.shared.placement.lock().await;
-            let counts = self.store().containers_per_node()?;
-            let views: Vec<placement::NodeView> = self
-                .shared
-                .nodes
-                .snapshot()
-                .into_iter()
-                .map(|n| placement::NodeView {
-                    ready: n.state == pb::NodeState::Ready as i32,
-                    milli_cpus: i64::from(n.cpus) * 1000,
-                    memory_bytes: n.memory_bytes,
-                    containers: counts.get(&n.name).copied().unwrap_or(0),
-                    name: n.name,
-                })
-                .collect();
+            let views = self.placement_views()?;
             record.node = match placement::place(&views, &request) {
                 Ok(node) => node.name.clone(),
                 Err(e @ placement::PlacementError::UnknownNode(_)) => {
                     return Err(Error::NotFound(e.to_string()));
                 }
+                Err(e) if e.is_capacity() => return Err(Error::ResourceExhausted(e.to_string())),
                 Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
             };
+            if options.dry_run {
+                return Ok(record);
+            }
             self.store().insert_container(record.clone()).await?;
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
@@ -567,16 +633,19 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Every node with its state and container count.
+    /// Every node with its state, containers and reservations.
     pub fn nodes(&self) -> Result<Vec<pb::Node>, Error> {
-        let counts = self.store().containers_per_node()?;
+        let usage = self.store().node_usage()?;
         Ok(self
             .shared
             .nodes
             .snapshot()
             .into_iter()
             .map(|mut n| {
-                n.container_count = counts.get(&n.name).copied().unwrap_or(0) as i32;
+                let u = usage.get(&n.name).copied().unwrap_or_default();
+                n.container_count = u.containers as i32;
+                n.reserved_milli_cpus = u.milli_cpus;
+                n.reserved_memory_bytes = u.memory_bytes;
                 n.usage = self.shared.stats.node(&n.name);
                 n
             })
@@ -1119,6 +1188,9 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
     }
     for k in spec.labels.keys() {
         validate::label_key("container.labels", k)?;
+    }
+    for k in spec.constraints.keys() {
+        validate::label_key("container.constraints", k)?;
     }
     if spec.command.iter().any(|a| a.contains('\0')) {
         return Err(InvalidField::new(

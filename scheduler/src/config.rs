@@ -73,7 +73,31 @@ pub struct ServeArgs {
     /// How long an agent may take to execute a command.
     #[arg(long, env = "DEVCTL_COMMAND_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub command_timeout: Duration,
+    /// Placement strategy when a create sets none.
+    #[arg(long, env = "DEVCTL_PLACEMENT", default_value = "spread", value_parser = ["spread", "binpack"])]
+    pub placement: String,
+    /// Live memory use (percent) above which a node takes no new container.
+    #[arg(long, env = "DEVCTL_MEMORY_THRESHOLD", default_value_t = 90.0)]
+    pub memory_threshold: f64,
+    /// CPUs a container without --cpus gets (and reserves): 0.5, 500m; 0: none.
+    #[arg(long, env = "DEVCTL_DEFAULT_CPUS", default_value = "0", value_parser = parse_cpus_or_zero)]
+    pub default_cpus: i64,
+    /// Memory a container without --memory gets (and reserves): 512m; 0: none.
+    #[arg(long, env = "DEVCTL_DEFAULT_MEMORY", default_value = "0", value_parser = parse_memory_or_zero)]
+    pub default_memory: i64,
     /// How long events are kept.
     #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+}
+
+fn parse_cpus_or_zero(s: &str) -> Result<i64, String> {
+    if s == "0" {
+        Ok(0)
+    } else {
+        devctl_proto::units::parse_cpus(s)
+    }
+}
+
+fn parse_memory_or_zero(s: &str) -> Result<i64, String> {
+    devctl_proto::units::parse_memory(s)
 }

@@ -6,6 +6,7 @@ use devctl_scheduler::{
     cluster::Settings,
     config::{Cli, Command},
     datadir::DataDir,
+    placement::Strategy,
     server::{ServeConfig, serve},
 };
 
@@ -57,6 +58,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 event_retention: args.event_retention,
                 settings: Settings {
                     command_timeout: args.command_timeout,
+                    strategy: if args.placement == "binpack" {
+                        Strategy::Binpack
+                    } else {
+                        Strategy::Spread
+                    },
+                    memory_threshold_percent: args.memory_threshold,
+                    default_milli_cpus: args.default_cpus,
+                    default_memory_bytes: args.default_memory,
                     ..Settings::default()
                 },
             };

@@ -33,6 +33,7 @@ fn spec(name: &str) -> pb::CreateContainerRequest {
             image: IMAGE.into(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -151,7 +152,7 @@ async fn exercise(c: &TestCluster) {
         Code::NotFound
     );
     let err = containers
-        .create_container(pb::CreateContainerRequest { container: None })
+        .create_container(pb::CreateContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);

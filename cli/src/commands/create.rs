@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use anyhow::{Result, anyhow};
 use devctl_proto::{pb, validate};
 
-use crate::{client::Client, output, units};
+use crate::{client::Client, output};
+use devctl_proto::units;
 
 /// Flags of `create`.
 #[derive(Debug, clap::Args)]
@@ -31,6 +32,15 @@ pub struct Args {
     /// Run on this node.
     #[arg(long)]
     pub node: Option<String>,
+    /// Run only on a node with this label KEY=VALUE (repeatable).
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// Placement strategy (default: the cluster's).
+    #[arg(long, value_parser = ["spread", "binpack"])]
+    pub strategy: Option<String>,
+    /// Only show where it would run; create nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -66,8 +76,15 @@ impl Args {
                 }),
                 env: pairs("--env", &self.env)?,
                 labels: pairs("--label", &self.labels)?,
+                constraints: pairs("--constraint", &self.constraints)?,
                 ..Default::default()
             }),
+            dry_run: self.dry_run,
+            strategy: match self.strategy.as_deref() {
+                Some("spread") => pb::PlacementStrategy::Spread,
+                Some("binpack") => pb::PlacementStrategy::Binpack,
+                _ => pb::PlacementStrategy::Unspecified,
+            } as i32,
         })
     }
 }
@@ -78,10 +95,18 @@ pub async fn run(
     format: output::Format,
     request: pb::CreateContainerRequest,
 ) -> Result<()> {
+    let dry_run = request.dry_run;
     let c = client
         .containers
         .create_container(request)
         .await?
         .into_inner();
+    if dry_run && format == output::Format::Table {
+        println!(
+            "{} would run on node {} (dry run: nothing was created)",
+            c.name, c.node
+        );
+        return Ok(());
+    }
     output::container(format, &c)
 }

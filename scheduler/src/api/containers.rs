@@ -4,7 +4,10 @@ use devctl_proto::pb::{self, container_service_server::ContainerService};
 use tonic::{Request, Response, Status};
 
 use super::auth::{caller, may_write};
-use crate::cluster::Cluster;
+use crate::{
+    cluster::{Cluster, CreateOptions},
+    placement::Strategy,
+};
 
 /// The container service over a cluster.
 #[derive(Debug, Clone)]
@@ -27,11 +30,22 @@ impl ContainerService for ContainerApi {
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
         may_write(&id, "CreateContainer")?;
-        let spec = req
-            .into_inner()
+        let r = req.into_inner();
+        let strategy = match r.strategy() {
+            pb::PlacementStrategy::Unspecified => None,
+            pb::PlacementStrategy::Spread => Some(Strategy::Spread),
+            pb::PlacementStrategy::Binpack => Some(Strategy::Binpack),
+        };
+        let options = CreateOptions {
+            dry_run: r.dry_run,
+            strategy,
+        };
+        let spec = r
             .container
             .ok_or_else(|| Status::invalid_argument("container: is required"))?;
-        Ok(Response::new(self.cluster.create(spec, &id.name).await?))
+        Ok(Response::new(
+            self.cluster.create(spec, &id.name, options).await?,
+        ))
     }
 
     async fn get_container(

@@ -21,6 +21,7 @@ impl From<Error> for Status {
             Error::NotFound(_) => Status::not_found(msg),
             Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Unavailable(_) => Status::unavailable(msg),
             Error::Internal(_) => {
                 tracing::error!(error = %msg, "internal error");

@@ -1,36 +1,66 @@
 //! Placement: a pure function from a snapshot of the nodes and a request to
 //! a chosen node, or the reason each node was rejected. No I/O here.
 //!
-//! Feasibility: the node is ready and its capacity covers the request.
-//! Scoring (spread): the fewest devctl containers wins; ties go to the name
-//! that sorts first, so decisions are deterministic.
+//! Feasibility, in order (the first failing check is the node's reason):
+//! the node is ready; it carries every label the request constrains; its
+//! unreserved CPU and memory cover the request; its live memory use is
+//! below the admission threshold.
+//!
+//! Scoring: `spread` prefers the node with the smallest share of its
+//! capacity reserved (then the fewest containers), `binpack` the largest
+//! (filling nodes before starting new ones). Ties go to the name that sorts
+//! first, so decisions are deterministic.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
+
+/// How to choose among feasible nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// Even out load across nodes.
+    #[default]
+    Spread,
+    /// Fill nodes one after another.
+    Binpack,
+}
 
 /// What placement knows of one node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeView {
     /// Node name.
     pub name: String,
     /// Heartbeats arrive.
     pub ready: bool,
+    /// Node labels.
+    pub labels: HashMap<String, String>,
     /// CPUs of the node, in thousandths.
     pub milli_cpus: i64,
     /// Memory of the node, in bytes.
     pub memory_bytes: i64,
+    /// CPU already reserved by its containers, thousandths.
+    pub reserved_milli_cpus: i64,
+    /// Memory already reserved by its containers, bytes.
+    pub reserved_memory_bytes: i64,
+    /// Live memory use in percent (0-100), if the node reports it.
+    pub memory_used_percent: Option<f64>,
     /// devctl containers placed on it.
     pub containers: usize,
 }
 
 /// What a container asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Request {
     /// Pinned node, if any.
     pub node: Option<String>,
-    /// CPU limit, thousandths (0: none).
+    /// CPU to reserve, thousandths.
     pub milli_cpus: i64,
-    /// Memory limit, bytes (0: none).
+    /// Memory to reserve, bytes.
     pub memory_bytes: i64,
+    /// Node labels required (all of them).
+    pub constraints: HashMap<String, String>,
+    /// How to choose.
+    pub strategy: Strategy,
+    /// Live memory use above which a node takes no new container (percent).
+    pub memory_threshold_percent: f64,
 }
 
 /// Why one node cannot take the container.
@@ -40,6 +70,8 @@ pub struct Rejection {
     pub node: String,
     /// Why, in words.
     pub reason: String,
+    /// The node lacks capacity (rather than being unsuitable).
+    pub capacity: bool,
 }
 
 /// Why no node was chosen.
@@ -51,6 +83,13 @@ pub enum PlacementError {
     NoNodes,
     /// Every candidate was rejected.
     NoFit(Vec<Rejection>),
+}
+
+impl PlacementError {
+    /// Some node was only short of capacity: retrying later may succeed.
+    pub fn is_capacity(&self) -> bool {
+        matches!(self, PlacementError::NoFit(r) if r.iter().any(|r| r.capacity))
+    }
 }
 
 impl fmt::Display for PlacementError {
@@ -79,27 +118,90 @@ impl fmt::Display for PlacementError {
 }
 
 fn cpus(milli: i64) -> String {
-    format!("{}", milli as f64 / 1000.0)
+    format!("{}", milli.max(0) as f64 / 1000.0)
 }
 
-fn rejection(node: &NodeView, req: &Request) -> Option<String> {
+fn gib(bytes: i64) -> String {
+    format!("{:.2} GiB", bytes.max(0) as f64 / f64::from(1u32 << 30))
+}
+
+/// Why `node` cannot take `req`: (reason, for lack of capacity).
+fn rejection(node: &NodeView, req: &Request) -> Option<(String, bool)> {
     if !node.ready {
-        return Some("node is down (no recent heartbeat)".into());
+        return Some(("node is down (no recent heartbeat)".into(), false));
     }
-    if req.milli_cpus > node.milli_cpus {
-        return Some(format!(
-            "needs {} CPUs, node has {}",
-            cpus(req.milli_cpus),
-            cpus(node.milli_cpus)
+    let mut wanted: Vec<_> = req.constraints.iter().collect();
+    wanted.sort();
+    for (k, v) in wanted {
+        match node.labels.get(k) {
+            Some(have) if have == v => {}
+            Some(have) => {
+                return Some((
+                    format!("label {k}={v} required, node has {k}={have}"),
+                    false,
+                ));
+            }
+            None => {
+                return Some((
+                    format!("label {k}={v} required, node has no {k} label"),
+                    false,
+                ));
+            }
+        }
+    }
+    let free_cpu = node.milli_cpus - node.reserved_milli_cpus;
+    if req.milli_cpus > free_cpu {
+        return Some((
+            format!(
+                "needs {} CPUs, {} free of {}",
+                cpus(req.milli_cpus),
+                cpus(free_cpu),
+                cpus(node.milli_cpus)
+            ),
+            true,
         ));
     }
-    if req.memory_bytes > node.memory_bytes {
-        return Some(format!(
-            "needs {} bytes of memory, node has {}",
-            req.memory_bytes, node.memory_bytes
+    let free_mem = node.memory_bytes - node.reserved_memory_bytes;
+    if req.memory_bytes > free_mem {
+        return Some((
+            format!(
+                "needs {} of memory, {} free of {}",
+                gib(req.memory_bytes),
+                gib(free_mem),
+                gib(node.memory_bytes)
+            ),
+            true,
+        ));
+    }
+    if let Some(used) = node.memory_used_percent
+        && used > req.memory_threshold_percent
+    {
+        return Some((
+            format!(
+                "memory {used:.0}% used > {:.0}% threshold",
+                req.memory_threshold_percent
+            ),
+            true,
         ));
     }
     None
+}
+
+/// Share of the node's capacity reserved once `req` is placed (0..=1, the
+/// larger of CPU and memory).
+fn load_after(node: &NodeView, req: &Request) -> f64 {
+    let share = |reserved: i64, asked: i64, total: i64| {
+        if total <= 0 {
+            1.0
+        } else {
+            (reserved + asked) as f64 / total as f64
+        }
+    };
+    share(node.reserved_milli_cpus, req.milli_cpus, node.milli_cpus).max(share(
+        node.reserved_memory_bytes,
+        req.memory_bytes,
+        node.memory_bytes,
+    ))
 }
 
 /// Chooses a node for `req` among `nodes`.
@@ -115,22 +217,32 @@ pub fn place<'a>(nodes: &'a [NodeView], req: &Request) -> Result<&'a NodeView, P
         None => nodes.iter().collect(),
     };
     let mut rejected = Vec::new();
-    let mut best: Option<&NodeView> = None;
+    let mut feasible = Vec::new();
     for node in candidates {
         match rejection(node, req) {
-            Some(reason) => rejected.push(Rejection {
+            Some((reason, capacity)) => rejected.push(Rejection {
                 node: node.name.clone(),
                 reason,
+                capacity,
             }),
-            None => {
-                let better =
-                    best.is_none_or(|b| (node.containers, &node.name) < (b.containers, &b.name));
-                if better {
-                    best = Some(node);
-                }
-            }
+            None => feasible.push(node),
         }
     }
+    let key = |n: &&NodeView| (load_after(n, req), n.containers);
+    let best = match req.strategy {
+        Strategy::Spread => feasible.into_iter().min_by(|a, b| {
+            key(a)
+                .partial_cmp(&key(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.name.cmp(&b.name))
+        }),
+        Strategy::Binpack => feasible.into_iter().min_by(|a, b| {
+            key(b)
+                .partial_cmp(&key(a))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then_with(|| a.name.cmp(&b.name))
+        }),
+    };
     best.ok_or(PlacementError::NoFit(rejected))
 }
 
@@ -145,15 +257,115 @@ mod tests {
             milli_cpus: 2000,
             memory_bytes: 4 << 30,
             containers,
+            ..Default::default()
+        }
+    }
+
+    fn req() -> Request {
+        Request {
+            memory_threshold_percent: 90.0,
+            ..Default::default()
         }
     }
 
     #[test]
     fn spreads_to_the_emptiest_node_deterministically() {
         let nodes = [node("b", 1), node("a", 1), node("c", 0)];
-        assert_eq!(place(&nodes, &Request::default()).unwrap().name, "c");
+        assert_eq!(place(&nodes, &req()).unwrap().name, "c");
         let nodes = [node("b", 1), node("a", 1)];
-        assert_eq!(place(&nodes, &Request::default()).unwrap().name, "a");
+        assert_eq!(place(&nodes, &req()).unwrap().name, "a");
+        // Reservations weigh more than counts.
+        let mut busy = node("a", 0);
+        busy.reserved_milli_cpus = 1500;
+        let nodes = [busy, node("b", 3)];
+        let r = Request {
+            milli_cpus: 100,
+            ..req()
+        };
+        assert_eq!(place(&nodes, &r).unwrap().name, "b");
+    }
+
+    #[test]
+    fn binpack_fills_the_fullest_node_that_fits() {
+        let mut half = node("a", 1);
+        half.reserved_milli_cpus = 1000;
+        let mut full = node("b", 2);
+        full.reserved_milli_cpus = 1900;
+        let nodes = [half, full, node("c", 0)];
+        let r = Request {
+            milli_cpus: 500,
+            strategy: Strategy::Binpack,
+            ..req()
+        };
+        // b has only 0.1 CPU free: a is the fullest that fits.
+        assert_eq!(place(&nodes, &r).unwrap().name, "a");
+        let r = Request {
+            milli_cpus: 100,
+            ..r
+        };
+        assert_eq!(place(&nodes, &r).unwrap().name, "b");
+    }
+
+    #[test]
+    fn constraints_select_by_label() {
+        let mut eu = node("eu-1", 5);
+        eu.labels.insert("zone".into(), "eu".into());
+        let nodes = [node("plain", 0), eu];
+        let mut r = req();
+        r.constraints.insert("zone".into(), "eu".into());
+        assert_eq!(place(&nodes, &r).unwrap().name, "eu-1");
+        r.constraints.insert("zone".into(), "us".into());
+        let err = place(&nodes, &r).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no node can run the container: plain: label zone=us required, node has no zone label; \
+             eu-1: label zone=us required, node has zone=eu"
+        );
+        assert!(!err.is_capacity());
+    }
+
+    #[test]
+    fn every_rejected_node_gets_a_reason() {
+        let mut down = node("b", 0);
+        down.ready = false;
+        let mut hot = node("c", 0);
+        hot.memory_used_percent = Some(93.0);
+        let mut reserved = node("d", 0);
+        reserved.reserved_memory_bytes = 4 << 30;
+        let nodes = [node("a", 0), down, hot, reserved];
+        let err = place(
+            &nodes,
+            &Request {
+                milli_cpus: 4000,
+                ..req()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no node can run the container: a: needs 4 CPUs, 2 free of 2; \
+             b: node is down (no recent heartbeat); c: needs 4 CPUs, 2 free of 2; \
+             d: needs 4 CPUs, 2 free of 2"
+        );
+        assert!(err.is_capacity());
+        let err = place(
+            &nodes[1..],
+            &Request {
+                memory_bytes: 1 << 30,
+                ..req()
+            },
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("c: memory 93% used > 90% threshold"),
+            "{text}"
+        );
+        assert!(
+            text.contains("d: needs 1.00 GiB of memory, 0.00 GiB free of 4.00 GiB"),
+            "{text}"
+        );
+        assert_eq!(place(&[], &req()).unwrap_err(), PlacementError::NoNodes);
     }
 
     #[test]
@@ -163,7 +375,7 @@ mod tests {
         let nodes = [node("a", 5), down];
         let pinned = |n: &str| Request {
             node: Some(n.into()),
-            ..Default::default()
+            ..req()
         };
         assert_eq!(place(&nodes, &pinned("a")).unwrap().name, "a");
         assert_eq!(
@@ -174,29 +386,6 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "no node can run the container: b: node is down (no recent heartbeat)"
-        );
-    }
-
-    #[test]
-    fn every_rejected_node_gets_a_reason() {
-        let mut down = node("b", 0);
-        down.ready = false;
-        let nodes = [node("a", 0), down];
-        let err = place(
-            &nodes,
-            &Request {
-                milli_cpus: 4000,
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "no node can run the container: a: needs 4 CPUs, node has 2; b: node is down (no recent heartbeat)"
-        );
-        assert_eq!(
-            place(&[], &Request::default()).unwrap_err(),
-            PlacementError::NoNodes
         );
     }
 }

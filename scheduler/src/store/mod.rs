@@ -63,6 +63,17 @@ from_redb!(
     redb::CommitError
 );
 
+/// What one node holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    /// devctl containers on it.
+    pub containers: usize,
+    /// CPU reserved, thousandths.
+    pub milli_cpus: i64,
+    /// Memory reserved, bytes.
+    pub memory_bytes: i64,
+}
+
 /// Which containers a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFilter {
@@ -261,13 +272,20 @@ impl Store {
             .0)
     }
 
-    /// How many containers each node holds.
-    pub fn containers_per_node(&self) -> Result<HashMap<String, usize>, StoreError> {
-        let mut counts = HashMap::new();
+    /// What each node holds: its containers, and the CPU and memory
+    /// reserved by those meant to run.
+    pub fn node_usage(&self) -> Result<HashMap<String, NodeUsage>, StoreError> {
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
         for c in self.all_containers()? {
-            *counts.entry(c.node).or_default() += 1;
+            let u = usage.entry(c.node.clone()).or_default();
+            u.containers += 1;
+            if c.desired_state == pb::DesiredState::Running as i32 {
+                let r = c.resources.unwrap_or_default();
+                u.milli_cpus += r.milli_cpus;
+                u.memory_bytes += r.memory_bytes;
+            }
         }
-        Ok(counts)
+        Ok(usage)
     }
 
     /// Records a node (capacity, labels, first seen).
@@ -375,6 +393,6 @@ mod tests {
         };
         let (page, _) = store.list_containers(None, 10, &n1).unwrap();
         assert_eq!(page.len(), 3);
-        assert_eq!(store.containers_per_node().unwrap()["n1"], 3);
+        assert_eq!(store.node_usage().unwrap()["n1"].containers, 3);
     }
 }
