@@ -119,12 +119,14 @@ pub struct Settings {
 }
 
 /// Options of one create.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateOptions {
     /// Only decide the placement.
     pub dry_run: bool,
     /// Placement strategy; `None`: the cluster's.
     pub strategy: Option<placement::Strategy>,
+    /// The client's id for this create (retries carry the same).
+    pub request_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -284,7 +286,18 @@ impl Cluster {
         options: CreateOptions,
     ) -> Result<pb::Container, Error> {
         let _lock = self.shared.locks.lock(&spec.name).await;
-        if self.store().container(&spec.name)?.is_some() {
+        if let Some(existing) = self.store().container(&spec.name)? {
+            // A retry of the create that made it returns it.
+            let made_by_this_request = match &options.request_id {
+                Some(r) => {
+                    self.store().container_id_by_request(r)?.as_deref() == Some(&existing.id)
+                }
+                None => false,
+            };
+            if made_by_this_request {
+                tracing::info!(name = %existing.name, "create retried with the same request id");
+                return Ok(existing);
+            }
             return Err(Error::AlreadyExists(spec.name));
         }
         let settings = &self.shared.settings;
@@ -334,7 +347,9 @@ impl Cluster {
             if options.dry_run {
                 return Ok(record);
             }
-            self.store().insert_container(record.clone()).await?;
+            self.store()
+                .insert_container(record.clone(), options.request_id.clone())
+                .await?;
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);

@@ -182,4 +182,41 @@ async fn exercise(c: &TestCluster) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
+
+    // A create retried with its request id returns the same container.
+    let mut with_id = spec("idem");
+    with_id.request_id = "req-7f3a".into();
+    let first = containers
+        .create_container(with_id.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let again = containers
+        .create_container(with_id.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.id, first.id);
+    let mut other = with_id.clone();
+    other.request_id = "req-other".into();
+    assert_eq!(
+        code(containers.create_container(other).await),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(containers.create_container(spec("idem")).await),
+        Code::AlreadyExists
+    );
+    let on_engine = c
+        .engine_containers()
+        .into_iter()
+        .filter(|e| e["Config"]["Labels"]["io.devctl.name"] == "idem")
+        .count();
+    assert_eq!(on_engine, 1);
+    let mut bad = spec("idem2");
+    bad.request_id = "has spaces".into();
+    assert_eq!(
+        code(containers.create_container(bad).await),
+        Code::InvalidArgument
+    );
 }

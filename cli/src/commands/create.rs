@@ -41,6 +41,10 @@ pub struct Args {
     /// Only show where it would run; create nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// An id of your choosing that makes retrying this create safe: a retry
+    /// with the same id returns the container instead of failing.
+    #[arg(long)]
+    pub request_id: Option<String>,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -80,6 +84,7 @@ impl Args {
                 ..Default::default()
             }),
             dry_run: self.dry_run,
+            request_id: self.request_id.clone().unwrap_or_default(),
             strategy: match self.strategy.as_deref() {
                 Some("spread") => pb::PlacementStrategy::Spread,
                 Some("binpack") => pb::PlacementStrategy::Binpack,

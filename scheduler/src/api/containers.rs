@@ -36,9 +36,18 @@ impl ContainerService for ContainerApi {
             pb::PlacementStrategy::Spread => Some(Strategy::Spread),
             pb::PlacementStrategy::Binpack => Some(Strategy::Binpack),
         };
+        let request_id = (!r.request_id.is_empty()).then(|| r.request_id.clone());
+        if let Some(id) = &request_id
+            && (id.len() > 128 || id.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return Err(Status::invalid_argument(
+                "request_id: use at most 128 printable characters without spaces (e.g. a UUID)",
+            ));
+        }
         let options = CreateOptions {
             dry_run: r.dry_run,
             strategy,
+            request_id,
         };
         let spec = r
             .container

@@ -23,6 +23,7 @@ use thiserror::Error;
 const CONTAINERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("containers");
 const CONTAINER_IDS: TableDefinition<'_, &str, &str> = TableDefinition::new("container_ids");
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
+const REQUESTS: TableDefinition<'_, &str, &str> = TableDefinition::new("create_requests");
 
 /// A store failure.
 #[derive(Debug, Error)]
@@ -122,6 +123,7 @@ impl Store {
         txn.open_table(CONTAINERS)?;
         txn.open_table(CONTAINER_IDS)?;
         txn.open_table(NODES)?;
+        txn.open_table(REQUESTS)?;
         txn.commit()?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -137,9 +139,13 @@ impl Store {
             .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Records a new container. Fails with [`StoreError::NameTaken`] if the
-    /// name is in use.
-    pub async fn insert_container(&self, c: pb::Container) -> Result<(), StoreError> {
+    /// Records a new container, and the client request id that created it
+    /// (if any). Fails with [`StoreError::NameTaken`] if the name is in use.
+    pub async fn insert_container(
+        &self,
+        c: pb::Container,
+        request_id: Option<String>,
+    ) -> Result<(), StoreError> {
         self.write(move |db| {
             let txn = db.begin_write()?;
             {
@@ -150,6 +156,10 @@ impl Store {
                 containers.insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
                 txn.open_table(CONTAINER_IDS)?
                     .insert(c.id.as_str(), c.name.as_str())?;
+                if let Some(r) = request_id {
+                    txn.open_table(REQUESTS)?
+                        .insert(r.as_str(), c.id.as_str())?;
+                }
             }
             txn.commit()?;
             Ok(())
@@ -216,6 +226,14 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// The id of the container a create request id made, if any.
+    pub fn container_id_by_request(&self, request_id: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REQUESTS)?;
+        let found = table.get(request_id)?;
+        Ok(found.map(|v| v.value().to_string()))
     }
 
     /// One container by name.
@@ -344,14 +362,17 @@ mod tests {
         let path = dir.path().join("state.redb");
         {
             let store = Store::open(&path).unwrap();
-            store.insert_container(container("a", "n1")).await.unwrap();
+            store
+                .insert_container(container("a", "n1"), None)
+                .await
+                .unwrap();
             let err = store
-                .insert_container(container("a", "n2"))
+                .insert_container(container("a", "n2"), None)
                 .await
                 .unwrap_err();
             assert!(matches!(err, StoreError::NameTaken(ref n) if n == "a"));
             let mut b = container("b", "n2");
-            store.insert_container(b.clone()).await.unwrap();
+            store.insert_container(b.clone(), None).await.unwrap();
             b.last_error = "boom".into();
             store.update_container(b).await.unwrap();
         }
@@ -372,7 +393,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
         for (name, node) in [("c", "n1"), ("a", "n1"), ("b", "n2"), ("d", "n1")] {
-            store.insert_container(container(name, node)).await.unwrap();
+            store
+                .insert_container(container(name, node), None)
+                .await
+                .unwrap();
         }
         let all = ContainerFilter::default();
         let (page, more) = store.list_containers(None, 2, &all).unwrap();
