@@ -18,10 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{
-        auth::authenticate, containers::ContainerApi, events::EventApi, exec::ExecApi,
-        logs::LogApi, nodes::NodeApi, stats::StatsApi,
-    },
+    api::{StreamApi, auth::authenticate, containers::ContainerApi, nodes::NodeApi},
     bus::{Bus, BusError, EngineEvents, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
@@ -88,10 +85,10 @@ pub async fn serve(
         .set_serving::<ContainerServiceServer<ContainerApi>>()
         .await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
-    health.set_serving::<EventServiceServer<EventApi>>().await;
-    health.set_serving::<LogServiceServer<LogApi>>().await;
-    health.set_serving::<StatsServiceServer<StatsApi>>().await;
-    health.set_serving::<ExecServiceServer<ExecApi>>().await;
+    health.set_serving::<EventServiceServer<StreamApi>>().await;
+    health.set_serving::<LogServiceServer<StreamApi>>().await;
+    health.set_serving::<StatsServiceServer<StreamApi>>().await;
+    health.set_serving::<ExecServiceServer<StreamApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -134,6 +131,7 @@ pub async fn serve(
         }
     };
 
+    let streaming = StreamApi::new(cluster.clone(), stop.clone(), streams.clone());
     let result = Server::builder()
         .tls_config(bundle.server_tls())
         .map_err(|e| ServeError::Transport(e.to_string()))?
@@ -148,19 +146,19 @@ pub async fn serve(
             authenticate,
         ))
         .add_service(EventServiceServer::with_interceptor(
-            EventApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            streaming.clone(),
             authenticate,
         ))
         .add_service(LogServiceServer::with_interceptor(
-            LogApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            streaming.clone(),
             authenticate,
         ))
         .add_service(ExecServiceServer::with_interceptor(
-            ExecApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            streaming.clone(),
             authenticate,
         ))
         .add_service(StatsServiceServer::with_interceptor(
-            StatsApi::new(cluster.clone(), stop.clone(), streams.clone()),
+            streaming.clone(),
             authenticate,
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as

@@ -7,39 +7,16 @@ use devctl_proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller, send_or_stop};
-use crate::{bus::EventStart, cluster::Cluster};
+use super::{StreamApi, auth::caller, send_or_stop};
+use crate::bus::EventStart;
 
 /// Events buffered per watcher before the reader waits for the client.
 const WATCH_BUFFER: usize = 64;
 
-/// The event service over a cluster.
-#[derive(Debug, Clone)]
-pub struct EventApi {
-    cluster: Cluster,
-    // Cancelled at shutdown: following streams end instead of holding the
-    // server open.
-    stop: CancellationToken,
-    streams: TaskTracker,
-}
-
-impl EventApi {
-    /// The service; its streams end when `stop` is cancelled and run as
-    /// tasks of `streams`.
-    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
-        Self {
-            cluster,
-            stop,
-            streams,
-        }
-    }
-}
-
 #[tonic::async_trait]
-impl EventService for EventApi {
+impl EventService for StreamApi {
     type WatchEventsStream = ReceiverStream<Result<pb::Event, Status>>;
 
     async fn watch_events(

@@ -5,37 +5,17 @@ use devctl_proto::pb::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    NodeStream,
+    NodeStream, StreamApi,
     auth::{caller, may_write},
     send_or_stop,
 };
-use crate::cluster::Cluster;
-
-/// The exec service over a cluster.
-#[derive(Debug, Clone)]
-pub struct ExecApi {
-    cluster: Cluster,
-    stop: CancellationToken,
-    streams: TaskTracker,
-}
-
-impl ExecApi {
-    /// The service; its sessions' streams end when `stop` is cancelled.
-    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
-        Self {
-            cluster,
-            stop,
-            streams,
-        }
-    }
-}
 
 #[tonic::async_trait]
-impl ExecService for ExecApi {
+impl ExecService for StreamApi {
     type ExecStream = ReceiverStream<Result<pb::ExecOutput, Status>>;
 
     async fn exec(

@@ -3,36 +3,15 @@
 use devctl_proto::pb::{self, log_service_server::LogService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::{NodeStream, auth::caller, send_or_stop};
-use crate::cluster::Cluster;
+use super::{NodeStream, StreamApi, auth::caller, send_or_stop};
 
 /// Chunks buffered per reader before the agent is held back.
 const BUFFER: usize = 16;
 
-/// The log service over a cluster.
-#[derive(Debug, Clone)]
-pub struct LogApi {
-    cluster: Cluster,
-    stop: CancellationToken,
-    streams: TaskTracker,
-}
-
-impl LogApi {
-    /// The service; its streams end when `stop` is cancelled.
-    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
-        Self {
-            cluster,
-            stop,
-            streams,
-        }
-    }
-}
-
 #[tonic::async_trait]
-impl LogService for LogApi {
+impl LogService for StreamApi {
     type StreamLogsStream = ReceiverStream<Result<pb::LogChunk, Status>>;
 
     async fn stream_logs(

@@ -102,3 +102,29 @@ impl NodeStream {
         self.reader.close().await;
     }
 }
+
+/// The streaming services (events, logs, exec, stats), one handle for all
+/// four: the cluster, the server's stop signal (every stream ends at
+/// shutdown) and the tracker the streams' tasks run on.
+#[derive(Debug, Clone)]
+pub struct StreamApi {
+    cluster: crate::cluster::Cluster,
+    stop: tokio_util::sync::CancellationToken,
+    streams: tokio_util::task::TaskTracker,
+}
+
+impl StreamApi {
+    /// The services over `cluster`; their streams end when `stop` is
+    /// cancelled and run as tasks of `streams`.
+    pub fn new(
+        cluster: crate::cluster::Cluster,
+        stop: tokio_util::sync::CancellationToken,
+        streams: tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self {
+            cluster,
+            stop,
+            streams,
+        }
+    }
+}

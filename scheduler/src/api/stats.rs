@@ -3,33 +3,12 @@
 use devctl_proto::pb::{self, stats_service_server::StatsService};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status};
 
-use super::{auth::caller, send_or_stop};
-use crate::cluster::Cluster;
-
-/// The stats service over a cluster.
-#[derive(Debug, Clone)]
-pub struct StatsApi {
-    cluster: Cluster,
-    stop: CancellationToken,
-    streams: TaskTracker,
-}
-
-impl StatsApi {
-    /// The service; its streams end when `stop` is cancelled.
-    pub fn new(cluster: Cluster, stop: CancellationToken, streams: TaskTracker) -> Self {
-        Self {
-            cluster,
-            stop,
-            streams,
-        }
-    }
-}
+use super::{StreamApi, auth::caller, send_or_stop};
 
 #[tonic::async_trait]
-impl StatsService for StatsApi {
+impl StatsService for StreamApi {
     type WatchStatsStream = ReceiverStream<Result<pb::StatsUpdate, Status>>;
 
     async fn get_stats(
