@@ -699,7 +699,7 @@ impl Cluster {
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
         }
-        self.check_nodes().await;
+        self.report_transitions(Some(&hb.node)).await;
         if observed.needs_sync {
             let (this, node, boot) = (self.clone(), hb.node.clone(), hb.boot_id.clone());
             self.shared.tasks.spawn(async move {
@@ -713,10 +713,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// Records an event for every node whose state changed (called on each
-    /// heartbeat and periodically, to notice silence).
+    /// Records an event for every node whose state changed (called every
+    /// second, to notice silence).
     pub async fn check_nodes(&self) {
-        for (node, state, reason) in self.shared.nodes.transitions() {
+        self.report_transitions(None).await;
+    }
+
+    /// Records an event for each state change of `only` (or every node).
+    async fn report_transitions(&self, only: Option<&str>) {
+        for (node, state, reason) in self.shared.nodes.transitions_of(only) {
             let ty = match state {
                 pb::NodeState::Ready => pb::EventType::NodeReady,
                 _ => pb::EventType::NodeDown,

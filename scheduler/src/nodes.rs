@@ -130,12 +130,18 @@ impl Registry {
     /// Nodes whose state changed since the last call, with the new state
     /// and why (`"heartbeat"`, `"agent_left"`, `"heartbeat_timeout"`).
     pub fn transitions(&self) -> Vec<(String, pb::NodeState, &'static str)> {
+        self.transitions_of(None)
+    }
+
+    /// As [`Registry::transitions`], for one node only (a direct lookup),
+    /// or all with `None`.
+    pub fn transitions_of(&self, only: Option<&str>) -> Vec<(String, pb::NodeState, &'static str)> {
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let mut out = Vec::new();
-        for (name, e) in entries.iter_mut() {
+        let mut check = |name: &str, e: &mut Entry| {
             let state = self.state(e);
             if e.reported == Some(state) {
-                continue;
+                return;
             }
             e.reported = Some(state);
             let reason = match state {
@@ -143,7 +149,15 @@ impl Registry {
                 _ if e.leaving => "agent_left",
                 _ => "heartbeat_timeout",
             };
-            out.push((name.clone(), state, reason));
+            out.push((name.to_string(), state, reason));
+        };
+        match only {
+            Some(name) => {
+                if let Some(e) = entries.get_mut(name) {
+                    check(name, e);
+                }
+            }
+            None => entries.iter_mut().for_each(|(name, e)| check(name, e)),
         }
         out.sort();
         out
@@ -268,6 +282,10 @@ mod tests {
         leaving.leaving = true;
         reg.observe(&leaving);
         assert_eq!(reg.transitions()[0].2, "agent_left");
+        // A heartbeat checks its own node only.
+        reg.observe(&hb("b", "b1"));
+        assert!(reg.transitions_of(Some("a")).is_empty());
+        assert_eq!(reg.transitions_of(Some("b"))[0].0, "b");
         // A transition whose event was not recorded is reported again.
         reg.unreport("a");
         assert_eq!(reg.transitions()[0].1, pb::NodeState::Down);
