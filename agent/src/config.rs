@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_LOG_MAX_FILES", default_value_t = 3)]
     pub log_max_files: u32,
 
+    /// Test-only: report this share of the host's memory (percent) as used,
+    /// instead of the measured figure, to exercise admission control.
+    #[arg(long, hide = true, env = "DEVCTL_TEST_MEMORY_USED_PERCENT")]
+    pub test_memory_used_percent: Option<f64>,
+
     /// How long shutdown waits for commands in flight.
     #[arg(long, env = "DEVCTL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

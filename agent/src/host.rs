@@ -10,6 +10,7 @@ use devctl_proto::pb;
 #[derive(Debug)]
 pub struct HostSampler {
     disk_path: PathBuf,
+    memory_used_percent: Option<f64>,
     last_cpu: Option<(u64, u64)>,
 }
 
@@ -45,9 +46,11 @@ fn memory(meminfo: &str) -> Option<(i64, i64)> {
 
 impl HostSampler {
     /// A sampler measuring disk usage at `disk_path`.
-    pub fn new(disk_path: PathBuf) -> Self {
+    /// `memory_used_percent` replaces the measured memory use (tests).
+    pub fn new(disk_path: PathBuf, memory_used_percent: Option<f64>) -> Self {
         Self {
             disk_path,
+            memory_used_percent,
             last_cpu: None,
         }
     }
@@ -80,7 +83,10 @@ impl HostSampler {
             .and_then(memory)
         {
             s.memory_total_bytes = total;
-            s.memory_used_bytes = total - available;
+            s.memory_used_bytes = match self.memory_used_percent {
+                Some(p) => (total as f64 * p / 100.0) as i64,
+                None => total - available,
+            };
         }
         if let Ok(fs) = nix::sys::statvfs::statvfs(&self.disk_path) {
             let block = fs.fragment_size() as i64;
@@ -106,7 +112,7 @@ mod tests {
 
     #[test]
     fn samples_this_host() {
-        let mut h = HostSampler::new("/".into());
+        let mut h = HostSampler::new("/".into(), None);
         h.sample("n", 0);
         let s = h.sample("n", 2);
         assert!(s.memory_total_bytes > 0 && s.memory_used_bytes > 0);

@@ -121,6 +121,7 @@ pub async fn serve<R: ContainerRuntime>(
         config.node.clone(),
         info.data_root.clone(),
         config.stats_interval,
+        config.test_memory_used_percent,
         stop_stats.clone(),
     ));
     let stop_events = CancellationToken::new();

@@ -24,6 +24,7 @@ pub async fn run<R: ContainerRuntime>(
     node: String,
     data_root: String,
     interval: Duration,
+    memory_used_percent: Option<f64>,
     stop: CancellationToken,
 ) {
     // std lock: sample tasks insert, the reporter copies; never held
@@ -31,7 +32,7 @@ pub async fn run<R: ContainerRuntime>(
     let latest: Arc<Mutex<HashMap<String, pb::ContainerStats>>> = Arc::default();
     let mut streams: HashMap<String, AbortHandle> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let mut host = HostSampler::new(data_root.into());
+    let mut host = HostSampler::new(data_root.into(), memory_used_percent);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

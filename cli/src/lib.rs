@@ -43,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a dev container and start it; returns once it runs.
-    Create(commands::create::Args),
+    Create(Box<commands::create::Args>),
     /// List containers.
     #[command(visible_alias = "ps")]
     Ls(commands::ls::Args),
@@ -57,7 +57,9 @@ pub enum Command {
     Restart(commands::restart::Args),
     /// Remove a container.
     Rm(commands::rm::Args),
-    /// List the cluster's nodes, or show one.
+    /// Renew a container's lease: it now runs out DURATION from now.
+    Extend(commands::extend::Args),
+    /// List the cluster's nodes or show one; cordon, uncordon or drain one.
     Nodes(commands::nodes::Args),
     /// Show the cluster's events (-f to follow).
     Events(commands::events::Args),

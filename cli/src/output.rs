@@ -55,6 +55,112 @@ pub struct ContainerView {
     #[serde(skip_serializing_if = "String::is_empty")]
     last_error: String,
     runtime_id: String,
+    /// Why it is not running (`lease_expired`, `inactivity`, ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    stop_reason: String,
+    /// Lease length in seconds (0: no lease).
+    ttl_seconds: i64,
+    /// When the lease runs out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_expires: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    health: String,
+    health_restarts: i32,
+    /// Seconds since it was last in use (while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idle_seconds: Option<u64>,
+    /// The cluster's idle window (0: inactivity stop off).
+    idle_timeout_seconds: i64,
+}
+
+/// Seconds as a short duration: 45s, 12m, 7h59m, 3d.
+fn short(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 172_800 => match (s / 3600, (s % 3600) / 60) {
+            (h, 0) => format!("{h}h"),
+            (h, m) => format!("{h}h{m}m"),
+        },
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Seconds from now until `t` (negative: past).
+fn until(t: Option<prost_types::Timestamp>) -> Option<i64> {
+    let t = SystemTime::try_from(t?).ok()?;
+    Some(match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    })
+}
+
+/// Time left on the lease: `7h59m`, `expired`, or `-` without one.
+fn lease_left(c: &pb::Container) -> String {
+    match until(c.lease_expire_time) {
+        Some(s) if s > 0 => short(s as u64),
+        Some(_) => "expired".into(),
+        None => "-".into(),
+    }
+}
+
+/// `STOP_REASON_LEASE_EXPIRED` → `lease_expired` (empty when unset).
+pub fn stop_reason_word(r: pb::StopReason) -> String {
+    match r {
+        pb::StopReason::Unspecified => String::new(),
+        r => r
+            .as_str_name()
+            .trim_start_matches("STOP_REASON_")
+            .to_lowercase(),
+    }
+}
+
+fn health_word(h: pb::HealthStatus) -> String {
+    match h {
+        pb::HealthStatus::Unspecified => String::new(),
+        h => h
+            .as_str_name()
+            .trim_start_matches("HEALTH_STATUS_")
+            .to_lowercase(),
+    }
+}
+
+/// The state with what qualifies it: `stopped (inactivity)`,
+/// `running (unhealthy)`.
+fn state_text(c: &pb::Container) -> String {
+    let state = state_word(c.state());
+    let why = stop_reason_word(c.stop_reason());
+    let health = health_word(c.health());
+    if c.state() != pb::ContainerState::Running && !why.is_empty() {
+        format!("{state} ({why})")
+    } else if c.state() == pb::ContainerState::Running && !health.is_empty() {
+        format!("{state} ({health})")
+    } else {
+        state
+    }
+}
+
+fn idle_seconds(c: &pb::Container) -> Option<u64> {
+    until(c.last_active_time).map(|s| (-s).max(0) as u64)
+}
+
+/// "idle for 12m of 30m", "in use", or "off".
+fn idle_text(c: &pb::Container) -> String {
+    if c.idle_timeout_seconds == 0 {
+        return "inactivity stop off".into();
+    }
+    match idle_seconds(c) {
+        Some(s) if s >= 1 => format!(
+            "idle for {} of {}",
+            short(s),
+            short(c.idle_timeout_seconds as u64)
+        ),
+        Some(_) => format!(
+            "in use (stops after {} idle)",
+            short(c.idle_timeout_seconds as u64)
+        ),
+        None => "-".into(),
+    }
 }
 
 fn time(t: Option<prost_types::Timestamp>) -> Option<String> {
@@ -120,6 +226,13 @@ impl From<&pb::Container> for ContainerView {
             exit_code: c.exit_code,
             last_error: c.last_error.clone(),
             runtime_id: c.runtime_id.clone(),
+            stop_reason: stop_reason_word(c.stop_reason()),
+            ttl_seconds: c.ttl_seconds.unwrap_or(0),
+            lease_expires: time(c.lease_expire_time),
+            health: health_word(c.health()),
+            health_restarts: c.health_restarts,
+            idle_seconds: idle_seconds(c),
+            idle_timeout_seconds: c.idle_timeout_seconds,
         }
     }
 }
@@ -135,6 +248,7 @@ pub struct NodeView {
     reserved_milli_cpus: i64,
     reserved_memory_bytes: i64,
     open_streams: i32,
+    cordoned: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_percent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +272,7 @@ impl From<&pb::Node> for NodeView {
             reserved_milli_cpus: n.reserved_milli_cpus,
             reserved_memory_bytes: n.reserved_memory_bytes,
             open_streams: n.open_streams,
+            cordoned: n.cordoned,
             cpu_percent: n
                 .usage
                 .as_ref()
@@ -216,17 +331,18 @@ pub fn containers(format: Format, list: &[pb::Container]) -> Result<()> {
         return print_serialized(format, &views);
     }
     let mut t = table(&[
-        "NAME", "STATE", "NODE", "IMAGE", "CPUS", "MEMORY", "OWNER", "AGE",
+        "NAME", "STATE", "NODE", "IMAGE", "CPUS", "MEMORY", "LEASE", "OWNER", "AGE",
     ]);
     for c in list {
         let r = c.resources.unwrap_or_default();
         t.add_row(vec![
             c.name.clone(),
-            state_word(c.state()),
+            state_text(c),
             c.node.clone(),
             c.image.clone(),
             format_cpus(r.milli_cpus),
             format_bytes(r.memory_bytes),
+            lease_left(c),
             c.owner.clone(),
             age(c.create_time),
         ]);
@@ -244,7 +360,7 @@ pub fn container(format: Format, c: &pb::Container) -> Result<()> {
     let mut rows = vec![
         ("Name", c.name.clone()),
         ("ID", c.id.clone()),
-        ("State", state_word(c.state())),
+        ("State", state_text(c)),
         ("Desired", desired_word(c.desired_state())),
         ("Node", c.node.clone()),
         ("Image", c.image.clone()),
@@ -274,7 +390,34 @@ pub fn container(format: Format, c: &pb::Container) -> Result<()> {
         }),
         ("Created", time(c.create_time).unwrap_or_else(|| "-".into())),
         ("Started", time(c.start_time).unwrap_or_else(|| "-".into())),
+        (
+            "Lease",
+            match (c.ttl_seconds.unwrap_or(0), time(c.lease_expire_time)) {
+                (0, _) => "none".into(),
+                (ttl, None) => format!("{} (renewed at start)", short(ttl as u64)),
+                (_, Some(at)) => format!("{} left (expires {at})", lease_left(c)),
+            },
+        ),
     ];
+    if c.state() == pb::ContainerState::Running {
+        rows.push(("Idle", idle_text(c)));
+    }
+    if let Some(h) = &c.health_check {
+        rows.push((
+            "Health",
+            format!(
+                "{} (check: {}; automatic restarts: {})",
+                match health_word(c.health()) {
+                    w if w.is_empty() => "-".to_string(),
+                    w => w,
+                },
+                h.command.join(" "),
+                c.health_restarts,
+            ),
+        ));
+    } else if c.health() != pb::HealthStatus::Unspecified {
+        rows.push(("Health", health_word(c.health())));
+    }
     if let Some(code) = c.exit_code {
         rows.push(("Exit code", code.to_string()));
     }
@@ -297,6 +440,7 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
     let mut t = table(&[
         "NAME",
         "STATE",
+        "SCHEDULING",
         "CPUS",
         "CPU %",
         "MEMORY",
@@ -310,6 +454,7 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
         t.add_row(vec![
             n.name.clone(),
             node_state_word(n.state()),
+            if n.cordoned { "cordoned" } else { "enabled" }.to_string(),
             n.cpus.to_string(),
             n.usage
                 .as_ref()
@@ -328,6 +473,42 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
         ]);
     }
     println!("{}", render(t));
+    Ok(())
+}
+
+/// Prints the outcome of a drain.
+pub fn drained(format: Format, r: &pb::DrainNodeResponse) -> Result<()> {
+    #[derive(Serialize)]
+    struct View<'a> {
+        node: Option<NodeView>,
+        stopped: &'a [String],
+        failed: BTreeMap<&'a String, &'a String>,
+    }
+    if format != Format::Table {
+        return print_serialized(
+            format,
+            &View {
+                node: r.node.as_ref().map(NodeView::from),
+                stopped: &r.stopped,
+                failed: r.failed.iter().collect(),
+            },
+        );
+    }
+    let node = r.node.as_ref().map_or("", |n| n.name.as_str());
+    println!(
+        "node {node} cordoned; {} container(s) stopped",
+        r.stopped.len()
+    );
+    for name in &r.stopped {
+        println!("  stopped {name}");
+    }
+    let failed: BTreeMap<_, _> = r.failed.iter().collect();
+    for (name, why) in &failed {
+        println!("  NOT stopped {name}: {why}");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} container(s) could not be stopped", failed.len());
+    }
     Ok(())
 }
 

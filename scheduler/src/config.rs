@@ -51,7 +51,7 @@ pub enum Command {
         valid_for: Duration,
     },
     /// Serve the gRPC API (mutual TLS) and manage the cluster.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 /// Flags of `serve`.
@@ -85,9 +85,46 @@ pub struct ServeArgs {
     /// Memory a container without --memory gets (and reserves): 512m; 0: none.
     #[arg(long, env = "DEVCTL_DEFAULT_MEMORY", default_value = "0", value_parser = parse_memory_or_zero)]
     pub default_memory: i64,
+    /// Lease of a container created without --ttl ("0": no lease).
+    #[arg(long, env = "DEVCTL_DEFAULT_TTL", default_value = "8h", value_parser = parse_duration_or_zero)]
+    pub default_ttl: Duration,
+    /// Longest lease a create or `devctl extend` may ask for.
+    #[arg(long, env = "DEVCTL_MAX_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub max_ttl: Duration,
+    /// Let creates ask for no lease at all (--ttl 0).
+    #[arg(long, env = "DEVCTL_ALLOW_NO_TTL")]
+    pub allow_no_ttl: bool,
+    /// What happens when a lease runs out.
+    #[arg(long, env = "DEVCTL_LEASE_EXPIRY", default_value = "stop", value_parser = ["stop", "remove"])]
+    pub lease_expiry: String,
+    /// Stop a running container unused for this long ("0": never).
+    #[arg(long, env = "DEVCTL_IDLE_TIMEOUT", default_value = "30m", value_parser = parse_duration_or_zero)]
+    pub idle_timeout: Duration,
+    /// What counts as use (comma-separated): exec sessions, port-forward and
+    /// SSH sessions, CPU above --idle-cpu.
+    #[arg(long, env = "DEVCTL_IDLE_SIGNALS", value_delimiter = ',', default_value = "exec,sessions,cpu", value_parser = ["exec", "sessions", "cpu"])]
+    pub idle_signals: Vec<String>,
+    /// CPU use (percent of one CPU) at or above which a container is in use.
+    #[arg(long, env = "DEVCTL_IDLE_CPU", default_value_t = 5.0)]
+    pub idle_cpu: f64,
+    /// How often every node's containers are compared with the records.
+    #[arg(long, env = "DEVCTL_RECONCILE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconcile_interval: Duration,
+    /// How long a devctl container unknown to the scheduler stays on its
+    /// node before it is removed.
+    #[arg(long, env = "DEVCTL_ORPHAN_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub orphan_grace: Duration,
     /// How long events are kept.
     #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+}
+
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        humantime::parse_duration(s).map_err(|e| e.to_string())
+    }
 }
 
 fn parse_cpus_or_zero(s: &str) -> Result<i64, String> {

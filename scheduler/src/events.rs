@@ -45,6 +45,9 @@ pub struct Intent {
     pub actor: String,
     /// The operation.
     pub op: Op,
+    /// Why, as recorded in its events: "manual" for a user's request,
+    /// else what made devctl act ("lease_expired", "unhealthy", ...).
+    pub reason: &'static str,
 }
 
 #[derive(Debug)]
@@ -80,8 +83,19 @@ impl Drop for IntentGuard {
 }
 
 impl Intents {
-    /// Records that `actor` runs `op` on container `id`.
+    /// Records that `actor` runs `op` on container `id` on request.
     pub fn begin(self: &Arc<Self>, id: &str, actor: &str, op: Op) -> IntentGuard {
+        self.begin_for(id, actor, op, "manual")
+    }
+
+    /// Records that `actor` runs `op` on container `id` for `reason`.
+    pub fn begin_for(
+        self: &Arc<Self>,
+        id: &str,
+        actor: &str,
+        op: Op,
+        reason: &'static str,
+    ) -> IntentGuard {
         let mut entries = self.entries.lock().expect("intents poisoned");
         let now = Instant::now();
         entries.retain(|_, e| e.until.is_none_or(|u| u > now));
@@ -91,6 +105,7 @@ impl Intents {
                 intent: Intent {
                     actor: actor.to_string(),
                     op,
+                    reason,
                 },
                 until: None,
             },
@@ -144,6 +159,8 @@ pub enum StateChange {
     StoppedOutside,
     /// It was removed from its node.
     Removed,
+    /// Its health check reported this status.
+    Health(pb::HealthStatus),
 }
 
 impl StateChange {
@@ -154,10 +171,20 @@ impl StateChange {
                 c.state = pb::ContainerState::Running as i32;
                 c.exit_code = None;
                 c.start_time = at.or(c.start_time);
+                c.stop_reason = pb::StopReason::Unspecified as i32;
                 c.last_error.clear();
+            }
+            StateChange::Health(status) => {
+                c.health = *status as i32;
             }
             StateChange::Exited { code, oom } => {
                 c.exit_code = *code;
+                c.health = pb::HealthStatus::Unspecified as i32;
+                c.stop_reason = if *oom {
+                    pb::StopReason::Oom
+                } else {
+                    pb::StopReason::Exited
+                } as i32;
                 let clean = *code == Some(0) && !oom;
                 c.state = if clean {
                     pb::ContainerState::Stopped
@@ -175,6 +202,7 @@ impl StateChange {
             }
             StateChange::StoppedOutside => {
                 c.state = pb::ContainerState::Stopped as i32;
+                c.stop_reason = pb::StopReason::Manual as i32;
                 c.last_error = "stopped on its node outside devctl".into();
             }
             StateChange::Removed => {
@@ -219,7 +247,7 @@ pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Tr
     let intent = intent.filter(|i| i.op.causes(&ev.action));
     let op = intent.map(|i| i.op);
     let actor = intent.map_or("system", |i| i.actor.as_str()).to_string();
-    let requested = |reason: &str| if intent.is_some() { "manual" } else { reason }.to_string();
+    let requested = |reason: &str| intent.map_or(reason, |i| i.reason).to_string();
     let who = &ev.name;
     let node = &ev.node;
     let (ty, reason, message, change) = match ev.action.as_str() {
@@ -241,7 +269,7 @@ pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Tr
         "die" if op == Some(Op::Restart) => return Translation::default(),
         "die" if matches!(op, Some(Op::Stop | Op::Remove)) => (
             EventType::ContainerStopped,
-            "manual".to_string(),
+            requested("manual"),
             format!("container {who} stopped"),
             None,
         ),
@@ -283,6 +311,29 @@ pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Tr
             format!("container {who} removed from node {node}"),
             (op != Some(Op::Remove) && op != Some(Op::Create)).then_some(StateChange::Removed),
         ),
+        health if health.starts_with("health_status") => {
+            let unhealthy = health.ends_with(": unhealthy");
+            let status = if unhealthy {
+                pb::HealthStatus::Unhealthy
+            } else if health.ends_with(": healthy") {
+                pb::HealthStatus::Healthy
+            } else {
+                return Translation::default();
+            };
+            (
+                if unhealthy {
+                    EventType::ContainerUnhealthy
+                } else {
+                    EventType::ContainerHealthy
+                },
+                if unhealthy { "unhealthy" } else { "healthy" }.to_string(),
+                format!(
+                    "container {who}: health check {}",
+                    if unhealthy { "failing" } else { "passing" }
+                ),
+                Some(StateChange::Health(status)),
+            )
+        }
         _ => return Translation::default(),
     };
     Translation {
@@ -345,7 +396,44 @@ mod tests {
         Intent {
             actor: "alice".into(),
             op,
+            reason: "manual",
         }
+    }
+
+    #[test]
+    fn system_actions_carry_their_reason_and_health_is_followed() {
+        let lease = Intent {
+            actor: "system".into(),
+            op: Op::Stop,
+            reason: "lease_expired",
+        };
+        let t = translate(&ev("die", Some(137)), Some(&lease), false);
+        let e = t.event.unwrap();
+        assert_eq!(
+            (e.r#type(), &e.reason[..]),
+            (EventType::ContainerStopped, "lease_expired")
+        );
+        assert_eq!(t.change, None);
+        let t = translate(&ev("health_status: unhealthy", None), Some(&lease), false);
+        assert_eq!(t.event.unwrap().r#type(), EventType::ContainerUnhealthy);
+        assert_eq!(
+            t.change,
+            Some(StateChange::Health(pb::HealthStatus::Unhealthy))
+        );
+        let t = translate(&ev("health_status: healthy", None), None, false);
+        assert_eq!(
+            t.change,
+            Some(StateChange::Health(pb::HealthStatus::Healthy))
+        );
+        let mut c = pb::Container::default();
+        StateChange::Exited {
+            code: Some(137),
+            oom: true,
+        }
+        .apply(&mut c);
+        assert_eq!(c.stop_reason(), pb::StopReason::Oom);
+        StateChange::Running { at: None }.apply(&mut c);
+        assert_eq!(c.stop_reason(), pb::StopReason::Unspecified);
     }
 
     #[test]

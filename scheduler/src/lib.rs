@@ -19,6 +19,7 @@
 //!                              \-------> bus --NATS--> agent
 //! ```
 
+pub mod activity;
 pub mod api;
 pub mod bus;
 pub mod cluster;

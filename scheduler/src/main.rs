@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use devctl_scheduler::{
-    cluster::Settings,
+    activity::IdlePolicy,
+    cluster::{ExpiryAction, LeasePolicy, Settings},
     config::{Cli, Command},
     datadir::DataDir,
     placement::Strategy,
@@ -50,6 +51,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {role} bundle for {name} to {}", out.display());
         }
         Command::Serve(args) => {
+            if args.default_ttl > args.max_ttl {
+                anyhow::bail!(
+                    "--default-ttl ({}) is longer than --max-ttl ({}); lower it or raise --max-ttl",
+                    humantime::format_duration(args.default_ttl),
+                    humantime::format_duration(args.max_ttl)
+                );
+            }
             let config = ServeConfig {
                 data_dir: DataDir::new(args.data_dir),
                 listen: args.listen,
@@ -66,6 +74,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     memory_threshold_percent: args.memory_threshold,
                     default_milli_cpus: args.default_cpus,
                     default_memory_bytes: args.default_memory,
+                    leases: LeasePolicy {
+                        default_ttl: args.default_ttl,
+                        max_ttl: args.max_ttl,
+                        allow_none: args.allow_no_ttl,
+                        on_expiry: if args.lease_expiry == "remove" {
+                            ExpiryAction::Remove
+                        } else {
+                            ExpiryAction::Stop
+                        },
+                    },
+                    idle: IdlePolicy {
+                        timeout: args.idle_timeout,
+                        exec: args.idle_signals.iter().any(|s| s == "exec"),
+                        sessions: args.idle_signals.iter().any(|s| s == "sessions"),
+                        cpu: args.idle_signals.iter().any(|s| s == "cpu"),
+                        cpu_percent: args.idle_cpu,
+                    },
+                    reconcile_interval: args.reconcile_interval,
+                    orphan_grace: args.orphan_grace,
                     ..Settings::default()
                 },
             };

@@ -106,6 +106,11 @@ impl Registry {
         };
         let before = durable(&entry.node);
         let first = entry.node.last_seen.is_none() && entry.last_seen.is_none();
+        // Back after silence: what runs there may have changed meanwhile
+        // (its containers were marked lost), so its inventory is read again.
+        if entry.last_seen.is_some() && self.state(entry) == pb::NodeState::Down {
+            entry.synced_boot.clear();
+        }
         entry.node.labels = hb.labels.clone();
         entry.node.cpus = hb.cpus;
         entry.node.memory_bytes = hb.memory_bytes;
@@ -171,6 +176,30 @@ impl Registry {
         if let Some(e) = entries.get_mut(node) {
             e.reported = None;
         }
+    }
+
+    /// Cordons or uncordons `node`; returns its record to persist, or
+    /// `None` if the node is unknown.
+    pub fn set_cordoned(&self, node: &str, cordoned: bool) -> Option<pb::Node> {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        let e = entries.get_mut(node)?;
+        e.node.cordoned = cordoned;
+        Some(pb::Node {
+            state: pb::NodeState::Unspecified as i32,
+            ..e.node.clone()
+        })
+    }
+
+    /// Names of the nodes that are ready now.
+    pub fn ready_nodes(&self) -> Vec<String> {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter(|(_, e)| self.state(e) == pb::NodeState::Ready)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// Records the end of an inventory sync of `node` for `boot_id`.
@@ -260,6 +289,29 @@ mod tests {
         // A restarted agent is synced again.
         let o = reg.observe(&hb("a", "boot2"));
         assert!(o.needs_sync && o.persist.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_back_after_silence_is_synced_again() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        assert!(reg.observe(&hb("a", "boot1")).needs_sync);
+        reg.sync_done("a", "boot1", true);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!reg.observe(&hb("a", "boot1")).needs_sync);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!reg.is_ready("a"));
+        assert!(reg.observe(&hb("a", "boot1")).needs_sync);
+    }
+
+    #[test]
+    fn cordon_is_kept_across_heartbeats() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        assert!(reg.set_cordoned("a", true).is_none());
+        reg.observe(&hb("a", "b"));
+        assert!(reg.set_cordoned("a", true).unwrap().cordoned);
+        reg.observe(&hb("a", "b"));
+        assert!(reg.get("a").unwrap().cordoned);
+        assert_eq!(reg.ready_nodes(), ["a"]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,6 +120,11 @@ pub async fn serve(
         stop.clone(),
     ));
     let stats_task = tokio::spawn(stats_loop(cluster.clone(), stats_reports, stop.clone()));
+    let supervise_task = tokio::spawn(supervise_loop(
+        cluster.clone(),
+        config.settings.reconcile_interval,
+        stop.clone(),
+    ));
     let streams = TaskTracker::new();
     // At the shutdown signal, end the streams first (a following watch
     // would otherwise hold the graceful drain open), then drain.
@@ -178,6 +183,7 @@ pub async fn serve(
         ("heartbeat loop", heartbeat_task),
         ("engine event loop", events_task),
         ("stats loop", stats_task),
+        ("supervisor", supervise_task),
     ] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{name} failed");
@@ -284,6 +290,43 @@ async fn stats_loop(cluster: Cluster, mut reports: StatsReports, stop: Cancellat
             },
         }
     }
+}
+
+/// Runs the supervisor (leases, inactivity) twice a second and a
+/// reconciliation round every `reconcile_interval`, until `stop`. The
+/// rounds run apart: a slow node's inventory does not hold up expiries.
+async fn supervise_loop(cluster: Cluster, reconcile_interval: Duration, stop: CancellationToken) {
+    let reconciler = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        async move {
+            let mut tick = tokio::time::interval(reconcile_interval.max(Duration::from_secs(1)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first round is the nodes' own sync at their first heartbeat.
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => tokio::select! {
+                        // Each record write is atomic: stopping between
+                        // them is safe.
+                        _ = stop.cancelled() => break,
+                        _ = cluster.reconcile() => {}
+                    },
+                }
+            }
+        }
+    };
+    let supervisor = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => cluster.supervise(),
+            }
+        }
+    };
+    tokio::join!(reconciler, supervisor);
 }
 
 /// Feeds heartbeats to the cluster until `stop` is cancelled, and checks

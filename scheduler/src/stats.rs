@@ -104,6 +104,17 @@ impl StatsCache {
         latest.nodes.get(node).filter(|n| fresh(n.time)).cloned()
     }
 
+    /// CPU use (percent of one CPU) in the fresh sample of container
+    /// `name`.
+    pub fn container_cpu(&self, name: &str) -> Option<f64> {
+        let latest = self.latest.read().expect("stats lock");
+        latest
+            .containers
+            .get(name)
+            .filter(|c| fresh(c.time))
+            .map(|c| c.cpu_percent)
+    }
+
     /// New samples from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<pb::StatsUpdate> {
         self.updates.subscribe()

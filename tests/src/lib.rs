@@ -451,6 +451,16 @@ impl TestCluster {
         CliResult::from(out)
     }
 
+    /// The cluster's events (`devctl events -o json` plus `extra` flags).
+    pub fn events(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["events", "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = self.devctl(&args).ok().stdout;
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     /// Engine containers of this cluster's nodes, as `docker inspect` JSON.
     pub fn engine_containers(&self) -> Vec<Value> {
         let mut all = Vec::new();

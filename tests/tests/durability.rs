@@ -132,7 +132,7 @@ fn sigkill_in_the_middle_of_concurrent_creates_loses_no_acknowledged_container()
     let mut c = TestCluster::start(&["a"]);
     let acked = Arc::new(AtomicUsize::new(0));
     let results = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..16)
+        let handles: Vec<_> = (0..20)
             .map(|i| {
                 let c = &c;
                 let acked = Arc::clone(&acked);

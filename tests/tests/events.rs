@@ -14,12 +14,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 fn events(c: &TestCluster, extra: &[&str]) -> Vec<Value> {
-    let mut args = vec!["events", "-o", "json"];
-    args.extend_from_slice(extra);
-    let out = c.devctl(&args).ok().stdout;
-    out.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
+    c.events(extra)
 }
 
 fn has(evs: &[Value], kind: &str, container: &str) -> Option<Value> {

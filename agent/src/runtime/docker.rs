@@ -15,8 +15,8 @@ use bollard::{
     exec::{ResizeExecOptions, StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-        ContainerStatsResponse, ContainerSummary, EventMessage, ExecConfig, HostConfig,
-        HostConfigLogConfig,
+        ContainerStatsResponse, ContainerSummary, EventMessage, ExecConfig, HealthConfig,
+        HealthStatusEnum, HostConfig, HostConfigLogConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -161,6 +161,7 @@ impl DockerRuntime {
             env: Some(env),
             labels: Some(all_labels),
             hostname: Some(spec.name.clone()),
+            healthcheck: spec.health_check.as_ref().map(health_config),
             host_config: Some(HostConfig {
                 nano_cpus: (res.milli_cpus > 0).then_some(res.milli_cpus * 1_000_000),
                 memory,
@@ -340,7 +341,15 @@ impl ContainerRuntime for DockerRuntime {
         filters.insert(
             "event".into(),
             [
-                "create", "start", "die", "stop", "oom", "restart", "destroy",
+                "create",
+                "start",
+                "die",
+                "stop",
+                "oom",
+                "restart",
+                "destroy",
+                // Matches "health_status: healthy" and ": unhealthy".
+                "health_status",
             ]
             .map(String::from)
             .to_vec(),
@@ -626,6 +635,25 @@ fn engine_event(node: &str, msg: EventMessage) -> Option<pb::EngineEvent> {
     })
 }
 
+/// The engine's health check for `h`: the command runs directly (exec
+/// form, no shell); zero fields keep the engine's defaults (30 s, 3).
+fn health_config(h: &pb::HealthCheck) -> HealthConfig {
+    const NANOS: i64 = 1_000_000_000;
+    let secs = |s: i32| (s > 0).then_some(i64::from(s) * NANOS);
+    HealthConfig {
+        test: Some(
+            std::iter::once("CMD".to_string())
+                .chain(h.command.iter().cloned())
+                .collect(),
+        ),
+        interval: secs(h.interval_seconds),
+        timeout: secs(h.timeout_seconds),
+        retries: (h.retries > 0).then_some(i64::from(h.retries)),
+        start_period: secs(h.start_period_seconds),
+        start_interval: None,
+    }
+}
+
 /// Translates an engine inspection into the bus status.
 fn status_of(inspect: &ContainerInspectResponse) -> pb::ContainerStatus {
     let labels = inspect
@@ -665,6 +693,13 @@ fn status_of(inspect: &ContainerInspectResponse) -> pb::ContainerStatus {
         exit_code,
         start_time,
         engine_status: status.to_string(),
+        health: match state.health.and_then(|h| h.status) {
+            Some(HealthStatusEnum::STARTING) => pb::HealthStatus::Starting,
+            Some(HealthStatusEnum::HEALTHY) => pb::HealthStatus::Healthy,
+            Some(HealthStatusEnum::UNHEALTHY) => pb::HealthStatus::Unhealthy,
+            _ => pb::HealthStatus::Unspecified,
+        } as i32,
+        oom_killed: state.oom_killed.unwrap_or(false),
         image: inspect
             .config
             .as_ref()

@@ -1,7 +1,7 @@
 //! `devctl create NAME --image IMG [--cpus 0.5] [--memory 512m] [--env K=V]…
-//! [--label K=V]… [--node N] [-- COMMAND…]`
+//! [--label K=V]… [--node N] [--ttl 8h] [--health-cmd CMD] [-- COMMAND…]`
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Result, anyhow};
 use devctl_proto::{pb, validate};
@@ -45,9 +45,49 @@ pub struct Args {
     /// with the same id returns the container instead of failing.
     #[arg(long)]
     pub request_id: Option<String>,
+    /// Lease: the container is stopped this long after it starts (8h, 30m;
+    /// 0: no lease, where the cluster allows it). Default: the cluster's.
+    #[arg(long, value_parser = parse_ttl)]
+    pub ttl: Option<Duration>,
+    /// Health check command, run by `sh -c` in the container (as docker's
+    /// --health-cmd); replaces the image's HEALTHCHECK.
+    #[arg(long)]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
+    pub health_interval: Option<Duration>,
+    /// Failures in a row that make the container unhealthy (default 3).
+    #[arg(long, requires = "health_cmd", value_parser = clap::value_parser!(i32).range(1..))]
+    pub health_retries: Option<i32>,
+    /// Time one check may take (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
+    pub health_timeout: Option<Duration>,
+    /// Time after start during which failures do not count.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
+    pub health_start_period: Option<Duration>,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err("use at least 1s (or 0 for no lease)".into()),
+        Err(e) => Err(format!("{e} (use e.g. 8h, 30m, or 0 for no lease)")),
+    }
+}
+
+/// Whole seconds of a health setting, at least one.
+fn health_secs(flag: &str, d: Option<Duration>) -> Result<i32> {
+    match d {
+        None => Ok(0),
+        Some(d) if d.as_secs() >= 1 && d.as_secs() <= i32::MAX as u64 => Ok(d.as_secs() as i32),
+        Some(_) => Err(anyhow!("{flag}: use at least 1s")),
+    }
 }
 
 fn pairs(flag: &str, list: &[String]) -> Result<HashMap<String, String>> {
@@ -81,6 +121,25 @@ impl Args {
                 env: pairs("--env", &self.env)?,
                 labels: pairs("--label", &self.labels)?,
                 constraints: pairs("--constraint", &self.constraints)?,
+                ttl_seconds: self.ttl.map(|d| d.as_secs() as i64),
+                health_check: match &self.health_cmd {
+                    None => None,
+                    Some(cmd) if cmd.trim().is_empty() => {
+                        return Err(anyhow!(
+                            "--health-cmd: give a command, e.g. 'pg_isready -q'"
+                        ));
+                    }
+                    Some(cmd) => Some(pb::HealthCheck {
+                        command: vec!["sh".into(), "-c".into(), cmd.clone()],
+                        interval_seconds: health_secs("--health-interval", self.health_interval)?,
+                        retries: self.health_retries.unwrap_or(0),
+                        timeout_seconds: health_secs("--health-timeout", self.health_timeout)?,
+                        start_period_seconds: health_secs(
+                            "--health-start-period",
+                            self.health_start_period,
+                        )?,
+                    }),
+                },
                 ..Default::default()
             }),
             dry_run: self.dry_run,

@@ -3,6 +3,7 @@
 pub mod create;
 pub mod events;
 pub mod exec;
+pub mod extend;
 pub mod get;
 pub mod logs;
 pub mod ls;
@@ -45,6 +46,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Stop(args) => stop::run(&mut client, o, args).await,
         Command::Restart(args) => restart::run(&mut client, o, args).await,
         Command::Rm(args) => rm::run(&mut client, o, args).await,
+        Command::Extend(args) => extend::run(&mut client, o, args).await,
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
         Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,

@@ -34,6 +34,17 @@ pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
         .ok_or_else(|| Status::unauthenticated("no authenticated identity"))
 }
 
+/// Refuses every identity but an admin (cluster-wide changes such as
+/// cordoning a node).
+pub fn must_be_admin(id: &Identity, method: &str) -> Result<(), Status> {
+    match id.role {
+        Role::Admin => Ok(()),
+        _ => Err(Status::permission_denied(format!(
+            "{id} may not call {method}: it changes the cluster and needs the admin role"
+        ))),
+    }
+}
+
 /// Refuses read-only identities a mutating call.
 pub fn may_write(id: &Identity, method: &str) -> Result<(), Status> {
     match id.role {

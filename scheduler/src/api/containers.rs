@@ -105,6 +105,17 @@ impl ContainerService for ContainerApi {
         Ok(Response::new(c.await?))
     }
 
+    async fn extend_lease(
+        &self,
+        req: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::Container>, Status> {
+        let id = caller(&req)?;
+        may_write(&id, "ExtendLease")?;
+        let r = req.into_inner();
+        let c = self.cluster.extend_lease(&r.name, r.ttl_seconds, &id.name);
+        Ok(Response::new(c.await?))
+    }
+
     async fn delete_container(
         &self,
         req: Request<pb::DeleteContainerRequest>,

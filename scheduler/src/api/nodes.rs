@@ -3,7 +3,7 @@
 use devctl_proto::pb::{self, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::auth::{caller, must_be_admin};
 use crate::cluster::Cluster;
 
 /// The node service over a cluster.
@@ -37,5 +37,40 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::Node>, Status> {
         caller(&req)?;
         Ok(Response::new(self.cluster.node(&req.get_ref().name)?))
+    }
+
+    async fn cordon_node(
+        &self,
+        req: Request<pb::CordonNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let id = caller(&req)?;
+        must_be_admin(&id, "CordonNode")?;
+        let node = self
+            .cluster
+            .set_cordoned(&req.get_ref().name, true, &id.name);
+        Ok(Response::new(node.await?))
+    }
+
+    async fn uncordon_node(
+        &self,
+        req: Request<pb::UncordonNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        let id = caller(&req)?;
+        must_be_admin(&id, "UncordonNode")?;
+        let node = self
+            .cluster
+            .set_cordoned(&req.get_ref().name, false, &id.name);
+        Ok(Response::new(node.await?))
+    }
+
+    async fn drain_node(
+        &self,
+        req: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let id = caller(&req)?;
+        must_be_admin(&id, "DrainNode")?;
+        let r = req.into_inner();
+        let drained = self.cluster.drain(&r.name, r.timeout_seconds, &id.name);
+        Ok(Response::new(drained.await?))
     }
 }

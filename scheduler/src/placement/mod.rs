@@ -2,7 +2,7 @@
 //! a chosen node, or the reason each node was rejected. No I/O here.
 //!
 //! Feasibility, in order (the first failing check is the node's reason):
-//! the node is ready; it carries every label the request constrains; its
+//! the node is ready; it is not cordoned; it carries every label the request constrains; its
 //! unreserved CPU and memory cover the request; its live memory use is
 //! below the admission threshold.
 //!
@@ -30,6 +30,8 @@ pub struct NodeView {
     pub name: String,
     /// Heartbeats arrive.
     pub ready: bool,
+    /// Takes no new containers.
+    pub cordoned: bool,
     /// Node labels.
     pub labels: HashMap<String, String>,
     /// CPUs of the node, in thousandths.
@@ -129,6 +131,12 @@ fn gib(bytes: i64) -> String {
 fn rejection(node: &NodeView, req: &Request) -> Option<(String, bool)> {
     if !node.ready {
         return Some(("node is down (no recent heartbeat)".into(), false));
+    }
+    if node.cordoned {
+        return Some((
+            "cordoned (devctl nodes uncordon NODE lets it take containers)".into(),
+            false,
+        ));
     }
     let mut wanted: Vec<_> = req.constraints.iter().collect();
     wanted.sort();
@@ -332,7 +340,9 @@ mod tests {
         hot.memory_used_percent = Some(93.0);
         let mut reserved = node("d", 0);
         reserved.reserved_memory_bytes = 4 << 30;
-        let nodes = [node("a", 0), down, hot, reserved];
+        let mut cordoned = node("e", 0);
+        cordoned.cordoned = true;
+        let nodes = [node("a", 0), down, hot, reserved, cordoned];
         let err = place(
             &nodes,
             &Request {
@@ -345,7 +355,8 @@ mod tests {
             err.to_string(),
             "no node can run the container: a: needs 4 CPUs, 2 free of 2; \
              b: node is down (no recent heartbeat); c: needs 4 CPUs, 2 free of 2; \
-             d: needs 4 CPUs, 2 free of 2"
+             d: needs 4 CPUs, 2 free of 2; \
+             e: cordoned (devctl nodes uncordon NODE lets it take containers)"
         );
         assert!(err.is_capacity());
         let err = place(

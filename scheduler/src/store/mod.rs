@@ -10,10 +10,26 @@
 //! Tables:
 //! - `containers`: name → `Container` (ordered by name: pagination walks it)
 //! - `container_ids`: id → name
-//! - `nodes`: name → `Node` (capacity, labels, first seen; liveness is kept
-//!   in memory)
+//! - `nodes`: name → `Node` (capacity, labels, cordon, first seen;
+//!   liveness is kept in memory)
+//! - `create_requests`: client request id → container id
+//!
+//! Beside the database, an in-memory [`Index`] summarises every container
+//! (per-node reservations, lease expiries, running set) so that placement
+//! and the lease and idle checks never scan the records. Writes update it
+//! after their commit, in commit order.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+mod index;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+    time::SystemTime,
+};
+
+pub use index::NodeUsage;
+use index::{Index, Summary};
 
 use devctl_proto::pb;
 use prost::Message;
@@ -64,17 +80,6 @@ from_redb!(
     redb::CommitError
 );
 
-/// What one node holds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NodeUsage {
-    /// devctl containers on it.
-    pub containers: usize,
-    /// CPU reserved, thousandths.
-    pub milli_cpus: i64,
-    /// Memory reserved, bytes.
-    pub memory_bytes: i64,
-}
-
 /// Which containers a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerFilter {
@@ -94,8 +99,21 @@ impl ContainerFilter {
 /// A handle to the store; clones share one database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
 }
+
+#[derive(Debug)]
+struct Inner {
+    db: Database,
+    // std locks, held on the blocking pool only. `write_order` spans a
+    // write's commit and its index update, so the index sees commits in
+    // order; readers take `index` briefly.
+    write_order: Mutex<()>,
+    index: RwLock<Index>,
+}
+
+/// Index changes a write makes once it has committed.
+type Changes = Vec<(String, Option<Summary>)>;
 
 fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Corrupt {
@@ -125,18 +143,52 @@ impl Store {
         txn.open_table(NODES)?;
         txn.open_table(REQUESTS)?;
         txn.commit()?;
-        Ok(Self { db: Arc::new(db) })
+        let mut index = Index::default();
+        {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(CONTAINERS)?;
+            for entry in table.range::<&str>(..)? {
+                let (k, v) = entry?;
+                let c: pb::Container = decode(k.value(), v.value())?;
+                index.set(&c.name, Some(Summary::of(&c)));
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                write_order: Mutex::new(()),
+                index: RwLock::new(index),
+            }),
+        })
     }
 
-    /// Runs a write on the blocking pool (commits fsync).
+    fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.inner.index.read().expect("store index poisoned")
+    }
+
+    /// Runs a write on the blocking pool (commits fsync); the index
+    /// changes `f` lists are applied once it returned successfully.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Database, &mut Changes) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let _order = inner.write_order.lock().expect("store write lock poisoned");
+            let mut changes = Changes::new();
+            let out = f(&inner.db, &mut changes)?;
+            let mut index = inner.index.write().expect("store index poisoned");
+            for (name, summary) in changes {
+                index.set(&name, summary);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Records a new container, and the client request id that created it
@@ -146,7 +198,7 @@ impl Store {
         c: pb::Container,
         request_id: Option<String>,
     ) -> Result<(), StoreError> {
-        self.write(move |db| {
+        self.write(move |db, changes| {
             let txn = db.begin_write()?;
             {
                 let mut containers = txn.open_table(CONTAINERS)?;
@@ -162,6 +214,7 @@ impl Store {
                 }
             }
             txn.commit()?;
+            changes.push((c.name.clone(), Some(Summary::of(&c))));
             Ok(())
         })
         .await
@@ -169,11 +222,12 @@ impl Store {
 
     /// Replaces the record of an existing container (same name and id).
     pub async fn update_container(&self, c: pb::Container) -> Result<(), StoreError> {
-        self.write(move |db| {
+        self.write(move |db, changes| {
             let txn = db.begin_write()?;
             txn.open_table(CONTAINERS)?
                 .insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
             txn.commit()?;
+            changes.push((c.name.clone(), Some(Summary::of(&c))));
             Ok(())
         })
         .await
@@ -188,7 +242,7 @@ impl Store {
         f: impl FnOnce(&mut pb::Container) -> bool + Send + 'static,
     ) -> Result<Option<pb::Container>, StoreError> {
         let name = name.to_string();
-        self.write(move |db| {
+        self.write(move |db, changes| {
             let txn = db.begin_write()?;
             let updated = {
                 let mut containers = txn.open_table(CONTAINERS)?;
@@ -204,6 +258,7 @@ impl Store {
                 c
             };
             txn.commit()?;
+            changes.push((name, Some(Summary::of(&updated))));
             Ok(Some(updated))
         })
         .await
@@ -212,7 +267,7 @@ impl Store {
     /// Deletes a container's record.
     pub async fn delete_container(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_string();
-        self.write(move |db| {
+        self.write(move |db, changes| {
             let txn = db.begin_write()?;
             {
                 let mut containers = txn.open_table(CONTAINERS)?;
@@ -223,6 +278,7 @@ impl Store {
                 txn.open_table(CONTAINER_IDS)?.remove(id.as_str())?;
             }
             txn.commit()?;
+            changes.push((name, None));
             Ok(())
         })
         .await
@@ -230,7 +286,7 @@ impl Store {
 
     /// The id of the container a create request id made, if any.
     pub fn container_id_by_request(&self, request_id: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(REQUESTS)?;
         let found = table.get(request_id)?;
         Ok(found.map(|v| v.value().to_string()))
@@ -238,7 +294,7 @@ impl Store {
 
     /// One container by name.
     pub fn container(&self, name: &str) -> Result<Option<pb::Container>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(CONTAINERS)?;
         let found = table.get(name)?;
         found.map(|v| decode(name, v.value())).transpose()
@@ -246,7 +302,7 @@ impl Store {
 
     /// The name of the container with this id.
     pub fn container_name_by_id(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(CONTAINER_IDS)?;
         let found = table.get(id)?;
         Ok(found.map(|v| v.value().to_string()))
@@ -260,7 +316,7 @@ impl Store {
         limit: usize,
         filter: &ContainerFilter,
     ) -> Result<(Vec<pb::Container>, bool), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(CONTAINERS)?;
         let range = match after {
             Some(a) => {
@@ -291,24 +347,30 @@ impl Store {
     }
 
     /// What each node holds: its containers, and the CPU and memory
-    /// reserved by those meant to run.
-    pub fn node_usage(&self) -> Result<HashMap<String, NodeUsage>, StoreError> {
-        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
-        for c in self.all_containers()? {
-            let u = usage.entry(c.node.clone()).or_default();
-            u.containers += 1;
-            if c.desired_state == pb::DesiredState::Running as i32 {
-                let r = c.resources.unwrap_or_default();
-                u.milli_cpus += r.milli_cpus;
-                u.memory_bytes += r.memory_bytes;
-            }
-        }
-        Ok(usage)
+    /// reserved by those meant to run (from the index: no scan).
+    pub fn node_usage(&self) -> HashMap<String, NodeUsage> {
+        self.index().usage()
     }
 
-    /// Records a node (capacity, labels, first seen).
+    /// Containers (name, node) whose lease has run out by `now`, earliest
+    /// first.
+    pub fn leases_due(&self, now: SystemTime) -> Vec<(String, String)> {
+        self.index().leases_due(now)
+    }
+
+    /// Containers (name, node) observed running and meant to run.
+    pub fn running_names(&self) -> Vec<(String, String)> {
+        self.index().running()
+    }
+
+    /// Names of `node`'s containers.
+    pub fn names_on_node(&self, node: &str) -> Vec<String> {
+        self.index().on_node(node)
+    }
+
+    /// Records a node (capacity, labels, cordon, first seen).
     pub async fn put_node(&self, n: pb::Node) -> Result<(), StoreError> {
-        self.write(move |db| {
+        self.write(move |db, _| {
             let txn = db.begin_write()?;
             txn.open_table(NODES)?
                 .insert(n.name.as_str(), n.encode_to_vec().as_slice())?;
@@ -320,7 +382,7 @@ impl Store {
 
     /// Every recorded node, by name.
     pub fn nodes(&self) -> Result<Vec<pb::Node>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db().begin_read()?;
         let table = txn.open_table(NODES)?;
         let mut out = Vec::new();
         for entry in table.range::<&str>(..)? {
@@ -417,6 +479,11 @@ mod tests {
         };
         let (page, _) = store.list_containers(None, 10, &n1).unwrap();
         assert_eq!(page.len(), 3);
-        assert_eq!(store.node_usage().unwrap()["n1"].containers, 3);
+        assert_eq!(store.node_usage()["n1"].containers, 3);
+        // The index is rebuilt from the records on open.
+        drop(store);
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        assert_eq!(store.node_usage()["n1"].containers, 3);
+        assert_eq!(store.names_on_node("n2"), ["b"]);
     }
 }

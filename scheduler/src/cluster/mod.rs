@@ -8,10 +8,19 @@
 //!   the record is deleted again if the agent reports failure, so neither a
 //!   record nor an engine container is left half-made;
 //! - what the API acknowledges was committed to the store first.
+//!
+//! The submodules hold the scheduler's own initiatives: `supervise` (leases,
+//! inactivity, health, lost nodes, reconciliation) and `drain` (cordon,
+//! drain, re-placement on start).
+
+mod drain;
+mod supervise;
+
+pub use supervise::{ExpiryAction, LeasePolicy};
 
 use std::{
-    collections::HashMap,
-    sync::Arc,
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -25,6 +34,7 @@ use thiserror::Error;
 use tokio_util::task::TaskTracker;
 
 use crate::{
+    activity::{Activity, IdlePolicy, SessionKind},
     bus::{Bus, BusError},
     events::{self, Intents, Op, StateChange},
     nodes::Registry,
@@ -116,6 +126,15 @@ pub struct Settings {
     pub default_milli_cpus: i64,
     /// Memory a container without a memory limit gets (0: none).
     pub default_memory_bytes: i64,
+    /// Lease lengths and what expiry does.
+    pub leases: LeasePolicy,
+    /// When unused containers are stopped.
+    pub idle: IdlePolicy,
+    /// How often every ready node's inventory is compared with the records.
+    pub reconcile_interval: Duration,
+    /// How long a devctl-labelled container the scheduler does not know is
+    /// left on its node before it is removed.
+    pub orphan_grace: Duration,
 }
 
 /// Options of one create.
@@ -138,6 +157,10 @@ impl Default for Settings {
             memory_threshold_percent: 90.0,
             default_milli_cpus: 0,
             default_memory_bytes: 0,
+            leases: LeasePolicy::default(),
+            idle: IdlePolicy::default(),
+            reconcile_interval: Duration::from_secs(30),
+            orphan_grace: Duration::from_secs(300),
         }
     }
 }
@@ -172,10 +195,21 @@ struct Shared {
     // tokio lock: held across the store insert that follows a placement
     // decision, so two creates cannot both count the same free node.
     placement: tokio::sync::Mutex<()>,
+    activity: Activity,
+    // std locks below: map operations only.
+    // Containers the supervisor is acting on (one action at a time each).
+    busy: Arc<Mutex<HashSet<String>>>,
+    // Unknown devctl containers by (node, engine id): when first seen.
+    orphans: Mutex<HashMap<(String, String), tokio::time::Instant>>,
 }
 
 fn now() -> Option<prost_types::Timestamp> {
     Some(SystemTime::now().into())
+}
+
+/// The expiry of a lease of `ttl` seconds taken now (`None`: no lease).
+fn lease_from_now(ttl: i64) -> Option<prost_types::Timestamp> {
+    (ttl > 0).then(|| (SystemTime::now() + Duration::from_secs(ttl as u64)).into())
 }
 
 fn not_found(name: &str) -> Error {
@@ -192,12 +226,15 @@ impl Cluster {
                 store,
                 nodes,
                 bus,
-                settings,
                 locks: KeyedLocks::new(),
                 intents: Arc::default(),
                 stats: crate::stats::StatsCache::default(),
                 tasks: TaskTracker::new(),
                 placement: tokio::sync::Mutex::new(()),
+                activity: Activity::new(settings.idle.clone()),
+                busy: Arc::default(),
+                orphans: Mutex::default(),
+                settings,
             }),
         }
     }
@@ -253,7 +290,7 @@ impl Cluster {
 
     /// The nodes as placement sees them now.
     fn placement_views(&self) -> Result<Vec<placement::NodeView>, Error> {
-        let usage = self.store().node_usage()?;
+        let usage = self.store().node_usage();
         Ok(self
             .shared
             .nodes
@@ -264,6 +301,7 @@ impl Cluster {
                 let live = self.shared.stats.node(&n.name);
                 placement::NodeView {
                     ready: n.state == pb::NodeState::Ready as i32,
+                    cordoned: n.cordoned,
                     labels: n.labels,
                     milli_cpus: i64::from(n.cpus) * 1000,
                     memory_bytes: n.memory_bytes,
@@ -301,6 +339,7 @@ impl Cluster {
             return Err(Error::AlreadyExists(spec.name));
         }
         let settings = &self.shared.settings;
+        let ttl = settings.leases.ttl_for_create(spec.ttl_seconds)?;
         let mut resources = spec.resources.unwrap_or_default();
         if resources.milli_cpus == 0 {
             resources.milli_cpus = settings.default_milli_cpus;
@@ -331,6 +370,9 @@ impl Cluster {
             owner: owner.to_string(),
             create_time: now(),
             update_time: now(),
+            ttl_seconds: Some(ttl),
+            lease_expire_time: lease_from_now(ttl),
+            health_check: spec.health_check,
             ..Default::default()
         };
         {
@@ -361,8 +403,9 @@ impl Cluster {
             Ok(Reply::Status(status)) => {
                 apply_status(&mut record, &status);
                 self.store().update_container(record.clone()).await?;
+                self.shared.activity.touch(&record.name, SystemTime::now());
                 tracing::info!(name = %record.name, node = %record.node, "container running");
-                Ok(record)
+                Ok(self.decorate(record))
             }
             // Any refusal but ENGINE guarantees the agent left nothing behind
             // (it reports ENGINE when it could not clean up after itself).
@@ -416,9 +459,25 @@ impl Cluster {
         )))
     }
 
-    /// One container.
-    pub fn get(&self, name: &str) -> Result<pb::Container, Error> {
+    /// One container, as recorded.
+    fn record(&self, name: &str) -> Result<pb::Container, Error> {
         self.store().container(name)?.ok_or_else(|| not_found(name))
+    }
+
+    /// One container, with its live fields.
+    pub fn get(&self, name: &str) -> Result<pb::Container, Error> {
+        Ok(self.decorate(self.record(name)?))
+    }
+
+    /// Fills in what is not recorded: the cluster's idle window and, while
+    /// the container runs, when it was last in use.
+    fn decorate(&self, mut c: pb::Container) -> pb::Container {
+        let activity = &self.shared.activity;
+        c.idle_timeout_seconds = activity.policy().timeout.as_secs() as i64;
+        if c.state == pb::ContainerState::Running as i32 {
+            c.last_active_time = activity.last_active(&c.name).map(Into::into);
+        }
+        c
     }
 
     /// A page of containers.
@@ -464,7 +523,7 @@ impl Cluster {
             _ => String::new(),
         };
         Ok(pb::ListContainersResponse {
-            containers,
+            containers: containers.into_iter().map(|c| self.decorate(c)).collect(),
             next_page_token,
         })
     }
@@ -472,7 +531,7 @@ impl Cluster {
     /// Loads `name` under its lock and checks that its node is ready.
     async fn for_operation(&self, name: &str) -> Result<(KeyGuard, pb::Container), Error> {
         let lock = self.shared.locks.lock(name).await;
-        let c = self.get(name)?;
+        let c = self.record(name)?;
         if !self.shared.nodes.is_ready(&c.node) {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} of container {name:?} is down; retry when it is back (`devctl nodes`)",
@@ -482,28 +541,57 @@ impl Cluster {
         Ok((lock, c))
     }
 
-    /// Runs a start/stop/restart command and records its outcome.
+    /// Runs a start/stop/restart command and records its outcome. `cause`
+    /// says who wanted it: a user, or the scheduler itself (lease, idle,
+    /// health, drain); `still` is checked under the container's lock first,
+    /// and a container it rejects is returned unchanged (the reason to act
+    /// went away meanwhile).
     async fn lifecycle(
         &self,
         name: &str,
-        desired: pb::DesiredState,
-        command: fn(String, i32) -> Command,
+        op: Op,
         stop_timeout: i32,
         actor: &str,
-        op: Op,
+        cause: Cause,
+        still: Option<Precheck>,
     ) -> Result<pb::Container, Error> {
         let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
         self.detached(async move {
             let (_lock, mut c) = this.for_operation(&name).await?;
-            let _intent = this.shared.intents.begin(&c.id, &actor, op);
-            let result = this
-                .send(&c.node, command(c.id.clone(), stop_timeout), stop_timeout)
-                .await;
-            c.desired_state = desired as i32;
+            if still.is_some_and(|f| !f(&c)) {
+                return Ok(c);
+            }
+            if op == Op::Start && this.shared.nodes.get(&c.node).is_some_and(|n| n.cordoned) {
+                return this.replace_and_start(c, &actor).await;
+            }
+            let _intent = this
+                .shared
+                .intents
+                .begin_for(&c.id, &actor, op, cause.word());
+            let id = c.id.clone();
+            let command = match op {
+                Op::Start => Command::Start(pb::StartCommand { id }),
+                Op::Stop => Command::Stop(pb::StopCommand {
+                    id,
+                    timeout_seconds: stop_timeout,
+                }),
+                _ => Command::Restart(pb::RestartCommand {
+                    id,
+                    timeout_seconds: stop_timeout,
+                }),
+            };
+            let was_running = c.state == pb::ContainerState::Running as i32;
+            let result = this.send(&c.node, command, stop_timeout).await;
+            c.desired_state = if op == Op::Stop {
+                pb::DesiredState::Stopped
+            } else {
+                pb::DesiredState::Running
+            } as i32;
             c.update_time = now();
             let outcome = match result {
                 Ok(Reply::Status(status)) => {
                     apply_status(&mut c, &status);
+                    after_lifecycle(&mut c, op, cause, was_running);
                     Ok(())
                 }
                 Ok(reply) => {
@@ -517,26 +605,22 @@ impl Cluster {
                 Err(err) => Err(err),
             };
             this.store().update_container(c.clone()).await?;
-            outcome.map(|()| c)
+            if outcome.is_ok() && op != Op::Stop {
+                this.shared.activity.touch(&c.name, SystemTime::now());
+            }
+            outcome.map(|()| this.decorate(c))
         })
         .await
     }
 
-    /// Starts a container.
+    /// Starts a container (on another node if its own is cordoned).
     pub async fn start(&self, name: &str, actor: &str) -> Result<pb::Container, Error> {
         tracing::info!(name, actor, "start");
-        self.lifecycle(
-            name,
-            pb::DesiredState::Running,
-            |id, _| Command::Start(pb::StartCommand { id }),
-            0,
-            actor,
-            Op::Start,
-        )
-        .await
+        self.lifecycle(name, Op::Start, 0, actor, Cause::User, None)
+            .await
     }
 
-    /// Stops a container.
+    /// Stops a container at a user's request.
     pub async fn stop(
         &self,
         name: &str,
@@ -545,23 +629,11 @@ impl Cluster {
     ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
         tracing::info!(name, actor, timeout = t, "stop");
-        self.lifecycle(
-            name,
-            pb::DesiredState::Stopped,
-            |id, timeout_seconds| {
-                Command::Stop(pb::StopCommand {
-                    id,
-                    timeout_seconds,
-                })
-            },
-            t,
-            actor,
-            Op::Stop,
-        )
-        .await
+        self.lifecycle(name, Op::Stop, t, actor, Cause::User, None)
+            .await
     }
 
-    /// Restarts a container.
+    /// Restarts a container at a user's request.
     pub async fn restart(
         &self,
         name: &str,
@@ -570,20 +642,8 @@ impl Cluster {
     ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
         tracing::info!(name, actor, timeout = t, "restart");
-        self.lifecycle(
-            name,
-            pb::DesiredState::Running,
-            |id, timeout_seconds| {
-                Command::Restart(pb::RestartCommand {
-                    id,
-                    timeout_seconds,
-                })
-            },
-            t,
-            actor,
-            Op::Restart,
-        )
-        .await
+        self.lifecycle(name, Op::Restart, t, actor, Cause::User, None)
+            .await
     }
 
     fn stop_timeout(&self, timeout: Option<i32>) -> Result<i32, Error> {
@@ -604,8 +664,11 @@ impl Cluster {
         actor: &str,
     ) -> Result<pb::Container, Error> {
         let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
-        self.detached(async move { this.delete_now(&name, force, &actor).await })
-            .await
+        self.detached(async move {
+            this.delete_now(&name, force, &actor, Cause::User, None)
+                .await
+        })
+        .await
     }
 
     async fn delete_now(
@@ -613,10 +676,18 @@ impl Cluster {
         name: &str,
         force: bool,
         actor: &str,
+        cause: Cause,
+        still: Option<Precheck>,
     ) -> Result<pb::Container, Error> {
         let _lock = self.shared.locks.lock(name).await;
-        let c = self.get(name)?;
-        let _intent = self.shared.intents.begin(&c.id, actor, Op::Remove);
+        let c = self.record(name)?;
+        if still.is_some_and(|f| !f(&c)) {
+            return Ok(c);
+        }
+        let _intent = self
+            .shared
+            .intents
+            .begin_for(&c.id, actor, Op::Remove, cause.word());
         if !force && c.state == pb::ContainerState::Running as i32 {
             return Err(Error::FailedPrecondition(format!(
                 "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
@@ -644,13 +715,14 @@ impl Cluster {
             }
         }
         self.store().delete_container(name).await?;
-        tracing::info!(name, "container removed");
+        self.shared.activity.forget(name);
+        tracing::info!(name, reason = cause.word(), "container removed");
         Ok(c)
     }
 
     /// Every node with its state, containers and reservations.
     pub fn nodes(&self) -> Result<Vec<pb::Node>, Error> {
-        let usage = self.store().node_usage()?;
+        let usage = self.store().node_usage();
         Ok(self
             .shared
             .nodes
@@ -727,6 +799,12 @@ impl Cluster {
                 _ => pb::EventType::NodeDown,
             };
             tracing::info!(node, state = ?state, reason, "node state changed");
+            if state == pb::NodeState::Down {
+                let (this, node) = (self.clone(), node.clone());
+                self.shared
+                    .tasks
+                    .spawn(async move { this.mark_lost(&node).await });
+            }
             let event = events::node_event(&node, ty, reason);
             if self
                 .emit(event, uuid::Uuid::new_v4().to_string())
@@ -768,7 +846,11 @@ impl Cluster {
         if let Some(change) = t.change
             && let Some(name) = self.store().container_name_by_id(&ev.id)?
         {
+            let unhealthy = change == StateChange::Health(pb::HealthStatus::Unhealthy);
             self.follow_engine(&name, ev, change).await?;
+            if unhealthy {
+                self.heal(&name, &ev.id);
+            }
         }
         if let Some(event) = t.event {
             self.emit(event, format!("engine-{}", ev.event_id))
@@ -840,7 +922,7 @@ impl Cluster {
         if req.tail.is_some_and(|t| t < 0) {
             return Err(InvalidField::new("tail", "must not be negative").into());
         }
-        let c = self.get(name)?;
+        let c = self.record(name)?;
         if !self.shared.nodes.is_ready(&c.node) {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} of container {name:?} is down; its output cannot be read now",
@@ -895,7 +977,7 @@ impl Cluster {
         {
             return Err(InvalidField::new("start.command", "must not contain NUL").into());
         }
-        let c = self.get(&start.name)?;
+        let c = self.record(&start.name)?;
         if c.state != pb::ContainerState::Running as i32 {
             return Err(Error::FailedPrecondition(format!(
                 "container {:?} is not running; start it first (devctl start {})",
@@ -942,6 +1024,11 @@ impl Cluster {
             ..session
         };
         tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
+        self.shared.activity.session_opened(
+            &session.container,
+            SessionKind::Exec,
+            SystemTime::now(),
+        );
         let _ = self
             .emit(
                 session.event(pb::EventType::ExecStarted, None),
@@ -955,6 +1042,11 @@ impl Cluster {
     /// Records the end of an exec session.
     pub async fn exec_ended(&self, session: &Session, exit_code: Option<i32>) {
         tracing::info!(session = %session.id, container = %session.container, ?exit_code, "exec session ended");
+        self.shared.activity.session_closed(
+            &session.container,
+            SessionKind::Exec,
+            SystemTime::now(),
+        );
         let _ = self
             .emit(
                 session.event(pb::EventType::ExecEnded, exit_code),
@@ -986,16 +1078,16 @@ impl Cluster {
             .map_err(|e| Error::Unavailable(format!("event history: {e}")))
     }
 
-    /// Asks `node` for the devctl containers it runs and brings recorded
+    /// Asks `node` for the devctl containers it has and brings recorded
     /// observed state in line with it:
-    /// - a recorded container the node runs takes the node's state (a
+    /// - a recorded container the node has takes the node's state (a
     ///   `PENDING` one, whose create was interrupted by a scheduler restart,
-    ///   is adopted);
+    ///   is adopted; a `LOST` one is found again);
     /// - a recorded container missing on the node is marked failed, with the
-    ///   reason (an interrupted create that never reached the node, or a
-    ///   container removed outside devctl);
-    /// - a devctl container the scheduler does not know is reported and left
-    ///   in place.
+    ///   reason (an interrupted create that never reached the node, a node
+    ///   lost with its containers, or a container removed outside devctl);
+    /// - a devctl container the scheduler does not know is reported, and
+    ///   removed once it stayed unknown for the orphan grace period.
     pub async fn sync_inventory(&self, node: &str) -> Result<(), Error> {
         let asked_at = SystemTime::now();
         let reply = self
@@ -1009,36 +1101,41 @@ impl Cluster {
             .into_iter()
             .map(|s| (s.id.clone(), s))
             .collect();
-        let filter = ContainerFilter {
-            node: Some(node.to_string()),
-            owner: None,
-        };
-        let (recorded, _) = self.store().list_containers(None, usize::MAX, &filter)?;
-        for listed in recorded {
+        for name in self.store().names_on_node(node) {
             // Re-read under the lock: an operation may have finished since.
-            let _lock = self.shared.locks.lock(&listed.name).await;
-            let Some(mut c) = self.store().container(&listed.name)? else {
+            let _lock = self.shared.locks.lock(&name).await;
+            let Some(mut c) = self.store().container(&name)? else {
                 continue;
             };
+            if c.node != node {
+                continue;
+            }
+            let lost = c.state == pb::ContainerState::Lost as i32;
+            // Whatever changed after the inventory was taken is newer than
+            // it, except a `lost` mark: the node answered, so it is back.
             let changed_since_ask = c
                 .update_time
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .is_none_or(|t| t >= asked_at);
             let was_pending = c.state == pb::ContainerState::Pending as i32;
             let status = on_node.remove(&c.id);
-            // Whatever changed after the inventory was taken is newer than it.
-            if changed_since_ask {
+            if changed_since_ask && !lost {
                 continue;
             }
             match status {
                 Some(status) => {
-                    let before = (c.state, c.exit_code, c.runtime_id.clone());
+                    let before = (c.state, c.exit_code, c.runtime_id.clone(), c.health);
                     apply_status(&mut c, &status);
-                    if before == (c.state, c.exit_code, c.runtime_id.clone()) {
+                    if before == (c.state, c.exit_code, c.runtime_id.clone(), c.health) {
                         continue;
                     }
                     if was_pending {
                         tracing::info!(node, name = %c.name, "adopted a container whose create was interrupted");
+                    } else if lost {
+                        if c.state != pb::ContainerState::Running as i32 {
+                            c.stop_reason = pb::StopReason::NodeLost as i32;
+                        }
+                        tracing::info!(node, name = %c.name, state = ?c.state(), "lost container found again on its node");
                     } else {
                         tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
                     }
@@ -1050,6 +1147,11 @@ impl Cluster {
                     c.state = pb::ContainerState::Failed as i32;
                     c.last_error = if was_pending {
                         "the create was interrupted by a scheduler restart and never reached the node; remove the container and create it again".into()
+                    } else if lost {
+                        c.stop_reason = pb::StopReason::NodeLost as i32;
+                        format!(
+                            "node {node:?} was lost and the container is gone from it; remove it, or start it to create it again"
+                        )
                     } else {
                         format!(
                             "the container is missing on node {node:?} (removed outside devctl?)"
@@ -1061,10 +1163,8 @@ impl Cluster {
             c.update_time = now();
             self.store().update_container(c).await?;
         }
-        for status in on_node.values() {
-            tracing::warn!(node, id = %status.id, name = %status.name, runtime_id = %status.runtime_id,
-                "devctl container unknown to the scheduler found on node (left in place)");
-        }
+        self.handle_orphans(node, on_node.into_values().collect())
+            .await;
         Ok(())
     }
 }
@@ -1109,10 +1209,87 @@ impl Session {
     }
 }
 
+/// Who wants a lifecycle change: a user, or the scheduler for a reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// A user's request.
+    User,
+    /// The lease ran out.
+    Lease,
+    /// Unused for the idle window.
+    Idle,
+    /// The health check failed.
+    Health,
+    /// Its node is drained.
+    Drain,
+}
+
+impl Cause {
+    /// The reason word of the events this causes.
+    pub fn word(self) -> &'static str {
+        match self {
+            Cause::User => "manual",
+            Cause::Lease => "lease_expired",
+            Cause::Idle => "inactivity",
+            Cause::Health => "unhealthy",
+            Cause::Drain => "drained",
+        }
+    }
+
+    /// The stop reason it records.
+    pub fn stop_reason(self) -> pb::StopReason {
+        match self {
+            Cause::User => pb::StopReason::Manual,
+            Cause::Lease => pb::StopReason::LeaseExpired,
+            Cause::Idle => pb::StopReason::Inactivity,
+            Cause::Health => pb::StopReason::Unhealthy,
+            Cause::Drain => pb::StopReason::Drained,
+        }
+    }
+}
+
+/// A check that the reason for an action still holds, made under the
+/// container's lock.
+type Precheck = Box<dyn FnOnce(&pb::Container) -> bool + Send>;
+
+/// What a successful start/stop/restart changes beyond the observed state.
+fn after_lifecycle(c: &mut pb::Container, op: Op, cause: Cause, was_running: bool) {
+    match op {
+        Op::Stop => {
+            // A container that had already stopped keeps its own reason.
+            if was_running || c.stop_reason == pb::StopReason::Unspecified as i32 {
+                c.stop_reason = cause.stop_reason() as i32;
+            }
+            c.lease_expire_time = None;
+            c.health = pb::HealthStatus::Unspecified as i32;
+            if cause == Cause::Health {
+                c.state = pb::ContainerState::Failed as i32;
+                c.last_error = "the health check kept failing after an automatic restart; the container is left stopped for inspection (devctl logs, then devctl start)".into();
+            }
+        }
+        _ => {
+            if c.state == pb::ContainerState::Running as i32 {
+                c.stop_reason = pb::StopReason::Unspecified as i32;
+            }
+            if cause == Cause::Health {
+                c.health_restarts += 1;
+            }
+            // A user's start renews the lease and the health restart.
+            if cause == Cause::User {
+                c.health_restarts = 0;
+                if op == Op::Start || c.lease_expire_time.is_none() {
+                    c.lease_expire_time = lease_from_now(c.ttl_seconds.unwrap_or(0));
+                }
+            }
+        }
+    }
+}
+
 /// Copies what an agent observed into the record.
 fn apply_status(c: &mut pb::Container, s: &pb::ContainerStatus) {
     c.state = s.state;
     c.exit_code = s.exit_code;
+    c.health = s.health;
     if s.start_time.is_some() {
         c.start_time = s.start_time;
     }

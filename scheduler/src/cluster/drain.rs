@@ -1,0 +1,187 @@
+//! Cordon, uncordon and drain, and starting a container whose node is
+//! cordoned (it is placed again, on a node that allows it).
+
+use std::{collections::HashMap, time::SystemTime};
+
+use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use futures::future::join_all;
+
+use super::{Cause, Cluster, Error, agent_error, apply_status, lease_from_now, now};
+use crate::{
+    events::{self, Op},
+    placement,
+};
+
+impl Cluster {
+    /// Cordons (`true`) or uncordons `node`, durably.
+    pub async fn set_cordoned(
+        &self,
+        node: &str,
+        cordoned: bool,
+        actor: &str,
+    ) -> Result<pb::Node, Error> {
+        let record = self
+            .shared
+            .nodes
+            .set_cordoned(node, cordoned)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "node {node:?} not found; `devctl nodes` lists nodes"
+                ))
+            })?;
+        self.store().put_node(record).await?;
+        let (ty, what) = if cordoned {
+            (pb::EventType::NodeCordoned, "cordoned")
+        } else {
+            (pb::EventType::NodeUncordoned, "uncordoned")
+        };
+        tracing::info!(node, actor, "node {what}");
+        let mut event = events::node_event(node, ty, "manual");
+        event.actor = actor.to_string();
+        event.message = format!("node {node} {what} by {actor}");
+        let _ = self.emit(event, uuid::Uuid::new_v4().to_string()).await;
+        self.node(node)
+    }
+
+    /// Cordons `node` and stops every container on it that is meant to
+    /// run (reason `drained`).
+    pub async fn drain(
+        &self,
+        node: &str,
+        timeout: Option<i32>,
+        actor: &str,
+    ) -> Result<pb::DrainNodeResponse, Error> {
+        let t = self.stop_timeout(timeout)?;
+        self.set_cordoned(node, true, actor).await?;
+        let names: Vec<String> = self
+            .store()
+            .names_on_node(node)
+            .into_iter()
+            .filter(|n| {
+                self.store()
+                    .container(n)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|c| c.desired_state == pb::DesiredState::Running as i32)
+            })
+            .collect();
+        tracing::info!(node, actor, containers = names.len(), "draining node");
+        let stops = names.iter().map(|name| {
+            let node = node.to_string();
+            let still = move |c: &pb::Container| {
+                c.node == node && c.desired_state == pb::DesiredState::Running as i32
+            };
+            self.lifecycle(
+                name,
+                Op::Stop,
+                t,
+                actor,
+                Cause::Drain,
+                Some(Box::new(still)),
+            )
+        });
+        let mut stopped = Vec::new();
+        let mut failed = HashMap::new();
+        for (name, result) in names.iter().zip(join_all(stops).await) {
+            match result {
+                Ok(_) => stopped.push(name.clone()),
+                Err(e) => {
+                    failed.insert(name.clone(), e.to_string());
+                }
+            }
+        }
+        Ok(pb::DrainNodeResponse {
+            node: Some(self.node(node)?),
+            stopped,
+            failed,
+        })
+    }
+
+    /// Starts `c`, whose node is cordoned, on a node placement chooses:
+    /// the container is removed from its old node first (one engine may
+    /// serve several nodes, and names are unique per engine), then created
+    /// on the new one with the same id and definition. Called with the
+    /// container's lock held.
+    pub(super) async fn replace_and_start(
+        &self,
+        mut c: pb::Container,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
+        let res = c.resources.unwrap_or_default();
+        let request = placement::Request {
+            node: None,
+            milli_cpus: res.milli_cpus,
+            memory_bytes: res.memory_bytes,
+            constraints: c.constraints.clone(),
+            strategy: self.shared.settings.strategy,
+            memory_threshold_percent: self.shared.settings.memory_threshold_percent,
+        };
+        let _placing = self.shared.placement.lock().await;
+        let mut views = self.placement_views()?;
+        // Its own reservation is on the old node: it does not count there.
+        for v in &mut views {
+            if v.name == c.node && c.desired_state == pb::DesiredState::Running as i32 {
+                v.reserved_milli_cpus -= res.milli_cpus;
+                v.reserved_memory_bytes -= res.memory_bytes;
+            }
+        }
+        let target = match placement::place(&views, &request) {
+            Ok(n) => n.name.clone(),
+            Err(e) if e.is_capacity() => {
+                return Err(Error::ResourceExhausted(format!(
+                    "node {:?} of container {:?} is cordoned and {e}",
+                    c.node, c.name
+                )));
+            }
+            Err(e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "node {:?} of container {:?} is cordoned and {e}",
+                    c.node, c.name
+                )));
+            }
+        };
+        let _intent = self.shared.intents.begin(&c.id, actor, Op::Create);
+        let remove = Command::Remove(pb::RemoveCommand {
+            id: c.id.clone(),
+            force: true,
+        });
+        match self.send(&c.node, remove, 0).await? {
+            Reply::Removed(_) => {}
+            Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {}
+            other => return Err(agent_error(other, &c)),
+        }
+        tracing::info!(name = %c.name, from = %c.node, to = %target, "re-placing a container whose node is cordoned");
+        let old_node = std::mem::replace(&mut c.node, target);
+        c.runtime_id.clear();
+        let create = Command::Create(pb::CreateCommand {
+            container: Some(c.clone()),
+        });
+        let result = self.send(&c.node, create, 0).await;
+        c.update_time = now();
+        match result {
+            Ok(Reply::Status(status)) => {
+                apply_status(&mut c, &status);
+                c.desired_state = pb::DesiredState::Running as i32;
+                c.stop_reason = pb::StopReason::Unspecified as i32;
+                c.health_restarts = 0;
+                c.lease_expire_time = lease_from_now(c.ttl_seconds.unwrap_or(0));
+                self.store().update_container(c.clone()).await?;
+                self.shared.activity.touch(&c.name, SystemTime::now());
+                Ok(self.decorate(c))
+            }
+            other => {
+                let err = match other {
+                    Ok(reply) => agent_error(reply, &c),
+                    Err(e) => e,
+                };
+                // Gone from the old node, not made on the new one: record
+                // that, on the old node, so a later start tries again.
+                c.node = old_node;
+                c.state = pb::ContainerState::Failed as i32;
+                c.last_error = format!("re-placement on another node failed: {err}");
+                self.store().update_container(c).await?;
+                Err(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! An in-memory summary of every container record, kept in step with the
+//! database by the store's writes: what each node holds (for placement and
+//! `ListNodes`), which leases run out when, and which containers run.
+//! Nothing here is a second source of truth: it is rebuilt from the records
+//! on open, and only the store changes it, after a commit.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::SystemTime,
+};
+
+use devctl_proto::pb;
+
+/// What one node holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    /// devctl containers on it.
+    pub containers: usize,
+    /// CPU reserved, thousandths.
+    pub milli_cpus: i64,
+    /// Memory reserved, bytes.
+    pub memory_bytes: i64,
+}
+
+/// The fields of a record the index needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Summary {
+    /// The container's node.
+    pub(crate) node: String,
+    /// Meant to run: its reservation counts.
+    pub(crate) reserving: bool,
+    /// Observed running.
+    pub(crate) running: bool,
+    /// CPU and memory it asks for.
+    pub(crate) milli_cpus: i64,
+    /// Memory it asks for, bytes.
+    pub(crate) memory_bytes: i64,
+    /// When its lease runs out.
+    pub(crate) lease_expiry: Option<SystemTime>,
+}
+
+impl Summary {
+    /// The summary of a record.
+    pub(crate) fn of(c: &pb::Container) -> Self {
+        let r = c.resources.unwrap_or_default();
+        Self {
+            node: c.node.clone(),
+            reserving: c.desired_state == pb::DesiredState::Running as i32,
+            running: c.state == pb::ContainerState::Running as i32,
+            milli_cpus: r.milli_cpus,
+            memory_bytes: r.memory_bytes,
+            lease_expiry: c
+                .lease_expire_time
+                .and_then(|t| SystemTime::try_from(t).ok()),
+        }
+    }
+}
+
+/// Summaries by name, with per-node totals and a lease queue.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    by_name: HashMap<String, Summary>,
+    usage: HashMap<String, NodeUsage>,
+    leases: BTreeSet<(SystemTime, String)>,
+}
+
+impl Index {
+    /// Records `name`'s new summary (`None`: the record was deleted).
+    pub(crate) fn set(&mut self, name: &str, new: Option<Summary>) {
+        if let Some(old) = self.by_name.remove(name) {
+            self.account(&old, -1);
+            if let Some(t) = old.lease_expiry {
+                self.leases.remove(&(t, name.to_string()));
+            }
+        }
+        if let Some(new) = new {
+            self.account(&new, 1);
+            if let Some(t) = new.lease_expiry {
+                self.leases.insert((t, name.to_string()));
+            }
+            self.by_name.insert(name.to_string(), new);
+        }
+    }
+
+    fn account(&mut self, s: &Summary, sign: i64) {
+        let u = self.usage.entry(s.node.clone()).or_default();
+        u.containers = u.containers.wrapping_add_signed(sign as isize);
+        if s.reserving {
+            u.milli_cpus += sign * s.milli_cpus;
+            u.memory_bytes += sign * s.memory_bytes;
+        }
+        if u.containers == 0 {
+            self.usage.remove(&s.node);
+        }
+    }
+
+    /// What each node holds.
+    pub(crate) fn usage(&self) -> HashMap<String, NodeUsage> {
+        self.usage.clone()
+    }
+
+    /// Containers (name, node) whose lease ran out at `now`, earliest
+    /// first.
+    pub(crate) fn leases_due(&self, now: SystemTime) -> Vec<(String, String)> {
+        self.leases
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, n)| (n.clone(), self.by_name[n].node.clone()))
+            .collect()
+    }
+
+    /// Containers (name, node) observed running (and meant to).
+    pub(crate) fn running(&self) -> Vec<(String, String)> {
+        self.by_name
+            .iter()
+            .filter(|(_, s)| s.running && s.reserving)
+            .map(|(n, s)| (n.clone(), s.node.clone()))
+            .collect()
+    }
+
+    /// The names of `node`'s containers.
+    pub(crate) fn on_node(&self, node: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_name
+            .iter()
+            .filter(|(_, s)| s.node == node)
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn summary(node: &str, cpus: i64, reserving: bool, lease: Option<u64>) -> Summary {
+        Summary {
+            node: node.into(),
+            reserving,
+            running: reserving,
+            milli_cpus: cpus,
+            memory_bytes: cpus * 1000,
+            lease_expiry: lease.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+        }
+    }
+
+    #[test]
+    fn totals_follow_every_change_and_vanish_with_the_last_container() {
+        let mut ix = Index::default();
+        ix.set("a", Some(summary("n1", 500, true, None)));
+        ix.set("b", Some(summary("n1", 250, false, None)));
+        assert_eq!(
+            ix.usage()["n1"],
+            NodeUsage {
+                containers: 2,
+                milli_cpus: 500,
+                memory_bytes: 500_000
+            }
+        );
+        // b starts: it reserves; a moves to n2.
+        ix.set("b", Some(summary("n1", 250, true, None)));
+        ix.set("a", Some(summary("n2", 500, true, None)));
+        assert_eq!(ix.usage()["n1"].milli_cpus, 250);
+        assert_eq!(ix.usage()["n2"].containers, 1);
+        ix.set("b", None);
+        assert!(!ix.usage().contains_key("n1"));
+        assert_eq!(ix.on_node("n2"), ["a"]);
+    }
+
+    #[test]
+    fn leases_come_due_in_order_and_follow_renewals() {
+        let mut ix = Index::default();
+        ix.set("late", Some(summary("n", 0, true, Some(30))));
+        ix.set("early", Some(summary("n", 0, true, Some(10))));
+        ix.set("none", Some(summary("n", 0, true, None)));
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let names = |due: Vec<(String, String)>| due.into_iter().map(|d| d.0).collect::<Vec<_>>();
+        assert!(ix.leases_due(at(9)).is_empty());
+        assert_eq!(names(ix.leases_due(at(30))), ["early", "late"]);
+        // Renewed: no longer due at 30.
+        ix.set("early", Some(summary("n", 0, true, Some(100))));
+        assert_eq!(names(ix.leases_due(at(30))), ["late"]);
+        ix.set("late", None);
+        assert!(ix.leases_due(at(99)).is_empty());
+    }
+}
