@@ -2,7 +2,7 @@
 # Runs devctl's benchmarks on release builds and prints markdown rows for
 # docs/benchmarks.md, after a line describing this machine.
 #
-#   deploy/bench.sh [launch|api|stats|all]
+#   deploy/bench.sh [launch|api|stats|placement|all]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/deploy/prereqs.sh"
@@ -14,6 +14,7 @@ case "${1:-all}" in
   launch) cargo bench -q -p devctl-tests --bench launch ;;
   api) cargo bench -q -p devctl-tests --bench api ;;
   stats) cargo bench -q -p devctl-tests --bench stats ;;
-  all) for b in launch api stats; do cargo bench -q -p devctl-tests --bench $b; done ;;
-  *) echo "usage: $0 [launch|api|stats|all]" >&2; exit 2 ;;
+  placement) cargo bench -q -p devctl-tests --bench placement ;;
+  all) for b in launch api stats placement; do cargo bench -q -p devctl-tests --bench $b; done ;;
+  *) echo "usage: $0 [launch|api|stats|placement|all]" >&2; exit 2 ;;
 esac

@@ -4,7 +4,7 @@
 //! its next heartbeat, a second later.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::RwLock,
     time::{Duration, SystemTime},
 };
@@ -12,6 +12,22 @@ use std::{
 use tokio::time::Instant;
 
 use devctl_proto::pb;
+
+use crate::{placement, store::NodeUsage};
+
+/// A live memory figure older than this is not used (its node stopped
+/// reporting).
+const MEMORY_FRESH: Duration = Duration::from_secs(10);
+
+fn capacity(n: &pb::Node) -> (i64, i64, bool) {
+    (i64::from(n.cpus) * 1000, n.memory_bytes, n.cordoned)
+}
+
+fn sorted(labels: &std::collections::HashMap<String, String>) -> Vec<(String, String)> {
+    let mut l: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    l.sort();
+    l
+}
 
 /// What a heartbeat changed.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +45,17 @@ pub struct Observed {
 
 #[derive(Debug)]
 struct Entry {
-    node: pb::Node,
+    // Boxed, with what placement reads copied beside it (`labels`,
+    // `capacity`): placement walks every entry per decision, and small
+    // entries keep that walk in few cache lines.
+    node: Box<pb::Node>,
+    /// `node.labels` sorted by key, for placement.
+    labels: Vec<(String, String)>,
+    /// `node`'s CPUs (thousandths), memory (bytes) and cordon, for placement.
+    capacity: (i64, i64, bool),
     last_seen: Option<Instant>,
+    /// Live memory use in percent, and when it was reported.
+    memory_used: Option<(f64, Instant)>,
     boot_id: String,
     leaving: bool,
     /// The boot id whose inventory was synced.
@@ -44,8 +69,9 @@ struct Entry {
 /// the scheduler's shared state.
 #[derive(Debug)]
 pub struct Registry {
-    // std lock: held only for map lookups, never across an await.
-    entries: RwLock<HashMap<String, Entry>>,
+    // std lock: held only for map lookups, never across an await. Ordered:
+    // snapshots are by name.
+    entries: RwLock<BTreeMap<String, Entry>>,
     timeout: Duration,
 }
 
@@ -59,8 +85,11 @@ impl Registry {
                 (
                     node.name.clone(),
                     Entry {
-                        node,
+                        labels: sorted(&node.labels),
+                        capacity: capacity(&node),
+                        node: Box::new(node),
                         last_seen: None,
+                        memory_used: None,
                         boot_id: String::new(),
                         leaving: false,
                         synced_boot: String::new(),
@@ -82,12 +111,15 @@ impl Registry {
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let now = Instant::now();
         let entry = entries.entry(hb.node.clone()).or_insert_with(|| Entry {
-            node: pb::Node {
+            node: Box::new(pb::Node {
                 name: hb.node.clone(),
                 create_time: Some(SystemTime::now().into()),
                 ..Default::default()
-            },
+            }),
+            labels: Vec::new(),
+            capacity: (0, 0, false),
             last_seen: None,
+            memory_used: None,
             boot_id: String::new(),
             leaving: false,
             synced_boot: String::new(),
@@ -111,7 +143,10 @@ impl Registry {
         if entry.last_seen.is_some() && self.state(entry) == pb::NodeState::Down {
             entry.synced_boot.clear();
         }
-        entry.node.labels = hb.labels.clone();
+        if entry.node.labels != hb.labels {
+            entry.node.labels = hb.labels.clone();
+            entry.labels = sorted(&hb.labels);
+        }
         entry.node.cpus = hb.cpus;
         entry.node.memory_bytes = hb.memory_bytes;
         entry.node.docker_version = hb.docker_version.clone();
@@ -119,6 +154,7 @@ impl Registry {
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
         entry.node.open_streams = hb.open_streams;
+        entry.capacity = capacity(&entry.node);
         let changed = first || before != durable(&entry.node);
         let needs_sync = !hb.leaving && !entry.syncing && entry.synced_boot != hb.boot_id;
         entry.syncing |= needs_sync;
@@ -126,7 +162,7 @@ impl Registry {
         entry.leaving = hb.leaving;
         entry.last_seen = Some(now);
         Observed {
-            persist: changed.then(|| entry.node.clone()),
+            persist: changed.then(|| (*entry.node).clone()),
             needs_sync,
             joined: first && entry.reported.is_none(),
         }
@@ -184,9 +220,10 @@ impl Registry {
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let e = entries.get_mut(node)?;
         e.node.cordoned = cordoned;
+        e.capacity = capacity(&e.node);
         Some(pb::Node {
             state: pb::NodeState::Unspecified as i32,
-            ..e.node.clone()
+            ..(*e.node).clone()
         })
     }
 
@@ -214,8 +251,14 @@ impl Registry {
     }
 
     fn state(&self, e: &Entry) -> pb::NodeState {
+        self.state_at(e, Instant::now())
+    }
+
+    fn state_at(&self, e: &Entry, now: Instant) -> pb::NodeState {
         match e.last_seen {
-            Some(t) if !e.leaving && t.elapsed() <= self.timeout => pb::NodeState::Ready,
+            Some(t) if !e.leaving && now.saturating_duration_since(t) <= self.timeout => {
+                pb::NodeState::Ready
+            }
             _ => pb::NodeState::Down,
         }
     }
@@ -223,15 +266,67 @@ impl Registry {
     /// Every node with its current state, by name.
     pub fn snapshot(&self) -> Vec<pb::Node> {
         let entries = self.entries.read().expect("registry lock poisoned");
-        let mut nodes: Vec<pb::Node> = entries
+        let now = Instant::now();
+        entries
             .values()
             .map(|e| pb::Node {
-                state: self.state(e) as i32,
-                ..e.node.clone()
+                state: self.state_at(e, now) as i32,
+                ..(*e.node).clone()
+            })
+            .collect()
+    }
+
+    /// Records `node`'s live memory use (percent), from its stats report.
+    pub fn set_memory_used(&self, node: &str, percent: Option<f64>) {
+        let mut entries = self.entries.write().expect("registry lock poisoned");
+        if let Some(e) = entries.get_mut(node) {
+            e.memory_used = percent.map(|p| (p, Instant::now()));
+        }
+    }
+
+    /// Calls `f` with every node as placement sees it now, by name, given
+    /// what each holds (`usage`, by name: both are walked in step, no
+    /// lookups). The views borrow from the registry (no copies), under its
+    /// read lock: `f` must not block.
+    pub fn with_views<R>(
+        &self,
+        usage: &BTreeMap<String, NodeUsage>,
+        f: impl FnOnce(&mut [placement::NodeView<'_>]) -> R,
+    ) -> R {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        // Compare instants, not durations, per node.
+        let now = Instant::now();
+        let seen_since = now.checked_sub(self.timeout);
+        let fresh_since = now.checked_sub(MEMORY_FRESH);
+        let mut usage = usage.iter().peekable();
+        let mut views: Vec<placement::NodeView<'_>> = entries
+            .iter()
+            .map(|(name, e)| {
+                while usage.next_if(|(n, _)| *n < name).is_some() {}
+                let u = usage
+                    .next_if(|(n, _)| *n == name)
+                    .map(|(_, u)| *u)
+                    .unwrap_or_default();
+                placement::NodeView {
+                    name: name.as_str(),
+                    ready: !e.leaving
+                        && e.last_seen
+                            .is_some_and(|t| seen_since.is_none_or(|s| t >= s)),
+                    cordoned: e.capacity.2,
+                    labels: &e.labels,
+                    milli_cpus: e.capacity.0,
+                    memory_bytes: e.capacity.1,
+                    reserved_milli_cpus: u.milli_cpus,
+                    reserved_memory_bytes: u.memory_bytes,
+                    memory_used_percent: e
+                        .memory_used
+                        .filter(|(_, at)| fresh_since.is_none_or(|s| *at > s))
+                        .map(|(p, _)| p),
+                    containers: u.containers,
+                }
             })
             .collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        nodes
+        f(&mut views)
     }
 
     /// One node with its current state.
@@ -239,14 +334,16 @@ impl Registry {
         let entries = self.entries.read().expect("registry lock poisoned");
         entries.get(name).map(|e| pb::Node {
             state: self.state(e) as i32,
-            ..e.node.clone()
+            ..(*e.node).clone()
         })
     }
 
     /// Whether `name` is ready.
     pub fn is_ready(&self, name: &str) -> bool {
-        self.get(name)
-            .is_some_and(|n| n.state == pb::NodeState::Ready as i32)
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries
+            .get(name)
+            .is_some_and(|e| self.state(e) == pb::NodeState::Ready)
     }
 }
 
@@ -357,6 +454,50 @@ mod tests {
         leaving.leaving = true;
         reg.observe(&leaving);
         assert_eq!(reg.get("a").unwrap().state, pb::NodeState::Down as i32);
+    }
+
+    #[test]
+    fn placement_views_are_by_name_with_usage_and_fresh_memory() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let mut b = hb("b", "1");
+        b.labels.insert("zone".into(), "eu".into());
+        reg.observe(&b);
+        reg.observe(&hb("a", "1"));
+        reg.set_cordoned("a", true);
+        reg.set_memory_used("b", Some(42.0));
+        let usage = BTreeMap::from([(
+            "b".to_string(),
+            NodeUsage {
+                containers: 3,
+                milli_cpus: 1500,
+                memory_bytes: 1 << 20,
+            },
+        )]);
+        reg.with_views(&usage, |views| {
+            assert_eq!(views.iter().map(|v| v.name).collect::<Vec<_>>(), ["a", "b"]);
+            assert!(views[0].cordoned && views[0].ready);
+            assert_eq!(views[0].memory_used_percent, None);
+            let b = &views[1];
+            assert_eq!((b.milli_cpus, b.memory_bytes), (2000, 1 << 30));
+            assert_eq!(b.labels, [("zone".to_string(), "eu".to_string())]);
+            assert_eq!((b.containers, b.reserved_milli_cpus), (3, 1500));
+            assert_eq!(b.memory_used_percent, Some(42.0));
+        });
+        // New labels are seen by the next decision.
+        b.labels.insert("zone".into(), "us".into());
+        reg.observe(&b);
+        reg.with_views(&usage, |views| assert_eq!(views[1].labels[0].1, "us"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_memory_figure_is_not_used() {
+        let reg = Registry::new(vec![], Duration::from_secs(3600));
+        reg.observe(&hb("a", "1"));
+        reg.set_memory_used("a", Some(95.0));
+        tokio::time::advance(MEMORY_FRESH + Duration::from_secs(1)).await;
+        reg.with_views(&BTreeMap::new(), |v| {
+            assert_eq!(v[0].memory_used_percent, None)
+        });
     }
 
     #[test]

@@ -285,7 +285,7 @@ async fn stats_loop(cluster: Cluster, mut reports: StatsReports, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => break,
             r = reports.next() => match r {
-                Some(r) => cluster.stats().ingest(r),
+                Some(r) => cluster.ingest_stats(r),
                 None => break,
             },
         }

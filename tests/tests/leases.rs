@@ -160,3 +160,29 @@ fn a_scheduler_down_across_an_expiry_acts_on_it_when_it_starts() {
     assert_eq!(keep["state"], "running", "{keep}");
     assert_eq!(keep["ttl_seconds"], 0);
 }
+
+#[test]
+fn with_the_remove_policy_an_expired_container_is_removed() {
+    let c = TestCluster::start_opts(&["a"], &[], &["--lease-expiry", "remove"]).unwrap();
+    c.devctl(&["create", "temp", "--image", IMAGE, "--ttl", "2s"])
+        .ok();
+    c.devctl(&["create", "stays", "--image", IMAGE]).ok();
+    wait_until("temp removed", Duration::from_secs(30), || {
+        let list = c.devctl(&["ls", "-o", "json"]).json();
+        let names: Vec<String> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_string())
+            .collect();
+        (names == ["stays"]).then_some(())
+    });
+    assert!(c.engine_container("temp").is_none());
+    let evs = c.events(&["--container", "temp"]);
+    assert!(
+        evs.iter().any(|e| e["type"] == "container.removed"
+            && e["reason"] == "lease_expired"
+            && e["actor"] == "system"),
+        "{evs:?}"
+    );
+}

@@ -117,16 +117,11 @@ impl Cluster {
             memory_threshold_percent: self.shared.settings.memory_threshold_percent,
         };
         let _placing = self.shared.placement.lock().await;
-        let mut views = self.placement_views()?;
         // Its own reservation is on the old node: it does not count there.
-        for v in &mut views {
-            if v.name == c.node && c.desired_state == pb::DesiredState::Running as i32 {
-                v.reserved_milli_cpus -= res.milli_cpus;
-                v.reserved_memory_bytes -= res.memory_bytes;
-            }
-        }
-        let target = match placement::place(&views, &request) {
-            Ok(n) => n.name.clone(),
+        let release =
+            (c.desired_state == pb::DesiredState::Running as i32).then_some((c.node.as_str(), res));
+        let target = match self.place(&request, release) {
+            Ok(n) => n,
             Err(e) if e.is_capacity() => {
                 return Err(Error::ResourceExhausted(format!(
                     "node {:?} of container {:?} is cordoned and {e}",

@@ -289,32 +289,33 @@ impl Cluster {
     }
 
     /// The nodes as placement sees them now.
-    fn placement_views(&self) -> Result<Vec<placement::NodeView>, Error> {
+    /// Decides where `request` runs (the chosen node's name). `release`
+    /// is a reservation to leave out (a container moving off its node).
+    fn place(
+        &self,
+        request: &placement::Request,
+        release: Option<(&str, pb::Resources)>,
+    ) -> Result<String, placement::PlacementError> {
         let usage = self.store().node_usage();
-        Ok(self
-            .shared
-            .nodes
-            .snapshot()
-            .into_iter()
-            .map(|n| {
-                let u = usage.get(&n.name).copied().unwrap_or_default();
-                let live = self.shared.stats.node(&n.name);
-                placement::NodeView {
-                    ready: n.state == pb::NodeState::Ready as i32,
-                    cordoned: n.cordoned,
-                    labels: n.labels,
-                    milli_cpus: i64::from(n.cpus) * 1000,
-                    memory_bytes: n.memory_bytes,
-                    reserved_milli_cpus: u.milli_cpus,
-                    reserved_memory_bytes: u.memory_bytes,
-                    memory_used_percent: live
-                        .filter(|s| s.memory_total_bytes > 0)
-                        .map(|s| 100.0 * s.memory_used_bytes as f64 / s.memory_total_bytes as f64),
-                    containers: u.containers,
-                    name: n.name,
-                }
-            })
-            .collect())
+        self.shared.nodes.with_views(&usage, |views| {
+            if let Some((node, r)) = release
+                && let Some(v) = views.iter_mut().find(|v| v.name == node)
+            {
+                v.reserved_milli_cpus -= r.milli_cpus;
+                v.reserved_memory_bytes -= r.memory_bytes;
+            }
+            placement::place(views, request).map(|n| n.name.to_string())
+        })
+    }
+
+    /// Records a node's usage report: the samples, and its memory use for
+    /// admission.
+    pub fn ingest_stats(&self, report: pb::StatsReport) {
+        if let Some(node) = &report.node {
+            let percent = placement::memory_used_percent(node);
+            self.shared.nodes.set_memory_used(&node.node, percent);
+        }
+        self.shared.stats.ingest(report);
     }
 
     async fn create_now(
@@ -377,9 +378,8 @@ impl Cluster {
         };
         {
             let _placing = self.shared.placement.lock().await;
-            let views = self.placement_views()?;
-            record.node = match placement::place(&views, &request) {
-                Ok(node) => node.name.clone(),
+            record.node = match self.place(&request, None) {
+                Ok(node) => node,
                 Err(e @ placement::PlacementError::UnknownNode(_)) => {
                     return Err(Error::NotFound(e.to_string()));
                 }
@@ -598,6 +598,8 @@ impl Cluster {
                     let err = agent_error(reply, &c);
                     if matches!(err, Error::FailedPrecondition(ref m) if m.contains("missing on node")) {
                         c.state = pb::ContainerState::Failed as i32;
+                        // Nothing left to stop when the lease runs out.
+                        c.lease_expire_time = None;
                     }
                     c.last_error = err.to_string();
                     Err(err)
@@ -605,8 +607,11 @@ impl Cluster {
                 Err(err) => Err(err),
             };
             this.store().update_container(c.clone()).await?;
-            if outcome.is_ok() && op != Op::Stop {
-                this.shared.activity.touch(&c.name, SystemTime::now());
+            match (&outcome, op) {
+                // Stopped: its next start opens a fresh idle window.
+                (Ok(()), Op::Stop) => this.shared.activity.forget(&c.name),
+                (Ok(()), _) => this.shared.activity.touch(&c.name, SystemTime::now()),
+                _ => {}
             }
             outcome.map(|()| this.decorate(c))
         })
@@ -908,9 +913,20 @@ impl Cluster {
             return Ok(());
         }
         c.update_time = now();
+        self.note_started(before.state, &c);
         tracing::info!(name, state = ?c.state(), action = %ev.action, "container changed outside devctl");
         self.store().update_container(c).await?;
         Ok(())
+    }
+
+    /// A container seen running again without a devctl start (a start on
+    /// its engine, a node back) opens a fresh idle window: its use while
+    /// devctl could not see it is unknown.
+    fn note_started(&self, state_before: i32, after: &pb::Container) {
+        let running = pb::ContainerState::Running as i32;
+        if after.state == running && state_before != running {
+            self.shared.activity.touch(&after.name, SystemTime::now());
+        }
     }
 
     /// Opens `name`'s output on its node.
@@ -1111,6 +1127,7 @@ impl Cluster {
                 continue;
             }
             let lost = c.state == pb::ContainerState::Lost as i32;
+            let state_before = c.state;
             // Whatever changed after the inventory was taken is newer than
             // it, except a `lost` mark: the node answered, so it is back.
             let changed_since_ask = c
@@ -1161,6 +1178,7 @@ impl Cluster {
                 }
             }
             c.update_time = now();
+            self.note_started(state_before, &c);
             self.store().update_container(c).await?;
         }
         self.handle_orphans(node, on_node.into_values().collect())

@@ -13,6 +13,8 @@
 
 use std::{collections::HashMap, fmt};
 
+use devctl_proto::pb;
+
 /// How to choose among feasible nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Strategy {
@@ -23,17 +25,18 @@ pub enum Strategy {
     Binpack,
 }
 
-/// What placement knows of one node.
+/// What placement knows of one node. Borrowed from the node registry, so
+/// a decision copies no names or labels.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct NodeView {
+pub struct NodeView<'a> {
     /// Node name.
-    pub name: String,
+    pub name: &'a str,
     /// Heartbeats arrive.
     pub ready: bool,
     /// Takes no new containers.
     pub cordoned: bool,
-    /// Node labels.
-    pub labels: HashMap<String, String>,
+    /// Node labels, sorted by key (a node has few: a scan beats hashing).
+    pub labels: &'a [(String, String)],
     /// CPUs of the node, in thousandths.
     pub milli_cpus: i64,
     /// Memory of the node, in bytes.
@@ -127,77 +130,121 @@ fn gib(bytes: i64) -> String {
     format!("{:.2} GiB", bytes.max(0) as f64 / f64::from(1u32 << 30))
 }
 
-/// Why `node` cannot take `req`: (reason, for lack of capacity).
-fn rejection(node: &NodeView, req: &Request) -> Option<(String, bool)> {
-    if !node.ready {
-        return Some(("node is down (no recent heartbeat)".into(), false));
-    }
-    if node.cordoned {
-        return Some((
-            "cordoned (devctl nodes uncordon NODE lets it take containers)".into(),
-            false,
-        ));
-    }
+/// The first check a node fails (see the module's documentation for the
+/// order). Cheap: the words are only written for [`PlacementError::NoFit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Unfit<'a> {
+    Down,
+    Cordoned,
+    Label {
+        key: &'a str,
+        wanted: &'a str,
+        has: Option<&'a str>,
+    },
+    Cpu,
+    Memory,
+    Hot(f64),
+}
+
+/// The request's label constraints in the order they are checked.
+fn sorted_constraints(req: &Request) -> Vec<(&String, &String)> {
     let mut wanted: Vec<_> = req.constraints.iter().collect();
     wanted.sort();
-    for (k, v) in wanted {
-        match node.labels.get(k) {
+    wanted
+}
+
+/// Why `node` cannot take `req`, if it cannot; `wanted` is
+/// [`sorted_constraints`] of `req`.
+fn check<'a>(
+    node: &'a NodeView<'_>,
+    req: &Request,
+    wanted: &[(&'a String, &'a String)],
+) -> Option<Unfit<'a>> {
+    if !node.ready {
+        return Some(Unfit::Down);
+    }
+    if node.cordoned {
+        return Some(Unfit::Cordoned);
+    }
+    for &(k, v) in wanted {
+        match node.labels.iter().find(|(key, _)| key == k).map(|(_, v)| v) {
             Some(have) if have == v => {}
-            Some(have) => {
-                return Some((
-                    format!("label {k}={v} required, node has {k}={have}"),
-                    false,
-                ));
-            }
-            None => {
-                return Some((
-                    format!("label {k}={v} required, node has no {k} label"),
-                    false,
-                ));
+            has => {
+                return Some(Unfit::Label {
+                    key: k,
+                    wanted: v,
+                    has: has.map(String::as_str),
+                });
             }
         }
     }
-    let free_cpu = node.milli_cpus - node.reserved_milli_cpus;
-    if req.milli_cpus > free_cpu {
-        return Some((
+    if req.milli_cpus > node.milli_cpus - node.reserved_milli_cpus {
+        return Some(Unfit::Cpu);
+    }
+    if req.memory_bytes > node.memory_bytes - node.reserved_memory_bytes {
+        return Some(Unfit::Memory);
+    }
+    match node.memory_used_percent {
+        Some(used) if used > req.memory_threshold_percent => Some(Unfit::Hot(used)),
+        _ => None,
+    }
+}
+
+/// Why `node` cannot take `req`, in words: (reason, for lack of capacity).
+fn reason(unfit: Unfit<'_>, node: &NodeView<'_>, req: &Request) -> (String, bool) {
+    match unfit {
+        Unfit::Down => ("node is down (no recent heartbeat)".into(), false),
+        Unfit::Cordoned => (
+            "cordoned (devctl nodes uncordon NODE lets it take containers)".into(),
+            false,
+        ),
+        Unfit::Label {
+            key: k,
+            wanted: v,
+            has: Some(have),
+        } => (
+            format!("label {k}={v} required, node has {k}={have}"),
+            false,
+        ),
+        Unfit::Label {
+            key: k,
+            wanted: v,
+            has: None,
+        } => (
+            format!("label {k}={v} required, node has no {k} label"),
+            false,
+        ),
+        Unfit::Cpu => (
             format!(
                 "needs {} CPUs, {} free of {}",
                 cpus(req.milli_cpus),
-                cpus(free_cpu),
+                cpus(node.milli_cpus - node.reserved_milli_cpus),
                 cpus(node.milli_cpus)
             ),
             true,
-        ));
-    }
-    let free_mem = node.memory_bytes - node.reserved_memory_bytes;
-    if req.memory_bytes > free_mem {
-        return Some((
+        ),
+        Unfit::Memory => (
             format!(
                 "needs {} of memory, {} free of {}",
                 gib(req.memory_bytes),
-                gib(free_mem),
+                gib(node.memory_bytes - node.reserved_memory_bytes),
                 gib(node.memory_bytes)
             ),
             true,
-        ));
-    }
-    if let Some(used) = node.memory_used_percent
-        && used > req.memory_threshold_percent
-    {
-        return Some((
+        ),
+        Unfit::Hot(used) => (
             format!(
                 "memory {used:.0}% used > {:.0}% threshold",
                 req.memory_threshold_percent
             ),
             true,
-        ));
+        ),
     }
-    None
 }
 
 /// Share of the node's capacity reserved once `req` is placed (0..=1, the
 /// larger of CPU and memory).
-fn load_after(node: &NodeView, req: &Request) -> f64 {
+fn load_after(node: &NodeView<'_>, req: &Request) -> f64 {
     let share = |reserved: i64, asked: i64, total: i64| {
         if total <= 0 {
             1.0
@@ -212,55 +259,71 @@ fn load_after(node: &NodeView, req: &Request) -> f64 {
     ))
 }
 
+/// A node's live memory use in percent, from its usage sample.
+pub fn memory_used_percent(stats: &pb::NodeStats) -> Option<f64> {
+    (stats.memory_total_bytes > 0)
+        .then(|| 100.0 * stats.memory_used_bytes as f64 / stats.memory_total_bytes as f64)
+}
+
 /// Chooses a node for `req` among `nodes`.
-pub fn place<'a>(nodes: &'a [NodeView], req: &Request) -> Result<&'a NodeView, PlacementError> {
-    let candidates: Vec<&NodeView> = match &req.node {
-        Some(pinned) => vec![
+pub fn place<'v, 'a>(
+    nodes: &'v [NodeView<'a>],
+    req: &Request,
+) -> Result<&'v NodeView<'a>, PlacementError> {
+    let candidates: &[NodeView<'a>] = match &req.node {
+        Some(pinned) => std::slice::from_ref(
             nodes
                 .iter()
-                .find(|n| n.name == *pinned)
+                .find(|n| n.name == pinned)
                 .ok_or_else(|| PlacementError::UnknownNode(pinned.clone()))?,
-        ],
+        ),
         None if nodes.is_empty() => return Err(PlacementError::NoNodes),
-        None => nodes.iter().collect(),
+        None => nodes,
     };
-    let mut rejected = Vec::new();
-    let mut feasible = Vec::new();
-    for node in candidates {
-        match rejection(node, req) {
-            Some((reason, capacity)) => rejected.push(Rejection {
-                node: node.name.clone(),
-                reason,
-                capacity,
-            }),
-            None => feasible.push(node),
-        }
-    }
-    let key = |n: &&NodeView| (load_after(n, req), n.containers);
+    let wanted = sorted_constraints(req);
+    let feasible = candidates
+        .iter()
+        .filter(|n| check(n, req, &wanted).is_none())
+        .map(|n| (n, (load_after(n, req), n.containers)));
+    let by_name = |a: &&NodeView<'_>, b: &&NodeView<'_>| a.name.cmp(b.name);
     let best = match req.strategy {
-        Strategy::Spread => feasible.into_iter().min_by(|a, b| {
-            key(a)
-                .partial_cmp(&key(b))
+        Strategy::Spread => feasible.min_by(|(a, ka), (b, kb)| {
+            ka.partial_cmp(kb)
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| by_name(a, b))
         }),
-        Strategy::Binpack => feasible.into_iter().min_by(|a, b| {
-            key(b)
-                .partial_cmp(&key(a))
+        Strategy::Binpack => feasible.min_by(|(a, ka), (b, kb)| {
+            kb.partial_cmp(ka)
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| a.name.cmp(&b.name))
+                .then_with(|| by_name(a, b))
         }),
     };
-    best.ok_or(PlacementError::NoFit(rejected))
+    match best {
+        Some((node, _)) => Ok(node),
+        // Only now are the reasons written down.
+        None => Err(PlacementError::NoFit(
+            candidates
+                .iter()
+                .filter_map(|node| {
+                    let (reason, capacity) = reason(check(node, req, &wanted)?, node, req);
+                    Some(Rejection {
+                        node: node.name.to_string(),
+                        reason,
+                        capacity,
+                    })
+                })
+                .collect(),
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(name: &str, containers: usize) -> NodeView {
+    fn node(name: &'static str, containers: usize) -> NodeView<'static> {
         NodeView {
-            name: name.into(),
+            name,
             ready: true,
             milli_cpus: 2000,
             memory_bytes: 4 << 30,
@@ -316,8 +379,9 @@ mod tests {
 
     #[test]
     fn constraints_select_by_label() {
+        let zone = [("zone".to_string(), "eu".to_string())];
         let mut eu = node("eu-1", 5);
-        eu.labels.insert("zone".into(), "eu".into());
+        eu.labels = &zone;
         let nodes = [node("plain", 0), eu];
         let mut r = req();
         r.constraints.insert("zone".into(), "eu".into());

@@ -5,7 +5,8 @@
 //! on open, and only the store changes it, after a commit.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -60,7 +61,10 @@ impl Summary {
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     by_name: HashMap<String, Summary>,
-    usage: HashMap<String, NodeUsage>,
+    // Shared with the callers of `usage` (copied on the next write while
+    // one still holds it).
+    // By name, as the node registry: placement walks both in step.
+    usage: Arc<BTreeMap<String, NodeUsage>>,
     leases: BTreeSet<(SystemTime, String)>,
 }
 
@@ -83,20 +87,24 @@ impl Index {
     }
 
     fn account(&mut self, s: &Summary, sign: i64) {
-        let u = self.usage.entry(s.node.clone()).or_default();
+        let usage = Arc::make_mut(&mut self.usage);
+        let u = match usage.get_mut(&s.node) {
+            Some(u) => u,
+            None => usage.entry(s.node.clone()).or_default(),
+        };
         u.containers = u.containers.wrapping_add_signed(sign as isize);
         if s.reserving {
             u.milli_cpus += sign * s.milli_cpus;
             u.memory_bytes += sign * s.memory_bytes;
         }
         if u.containers == 0 {
-            self.usage.remove(&s.node);
+            usage.remove(&s.node);
         }
     }
 
-    /// What each node holds.
-    pub(crate) fn usage(&self) -> HashMap<String, NodeUsage> {
-        self.usage.clone()
+    /// What each node holds (shared: no copy).
+    pub(crate) fn usage(&self) -> Arc<BTreeMap<String, NodeUsage>> {
+        Arc::clone(&self.usage)
     }
 
     /// Containers (name, node) whose lease ran out at `now`, earliest

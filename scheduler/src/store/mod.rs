@@ -22,7 +22,7 @@
 mod index;
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex, RwLock},
     time::SystemTime,
@@ -347,8 +347,8 @@ impl Store {
     }
 
     /// What each node holds: its containers, and the CPU and memory
-    /// reserved by those meant to run (from the index: no scan).
-    pub fn node_usage(&self) -> HashMap<String, NodeUsage> {
+    /// reserved by those meant to run (from the index: no scan, no copy).
+    pub fn node_usage(&self) -> Arc<BTreeMap<String, NodeUsage>> {
         self.index().usage()
     }
 
