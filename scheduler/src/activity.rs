@@ -126,9 +126,11 @@ impl Activity {
     pub fn observe(&self, name: &str, cpu_percent: Option<f64>, now: SystemTime) -> Duration {
         let p = &self.policy;
         self.with(name, now, |e| {
+            // Without a CPU figure (stats not flowing) use is unknown: the
+            // window does not run, so nothing is stopped early.
             let busy = (p.exec && e.exec > 0)
                 || (p.sessions && e.forward > 0)
-                || (p.cpu && cpu_percent.is_some_and(|c| c >= p.cpu_percent));
+                || (p.cpu && cpu_percent.is_none_or(|c| c >= p.cpu_percent));
             if busy {
                 e.last_active = e.last_active.max(now);
             }
@@ -166,23 +168,25 @@ mod tests {
     #[test]
     fn idle_time_counts_from_the_last_use() {
         let a = tracker(IdlePolicy::default());
-        assert_eq!(a.observe("c", None, at(100)), Duration::ZERO);
+        assert_eq!(a.observe("c", Some(1.0), at(100)), Duration::ZERO);
         assert_eq!(a.observe("c", Some(1.0), at(130)), Duration::from_secs(30));
         // CPU above the threshold is use.
         assert_eq!(a.observe("c", Some(50.0), at(150)), Duration::ZERO);
-        assert!(!a.is_due(a.observe("c", None, at(200))));
-        assert!(a.is_due(a.observe("c", None, at(210))));
+        assert!(!a.is_due(a.observe("c", Some(0.0), at(200))));
+        assert!(a.is_due(a.observe("c", Some(0.0), at(210))));
         a.touch("c", at(215));
-        assert_eq!(a.observe("c", None, at(220)), Duration::from_secs(5));
+        assert_eq!(a.observe("c", Some(0.0), at(220)), Duration::from_secs(5));
+        // No CPU figure: use unknown, the window does not run.
+        assert_eq!(a.observe("c", None, at(900)), Duration::ZERO);
     }
 
     #[test]
     fn an_open_session_keeps_a_container_in_use() {
         let a = tracker(IdlePolicy::default());
         a.session_opened("c", SessionKind::Exec, at(0));
-        assert_eq!(a.observe("c", None, at(500)), Duration::ZERO);
+        assert_eq!(a.observe("c", Some(0.0), at(500)), Duration::ZERO);
         a.session_closed("c", SessionKind::Exec, at(600));
-        assert_eq!(a.observe("c", None, at(630)), Duration::from_secs(30));
+        assert_eq!(a.observe("c", Some(0.0), at(630)), Duration::from_secs(30));
     }
 
     #[test]
@@ -198,7 +202,7 @@ mod tests {
             Duration::from_secs(100)
         );
         a.session_opened("c", SessionKind::Forward, at(100));
-        assert_eq!(a.observe("c", None, at(200)), Duration::ZERO);
+        assert_eq!(a.observe("c", Some(0.0), at(200)), Duration::ZERO);
         let off = Activity::new(IdlePolicy {
             timeout: Duration::ZERO,
             ..IdlePolicy::default()

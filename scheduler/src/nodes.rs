@@ -72,6 +72,9 @@ pub struct Registry {
     // std lock: held only for map lookups, never across an await. Ordered:
     // snapshots are by name.
     entries: RwLock<BTreeMap<String, Entry>>,
+    // Memory figures of nodes not heard from yet (a stats report can be
+    // handled before the node's first heartbeat), taken by that heartbeat.
+    early_memory: std::sync::Mutex<BTreeMap<String, (f64, Instant)>>,
     timeout: Duration,
 }
 
@@ -102,6 +105,7 @@ impl Registry {
             .collect();
         Self {
             entries: RwLock::new(entries),
+            early_memory: std::sync::Mutex::default(),
             timeout,
         }
     }
@@ -119,7 +123,11 @@ impl Registry {
             labels: Vec::new(),
             capacity: (0, 0, false),
             last_seen: None,
-            memory_used: None,
+            memory_used: self
+                .early_memory
+                .lock()
+                .expect("registry lock poisoned")
+                .remove(&hb.node),
             boot_id: String::new(),
             leaving: false,
             synced_boot: String::new(),
@@ -278,9 +286,15 @@ impl Registry {
 
     /// Records `node`'s live memory use (percent), from its stats report.
     pub fn set_memory_used(&self, node: &str, percent: Option<f64>) {
+        let figure = percent.map(|p| (p, Instant::now()));
         let mut entries = self.entries.write().expect("registry lock poisoned");
-        if let Some(e) = entries.get_mut(node) {
-            e.memory_used = percent.map(|p| (p, Instant::now()));
+        match (entries.get_mut(node), figure) {
+            (Some(e), _) => e.memory_used = figure,
+            (None, Some(f)) => {
+                let mut early = self.early_memory.lock().expect("registry lock poisoned");
+                early.insert(node.to_string(), f);
+            }
+            (None, None) => {}
         }
     }
 
@@ -487,6 +501,16 @@ mod tests {
         b.labels.insert("zone".into(), "us".into());
         reg.observe(&b);
         reg.with_views(&usage, |views| assert_eq!(views[1].labels[0].1, "us"));
+    }
+
+    #[test]
+    fn a_memory_figure_before_the_first_heartbeat_is_kept() {
+        let reg = Registry::new(vec![], Duration::from_secs(10));
+        reg.set_memory_used("a", Some(95.0));
+        reg.observe(&hb("a", "1"));
+        reg.with_views(&BTreeMap::new(), |v| {
+            assert_eq!(v[0].memory_used_percent, Some(95.0))
+        });
     }
 
     #[tokio::test(start_paused = true)]

@@ -115,6 +115,14 @@ fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
     let engine = c.engine_container("w1").expect("on the engine once");
     assert_eq!(engine["Config"]["Labels"]["io.devctl.node"], a.as_str());
     assert_eq!(engine_status(&engine), "running");
+
+    // Cordoning leaves running containers alone, and starting a running
+    // one is a no-op: it is not moved.
+    c.devctl(&["nodes", "cordon", &a]).ok();
+    let again = c.devctl(&["start", "w1", "-o", "json"]).json();
+    assert_eq!(again["node"], a.as_str(), "{again}");
+    let same = c.engine_container("w1").expect("on the engine once");
+    assert_eq!(same["Id"], engine["Id"]);
 }
 
 #[test]

@@ -7,12 +7,26 @@ use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Repl
 use futures::future::join_all;
 
 use super::{Cause, Cluster, Error, agent_error, apply_status, lease_from_now, now};
+use crate::bus::BusError;
 use crate::{
     events::{self, Op},
     placement,
 };
 
 impl Cluster {
+    /// Removes `c`'s engine container from `node` (done if it is not there).
+    async fn remove_from(&self, node: &str, c: &pb::Container) -> Result<(), Error> {
+        let remove = Command::Remove(pb::RemoveCommand {
+            id: c.id.clone(),
+            force: true,
+        });
+        match self.send(node, remove, 0).await? {
+            Reply::Removed(_) => Ok(()),
+            Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => Ok(()),
+            other => Err(agent_error(other, c)),
+        }
+    }
+
     /// Cordons (`true`) or uncordons `node`, durably.
     pub async fn set_cordoned(
         &self,
@@ -20,6 +34,7 @@ impl Cluster {
         cordoned: bool,
         actor: &str,
     ) -> Result<pb::Node, Error> {
+        devctl_proto::validate::dns_label("name", node)?;
         let record = self
             .shared
             .nodes
@@ -136,14 +151,12 @@ impl Cluster {
             }
         };
         let _intent = self.shared.intents.begin(&c.id, actor, Op::Create);
-        let remove = Command::Remove(pb::RemoveCommand {
-            id: c.id.clone(),
-            force: true,
-        });
-        match self.send(&c.node, remove, 0).await? {
-            Reply::Removed(_) => {}
-            Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {}
-            other => return Err(agent_error(other, &c)),
+        if self.shared.nodes.is_ready(&c.node) {
+            self.remove_from(&c.node, &c).await?;
+        } else {
+            // A drained node that was shut down: its copy, if it comes
+            // back, is no longer the record's and is removed as unknown.
+            tracing::warn!(name = %c.name, node = %c.node, "re-placing a container whose cordoned node is down; its old copy is removed when the node is back");
         }
         tracing::info!(name = %c.name, from = %c.node, to = %target, "re-placing a container whose node is cordoned");
         let old_node = std::mem::replace(&mut c.node, target);
@@ -151,7 +164,7 @@ impl Cluster {
         let create = Command::Create(pb::CreateCommand {
             container: Some(c.clone()),
         });
-        let result = self.send(&c.node, create, 0).await;
+        let result = self.send_raw(&c.node, create, 0).await;
         c.update_time = now();
         match result {
             Ok(Reply::Status(status)) => {
@@ -159,16 +172,26 @@ impl Cluster {
                 c.desired_state = pb::DesiredState::Running as i32;
                 c.stop_reason = pb::StopReason::Unspecified as i32;
                 c.health_restarts = 0;
-                c.lease_expire_time = lease_from_now(c.ttl_seconds.unwrap_or(0));
+                let default_ttl = self.shared.settings.leases.default_ttl.as_secs() as i64;
+                c.lease_expire_time = lease_from_now(*c.ttl_seconds.get_or_insert(default_ttl));
                 self.store().update_container(c.clone()).await?;
                 self.shared.activity.touch(&c.name, SystemTime::now());
                 Ok(self.decorate(c))
             }
             other => {
+                // Refused (anything but ENGINE): nothing was made. Otherwise
+                // the outcome is unknown: make sure the target has no copy.
+                let clean = matches!(&other, Ok(Reply::Error(e))
+                    if e.code != pb::AgentErrorCode::Engine as i32 && e.code != 0)
+                    || matches!(&other, Err(BusError::NoResponders(_)));
                 let err = match other {
                     Ok(reply) => agent_error(reply, &c),
-                    Err(e) => e,
+                    Err(e) => e.into(),
                 };
+                if !clean && let Err(e) = self.remove_from(&c.node, &c).await {
+                    tracing::warn!(name = %c.name, node = %c.node, error = %e,
+                        "could not confirm that a failed re-placement left nothing behind; the reconciliation removes it as unknown");
+                }
                 // Gone from the old node, not made on the new one: record
                 // that, on the old node, so a later start tries again.
                 c.node = old_node;

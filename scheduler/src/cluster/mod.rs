@@ -26,7 +26,7 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use devctl_proto::{
-    keyed::{KeyGuard, KeyedLocks},
+    keyed::KeyedLocks,
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
     validate::{self, InvalidField},
 };
@@ -199,6 +199,8 @@ struct Shared {
     // std locks below: map operations only.
     // Containers the supervisor is acting on (one action at a time each).
     busy: Arc<Mutex<HashSet<String>>>,
+    // Containers whose last supervisor action failed: not before then.
+    retry_after: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
     // Unknown devctl containers by (node, engine id): when first seen.
     orphans: Mutex<HashMap<(String, String), tokio::time::Instant>>,
 }
@@ -233,6 +235,7 @@ impl Cluster {
                 placement: tokio::sync::Mutex::new(()),
                 activity: Activity::new(settings.idle.clone()),
                 busy: Arc::default(),
+                retry_after: Arc::default(),
                 orphans: Mutex::default(),
                 settings,
             }),
@@ -528,17 +531,15 @@ impl Cluster {
         })
     }
 
-    /// Loads `name` under its lock and checks that its node is ready.
-    async fn for_operation(&self, name: &str) -> Result<(KeyGuard, pb::Container), Error> {
-        let lock = self.shared.locks.lock(name).await;
-        let c = self.record(name)?;
+    /// Fails unless `c`'s node is ready.
+    fn node_must_be_ready(&self, c: &pb::Container) -> Result<(), Error> {
         if !self.shared.nodes.is_ready(&c.node) {
             return Err(Error::FailedPrecondition(format!(
-                "node {:?} of container {name:?} is down; retry when it is back (`devctl nodes`)",
-                c.node
+                "node {:?} of container {:?} is down; retry when it is back (`devctl nodes`)",
+                c.node, c.name
             )));
         }
-        Ok((lock, c))
+        Ok(())
     }
 
     /// Runs a start/stop/restart command and records its outcome. `cause`
@@ -557,13 +558,20 @@ impl Cluster {
     ) -> Result<pb::Container, Error> {
         let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
         self.detached(async move {
-            let (_lock, mut c) = this.for_operation(&name).await?;
+            let _lock = this.shared.locks.lock(&name).await;
+            let mut c = this.record(&name)?;
             if still.is_some_and(|f| !f(&c)) {
                 return Ok(c);
             }
-            if op == Op::Start && this.shared.nodes.get(&c.node).is_some_and(|n| n.cordoned) {
+            // A stopped container whose node is cordoned (drained, maybe
+            // powered off since) starts elsewhere; a running one stays.
+            if op == Op::Start
+                && c.state != pb::ContainerState::Running as i32
+                && this.shared.nodes.get(&c.node).is_some_and(|n| n.cordoned)
+            {
                 return this.replace_and_start(c, &actor).await;
             }
+            this.node_must_be_ready(&c)?;
             let _intent = this
                 .shared
                 .intents
@@ -582,21 +590,26 @@ impl Cluster {
             };
             let was_running = c.state == pb::ContainerState::Running as i32;
             let result = this.send(&c.node, command, stop_timeout).await;
-            c.desired_state = if op == Op::Stop {
+            // Only an outcome the node confirmed changes the desired state:
+            // a stop that timed out still reserves, and is retried.
+            let desired = if op == Op::Stop {
                 pb::DesiredState::Stopped
             } else {
                 pb::DesiredState::Running
             } as i32;
             c.update_time = now();
+            let default_ttl = this.shared.settings.leases.default_ttl.as_secs() as i64;
             let outcome = match result {
                 Ok(Reply::Status(status)) => {
+                    c.desired_state = desired;
                     apply_status(&mut c, &status);
-                    after_lifecycle(&mut c, op, cause, was_running);
+                    after_lifecycle(&mut c, op, cause, was_running, default_ttl);
                     Ok(())
                 }
                 Ok(reply) => {
                     let err = agent_error(reply, &c);
                     if matches!(err, Error::FailedPrecondition(ref m) if m.contains("missing on node")) {
+                        c.desired_state = desired;
                         c.state = pb::ContainerState::Failed as i32;
                         // Nothing left to stop when the lease runs out.
                         c.lease_expire_time = None;
@@ -854,7 +867,7 @@ impl Cluster {
             let unhealthy = change == StateChange::Health(pb::HealthStatus::Unhealthy);
             self.follow_engine(&name, ev, change).await?;
             if unhealthy {
-                self.heal(&name, &ev.id);
+                self.heal(&name);
             }
         }
         if let Some(event) = t.event {
@@ -1136,7 +1149,9 @@ impl Cluster {
                 .is_none_or(|t| t >= asked_at);
             let was_pending = c.state == pb::ContainerState::Pending as i32;
             let status = on_node.remove(&c.id);
-            if changed_since_ask && !lost {
+            // A `lost` mark made after the ask is newer than the inventory
+            // unless the node is back (then the mark is stale).
+            if changed_since_ask && (!lost || !self.shared.nodes.is_ready(node)) {
                 continue;
             }
             match status {
@@ -1271,7 +1286,13 @@ impl Cause {
 type Precheck = Box<dyn FnOnce(&pb::Container) -> bool + Send>;
 
 /// What a successful start/stop/restart changes beyond the observed state.
-fn after_lifecycle(c: &mut pb::Container, op: Op, cause: Cause, was_running: bool) {
+fn after_lifecycle(
+    c: &mut pb::Container,
+    op: Op,
+    cause: Cause,
+    was_running: bool,
+    default_ttl: i64,
+) {
     match op {
         Op::Stop => {
             // A container that had already stopped keeps its own reason.
@@ -1296,7 +1317,9 @@ fn after_lifecycle(c: &mut pb::Container, op: Op, cause: Cause, was_running: boo
             if cause == Cause::User {
                 c.health_restarts = 0;
                 if op == Op::Start || c.lease_expire_time.is_none() {
-                    c.lease_expire_time = lease_from_now(c.ttl_seconds.unwrap_or(0));
+                    // Records from before leases existed get the default.
+                    let ttl = *c.ttl_seconds.get_or_insert(default_ttl);
+                    c.lease_expire_time = lease_from_now(ttl);
                 }
             }
         }
@@ -1407,6 +1430,37 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
     for k in spec.constraints.keys() {
         validate::label_key("container.constraints", k)?;
     }
+    if let Some(h) = &spec.health_check {
+        let field = "container.health_check.command";
+        if h.command.is_empty() || h.command[0].trim().is_empty() {
+            return Err(InvalidField::new(
+                field,
+                "is required (e.g. [\"pg_isready\", \"-q\"], or [\"sh\", \"-c\", \"...\"])",
+            ));
+        }
+        if h.command.iter().any(|a| a.contains('\0')) {
+            return Err(InvalidField::new(field, "arguments must not contain NUL"));
+        }
+        for (name, value) in [
+            ("interval_seconds", h.interval_seconds),
+            ("retries", h.retries),
+            ("timeout_seconds", h.timeout_seconds),
+            ("start_period_seconds", h.start_period_seconds),
+        ] {
+            if value < 0 {
+                return Err(InvalidField::new(
+                    format!("container.health_check.{name}"),
+                    format!("{value} is negative; use 0 for the default or a positive number"),
+                ));
+            }
+        }
+    }
+    if spec.ttl_seconds.is_some_and(|t| t < 0) {
+        return Err(InvalidField::new(
+            "container.ttl_seconds",
+            "must not be negative (0: no lease, where the cluster allows it)",
+        ));
+    }
     if spec.command.iter().any(|a| a.contains('\0')) {
         return Err(InvalidField::new(
             "container.command",
@@ -1465,6 +1519,24 @@ mod tests {
                     s.labels.insert("io.devctl.id".into(), "x".into());
                 }),
                 "container.labels",
+            ),
+            (
+                Box::new(|s| s.health_check = Some(pb::HealthCheck::default())),
+                "container.health_check.command",
+            ),
+            (
+                Box::new(|s| {
+                    s.health_check = Some(pb::HealthCheck {
+                        command: vec!["true".into()],
+                        retries: -1,
+                        ..Default::default()
+                    })
+                }),
+                "container.health_check.retries",
+            ),
+            (
+                Box::new(|s| s.ttl_seconds = Some(-5)),
+                "container.ttl_seconds",
             ),
         ];
         for (mutate, field) in cases {

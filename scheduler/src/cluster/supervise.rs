@@ -121,6 +121,10 @@ impl Drop for Busy {
 
 const SYSTEM: &str = "system";
 
+/// How long the supervisor leaves a container alone after an action on it
+/// failed (a node refusing, a timeout) before it tries again.
+const RETRY_BACKOFF: Duration = Duration::from_secs(5);
+
 impl Cluster {
     /// Renews `name`'s lease: it now runs out `ttl` seconds from now.
     pub async fn extend_lease(
@@ -129,6 +133,7 @@ impl Cluster {
         ttl: i64,
         actor: &str,
     ) -> Result<pb::Container, Error> {
+        devctl_proto::validate::dns_label("name", name)?;
         let ttl = self.shared.settings.leases.check("ttl_seconds", ttl)?;
         let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
         self.detached(async move {
@@ -181,6 +186,12 @@ impl Cluster {
                 self.act(&name, |this, name| async move { this.expire(&name).await });
             }
         }
+        // Unhealthy ones a health event could not act on (busy, failed).
+        for (name, node) in self.store().unhealthy_names() {
+            if ready(&node) {
+                self.heal(&name);
+            }
+        }
         let activity = &self.shared.activity;
         for (name, node) in self.store().running_names() {
             if !ready(&node) {
@@ -204,13 +215,30 @@ impl Cluster {
         F: FnOnce(Cluster, String) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
+        let backoff = Arc::clone(&self.shared.retry_after);
+        let waiting = backoff
+            .lock()
+            .expect("backoff lock")
+            .get(name)
+            .is_some_and(|t| *t > tokio::time::Instant::now());
+        if waiting {
+            return;
+        }
         let Some(busy) = Busy::claim(&self.shared.busy, name) else {
             return;
         };
         let (this, name) = (self.clone(), name.to_string());
         self.shared.tasks.spawn(async move {
-            if let Err(e) = action(this, name.clone()).await {
-                tracing::warn!(name, error = %e, "supervisor action failed; retrying later");
+            let result = action(this, name.clone()).await;
+            let mut backoff = backoff.lock().expect("backoff lock");
+            match result {
+                Ok(()) => {
+                    backoff.remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(name, error = %e, retry_in = ?RETRY_BACKOFF, "supervisor action failed; retrying later");
+                    backoff.insert(name, tokio::time::Instant::now() + RETRY_BACKOFF);
+                }
             }
             drop(busy);
         });
@@ -270,13 +298,12 @@ impl Cluster {
     /// Reacts to `name` (engine id `id`) turning unhealthy: the first time
     /// since a user started it, restart it; after that, stop it and mark
     /// it failed.
-    pub(super) fn heal(&self, name: &str, id: &str) {
-        let id = id.to_string();
+    pub(super) fn heal(&self, name: &str) {
         self.act(name, move |this, name| async move {
             let Some(c) = this.store().container(&name)? else {
                 return Ok(());
             };
-            let restarts = c.health_restarts;
+            let (id, restarts) = (c.id, c.health_restarts);
             let still = move |c: &pb::Container| {
                 c.id == id
                     && c.health == pb::HealthStatus::Unhealthy as i32
@@ -400,16 +427,22 @@ impl Cluster {
             }
         }
         for s in due {
-            // A record may have appeared since the inventory was taken.
-            if self
-                .store()
-                .container_name_by_id(&s.id)
-                .ok()
-                .flatten()
-                .is_some()
-            {
-                continue;
-            }
+            // A record may have appeared since the inventory was taken (a
+            // create in flight holds the name's lock: wait for it). A record
+            // of the same id on another node (moved off a cordoned node)
+            // does not claim this copy. Unsure: leave it.
+            let _lock = match self.store().container_name_by_id(&s.id) {
+                Ok(Some(name)) => {
+                    let lock = self.shared.locks.lock(&name).await;
+                    match self.store().container(&name) {
+                        Ok(Some(c)) if c.id == s.id && c.node == node => continue,
+                        Ok(_) => Some(lock),
+                        Err(_) => continue,
+                    }
+                }
+                Ok(None) => None,
+                Err(_) => continue,
+            };
             let command = Command::Remove(pb::RemoveCommand {
                 id: s.id.clone(),
                 force: true,

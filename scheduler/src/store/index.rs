@@ -38,6 +38,8 @@ pub(crate) struct Summary {
     pub(crate) memory_bytes: i64,
     /// When its lease runs out.
     pub(crate) lease_expiry: Option<SystemTime>,
+    /// Running, meant to, and its health check fails.
+    pub(crate) unhealthy: bool,
 }
 
 impl Summary {
@@ -53,6 +55,9 @@ impl Summary {
             lease_expiry: c
                 .lease_expire_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
+            unhealthy: c.health == pb::HealthStatus::Unhealthy as i32
+                && c.state == pb::ContainerState::Running as i32
+                && c.desired_state == pb::DesiredState::Running as i32,
         }
     }
 }
@@ -126,6 +131,15 @@ impl Index {
             .collect()
     }
 
+    /// Containers (name, node) running with a failing health check.
+    pub(crate) fn unhealthy(&self) -> Vec<(String, String)> {
+        self.by_name
+            .iter()
+            .filter(|(_, s)| s.unhealthy)
+            .map(|(n, s)| (n.clone(), s.node.clone()))
+            .collect()
+    }
+
     /// The names of `node`'s containers.
     pub(crate) fn on_node(&self, node: &str) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -152,6 +166,7 @@ mod tests {
             milli_cpus: cpus,
             memory_bytes: cpus * 1000,
             lease_expiry: lease.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            unhealthy: false,
         }
     }
 

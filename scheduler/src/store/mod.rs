@@ -363,6 +363,11 @@ impl Store {
         self.index().running()
     }
 
+    /// Containers (name, node) running with a failing health check.
+    pub fn unhealthy_names(&self) -> Vec<(String, String)> {
+        self.index().unhealthy()
+    }
+
     /// Names of `node`'s containers.
     pub fn names_on_node(&self, node: &str) -> Vec<String> {
         self.index().on_node(node)
