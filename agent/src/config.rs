@@ -47,6 +47,11 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_LOG_MAX_FILES", default_value_t = 3)]
     pub log_max_files: u32,
 
+    /// Most processes one container may run (fork bombs stop there); 0: no
+    /// limit.
+    #[arg(long, env = "DEVCTL_PIDS_LIMIT", default_value_t = 4096)]
+    pub pids_limit: i64,
+
     /// Test-only: report this share of the host's memory (percent) as used,
     /// instead of the measured figure, to exercise admission control.
     #[arg(long, hide = true, env = "DEVCTL_TEST_MEMORY_USED_PERCENT")]
@@ -72,6 +77,12 @@ impl Config {
             return Err(InvalidField::new(
                 "--log-max-size/--log-max-files",
                 "use a size such as 64m and at least one file",
+            ));
+        }
+        if self.pids_limit < 0 {
+            return Err(InvalidField::new(
+                "--pids-limit",
+                "must not be negative (0: no limit)",
             ));
         }
         let mut labels = HashMap::new();

@@ -65,7 +65,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             max_files: config.log_max_files,
         },
     )
-    .await?;
+    .await?
+    .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit));
     let bus = bus::Bus::connect(&config.nats, &config.node).await?;
     serve(config, labels, runtime, bus, shutdown).await
 }
