@@ -451,6 +451,25 @@ impl TestCluster {
         CliResult::from(out)
     }
 
+    /// Issues a client bundle (ca.pem, cert.pem, key.pem) for `name` with
+    /// `role`, with the real `issue-cert` command; returns its directory.
+    pub fn issue_cert(&self, name: &str, role: &str) -> PathBuf {
+        let out_dir = self.scratch().join(format!("{name}-cert"));
+        let out = Command::new(bin("devctl-scheduler"))
+            .args(["issue-cert", "--name", name, "--role", role, "--data-dir"])
+            .arg(self.data_dir())
+            .arg("--out")
+            .arg(&out_dir)
+            .output()
+            .expect("run issue-cert");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out_dir
+    }
+
     /// The cluster's events (`devctl events -o json` plus `extra` flags).
     pub fn events(&self, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["events", "-o", "json"];

@@ -13,22 +13,8 @@ fn copy(from: &Path, to: &Path, file: &str) {
     fs::copy(from.join(file), to.join(file)).unwrap();
 }
 
-/// Issues a client bundle with the real `issue-cert` command.
 fn issue(c: &TestCluster, name: &str, role: &str) -> std::path::PathBuf {
-    let out_dir = c.scratch().join(format!("{name}-cert"));
-    let out = std::process::Command::new(bin("devctl-scheduler"))
-        .args(["issue-cert", "--name", name, "--role", role, "--data-dir"])
-        .arg(c.data_dir())
-        .arg("--out")
-        .arg(&out_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out_dir
+    c.issue_cert(name, role)
 }
 
 #[test]

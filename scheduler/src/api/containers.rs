@@ -3,7 +3,7 @@
 use devctl_proto::pb::{self, container_service_server::ContainerService};
 use tonic::{Request, Response, Status};
 
-use super::auth::{caller, may_write};
+use super::auth::{Scope, caller, may_operate, may_see, may_write};
 use crate::{
     cluster::{Cluster, CreateOptions},
     placement::Strategy,
@@ -61,16 +61,29 @@ impl ContainerService for ContainerApi {
         &self,
         req: Request<pb::GetContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
-        caller(&req)?;
-        Ok(Response::new(self.cluster.get(&req.get_ref().name)?))
+        let id = caller(&req)?;
+        let c = self.cluster.get(&req.get_ref().name)?;
+        may_see(&id, "GetContainer", &c)?;
+        Ok(Response::new(c))
     }
 
     async fn list_containers(
         &self,
         req: Request<pb::ListContainersRequest>,
     ) -> Result<Response<pb::ListContainersResponse>, Status> {
-        caller(&req)?;
-        Ok(Response::new(self.cluster.list(req.get_ref())?))
+        let id = caller(&req)?;
+        let mut r = req.into_inner();
+        // A developer lists their own containers.
+        if let Scope::Owner(me) = Scope::of(&id) {
+            if !r.owner.is_empty() && r.owner != me {
+                return Err(Status::permission_denied(format!(
+                    "{id} may only list their own containers: drop --owner {} (an admin can list anyone's)",
+                    r.owner
+                )));
+            }
+            r.owner = me;
+        }
+        Ok(Response::new(self.cluster.list(&r)?))
     }
 
     async fn start_container(
@@ -78,7 +91,11 @@ impl ContainerService for ContainerApi {
         req: Request<pb::StartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
-        may_write(&id, "StartContainer")?;
+        may_operate(
+            &id,
+            "StartContainer",
+            &self.cluster.get(&req.get_ref().name)?,
+        )?;
         let r = req.into_inner();
         Ok(Response::new(self.cluster.start(&r.name, &id.name).await?))
     }
@@ -88,7 +105,11 @@ impl ContainerService for ContainerApi {
         req: Request<pb::StopContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
-        may_write(&id, "StopContainer")?;
+        may_operate(
+            &id,
+            "StopContainer",
+            &self.cluster.get(&req.get_ref().name)?,
+        )?;
         let r = req.into_inner();
         let c = self.cluster.stop(&r.name, r.timeout_seconds, &id.name);
         Ok(Response::new(c.await?))
@@ -99,7 +120,11 @@ impl ContainerService for ContainerApi {
         req: Request<pb::RestartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
-        may_write(&id, "RestartContainer")?;
+        may_operate(
+            &id,
+            "RestartContainer",
+            &self.cluster.get(&req.get_ref().name)?,
+        )?;
         let r = req.into_inner();
         let c = self.cluster.restart(&r.name, r.timeout_seconds, &id.name);
         Ok(Response::new(c.await?))
@@ -110,7 +135,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
-        may_write(&id, "ExtendLease")?;
+        may_operate(&id, "ExtendLease", &self.cluster.get(&req.get_ref().name)?)?;
         let r = req.into_inner();
         let c = self.cluster.extend_lease(&r.name, r.ttl_seconds, &id.name);
         Ok(Response::new(c.await?))
@@ -121,7 +146,11 @@ impl ContainerService for ContainerApi {
         req: Request<pb::DeleteContainerRequest>,
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
         let id = caller(&req)?;
-        may_write(&id, "DeleteContainer")?;
+        may_operate(
+            &id,
+            "DeleteContainer",
+            &self.cluster.get(&req.get_ref().name)?,
+        )?;
         let r = req.into_inner();
         let container = self.cluster.delete(&r.name, r.force, &id.name).await?;
         Ok(Response::new(pb::DeleteContainerResponse {

@@ -9,7 +9,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{StreamApi, auth::caller, send_or_stop};
+use super::{
+    StreamApi,
+    auth::{ScopeFilter, caller},
+    send_or_stop,
+};
 use crate::bus::EventStart;
 
 /// Events buffered per watcher before the reader waits for the client.
@@ -23,7 +27,9 @@ impl EventService for StreamApi {
         &self,
         req: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        caller(&req)?;
+        let id = caller(&req)?;
+        let mut scope = ScopeFilter::new(&id);
+        let cluster = self.cluster.clone();
         let r = req.into_inner();
         let container = (!r.container.is_empty()).then_some(r.container.as_str());
         let node = (!r.node.is_empty()).then_some(r.node.as_str());
@@ -65,9 +71,14 @@ impl EventService for StreamApi {
                         break;
                     }
                     Some(Ok((event, pending))) => {
+                        // A developer sees node events and their own
+                        // containers' events (of containers still recorded).
+                        let visible = scope.allows(&event.container_id, || {
+                            cluster.owner_by_id(&event.container_id)
+                        });
                         // Waits while the client is slow: back-pressure.
-                        if !send_or_stop(&tx, Ok(event), &stop).await || (!r.follow && pending == 0)
-                        {
+                        let sent = !visible || send_or_stop(&tx, Ok(event), &stop).await;
+                        if !sent || (!r.follow && pending == 0) {
                             break;
                         }
                     }

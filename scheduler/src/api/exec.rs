@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     NodeStream, StreamApi,
-    auth::{caller, may_write},
+    auth::{caller, may_operate, may_write},
     send_or_stop,
 };
 
@@ -35,6 +35,7 @@ impl ExecService for StreamApi {
                 ));
             }
         };
+        may_operate(&id, "Exec", &self.cluster.get(&start.name)?)?;
         let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);
         let output_done = CancellationToken::new();

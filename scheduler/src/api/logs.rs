@@ -5,7 +5,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{NodeStream, StreamApi, auth::caller, send_or_stop};
+use super::{
+    NodeStream, StreamApi,
+    auth::{caller, may_see},
+    send_or_stop,
+};
 
 /// Chunks buffered per reader before the agent is held back.
 const BUFFER: usize = 16;
@@ -18,8 +22,9 @@ impl LogService for StreamApi {
         &self,
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        caller(&req)?;
+        let id = caller(&req)?;
         let r = req.into_inner();
+        may_see(&id, "StreamLogs", &self.cluster.get(&r.name)?)?;
         let reader = self.cluster.open_logs(&r.name, &r).await?;
         let mut stream = NodeStream::new(reader, self.cluster.clone());
         let (tx, rx) = mpsc::channel(BUFFER);

@@ -5,7 +5,11 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{StreamApi, auth::caller, send_or_stop};
+use super::{
+    StreamApi,
+    auth::{ScopeFilter, caller},
+    send_or_stop,
+};
 
 #[tonic::async_trait]
 impl StatsService for StreamApi {
@@ -15,17 +19,23 @@ impl StatsService for StreamApi {
         &self,
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        caller(&req)?;
-        Ok(Response::new(
-            self.cluster.stats().get(&req.get_ref().names),
-        ))
+        let id = caller(&req)?;
+        let mut scope = ScopeFilter::new(&id);
+        let mut stats = self.cluster.stats().get(&req.get_ref().names);
+        // A developer sees their own containers' samples (and the nodes').
+        stats
+            .containers
+            .retain(|c| scope.allows(&c.id, || self.cluster.owner_by_id(&c.id)));
+        Ok(Response::new(stats))
     }
 
     async fn watch_stats(
         &self,
         req: Request<pb::WatchStatsRequest>,
     ) -> Result<Response<Self::WatchStatsStream>, Status> {
-        caller(&req)?;
+        let id = caller(&req)?;
+        let mut scope = ScopeFilter::new(&id);
+        let cluster = self.cluster.clone();
         let r = req.into_inner();
         let mut updates = self.cluster.stats().subscribe();
         let (tx, rx) = mpsc::channel(256);
@@ -44,7 +54,8 @@ impl StatsService for StreamApi {
                 };
                 let wanted = match &update.sample {
                     Some(pb::stats_update::Sample::Container(c)) => {
-                        r.names.is_empty() || r.names.contains(&c.name)
+                        (r.names.is_empty() || r.names.contains(&c.name))
+                            && scope.allows(&c.id, || cluster.owner_by_id(&c.id))
                     }
                     Some(pb::stats_update::Sample::Node(_)) => r.nodes,
                     None => false,

@@ -336,7 +336,7 @@ impl Cluster {
                 }
                 None => false,
             };
-            if made_by_this_request {
+            if made_by_this_request && existing.owner == owner {
                 tracing::info!(name = %existing.name, "create retried with the same request id");
                 return Ok(existing);
             }
@@ -465,6 +465,13 @@ impl Cluster {
     /// One container, as recorded.
     fn record(&self, name: &str) -> Result<pb::Container, Error> {
         self.store().container(name)?.ok_or_else(|| not_found(name))
+    }
+
+    /// The owner of the container with engine-independent id `id`, if it
+    /// is recorded.
+    pub fn owner_by_id(&self, id: &str) -> Option<String> {
+        let name = self.store().container_name_by_id(id).ok()??;
+        Some(self.store().container(&name).ok()??.owner)
     }
 
     /// One container, with its live fields.

@@ -1,0 +1,122 @@
+//! Roles and ownership on every call: a developer sees and operates only
+//! their own containers (another's is PERMISSION_DENIED), a viewer reads
+//! everything and changes nothing, an admin acts for anyone.
+
+use devctl_tests::{IMAGE, TestCluster};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    Ok,
+    Denied,
+}
+use Expect::{Denied, Ok as Allowed};
+
+fn names(list: &Value) -> Vec<String> {
+    let mut n: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[test]
+fn every_call_checks_role_and_ownership() {
+    let c = TestCluster::start(&["a"]);
+    let node = c.node("a");
+    let alice = c.issue_cert("alice", "developer");
+    let bob = c.issue_cert("bob", "developer");
+    let viewer = c.issue_cert("vera", "viewer");
+    let admin = c.admin_tls();
+    c.devctl_as(&alice, &["create", "a-box", "--image", IMAGE])
+        .ok();
+    c.devctl_as(&bob, &["create", "b-box", "--image", IMAGE])
+        .ok();
+    c.devctl_as(&viewer, &["create", "v-box", "--image", IMAGE])
+        .err();
+
+    // (who, command, expected): every call on bob's container.
+    let who = |w: &str| match w {
+        "alice" => &alice,
+        "bob" => &bob,
+        "viewer" => &viewer,
+        _ => &admin,
+    };
+    let cases: &[(&str, &[&str], Expect)] = &[
+        ("alice", &["get", "b-box"], Denied),
+        ("viewer", &["get", "b-box"], Allowed),
+        ("bob", &["get", "b-box"], Allowed),
+        ("alice", &["logs", "b-box"], Denied),
+        ("viewer", &["logs", "b-box"], Allowed),
+        ("alice", &["exec", "b-box", "--", "true"], Denied),
+        ("viewer", &["exec", "b-box", "--", "true"], Denied),
+        ("bob", &["exec", "b-box", "--", "true"], Allowed),
+        ("alice", &["stop", "b-box", "-t", "0"], Denied),
+        ("viewer", &["stop", "b-box", "-t", "0"], Denied),
+        ("alice", &["restart", "b-box", "-t", "0"], Denied),
+        ("viewer", &["restart", "b-box", "-t", "0"], Denied),
+        ("alice", &["extend", "b-box", "1h"], Denied),
+        ("viewer", &["extend", "b-box", "1h"], Denied),
+        ("alice", &["rm", "--force", "b-box"], Denied),
+        ("viewer", &["rm", "--force", "b-box"], Denied),
+        ("alice", &["ls", "--owner", "bob"], Denied),
+        ("alice", &["nodes", "cordon", &node], Denied),
+        ("bob", &["nodes", "drain", &node], Denied),
+        ("viewer", &["nodes", "cordon", &node], Denied),
+        ("viewer", &["nodes"], Allowed),
+        ("alice", &["nodes"], Allowed),
+        // The admin acts for anyone.
+        ("admin", &["stop", "b-box", "-t", "0"], Allowed),
+        ("alice", &["start", "b-box"], Denied),
+        ("viewer", &["start", "b-box"], Denied),
+        ("admin", &["start", "b-box"], Allowed),
+        ("admin", &["extend", "b-box", "1h"], Allowed),
+        ("bob", &["restart", "b-box", "-t", "0"], Allowed),
+    ];
+    for (w, args, expect) in cases {
+        let r = c.devctl_as(who(w), args);
+        match expect {
+            Allowed => assert!(r.status.success(), "{w} {args:?}: {r:?}"),
+            Denied => {
+                let err = r.err();
+                assert!(err.contains("PermissionDenied"), "{w} {args:?}: {err}");
+            }
+        }
+    }
+    // Denials name the owner and the way out.
+    let err = c.devctl_as(&alice, &["stop", "b-box"]).err();
+    assert!(err.contains("belongs to bob"), "{err}");
+    // Nothing a denied call tried happened.
+    let b = c.devctl(&["get", "b-box", "-o", "json"]).json();
+    assert_eq!(b["state"], "running", "{b}");
+
+    // Listings: a developer sees their own; viewer and admin see all, and
+    // can filter by owner.
+    let mine = c.devctl_as(&alice, &["ls", "-o", "json"]).json();
+    assert_eq!(names(&mine), ["a-box"]);
+    let all = c.devctl_as(&viewer, &["ls", "-o", "json"]).json();
+    assert_eq!(names(&all), ["a-box", "b-box"]);
+    let bobs = c.devctl(&["ls", "--owner", "bob", "-o", "json"]).json();
+    assert_eq!(names(&bobs), ["b-box"]);
+
+    // Events and stats: a developer sees their own containers'.
+    let evs = c.events(&[]);
+    assert!(evs.iter().any(|e| e["container"] == "b-box"));
+    let out = c.devctl_as(&alice, &["events", "-o", "json"]).ok().stdout;
+    for line in out.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        assert_ne!(e["container"], "b-box", "alice saw {e}");
+    }
+    assert!(out.contains("a-box"), "{out}");
+    let stats = c
+        .devctl_as(&alice, &["stats", "--no-stream", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(!stats.contains("b-box"), "{stats}");
+
+    // Finally the owner removes it.
+    c.devctl_as(&bob, &["rm", "--force", "b-box"]).ok();
+}
