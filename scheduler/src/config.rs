@@ -114,9 +114,39 @@ pub struct ServeArgs {
     /// node before it is removed.
     #[arg(long, env = "DEVCTL_ORPHAN_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub orphan_grace: Duration,
+    /// Quota of a role: ROLE:containers=N,cpus=X,memory=SIZE (any subset;
+    /// repeatable), e.g. developer:containers=10,cpus=8,memory=32g. Counts
+    /// every container an identity owns, running or stopped.
+    #[arg(long = "role-quota", env = "DEVCTL_ROLE_QUOTAS", value_delimiter = ';', value_parser = parse_role_quota)]
+    pub role_quotas: Vec<(devctl_proto::identity::Role, crate::quota::Limits)>,
+    /// Quota of one user, replacing their role's: NAME:containers=N,...
+    /// (repeatable).
+    #[arg(long = "user-quota", env = "DEVCTL_USER_QUOTAS", value_delimiter = ';', value_parser = parse_user_quota)]
+    pub user_quotas: Vec<(String, crate::quota::Limits)>,
+    /// Hold admins to their quotas too (by default they are exempt).
+    #[arg(long, env = "DEVCTL_QUOTA_ADMINS")]
+    pub quota_admins: bool,
     /// How long events are kept.
     #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+}
+
+fn parse_role_quota(
+    s: &str,
+) -> Result<(devctl_proto::identity::Role, crate::quota::Limits), String> {
+    let (role, limits) = s
+        .split_once(':')
+        .ok_or("use ROLE:containers=N,cpus=X,memory=SIZE")?;
+    let role = role.parse().map_err(|e| format!("{e}"))?;
+    Ok((role, limits.parse()?))
+}
+
+fn parse_user_quota(s: &str) -> Result<(String, crate::quota::Limits), String> {
+    let (user, limits) = s
+        .split_once(':')
+        .ok_or("use NAME:containers=N,cpus=X,memory=SIZE")?;
+    devctl_proto::validate::dns_label("user", user).map_err(|e| e.to_string())?;
+    Ok((user.to_string(), limits.parse()?))
 }
 
 fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {

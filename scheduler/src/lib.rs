@@ -28,6 +28,7 @@ pub mod datadir;
 pub mod events;
 pub mod nodes;
 pub mod placement;
+pub mod quota;
 pub mod server;
 pub mod stats;
 pub mod store;

@@ -8,6 +8,7 @@ use devctl_scheduler::{
     config::{Cli, Command},
     datadir::DataDir,
     placement::Strategy,
+    quota::Quotas,
     server::{ServeConfig, serve},
 };
 
@@ -93,6 +94,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     },
                     reconcile_interval: args.reconcile_interval,
                     orphan_grace: args.orphan_grace,
+                    quotas: Quotas {
+                        roles: args.role_quotas.iter().cloned().collect(),
+                        users: args.user_quotas.iter().cloned().collect(),
+                        admins_too: args.quota_admins,
+                    },
                     ..Settings::default()
                 },
             };

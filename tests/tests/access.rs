@@ -120,3 +120,63 @@ fn every_call_checks_role_and_ownership() {
     // Finally the owner removes it.
     c.devctl_as(&bob, &["rm", "--force", "b-box"]).ok();
 }
+
+#[test]
+fn quotas_per_role_and_user_refuse_creates_with_the_numbers() {
+    let c = TestCluster::start_opts(
+        &["a"],
+        &[],
+        &[
+            "--role-quota",
+            "developer:containers=2,cpus=1",
+            "--user-quota",
+            "alice:containers=3",
+        ],
+    )
+    .unwrap();
+    let alice = c.issue_cert("alice", "developer");
+    let bob = c.issue_cert("bob", "developer");
+    let create = |who: &std::path::Path, name: &str, extra: &[&str]| {
+        let mut args = vec!["create", name, "--image", IMAGE];
+        args.extend_from_slice(extra);
+        c.devctl_as(who, &args)
+    };
+    create(&bob, "b1", &["--cpus", "0.5"]).ok();
+    let err = create(&bob, "b2", &["--cpus", "0.75"]).err();
+    assert!(err.contains("ResourceExhausted"), "{err}");
+    assert!(
+        err.contains("quota exceeded for bob: CPUs limit 1"),
+        "{err}"
+    );
+    create(&bob, "b2", &["--cpus", "0.5"]).ok();
+    let err = create(&bob, "b3", &[]).err();
+    assert!(
+        err.contains("quota exceeded for bob: containers limit 2, 2 in use"),
+        "{err}"
+    );
+    // A stopped container still counts; a removed one frees its share.
+    c.devctl_as(&bob, &["stop", "b2", "-t", "0"]).ok();
+    create(&bob, "b3", &[]).err();
+    c.devctl_as(&bob, &["rm", "b2"]).ok();
+    create(&bob, "b3", &[]).ok();
+    // alice's own quota replaces the role's: three, no CPU limit.
+    create(&alice, "a1", &["--cpus", "1.2"]).ok();
+    create(&alice, "a2", &[]).ok();
+    create(&alice, "a3", &[]).ok();
+    assert!(
+        create(&alice, "a4", &[])
+            .err()
+            .contains("containers limit 3")
+    );
+    // Admins are exempt by default.
+    for name in ["x1", "x2", "x3"] {
+        c.devctl(&["create", name, "--image", IMAGE]).ok();
+    }
+    // Refused creates left nothing behind.
+    let all = c.devctl(&["ls", "-o", "json"]).json();
+    assert_eq!(
+        names(&all),
+        ["a1", "a2", "a3", "b1", "b3", "x1", "x2", "x3"]
+    );
+    assert_eq!(c.engine_containers().len(), 8);
+}

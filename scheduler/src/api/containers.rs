@@ -48,6 +48,7 @@ impl ContainerService for ContainerApi {
             dry_run: r.dry_run,
             strategy,
             request_id,
+            role: Some(id.role),
         };
         let spec = r
             .container

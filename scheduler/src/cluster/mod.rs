@@ -135,6 +135,8 @@ pub struct Settings {
     /// How long a devctl-labelled container the scheduler does not know is
     /// left on its node before it is removed.
     pub orphan_grace: Duration,
+    /// Per-role and per-user quotas.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Options of one create.
@@ -146,6 +148,8 @@ pub struct CreateOptions {
     pub strategy: Option<placement::Strategy>,
     /// The client's id for this create (retries carry the same).
     pub request_id: Option<String>,
+    /// The creator's role, for quotas (`None`: no quota applies).
+    pub role: Option<devctl_proto::identity::Role>,
 }
 
 impl Default for Settings {
@@ -161,6 +165,7 @@ impl Default for Settings {
             idle: IdlePolicy::default(),
             reconcile_interval: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(300),
+            quotas: crate::quota::Quotas::default(),
         }
     }
 }
@@ -381,6 +386,24 @@ impl Cluster {
         };
         {
             let _placing = self.shared.placement.lock().await;
+            if let Some(role) = options.role {
+                let held = self.store().owned(owner);
+                let held = crate::quota::Held {
+                    containers: held.containers as u64,
+                    milli_cpus: held.milli_cpus,
+                    memory_bytes: held.memory_bytes,
+                };
+                settings
+                    .quotas
+                    .check(
+                        owner,
+                        role,
+                        held,
+                        resources.milli_cpus,
+                        resources.memory_bytes,
+                    )
+                    .map_err(|e| Error::ResourceExhausted(e.to_string()))?;
+            }
             record.node = match self.place(&request, None) {
                 Ok(node) => node,
                 Err(e @ placement::PlacementError::UnknownNode(_)) => {

@@ -40,6 +40,8 @@ pub(crate) struct Summary {
     pub(crate) lease_expiry: Option<SystemTime>,
     /// Running, meant to, and its health check fails.
     pub(crate) unhealthy: bool,
+    /// Who owns it.
+    pub(crate) owner: String,
 }
 
 impl Summary {
@@ -58,6 +60,7 @@ impl Summary {
             unhealthy: c.health == pb::HealthStatus::Unhealthy as i32
                 && c.state == pb::ContainerState::Running as i32
                 && c.desired_state == pb::DesiredState::Running as i32,
+            owner: c.owner.clone(),
         }
     }
 }
@@ -71,6 +74,8 @@ pub(crate) struct Index {
     // By name, as the node registry: placement walks both in step.
     usage: Arc<BTreeMap<String, NodeUsage>>,
     leases: BTreeSet<(SystemTime, String)>,
+    // What each owner holds: every container, running or not (quotas).
+    by_owner: HashMap<String, NodeUsage>,
 }
 
 impl Index {
@@ -92,6 +97,13 @@ impl Index {
     }
 
     fn account(&mut self, s: &Summary, sign: i64) {
+        let o = self.by_owner.entry(s.owner.clone()).or_default();
+        o.containers = o.containers.wrapping_add_signed(sign as isize);
+        o.milli_cpus += sign * s.milli_cpus;
+        o.memory_bytes += sign * s.memory_bytes;
+        if o.containers == 0 {
+            self.by_owner.remove(&s.owner);
+        }
         let usage = Arc::make_mut(&mut self.usage);
         let u = match usage.get_mut(&s.node) {
             Some(u) => u,
@@ -131,6 +143,12 @@ impl Index {
             .collect()
     }
 
+    /// What `owner` holds: its containers (running or not) and the CPU and
+    /// memory they ask for.
+    pub(crate) fn owned(&self, owner: &str) -> NodeUsage {
+        self.by_owner.get(owner).copied().unwrap_or_default()
+    }
+
     /// Containers (name, node) running with a failing health check.
     pub(crate) fn unhealthy(&self) -> Vec<(String, String)> {
         self.by_name
@@ -167,6 +185,7 @@ mod tests {
             memory_bytes: cpus * 1000,
             lease_expiry: lease.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
             unhealthy: false,
+            owner: "o".into(),
         }
     }
 
@@ -188,8 +207,11 @@ mod tests {
         ix.set("a", Some(summary("n2", 500, true, None)));
         assert_eq!(ix.usage()["n1"].milli_cpus, 250);
         assert_eq!(ix.usage()["n2"].containers, 1);
+        assert_eq!(ix.owned("o").containers, 2);
+        assert_eq!(ix.owned("o").milli_cpus, 750);
         ix.set("b", None);
         assert!(!ix.usage().contains_key("n1"));
+        assert_eq!(ix.owned("o").containers, 1);
         assert_eq!(ix.on_node("n2"), ["a"]);
     }
 

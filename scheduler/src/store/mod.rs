@@ -363,6 +363,12 @@ impl Store {
         self.index().running()
     }
 
+    /// What `owner` holds: containers (running or not), CPU and memory
+    /// they ask for.
+    pub fn owned(&self, owner: &str) -> NodeUsage {
+        self.index().owned(owner)
+    }
+
     /// Containers (name, node) running with a failing health check.
     pub fn unhealthy_names(&self) -> Vec<(String, String)> {
         self.index().unhealthy()

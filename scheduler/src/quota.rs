@@ -1,0 +1,223 @@
+//! Quotas: how many containers, CPUs and how much memory one identity may
+//! hold, set per role and overridden per user. Pure: the totals come from
+//! the store's index, the check runs under the placement lock.
+//!
+//! Quotas count every container an identity owns, running or stopped (a
+//! stopped one keeps its definition and workspace); removing containers
+//! frees quota. Admins are exempt unless the cluster says otherwise.
+
+use std::{collections::HashMap, fmt, str::FromStr};
+
+use devctl_proto::{
+    identity::Role,
+    units::{format_bytes, format_cpus, parse_cpus, parse_memory},
+};
+
+/// Limits of one role or user; `None`: unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Containers.
+    pub containers: Option<u64>,
+    /// CPU, thousandths.
+    pub milli_cpus: Option<i64>,
+    /// Memory, bytes.
+    pub memory_bytes: Option<i64>,
+}
+
+impl FromStr for Limits {
+    type Err = String;
+
+    /// `containers=10,cpus=8,memory=32g` (any subset).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut l = Limits::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                format!("{part:?}: use KEY=VALUE (containers=10,cpus=8,memory=32g)")
+            })?;
+            match k {
+                "containers" => {
+                    l.containers = Some(
+                        v.parse()
+                            .map_err(|_| format!("containers={v}: use a whole number"))?,
+                    )
+                }
+                "cpus" => l.milli_cpus = Some(parse_cpus(v)?),
+                "memory" => l.memory_bytes = Some(parse_memory(v)?),
+                other => {
+                    return Err(format!(
+                        "unknown quota {other:?}: use containers, cpus or memory"
+                    ));
+                }
+            }
+        }
+        Ok(l)
+    }
+}
+
+/// What one identity holds now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Containers it owns.
+    pub containers: u64,
+    /// CPU its containers ask for, thousandths.
+    pub milli_cpus: i64,
+    /// Memory its containers ask for, bytes.
+    pub memory_bytes: i64,
+}
+
+/// A create that would go over a quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    owner: String,
+    what: &'static str,
+    limit: String,
+    held: String,
+    asked: String,
+}
+
+impl fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "quota exceeded for {}: {} limit {}, {} in use, this container asks {}; remove containers you no longer need (devctl ls, devctl rm) or ask an admin for a larger quota",
+            self.owner, self.what, self.limit, self.held, self.asked
+        )
+    }
+}
+
+/// The cluster's quotas.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quotas {
+    /// Per role.
+    pub roles: HashMap<Role, Limits>,
+    /// Per user: replaces the role's limits for that user.
+    pub users: HashMap<String, Limits>,
+    /// Whether admins are held to quotas too.
+    pub admins_too: bool,
+}
+
+impl Quotas {
+    /// The limits of `owner` with `role` (`None`: exempt or unlimited).
+    pub fn limits(&self, owner: &str, role: Role) -> Option<Limits> {
+        if role == Role::Admin && !self.admins_too {
+            return None;
+        }
+        self.users
+            .get(owner)
+            .or_else(|| self.roles.get(&role))
+            .copied()
+    }
+
+    /// Checks that `owner` (`role`), holding `held`, may add a container
+    /// asking `milli_cpus` and `memory_bytes`.
+    pub fn check(
+        &self,
+        owner: &str,
+        role: Role,
+        held: Held,
+        milli_cpus: i64,
+        memory_bytes: i64,
+    ) -> Result<(), Exceeded> {
+        let Some(l) = self.limits(owner, role) else {
+            return Ok(());
+        };
+        let exceeded = |what, limit: String, held: String, asked: String| Exceeded {
+            owner: owner.to_string(),
+            what,
+            limit,
+            held,
+            asked,
+        };
+        if let Some(max) = l.containers
+            && held.containers + 1 > max
+        {
+            return Err(exceeded(
+                "containers",
+                max.to_string(),
+                held.containers.to_string(),
+                "1 more".into(),
+            ));
+        }
+        if let Some(max) = l.milli_cpus
+            && held.milli_cpus + milli_cpus > max
+        {
+            return Err(exceeded(
+                "CPUs",
+                format_cpus(max),
+                format_cpus(held.milli_cpus),
+                format_cpus(milli_cpus),
+            ));
+        }
+        if let Some(max) = l.memory_bytes
+            && held.memory_bytes + memory_bytes > max
+        {
+            return Err(exceeded(
+                "memory",
+                format_bytes(max),
+                format_bytes(held.memory_bytes),
+                format_bytes(memory_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_and_report_bad_keys() {
+        let l: Limits = "containers=3,cpus=1.5,memory=2g".parse().unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                containers: Some(3),
+                milli_cpus: Some(1500),
+                memory_bytes: Some(2 << 30),
+            }
+        );
+        assert!(
+            "gpus=1"
+                .parse::<Limits>()
+                .unwrap_err()
+                .contains("unknown quota")
+        );
+        assert!("containers=x".parse::<Limits>().is_err());
+    }
+
+    #[test]
+    fn users_override_roles_and_admins_are_exempt_by_default() {
+        let mut q = Quotas::default();
+        q.roles
+            .insert(Role::Developer, "containers=2,cpus=1".parse().unwrap());
+        q.roles.insert(Role::Admin, "containers=0".parse().unwrap());
+        q.users
+            .insert("alice".into(), "containers=5".parse().unwrap());
+        let held = |n, cpus| Held {
+            containers: n,
+            milli_cpus: cpus,
+            memory_bytes: 0,
+        };
+        assert!(q.check("bob", Role::Developer, held(1, 0), 500, 0).is_ok());
+        let e = q
+            .check("bob", Role::Developer, held(2, 0), 0, 0)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("containers limit 2, 2 in use"),
+            "{e}"
+        );
+        let e = q
+            .check("bob", Role::Developer, held(1, 800), 500, 0)
+            .unwrap_err();
+        assert!(e.to_string().contains("CPUs limit 1"), "{e}");
+        // alice's own quota replaces the role's (no CPU limit).
+        assert!(
+            q.check("alice", Role::Developer, held(4, 9000), 500, 0)
+                .is_ok()
+        );
+        assert!(q.check("root", Role::Admin, held(100, 0), 0, 0).is_ok());
+        q.admins_too = true;
+        assert!(q.check("root", Role::Admin, held(0, 0), 0, 0).is_err());
+    }
+}
