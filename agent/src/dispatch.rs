@@ -372,14 +372,17 @@ mod tests {
         }
     }
 
+    /// Handles `c` on a task of its own.
+    fn spawn_on(d: &Arc<Dispatcher<Arc<Gated>>>, c: Command) -> tokio::task::JoinHandle<Handled> {
+        let d = Arc::clone(d);
+        tokio::spawn(async move { d.handle(cmd(c)).await })
+    }
+
     #[tokio::test]
     async fn commands_for_one_container_run_in_order_others_do_not_wait() {
         let rt = Arc::new(Gated::default());
         let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
-        let spawn = |c: Command| {
-            let d = Arc::clone(&d);
-            tokio::spawn(async move { d.handle(cmd(c)).await })
-        };
+        let spawn = |c: Command| spawn_on(&d, c);
         let create_a = spawn(create("a"));
         settle().await;
         let remove_a = spawn(Command::Remove(pb::RemoveCommand {
@@ -404,18 +407,9 @@ mod tests {
     async fn an_inventory_waits_for_commands_in_flight() {
         let rt = Arc::new(Gated::default());
         let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
-        let create_a = {
-            let d = Arc::clone(&d);
-            tokio::spawn(async move { d.handle(cmd(create("a"))).await })
-        };
+        let create_a = spawn_on(&d, create("a"));
         settle().await;
-        let inventory = {
-            let d = Arc::clone(&d);
-            tokio::spawn(async move {
-                d.handle(cmd(Command::Inventory(pb::InventoryCommand {})))
-                    .await
-            })
-        };
+        let inventory = spawn_on(&d, Command::Inventory(pb::InventoryCommand {}));
         settle().await;
         assert!(!inventory.is_finished());
         rt.gate.notify_one();
@@ -428,10 +422,7 @@ mod tests {
     async fn opening_logs_does_not_wait_for_the_containers_operations() {
         let rt = Arc::new(Gated::default());
         let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
-        let create_a = {
-            let d = Arc::clone(&d);
-            tokio::spawn(async move { d.handle(cmd(create("a"))).await })
-        };
+        let create_a = spawn_on(&d, create("a"));
         settle().await;
         let logs = d
             .handle(cmd(Command::Logs(pb::LogsCommand {

@@ -177,13 +177,8 @@ impl Registry {
     }
 
     /// Nodes whose state changed since the last call, with the new state
-    /// and why (`"heartbeat"`, `"agent_left"`, `"heartbeat_timeout"`).
-    pub fn transitions(&self) -> Vec<(String, pb::NodeState, &'static str)> {
-        self.transitions_of(None)
-    }
-
-    /// As [`Registry::transitions`], for one node only (a direct lookup),
-    /// or all with `None`.
+    /// and why (`"heartbeat"`, `"agent_left"`, `"heartbeat_timeout"`): one
+    /// node only with `Some` (a direct lookup), or all with `None`.
     pub fn transitions_of(&self, only: Option<&str>) -> Vec<(String, pb::NodeState, &'static str)> {
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let mut out = Vec::new();
@@ -213,7 +208,7 @@ impl Registry {
     }
 
     /// Forgets that `node`'s current state was reported (its event could
-    /// not be recorded), so the next [`Registry::transitions`] reports it
+    /// not be recorded), so the next [`Registry::transitions_of`] reports it
     /// again.
     pub fn unreport(&self, node: &str) {
         let mut entries = self.entries.write().expect("registry lock poisoned");
@@ -430,29 +425,29 @@ mod tests {
         let reg = Registry::new(vec![], Duration::from_secs(10));
         assert!(reg.observe(&hb("a", "b")).joined);
         assert_eq!(
-            reg.transitions(),
+            reg.transitions_of(None),
             [("a".into(), pb::NodeState::Ready, "heartbeat")]
         );
-        assert!(reg.transitions().is_empty());
+        assert!(reg.transitions_of(None).is_empty());
         tokio::time::advance(Duration::from_secs(11)).await;
         assert_eq!(
-            reg.transitions(),
+            reg.transitions_of(None),
             [("a".into(), pb::NodeState::Down, "heartbeat_timeout")]
         );
         assert!(!reg.observe(&hb("a", "b")).joined);
-        assert_eq!(reg.transitions()[0].1, pb::NodeState::Ready);
+        assert_eq!(reg.transitions_of(None)[0].1, pb::NodeState::Ready);
         let mut leaving = hb("a", "b");
         leaving.leaving = true;
         reg.observe(&leaving);
-        assert_eq!(reg.transitions()[0].2, "agent_left");
+        assert_eq!(reg.transitions_of(None)[0].2, "agent_left");
         // A heartbeat checks its own node only.
         reg.observe(&hb("b", "b1"));
         assert!(reg.transitions_of(Some("a")).is_empty());
         assert_eq!(reg.transitions_of(Some("b"))[0].0, "b");
         // A transition whose event was not recorded is reported again.
         reg.unreport("a");
-        assert_eq!(reg.transitions()[0].1, pb::NodeState::Down);
-        assert!(reg.transitions().is_empty());
+        assert_eq!(reg.transitions_of(None)[0].1, pb::NodeState::Down);
+        assert!(reg.transitions_of(None).is_empty());
     }
 
     #[tokio::test(start_paused = true)]

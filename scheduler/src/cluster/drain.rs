@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::SystemTime};
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 use futures::future::join_all;
 
-use super::{Cause, Cluster, Error, agent_error, apply_status, lease_from_now, now};
+use super::{Cause, Cluster, Error, after_lifecycle, agent_error, apply_status, now};
 use crate::bus::BusError;
 use crate::{
     events::{self, Op},
@@ -168,12 +168,11 @@ impl Cluster {
         c.update_time = now();
         match result {
             Ok(Reply::Status(status)) => {
-                apply_status(&mut c, &status);
+                // A user's start, on another node.
                 c.desired_state = pb::DesiredState::Running as i32;
-                c.stop_reason = pb::StopReason::Unspecified as i32;
-                c.health_restarts = 0;
-                let default_ttl = self.shared.settings.leases.default_ttl.as_secs() as i64;
-                c.lease_expire_time = lease_from_now(*c.ttl_seconds.get_or_insert(default_ttl));
+                apply_status(&mut c, &status);
+                let default_ttl = self.shared.settings.leases.default_seconds();
+                after_lifecycle(&mut c, Op::Start, Cause::User, false, default_ttl);
                 self.store().update_container(c.clone()).await?;
                 self.shared.activity.touch(&c.name, SystemTime::now());
                 Ok(self.decorate(c))

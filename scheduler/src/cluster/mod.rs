@@ -628,7 +628,7 @@ impl Cluster {
                 pb::DesiredState::Running
             } as i32;
             c.update_time = now();
-            let default_ttl = this.shared.settings.leases.default_ttl.as_secs() as i64;
+            let default_ttl = this.shared.settings.leases.default_seconds();
             let outcome = match result {
                 Ok(Reply::Status(status)) => {
                     c.desired_state = desired;
@@ -776,27 +776,32 @@ impl Cluster {
             .nodes
             .snapshot()
             .into_iter()
-            .map(|mut n| {
-                let u = usage.get(&n.name).copied().unwrap_or_default();
-                n.container_count = u.containers as i32;
-                n.reserved_milli_cpus = u.milli_cpus;
-                n.reserved_memory_bytes = u.memory_bytes;
-                n.usage = self.shared.stats.node(&n.name);
-                n
-            })
+            .map(|n| self.with_usage(n, &usage))
             .collect())
     }
 
     /// One node.
     pub fn node(&self, name: &str) -> Result<pb::Node, Error> {
-        self.nodes()?
-            .into_iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "node {name:?} not found; `devctl nodes` lists nodes"
-                ))
-            })
+        let n = self.shared.nodes.get(name).ok_or_else(|| {
+            Error::NotFound(format!(
+                "node {name:?} not found; `devctl nodes` lists nodes"
+            ))
+        })?;
+        Ok(self.with_usage(n, &self.store().node_usage()))
+    }
+
+    /// `n` with what it holds (`usage`) and its latest usage sample.
+    fn with_usage(
+        &self,
+        mut n: pb::Node,
+        usage: &std::collections::BTreeMap<String, crate::store::NodeUsage>,
+    ) -> pb::Node {
+        let u = usage.get(&n.name).copied().unwrap_or_default();
+        n.container_count = u.containers as i32;
+        n.reserved_milli_cpus = u.milli_cpus;
+        n.reserved_memory_bytes = u.memory_bytes;
+        n.usage = self.shared.stats.node(&n.name);
+        n
     }
 
     /// Records a heartbeat. The first heartbeat of an agent process this
@@ -1083,16 +1088,7 @@ impl Cluster {
             ..session
         };
         tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
-        self.shared.activity.session_opened(
-            &session.container,
-            SessionKind::Exec,
-            SystemTime::now(),
-        );
-        let _ = self
-            .emit(
-                session.event(pb::EventType::ExecStarted, None),
-                format!("exec-start-{}", session.id),
-            )
+        self.record_session(&session, pb::EventType::ExecStarted, None)
             .await;
         let input = self.shared.bus.exec_input(&session.id);
         Ok((reader, input, session))
@@ -1101,17 +1097,22 @@ impl Cluster {
     /// Records the end of an exec session.
     pub async fn exec_ended(&self, session: &Session, exit_code: Option<i32>) {
         tracing::info!(session = %session.id, container = %session.container, ?exit_code, "exec session ended");
-        self.shared.activity.session_closed(
-            &session.container,
-            SessionKind::Exec,
-            SystemTime::now(),
-        );
-        let _ = self
-            .emit(
-                session.event(pb::EventType::ExecEnded, exit_code),
-                format!("exec-end-{}", session.id),
-            )
+        self.record_session(session, pb::EventType::ExecEnded, exit_code)
             .await;
+    }
+
+    /// Counts an exec session's start or end as use of its container, and
+    /// records it as an event.
+    async fn record_session(&self, session: &Session, ty: pb::EventType, exit_code: Option<i32>) {
+        let (activity, now) = (&self.shared.activity, SystemTime::now());
+        let id = if ty == pb::EventType::ExecStarted {
+            activity.session_opened(&session.container, SessionKind::Exec, now);
+            format!("exec-start-{}", session.id)
+        } else {
+            activity.session_closed(&session.container, SessionKind::Exec, now);
+            format!("exec-end-{}", session.id)
+        };
+        let _ = self.emit(session.event(ty, exit_code), id).await;
     }
 
     /// Whether `node` is ready (heartbeats arrive).

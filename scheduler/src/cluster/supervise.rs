@@ -61,7 +61,7 @@ impl LeasePolicy {
     /// The TTL (seconds, 0: none) of a create asking for `asked`.
     pub fn ttl_for_create(&self, asked: Option<i64>) -> Result<i64, InvalidField> {
         match asked {
-            None => Ok(self.default_ttl.as_secs() as i64),
+            None => Ok(self.default_seconds()),
             Some(0) if self.allow_none => Ok(0),
             Some(0) => Err(InvalidField::new(
                 "container.ttl_seconds",
@@ -72,6 +72,11 @@ impl LeasePolicy {
             )),
             Some(t) => self.check("container.ttl_seconds", t),
         }
+    }
+
+    /// The default TTL in seconds (0: no lease).
+    pub fn default_seconds(&self) -> i64 {
+        self.default_ttl.as_secs() as i64
     }
 
     /// Checks a requested lease length.
@@ -193,19 +198,18 @@ impl Cluster {
             }
         }
         let activity = &self.shared.activity;
-        for (name, node) in self.store().running_names() {
-            if !ready(&node) {
-                continue;
+        self.store().for_each_running(|name, node| {
+            if !ready(node) {
+                return;
             }
-            let cpu = self.shared.stats.container_cpu(&name);
-            let idle = activity.observe(&name, cpu, now);
-            if activity.is_due(idle) {
+            let cpu = self.shared.stats.container_cpu(name);
+            if activity.is_due(activity.observe(name, cpu, now)) {
                 self.act(
-                    &name,
+                    name,
                     |this, name| async move { this.stop_idle(&name).await },
                 );
             }
-        }
+        });
     }
 
     /// Runs `action` on `name` as a tracked task, unless one runs already.

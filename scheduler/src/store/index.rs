@@ -76,6 +76,8 @@ pub(crate) struct Index {
     leases: BTreeSet<(SystemTime, String)>,
     // What each owner holds: every container, running or not (quotas).
     by_owner: HashMap<String, NodeUsage>,
+    // Each node's container names, in order (inventory syncs, drains).
+    by_node: HashMap<String, BTreeSet<String>>,
 }
 
 impl Index {
@@ -86,12 +88,22 @@ impl Index {
             if let Some(t) = old.lease_expiry {
                 self.leases.remove(&(t, name.to_string()));
             }
+            if let Some(names) = self.by_node.get_mut(&old.node) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.by_node.remove(&old.node);
+                }
+            }
         }
         if let Some(new) = new {
             self.account(&new, 1);
             if let Some(t) = new.lease_expiry {
                 self.leases.insert((t, name.to_string()));
             }
+            self.by_node
+                .entry(new.node.clone())
+                .or_default()
+                .insert(name.to_string());
             self.by_name.insert(name.to_string(), new);
         }
     }
@@ -134,13 +146,14 @@ impl Index {
             .collect()
     }
 
-    /// Containers (name, node) observed running (and meant to).
-    pub(crate) fn running(&self) -> Vec<(String, String)> {
-        self.by_name
-            .iter()
-            .filter(|(_, s)| s.running && s.reserving)
-            .map(|(n, s)| (n.clone(), s.node.clone()))
-            .collect()
+    /// Calls `f` with (name, node) of each container observed running (and
+    /// meant to); nothing is copied.
+    pub(crate) fn for_each_running(&self, mut f: impl FnMut(&str, &str)) {
+        for (n, s) in &self.by_name {
+            if s.running && s.reserving {
+                f(n, &s.node);
+            }
+        }
     }
 
     /// What `owner` holds: its containers (running or not) and the CPU and
@@ -158,16 +171,12 @@ impl Index {
             .collect()
     }
 
-    /// The names of `node`'s containers.
+    /// The names of `node`'s containers, in order.
     pub(crate) fn on_node(&self, node: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .by_name
-            .iter()
-            .filter(|(_, s)| s.node == node)
-            .map(|(n, _)| n.clone())
-            .collect();
-        names.sort();
-        names
+        self.by_node
+            .get(node)
+            .map(|names| names.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 

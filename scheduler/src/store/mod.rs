@@ -339,13 +339,6 @@ impl Store {
         Ok((out, false))
     }
 
-    /// Every container (for reconciliation and counts).
-    pub fn all_containers(&self) -> Result<Vec<pb::Container>, StoreError> {
-        Ok(self
-            .list_containers(None, usize::MAX, &ContainerFilter::default())?
-            .0)
-    }
-
     /// What each node holds: its containers, and the CPU and memory
     /// reserved by those meant to run (from the index: no scan, no copy).
     pub fn node_usage(&self) -> Arc<BTreeMap<String, NodeUsage>> {
@@ -358,9 +351,11 @@ impl Store {
         self.index().leases_due(now)
     }
 
-    /// Containers (name, node) observed running and meant to run.
-    pub fn running_names(&self) -> Vec<(String, String)> {
-        self.index().running()
+    /// Calls `f` with (name, node) of each container observed running and
+    /// meant to run, under the index's read lock: `f` must be quick and
+    /// must not write to the store.
+    pub fn for_each_running(&self, f: impl FnMut(&str, &str)) {
+        self.index().for_each_running(f)
     }
 
     /// What `owner` holds: containers (running or not), CPU and memory
