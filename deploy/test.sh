@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on this machine: installs what is missing
-# (nats-server, busybox-static for the test image), builds the test image,
+# (nats-server, busybox-static for the test image, grpcio for the Python
+# client test), builds the test image,
 # then `cargo test --workspace`. Extra arguments go to cargo test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,5 +11,6 @@ need_cargo
 need_docker
 need_nats_server
 need_image
+need_python_grpc
 cd "$root"
 exec cargo test --workspace "$@"

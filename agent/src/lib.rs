@@ -1,6 +1,7 @@
 //! devctl-agent: one per Docker host.
 //!
-//! - [`config`]: flags and environment.
+//! - [`config`]: flags and environment; [`cli`]: run or `join`.
+//! - [`join`]: enrolment with a join token.
 //! - [`bus`]: the NATS connection (commands in, heartbeats out); the only
 //!   module that speaks NATS.
 //! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
@@ -15,9 +16,11 @@
 //! ```
 
 pub mod bus;
+pub mod cli;
 pub mod config;
 pub mod dispatch;
 pub mod host;
+pub mod join;
 pub mod runtime;
 pub mod stats;
 

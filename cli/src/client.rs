@@ -1,78 +1,197 @@
-//! The connection to the scheduler: gRPC over mutual TLS with the bundle in
-//! `--tls-dir`.
+//! The connection to the scheduler: gRPC over TLS, authenticated by a
+//! client certificate (mutual TLS) or an API token.
+//!
+//! Where the server and credentials come from, first match wins:
+//! - server: `--server`/`DEVCTL_SERVER`, the context's, `https://127.0.0.1:7443`;
+//! - an API token: `--token`/`DEVCTL_TOKEN` (the CA from `--ca-file`, or
+//!   the certificate directory's ca.pem);
+//! - a certificate directory: `--tls-dir`/`DEVCTL_TLS_DIR`, the context's,
+//!   `~/.config/devctl/tls`.
+//!
+//! The context is `--context`/`DEVCTL_CONTEXT`, else the configuration
+//! file's current one (see [`crate::config`]).
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use devctl_proto::{
     pb::{
-        container_service_client::ContainerServiceClient, event_service_client::EventServiceClient,
+        container_service_client::ContainerServiceClient,
+        enroll_service_client::EnrollServiceClient, event_service_client::EventServiceClient,
         exec_service_client::ExecServiceClient, log_service_client::LogServiceClient,
         node_service_client::NodeServiceClient, stats_service_client::StatsServiceClient,
+        token_service_client::TokenServiceClient,
     },
     pki::Bundle,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
+
+use crate::config::ConfigFile;
+
+/// The default scheduler URL.
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7443";
+
+/// Adds the API token, if any, to every call.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to the scheduler with the caller's credentials.
+pub type Svc = InterceptedService<Channel, Bearer>;
 
 /// Clients of the scheduler's services over one channel.
 #[derive(Debug, Clone)]
 pub struct Client {
     /// ContainerService.
-    pub containers: ContainerServiceClient<Channel>,
+    pub containers: ContainerServiceClient<Svc>,
     /// NodeService.
-    pub nodes: NodeServiceClient<Channel>,
+    pub nodes: NodeServiceClient<Svc>,
     /// EventService.
-    pub events: EventServiceClient<Channel>,
+    pub events: EventServiceClient<Svc>,
     /// LogService.
-    pub logs: LogServiceClient<Channel>,
+    pub logs: LogServiceClient<Svc>,
     /// StatsService.
-    pub stats: StatsServiceClient<Channel>,
+    pub stats: StatsServiceClient<Svc>,
     /// ExecService.
-    pub exec: ExecServiceClient<Channel>,
+    pub exec: ExecServiceClient<Svc>,
+    /// TokenService.
+    pub tokens: TokenServiceClient<Svc>,
+    /// EnrollService (certificate renewal).
+    pub enroll: EnrollServiceClient<Svc>,
 }
 
-/// The bundle directory: `--tls-dir`, else `~/.config/devctl/tls` if it
-/// exists.
-pub fn tls_dir(flag: Option<PathBuf>) -> Result<PathBuf> {
-    if let Some(dir) = flag {
-        return Ok(dir);
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let default = PathBuf::from(home).join(".config/devctl/tls");
-        if default.join("cert.pem").exists() {
-            return Ok(default);
+/// How the CLI authenticates.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// A certificate bundle directory.
+    Certificate(PathBuf),
+    /// An API token, trusting the CA in `ca_file`.
+    Token {
+        /// The secret.
+        token: String,
+        /// The cluster CA certificate.
+        ca_file: PathBuf,
+    },
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The scheduler's URL.
+    pub server: String,
+    /// The credentials.
+    pub credentials: Credentials,
+    /// The context used, if any.
+    pub context: Option<String>,
+}
+
+/// The global flags that choose the target.
+#[derive(Debug, Clone, Default)]
+pub struct Flags {
+    /// `--server`.
+    pub server: Option<String>,
+    /// `--tls-dir`.
+    pub tls_dir: Option<PathBuf>,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--ca-file`.
+    pub ca_file: Option<PathBuf>,
+    /// `--context`.
+    pub context: Option<String>,
+}
+
+/// Resolves the flags against the configuration file.
+pub fn resolve(flags: Flags) -> Result<Target> {
+    let file = ConfigFile::load(&crate::config::config_path()?)?;
+    let ctx = file.context(flags.context.as_deref())?;
+    let server = flags
+        .server
+        .or_else(|| ctx.map(|(_, c)| c.server.clone()))
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let tls_dir = flags
+        .tls_dir
+        .or_else(|| ctx.map(|(_, c)| c.tls_dir.clone()))
+        .or_else(|| {
+            let home = std::env::var_os("HOME")?;
+            let legacy = PathBuf::from(home).join(".config/devctl/tls");
+            legacy.join("cert.pem").exists().then_some(legacy)
+        });
+    let credentials = match (flags.token, tls_dir) {
+        (Some(token), dir) => {
+            let ca_file = flags
+                .ca_file
+                .or_else(|| dir.map(|d| d.join(devctl_proto::pki::CA_FILE)))
+                .context(
+                    "--token needs the cluster CA to check the scheduler: pass --ca-file FILE (ca.pem) or set DEVCTL_CA_FILE",
+                )?;
+            Credentials::Token { token, ca_file }
         }
-    }
-    bail!(
-        "no client certificate: pass --tls-dir DIR or set DEVCTL_TLS_DIR to a directory holding ca.pem, cert.pem and key.pem (e.g. DATA_DIR/clients/admin)"
-    )
+        (None, Some(dir)) => Credentials::Certificate(dir),
+        (None, None) => bail!(
+            "no credentials: run `devctl login --server URL --token TOKEN`, pass --tls-dir DIR (a directory holding ca.pem, cert.pem and key.pem, e.g. DATA_DIR/clients/admin), or pass --token with an API token"
+        ),
+    };
+    Ok(Target {
+        server,
+        credentials,
+        context: ctx.map(|(n, _)| n.to_string()),
+    })
 }
 
 impl Client {
-    /// Connects to `server` (an `https://` URL) with the bundle in `tls_dir`.
-    pub async fn connect(server: &str, tls_dir: PathBuf) -> Result<Self> {
+    /// Connects to the target.
+    pub async fn connect(target: &Target) -> Result<Self> {
         devctl_proto::pki::install_crypto_provider();
+        let server = &target.server;
         if !server.starts_with("https://") {
             bail!("--server {server:?}: must be an https:// URL (the API is only served over TLS)");
         }
-        let bundle = Bundle::load(&tls_dir)
-            .with_context(|| format!("loading the client bundle from {}", tls_dir.display()))?;
+        let (tls, bearer) = match &target.credentials {
+            Credentials::Certificate(dir) => {
+                let bundle = Bundle::load(dir)
+                    .with_context(|| format!("loading the client bundle from {}", dir.display()))?;
+                (bundle.client_tls(), Bearer::default())
+            }
+            Credentials::Token { token, ca_file } => {
+                let ca = std::fs::read_to_string(ca_file)
+                    .with_context(|| format!("reading the cluster CA {}", ca_file.display()))?;
+                let value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
+                    .parse()
+                    .context("--token: not a valid token (dvt_...)")?;
+                (Bundle::anonymous_client_tls(&ca), Bearer(Some(value)))
+            }
+        };
         let channel = Endpoint::from_shared(server.to_string())
             .with_context(|| format!("--server {server:?} is not a URL"))?
-            .tls_config(bundle.client_tls())
+            .tls_config(tls)
             .context("TLS configuration")?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
             .await
             .with_context(|| format!("cannot reach the scheduler at {server}"))?;
+        let svc = InterceptedService::new(channel, bearer);
         Ok(Self {
-            containers: ContainerServiceClient::new(channel.clone()),
-            nodes: NodeServiceClient::new(channel.clone()),
-            events: EventServiceClient::new(channel.clone()),
-            logs: LogServiceClient::new(channel.clone()),
-            stats: StatsServiceClient::new(channel.clone()),
-            exec: ExecServiceClient::new(channel),
+            containers: ContainerServiceClient::new(svc.clone()),
+            nodes: NodeServiceClient::new(svc.clone()),
+            events: EventServiceClient::new(svc.clone()),
+            logs: LogServiceClient::new(svc.clone()),
+            stats: StatsServiceClient::new(svc.clone()),
+            exec: ExecServiceClient::new(svc.clone()),
+            tokens: TokenServiceClient::new(svc.clone()),
+            enroll: EnrollServiceClient::new(svc),
         })
     }
 }

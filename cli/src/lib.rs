@@ -2,11 +2,13 @@
 //!
 //! - [`Cli`]: global flags and subcommands;
 //! - [`commands`]: one thin file per subcommand (parse, call, print);
-//! - [`client`]: the mutual-TLS connection to the scheduler;
+//! - [`client`]: the TLS connection to the scheduler and its credentials;
+//! - [`config`]: `~/.config/devctl/config.toml` and its contexts;
 //! - [`output`]: tables, JSON and YAML (sizes and CPUs: `devctl_proto::units`).
 
 pub mod client;
 pub mod commands;
+pub mod config;
 pub mod output;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -19,18 +21,23 @@ use output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "devctl", version, about, long_about = None)]
 pub struct Cli {
-    /// Scheduler URL.
-    #[arg(
-        long,
-        global = true,
-        env = "DEVCTL_SERVER",
-        default_value = "https://127.0.0.1:7443"
-    )]
-    pub server: String,
-    /// Directory holding ca.pem, cert.pem and key.pem (default
-    /// ~/.config/devctl/tls).
+    /// Scheduler URL (default: the context's, else https://127.0.0.1:7443).
+    #[arg(long, global = true, env = "DEVCTL_SERVER")]
+    pub server: Option<String>,
+    /// Directory holding ca.pem, cert.pem and key.pem (default: the
+    /// context's, else ~/.config/devctl/tls).
     #[arg(long, global = true, env = "DEVCTL_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Authenticate with this API token instead of a certificate.
+    #[arg(long, global = true, env = "DEVCTL_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// The cluster CA certificate, for --api-token without a --tls-dir.
+    #[arg(long, global = true, env = "DEVCTL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Context of ~/.config/devctl/config.toml to use (default: the
+    /// current one).
+    #[arg(long, global = true, env = "DEVCTL_CONTEXT")]
+    pub context: Option<String>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
@@ -71,6 +78,12 @@ pub enum Command {
     Stats(commands::stats::Args),
     /// The cluster at a glance: nodes with usage and the busiest containers.
     Top(commands::top::Args),
+    /// Join a cluster with a one-time token (or renew your certificate).
+    Login(commands::login::Args),
+    /// List or switch contexts (clusters and identities).
+    Context(commands::context::Args),
+    /// Create, list and revoke API tokens.
+    Tokens(commands::tokens::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their
@@ -89,7 +102,7 @@ fn describe(status: &tonic::Status) -> String {
     let transport = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled);
     if transport && text.contains("transport error") {
         text.push_str(
-            "; the connection to the scheduler failed: check --server and that --tls-dir holds a certificate issued by this cluster's CA",
+            "; the connection to the scheduler failed: check --server and that your certificate (--tls-dir or the context's) was issued by this cluster's CA",
         );
     }
     format!("{text} ({:?})", status.code())

@@ -163,7 +163,7 @@ fn idle_text(c: &pb::Container) -> String {
     }
 }
 
-fn time(t: Option<prost_types::Timestamp>) -> Option<String> {
+pub(crate) fn time(t: Option<prost_types::Timestamp>) -> Option<String> {
     let st = SystemTime::try_from(t?).ok()?;
     Some(humantime::format_rfc3339_seconds(st).to_string())
 }
@@ -288,7 +288,7 @@ impl From<&pb::Node> for NodeView {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_style(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
@@ -298,14 +298,14 @@ fn table(header: &[&str]) -> Table {
 
 /// Columns separated by three spaces, no borders, no leading space (as
 /// kubectl and docker print).
-fn render(mut t: Table) -> String {
+pub(crate) fn render(mut t: Table) -> String {
     for col in t.column_iter_mut() {
         col.set_padding((0, 3));
     }
     t.trim_fmt()
 }
 
-fn print_serialized<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<()> {
+pub(crate) fn print_serialized<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),

@@ -63,8 +63,12 @@ pub struct Identity {
     pub name: String,
     /// Its role (certificate OU).
     pub role: Role,
-    /// The certificate's serial number, in hex.
+    /// The certificate's serial number, in hex; for an API token,
+    /// `token:<id>`.
     pub serial: String,
+    /// When the credential was issued (seconds since the Unix epoch): a
+    /// revocation by name covers what was issued before it.
+    pub issued_at: i64,
 }
 
 impl fmt::Display for Identity {
@@ -113,6 +117,9 @@ impl Identity {
             name,
             role,
             serial: cert.tbs_certificate.raw_serial_as_string().replace(':', ""),
+            // Certificates are backdated by CLOCK_SKEW (see pki).
+            issued_at: cert.validity().not_before.timestamp()
+                + crate::pki::CLOCK_SKEW.as_secs() as i64,
         })
     }
 }

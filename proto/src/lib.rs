@@ -4,6 +4,8 @@
 //!   messages), and its descriptor set for server reflection.
 //! - [`bus`]: NATS subject names and encoding helpers for the scheduler ↔
 //!   agent bus.
+//! - [`enroll`]: join tokens, and how a joining machine learns the CA it
+//!   pins.
 //! - [`identity`]: who a caller is, read from its client certificate.
 //! - [`pki`]: the cluster CA: creating it, issuing certificates, writing and
 //!   loading three-file bundles, and building TLS configurations.
@@ -14,6 +16,7 @@
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod bus;
+pub mod enroll;
 pub mod identity;
 pub mod keyed;
 pub mod labels;

@@ -42,6 +42,9 @@ pub enum PkiError {
     /// Key or certificate generation or parsing failed.
     #[error("certificate: {0}")]
     Cert(#[from] rcgen::Error),
+    /// A certificate signing request is malformed or its signature wrong.
+    #[error("certificate signing request: {0}")]
+    BadCsr(String),
     /// A private key file is readable by others.
     #[error(
         "{path}: private key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
@@ -102,7 +105,13 @@ fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(io_err(path))
 }
 
-fn read_key(path: &Path) -> Result<String, PkiError> {
+/// Reads a secret file, refusing one readable by group or others.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, PkiError> {
+    check_private(path)?;
+    fs::read(path).map_err(io_err(path))
+}
+
+fn check_private(path: &Path) -> Result<(), PkiError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(path)
         .map_err(io_err(path))?
@@ -114,6 +123,11 @@ fn read_key(path: &Path) -> Result<String, PkiError> {
             mode: mode & 0o777,
         });
     }
+    Ok(())
+}
+
+fn read_key(path: &Path) -> Result<String, PkiError> {
+    check_private(path)?;
     read(path)
 }
 
@@ -123,10 +137,13 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// How far certificates are backdated, to tolerate small clock differences
+/// between machines.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
 fn validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // Tolerate small clock differences between machines.
-    params.not_before = now - time::Duration::minutes(5);
+    params.not_before = now - CLOCK_SKEW;
     params.not_after = now + valid_for;
 }
 
@@ -221,6 +238,40 @@ impl ClusterCa {
         self.sign(&params)
     }
 
+    /// Signs the public key of a certificate signing request as a client
+    /// certificate for `name` with `role`: the request's own subject and
+    /// extensions are ignored. Returns the certificate and what it says.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        role: Role,
+        valid_for: Duration,
+    ) -> Result<SignedCert, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let params = client_params(name, role, valid_for);
+        let not_after = params.not_after;
+        let serial = params
+            .serial_number
+            .as_ref()
+            .map(|s| s.to_bytes().iter().map(|b| format!("{b:02x}")).collect())
+            .unwrap_or_default();
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        let cert = rcgen::CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        }
+        .signed_by(&issuer)?;
+        Ok(SignedCert {
+            cert_pem: cert.pem(),
+            serial,
+            not_after: std::time::SystemTime::UNIX_EPOCH
+                + Duration::from_secs(not_after.unix_timestamp().max(0) as u64),
+        })
+    }
+
     /// Issues a client certificate for `name` with `role`.
     pub fn issue_client(
         &self,
@@ -228,19 +279,64 @@ impl ClusterCa {
         role: Role,
         valid_for: Duration,
     ) -> Result<Bundle, PkiError> {
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationalUnitName, role.as_str());
-        dn.push(DnType::OrganizationName, "devctl");
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(random_serial());
-        params.use_authority_key_identifier_extension = true;
-        validity(&mut params, valid_for);
-        self.sign(&params)
+        self.sign(&client_params(name, role, valid_for))
     }
+}
+
+fn client_params(name: &str, role: Role, valid_for: Duration) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::OrganizationName, "devctl");
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(random_serial());
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, valid_for);
+    params
+}
+
+/// A certificate signed from a request ([`ClusterCa::sign_csr`]).
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it expires.
+    pub not_after: std::time::SystemTime,
+}
+
+/// The SHA-256 fingerprint (lowercase hex) of the first certificate in
+/// `pem`: what a join token pins.
+pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let der = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::BadCsr(format!("not a PEM certificate: {e}")))?;
+    Ok(fingerprint_der(&der))
+}
+
+/// The SHA-256 fingerprint (lowercase hex) of a DER certificate.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new private key (PEM, never leaves this machine) and a certificate
+/// signing request for it naming `name`.
+pub fn key_and_csr(name: &str) -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
 }
 
 /// A certificate, its private key and the CA that signed it: the three files
@@ -292,12 +388,24 @@ impl Bundle {
             .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
     }
 
-    /// TLS for the scheduler: presents this bundle's certificate and
-    /// requires a client certificate signed by the cluster CA.
+    /// TLS for the scheduler: presents this bundle's certificate followed
+    /// by the CA's (so a joining machine can check the CA against the
+    /// fingerprint its token pins) and verifies client certificates against
+    /// the cluster CA. A client certificate is optional at the TLS layer:
+    /// enrollment and API tokens come without one, and every other call is
+    /// refused by authentication unless it carries one or a valid token.
     pub fn server_tls(&self) -> ServerTlsConfig {
+        let chain = format!("{}\n{}", self.cert_pem.trim_end(), self.ca_pem);
         ServerTlsConfig::new()
-            .identity(TlsIdentity::from_pem(&self.cert_pem, &self.key_pem))
+            .identity(TlsIdentity::from_pem(chain, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+            .client_auth_optional(true)
+    }
+
+    /// TLS for a client that trusts the cluster CA but presents no
+    /// certificate (enrollment, API tokens).
+    pub fn anonymous_client_tls(ca_pem: &str) -> ClientTlsConfig {
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem))
     }
 }
 

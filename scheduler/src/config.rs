@@ -52,6 +52,47 @@ pub enum Command {
     },
     /// Serve the gRPC API (mutual TLS) and manage the cluster.
     Serve(Box<ServeArgs>),
+    /// Join tokens: one-time credentials that let an agent
+    /// (`devctl-agent join`) or a person (`devctl login`) get a certificate
+    /// without any key leaving their machine.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Revoke certificates at once: the next call with them is refused and
+    /// their open streams are closed. NAME revokes every certificate of that
+    /// identity issued so far (a new one can be issued afterwards); SERIAL
+    /// (32 hex digits, as `devctl login` prints) revokes one.
+    Revoke {
+        /// Data directory.
+        #[arg(long, env = "DEVCTL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// An identity name or a certificate serial.
+        target: String,
+    },
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new one-time join token. It pins this cluster's CA, so the
+    /// joining side authenticates the scheduler before sending it.
+    Create {
+        /// Data directory.
+        #[arg(long, env = "DEVCTL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Role of the certificate the token buys.
+        #[arg(long, value_parser = ["agent", "developer", "viewer", "admin"])]
+        role: String,
+        /// The identity's name (a node name for agents); without it the
+        /// joining side chooses (`--node`, `--name`).
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the token can be used.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 /// Flags of `serve`.
@@ -129,6 +170,14 @@ pub struct ServeArgs {
     /// How long events are kept.
     #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+    /// Validity of the agent certificates this scheduler signs (agents
+    /// renew them before they run out).
+    #[arg(long, env = "DEVCTL_AGENT_CERT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub agent_cert_ttl: Duration,
+    /// Validity of the user certificates this scheduler signs (renew with
+    /// `devctl login --renew`).
+    #[arg(long, env = "DEVCTL_USER_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub user_cert_ttl: Duration,
 }
 
 fn parse_role_quota(

@@ -5,6 +5,8 @@
 //! DIR/ca/ca.pem, ca-key.pem          the cluster CA (key 0600, dir 0700)
 //! DIR/server/{ca,cert,key}.pem       the scheduler's server certificate
 //! DIR/clients/admin/{ca,cert,key}.pem  the first admin's client bundle
+//! DIR/ca/join-key                    the MAC key of join tokens (0600)
+//! DIR/revoked                        revoked certificates (see revocation)
 //! DIR/state.redb                     the store
 //! DIR/scheduler.addr                 the address `serve` listens on
 //! ```
@@ -80,6 +82,59 @@ impl DataDir {
         self.root.join("state.redb")
     }
 
+    /// The revocation list.
+    pub fn revoked_file(&self) -> PathBuf {
+        self.root.join("revoked")
+    }
+
+    /// The key join tokens are signed with, made on first use (0600).
+    pub fn join_key(&self) -> Result<Vec<u8>, DataDirError> {
+        let path = self.ca_dir().join("join-key");
+        match pki::read_secret(&path) {
+            Ok(key) => Ok(key),
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                if !self.ca_dir().join(pki::CA_FILE).exists() {
+                    return Err(DataDirError::NotInitialized(self.root.clone()));
+                }
+                let key = devctl_proto::enroll::random_bytes::<32>();
+                // Two first uses at once: the rename makes one of them win;
+                // read back whichever did.
+                pki::write_file(&path, &key, 0o600)?;
+                Ok(pki::read_secret(&path)?)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A join token for `role` (and `name`, if given) valid for `ttl`.
+    pub fn create_join_token(
+        &self,
+        role: Role,
+        name: Option<&str>,
+        ttl: Duration,
+    ) -> Result<String, DataDirError> {
+        if let Some(n) = name {
+            validate::dns_label("--name", n)?;
+        }
+        if ttl.is_zero() {
+            return Err(InvalidField::new("--ttl", "must be more than zero (e.g. 1h)").into());
+        }
+        let ca = ClusterCa::load(&self.ca_dir()).map_err(|e| match e {
+            PkiError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                DataDirError::NotInitialized(self.root.clone())
+            }
+            e => e.into(),
+        })?;
+        let key = self.join_key()?;
+        let claims = devctl_proto::enroll::JoinClaims::new(
+            pki::fingerprint(ca.cert_pem())?,
+            role,
+            name.map(str::to_string),
+            ttl,
+        );
+        Ok(claims.sign(&key))
+    }
+
     /// Where `serve` writes the address it listens on.
     pub fn addr_file(&self) -> PathBuf {
         self.root.join("scheduler.addr")
@@ -106,6 +161,8 @@ impl DataDir {
             ca.issue_server(&pki::default_server_sans(extra_sans), SERVER_CERT_VALIDITY)?;
         let admin = ca.issue_client("admin", Role::Admin, SERVER_CERT_VALIDITY)?;
         ca.write(&self.ca_dir())?;
+        // A new CA: tokens of the old one must not verify.
+        let _ = std::fs::remove_file(self.ca_dir().join("join-key"));
         server.write(&self.server_dir())?;
         pki::create_private_dir(&self.root.join("clients"))?;
         admin.write(&self.client_dir("admin"))?;

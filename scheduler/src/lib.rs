@@ -11,6 +11,8 @@
 //! - [`nodes`]: the node registry (heartbeats, liveness).
 //! - [`stats`]: the latest usage samples (memory only).
 //! - [`store`]: the embedded store; nothing else touches its file.
+//! - [`revocation`]: revoked certificates (`revoke`, checked on every call).
+//! - [`tokens`]: API tokens (bearer credentials).
 //! - [`bus`]: the only module that speaks NATS.
 //!
 //! ```text
@@ -29,6 +31,8 @@ pub mod events;
 pub mod nodes;
 pub mod placement;
 pub mod quota;
+pub mod revocation;
 pub mod server;
 pub mod stats;
 pub mod store;
+pub mod tokens;

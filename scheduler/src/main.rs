@@ -4,11 +4,13 @@ use anyhow::Context;
 use clap::Parser;
 use devctl_scheduler::{
     activity::IdlePolicy,
+    api::enroll::CertPolicy,
     cluster::{ExpiryAction, LeasePolicy, Settings},
-    config::{Cli, Command},
+    config::{Cli, Command, TokenCommand},
     datadir::DataDir,
     placement::Strategy,
     quota::Quotas,
+    revocation::{self, Target},
     server::{ServeConfig, serve},
 };
 
@@ -51,6 +53,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             DataDir::new(data_dir).issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
         }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    data_dir,
+                    role,
+                    name,
+                    ttl,
+                },
+        } => {
+            let role = role.parse().context("--role")?;
+            let token = DataDir::new(data_dir).create_join_token(role, name.as_deref(), ttl)?;
+            // The token alone on stdout, for scripts; the rest on stderr.
+            println!("{token}");
+            eprintln!(
+                "one-time {role} join token, valid for {}; use it with {}",
+                humantime::format_duration(ttl),
+                if role == devctl_proto::identity::Role::Agent {
+                    "`devctl-agent join --server URL --token TOKEN --node NAME --data-dir DIR`"
+                } else {
+                    "`devctl login --server URL --token TOKEN`"
+                }
+            );
+        }
+        Command::Revoke { data_dir, target } => {
+            let dir = DataDir::new(data_dir);
+            let target = Target::parse(&target)?;
+            revocation::revoke(&dir.revoked_file(), &target)?;
+            match target {
+                Target::Name(n) => println!("revoked every certificate of {n} issued so far"),
+                Target::Serial(s) => println!("revoked certificate {s}"),
+            }
+        }
         Command::Serve(args) => {
             if args.default_ttl > args.max_ttl {
                 anyhow::bail!(
@@ -65,6 +99,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 nats: args.nats,
                 node_timeout: args.node_timeout,
                 event_retention: args.event_retention,
+                certs: CertPolicy {
+                    agent_ttl: args.agent_cert_ttl,
+                    user_ttl: args.user_cert_ttl,
+                },
                 settings: Settings {
                     command_timeout: args.command_timeout,
                     strategy: if args.placement == "binpack" {

@@ -18,12 +18,24 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{StreamApi, auth::authenticate, containers::ContainerApi, nodes::NodeApi},
+    api::{
+        StreamApi,
+        auth::Authenticator,
+        containers::ContainerApi,
+        enroll::{CertPolicy, EnrollApi},
+        nodes::NodeApi,
+        tokens::TokenApi,
+    },
     bus::{Bus, BusError, EngineEvents, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
     nodes::Registry,
+    revocation::Revocations,
     store::{Store, StoreError},
+    tokens::ApiTokens,
+};
+use devctl_proto::pb::{
+    enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
 };
 
 /// What `serve` needs.
@@ -42,6 +54,8 @@ pub struct ServeConfig {
     pub settings: Settings,
     /// How long events are kept.
     pub event_retention: Duration,
+    /// Validity of the certificates it signs.
+    pub certs: CertPolicy,
 }
 
 /// Why the scheduler could not serve.
@@ -73,6 +87,21 @@ pub async fn serve(
     let bundle = config.data_dir.server_bundle()?;
     let store = Store::open(&config.data_dir.state_file())?;
     let registry = Registry::new(store.nodes()?, config.node_timeout);
+    let auth = Authenticator::new(
+        ApiTokens::load(&store)?,
+        Revocations::open(config.data_dir.revoked_file()),
+    );
+    let ca = devctl_proto::pki::ClusterCa::load(&config.data_dir.ca_dir())
+        .map_err(DataDirError::from)?;
+    let enroll = EnrollApi::new(
+        config.data_dir.clone(),
+        ca,
+        store.clone(),
+        auth.clone(),
+        config.certs,
+    )
+    .map_err(DataDirError::from)?;
+    let tokens = TokenApi::new(store.clone(), auth.clone());
     let bus = Bus::connect(&config.nats).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
@@ -89,6 +118,8 @@ pub async fn serve(
     health.set_serving::<LogServiceServer<StreamApi>>().await;
     health.set_serving::<StatsServiceServer<StreamApi>>().await;
     health.set_serving::<ExecServiceServer<StreamApi>>().await;
+    health.set_serving::<EnrollServiceServer<EnrollApi>>().await;
+    health.set_serving::<TokenServiceServer<TokenApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -107,7 +138,7 @@ pub async fn serve(
         0o644,
     )
     .map_err(|e| ServeError::Io(e.to_string()))?;
-    tracing::info!(%addr, nats = %config.nats, "scheduler listening (mutual TLS)");
+    tracing::info!(%addr, nats = %config.nats, "scheduler listening (TLS; client certificate or API token)");
 
     let stop = CancellationToken::new();
     // Stops the heartbeat loop on every way out of this function.
@@ -125,6 +156,13 @@ pub async fn serve(
         config.settings.reconcile_interval,
         stop.clone(),
     ));
+    let revocation_task = tokio::spawn({
+        let (auth, stop) = (auth.clone(), stop.clone());
+        async move {
+            auth.watch_revocations(Duration::from_millis(250), stop)
+                .await
+        }
+    });
     let streams = TaskTracker::new();
     // At the shutdown signal, end the streams first (a following watch
     // would otherwise hold the graceful drain open), then drain.
@@ -136,35 +174,45 @@ pub async fn serve(
         }
     };
 
-    let streaming = StreamApi::new(cluster.clone(), stop.clone(), streams.clone());
+    let streaming = StreamApi::new(cluster.clone(), auth.clone(), stop.clone(), streams.clone());
+    let authenticate = {
+        let auth = auth.clone();
+        move |req| auth.authenticate(req)
+    };
     let result = Server::builder()
         .tls_config(bundle.server_tls())
         .map_err(|e| ServeError::Transport(e.to_string()))?
         .add_service(health_service)
         .add_service(reflection)
+        // Authenticates by join token or certificate itself.
+        .add_service(EnrollServiceServer::new(enroll))
+        .add_service(TokenServiceServer::with_interceptor(
+            tokens,
+            authenticate.clone(),
+        ))
         .add_service(ContainerServiceServer::with_interceptor(
             ContainerApi::new(cluster.clone()),
-            authenticate,
+            authenticate.clone(),
         ))
         .add_service(NodeServiceServer::with_interceptor(
             NodeApi::new(cluster.clone()),
-            authenticate,
+            authenticate.clone(),
         ))
         .add_service(EventServiceServer::with_interceptor(
             streaming.clone(),
-            authenticate,
+            authenticate.clone(),
         ))
         .add_service(LogServiceServer::with_interceptor(
             streaming.clone(),
-            authenticate,
+            authenticate.clone(),
         ))
         .add_service(ExecServiceServer::with_interceptor(
             streaming.clone(),
-            authenticate,
+            authenticate.clone(),
         ))
         .add_service(StatsServiceServer::with_interceptor(
             streaming.clone(),
-            authenticate,
+            authenticate.clone(),
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.
@@ -184,6 +232,7 @@ pub async fn serve(
         ("engine event loop", events_task),
         ("stats loop", stats_task),
         ("supervisor", supervise_task),
+        ("revocation watcher", revocation_task),
     ] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{name} failed");

@@ -470,6 +470,64 @@ impl TestCluster {
         out_dir
     }
 
+    /// A join token made with the real `devctl-scheduler token create`.
+    pub fn join_token(&self, role: &str, name: Option<&str>, ttl: &str) -> String {
+        let mut cmd = Command::new(bin("devctl-scheduler"));
+        cmd.args([
+            "token",
+            "create",
+            "--role",
+            role,
+            "--ttl",
+            ttl,
+            "--data-dir",
+        ])
+        .arg(self.data_dir());
+        if let Some(n) = name {
+            cmd.args(["--name", n]);
+        }
+        let out = cmd.output().expect("run token create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs `devctl-scheduler revoke TARGET` on this cluster.
+    pub fn revoke(&self, target: &str) {
+        let out = Command::new(bin("devctl-scheduler"))
+            .args(["revoke", target, "--data-dir"])
+            .arg(self.data_dir())
+            .output()
+            .expect("run revoke");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs the CLI with no credentials but `env` (e.g. `DEVCTL_CONFIG`
+    /// for a context made by `devctl login`, or `DEVCTL_API_TOKEN`).
+    /// `DEVCTL_SERVER` is not set unless `env` sets it.
+    pub fn devctl_env(&self, env: &[(&str, &str)], args: &[&str]) -> CliResult {
+        let mut cmd = Command::new(bin("devctl"));
+        cmd.args(args)
+            .env_remove("DEVCTL_SERVER")
+            .env_remove("DEVCTL_TLS_DIR")
+            .env_remove("DEVCTL_API_TOKEN")
+            .env_remove("DEVCTL_CONTEXT")
+            // Never the developer's own configuration.
+            .env("DEVCTL_CONFIG", self.scratch().join("no-config.toml"))
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        CliResult::from(cmd.output().expect("run devctl"))
+    }
+
     /// The cluster's events (`devctl events -o json` plus `extra` flags).
     pub fn events(&self, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["events", "-o", "json"];

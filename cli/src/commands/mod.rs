@@ -1,10 +1,12 @@
 //! One file per subcommand: parse, call the client, print.
 
+pub mod context;
 pub mod create;
 pub mod events;
 pub mod exec;
 pub mod extend;
 pub mod get;
+pub mod login;
 pub mod logs;
 pub mod ls;
 pub mod nodes;
@@ -13,6 +15,7 @@ pub mod rm;
 pub mod start;
 pub mod stats;
 pub mod stop;
+pub mod tokens;
 pub mod top;
 
 use anyhow::Result;
@@ -35,10 +38,23 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(args) => Some(args.to_request()?),
         _ => None,
     };
-    let tls_dir = client::tls_dir(cli.tls_dir)?;
-    let mut client = client::Client::connect(&cli.server, tls_dir).await?;
+    let flags = client::Flags {
+        server: cli.server,
+        tls_dir: cli.tls_dir,
+        token: cli.api_token,
+        ca_file: cli.ca_file,
+        context: cli.context,
+    };
     let o = cli.output;
-    match cli.command {
+    let command = match cli.command {
+        Command::Context(args) => return context::run(o, args),
+        Command::Login(args) => return login::run(flags, args).await,
+        other => other,
+    };
+    let mut client = client::Client::connect(&client::resolve(flags)?).await?;
+    match command {
+        Command::Context(_) | Command::Login(_) => unreachable!("handled above"),
+        Command::Tokens(args) => tokens::run(&mut client, o, args).await,
         Command::Create(_) => create::run(&mut client, o, create.expect("built above")).await,
         Command::Ls(args) => ls::run(&mut client, o, args).await,
         Command::Get(args) => get::run(&mut client, o, args).await,

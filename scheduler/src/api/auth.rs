@@ -1,35 +1,238 @@
-//! Authentication: every call carries the caller's client certificate
-//! (mutual TLS; the TLS layer has already checked it against the cluster
-//! CA). The interceptor reads the identity from it and stores it in the
+//! Authentication: every call carries a client certificate issued by the
+//! cluster CA (mutual TLS; the TLS layer has already checked its chain) or
+//! an API token (`authorization: Bearer dvt_...`). The interceptor
+//! ([`Authenticator::authenticate`]) reads the identity from either, refuses
+//! revoked certificates and tokens, and stores the identity in the
 //! request's extensions for the handlers.
+//!
+//! Streams register with [`Sessions`], so revoking an identity also ends
+//! the streams it has open.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
 
 use devctl_proto::{
     identity::{Identity, Role},
     pb,
 };
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Status};
 
-/// Reads the caller's identity from its certificate. Agents may not use the
-/// API.
-pub fn authenticate(mut req: Request<()>) -> Result<Request<()>, Status> {
-    let certs = req.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("a client certificate issued by the cluster CA is required")
-    })?;
-    let cert = certs.first().ok_or_else(|| {
-        Status::unauthenticated("a client certificate issued by the cluster CA is required")
-    })?;
-    let identity =
-        Identity::from_der(cert.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
-    if identity.role == Role::Agent {
-        return Err(Status::permission_denied(
-            "agent certificates may use the bus only, not the API; use an admin or developer certificate",
-        ));
-    }
-    req.extensions_mut().insert(identity);
-    Ok(req)
+use crate::{revocation::Revocations, tokens::ApiTokens};
+
+const NEED_CREDENTIALS: &str = "a client certificate issued by the cluster CA, or an API token (authorization: Bearer dvt_...), is required; get one with `devctl login` or `devctl tokens create`";
+
+/// Checks every call's credentials; clones share the state.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    inner: Arc<AuthInner>,
 }
 
-/// The identity [`authenticate`] stored.
+#[derive(Debug)]
+struct AuthInner {
+    tokens: ApiTokens,
+    revocations: Revocations,
+    sessions: Sessions,
+}
+
+impl Authenticator {
+    /// Authentication by `tokens` and certificates, minus `revocations`.
+    pub fn new(tokens: ApiTokens, revocations: Revocations) -> Self {
+        Self {
+            inner: Arc::new(AuthInner {
+                tokens,
+                revocations,
+                sessions: Sessions::default(),
+            }),
+        }
+    }
+
+    /// The API tokens.
+    pub fn tokens(&self) -> &ApiTokens {
+        &self.inner.tokens
+    }
+
+    /// The open streams.
+    pub fn sessions(&self) -> &Sessions {
+        &self.inner.sessions
+    }
+
+    /// The interceptor: stores the caller's identity in the request.
+    /// Agents may not use the API.
+    pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let identity = self.identify(&req)?;
+        if identity.role == Role::Agent {
+            return Err(Status::permission_denied(
+                "agent certificates may use the bus only, not the API; use an admin or developer certificate",
+            ));
+        }
+        req.extensions_mut().insert(identity);
+        Ok(req)
+    }
+
+    /// The caller of `req`: its API token if it sends one, else its client
+    /// certificate.
+    pub fn identify<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        if let Some(value) = req.metadata().get("authorization") {
+            let bearer = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .ok_or_else(|| {
+                    Status::unauthenticated(
+                        "authorization metadata must read `Bearer dvt_...` (an API token)",
+                    )
+                })?;
+            return self
+                .inner
+                .tokens
+                .check(bearer.trim(), SystemTime::now())
+                .map_err(|e| Status::unauthenticated(e.to_string()));
+        }
+        self.identify_certificate(req)
+    }
+
+    /// The caller of `req` by its client certificate alone.
+    pub fn identify_certificate<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        let cert = req
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| Status::unauthenticated(NEED_CREDENTIALS))?;
+        let identity = Identity::from_der(cert.as_ref())
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if self.inner.revocations.is_revoked(&identity) {
+            return Err(Status::unauthenticated(format!(
+                "the certificate of {} (serial {}) has been revoked; ask an admin for a new one",
+                identity.name, identity.serial
+            )));
+        }
+        Ok(identity)
+    }
+
+    /// Whether `id`'s credential is revoked now (streams check this when
+    /// the revocation list changes).
+    fn is_revoked(&self, id: &Identity) -> bool {
+        if let Some(token_id) = id.serial.strip_prefix("token:") {
+            return self
+                .inner
+                .tokens
+                .list()
+                .iter()
+                .filter_map(|t| t.token.as_ref())
+                .any(|t| t.id == token_id && t.revoke_time.is_some());
+        }
+        self.inner.revocations.covers(id)
+    }
+
+    /// Ends the open streams of revoked credentials.
+    pub fn close_revoked(&self) {
+        self.inner.sessions.cancel_where(|id| self.is_revoked(id));
+    }
+
+    /// Until `stop`: re-reads the revocation list every `every` and ends the
+    /// streams of what it revokes.
+    pub async fn watch_revocations(&self, every: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    if self.inner.revocations.refresh() {
+                        self.close_revoked();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The open streams by identity, so revocation can end them.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    // std lock: held to insert, remove or scan, never across an await.
+    open: Arc<Mutex<HashMap<u64, (Identity, CancellationToken)>>>,
+}
+
+/// One registered stream: its stop signal, ended by the server's stop or by
+/// revocation of its identity. Dropping it unregisters the stream.
+#[derive(Debug)]
+pub struct Session {
+    id: u64,
+    stop: CancellationToken,
+    server_stop: CancellationToken,
+    open: Arc<Mutex<HashMap<u64, (Identity, CancellationToken)>>>,
+}
+
+impl Session {
+    /// Cancelled when the stream must end.
+    pub fn stop(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Sends the client the reason its stream ended if that was a
+    /// revocation (not the server stopping or the stream finishing).
+    pub fn tell_if_revoked<T>(&self, tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
+        if self.stop.is_cancelled() && !self.server_stop.is_cancelled() {
+            let _ = tx.try_send(Err(Status::unauthenticated(
+                "the credential of this stream has been revoked; the stream is closed",
+            )));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.open.lock().expect("sessions lock").remove(&self.id);
+    }
+}
+
+impl Sessions {
+    /// Registers a stream of `identity` that also ends with `server_stop`.
+    pub fn open(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let stop = server_stop.child_token();
+        self.open
+            .lock()
+            .expect("sessions lock")
+            .insert(id, (identity.clone(), stop.clone()));
+        Session {
+            id,
+            stop,
+            server_stop: server_stop.clone(),
+            open: Arc::clone(&self.open),
+        }
+    }
+
+    /// Ends every stream whose identity `revoked` says so.
+    pub fn cancel_where(&self, revoked: impl Fn(&Identity) -> bool) {
+        for (id, stop) in self.open.lock().expect("sessions lock").values() {
+            if !stop.is_cancelled() && revoked(id) {
+                tracing::info!(identity = %id, "credential revoked: closing its stream");
+                stop.cancel();
+            }
+        }
+    }
+
+    /// Streams open now.
+    pub fn len(&self) -> usize {
+        self.open.lock().expect("sessions lock").len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The identity [`Authenticator::authenticate`] stored.
 pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
     req.extensions()
         .get::<Identity>()

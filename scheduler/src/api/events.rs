@@ -56,7 +56,8 @@ impl EventService for StreamApi {
         if !r.follow && reader.pending == 0 {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
-        let stop = self.stop.clone();
+        let session = self.session(&id);
+        let stop = session.stop().clone();
         self.streams.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -84,6 +85,7 @@ impl EventService for StreamApi {
                     }
                 }
             }
+            session.tell_if_revoked(&tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

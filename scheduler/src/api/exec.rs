@@ -39,9 +39,10 @@ impl ExecService for StreamApi {
         let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);
         let output_done = CancellationToken::new();
+        let revocable = self.session(&id);
 
         // Client -> agent: stdin, resizes; closing the send side closes stdin.
-        let (stop, done) = (self.stop.clone(), output_done.clone());
+        let (stop, done) = (revocable.stop().clone(), output_done.clone());
         self.streams.spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -78,7 +79,7 @@ impl ExecService for StreamApi {
         });
 
         // Agent -> client: output, then the exit code.
-        let (stop, cluster) = (self.stop.clone(), self.cluster.clone());
+        let (stop, cluster) = (revocable.stop().clone(), self.cluster.clone());
         let mut stream = NodeStream::new(reader, self.cluster.clone());
         self.streams.spawn(async move {
             let mut failed = false;
@@ -118,6 +119,7 @@ impl ExecService for StreamApi {
             }
             cluster.exec_ended(&session, code).await;
             stream.close().await;
+            revocable.tell_if_revoked(&tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

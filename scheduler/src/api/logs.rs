@@ -28,7 +28,8 @@ impl LogService for StreamApi {
         let reader = self.cluster.open_logs(&r.name, &r).await?;
         let mut stream = NodeStream::new(reader, self.cluster.clone());
         let (tx, rx) = mpsc::channel(BUFFER);
-        let stop = self.stop.clone();
+        let session = self.session(&id);
+        let stop = session.stop().clone();
         self.streams.spawn(async move {
             while let Some(next) = stream.next(&tx, &stop).await {
                 let item = match next {
@@ -46,6 +47,7 @@ impl LogService for StreamApi {
                 }
             }
             stream.close().await;
+            session.tell_if_revoked(&tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

@@ -3,11 +3,13 @@
 
 pub mod auth;
 pub mod containers;
+pub mod enroll;
 pub mod events;
 pub mod exec;
 pub mod logs;
 pub mod nodes;
 pub mod stats;
+pub mod tokens;
 
 use tonic::Status;
 
@@ -109,6 +111,7 @@ impl NodeStream {
 #[derive(Debug, Clone)]
 pub struct StreamApi {
     cluster: crate::cluster::Cluster,
+    auth: auth::Authenticator,
     stop: tokio_util::sync::CancellationToken,
     streams: tokio_util::task::TaskTracker,
 }
@@ -118,13 +121,21 @@ impl StreamApi {
     /// cancelled and run as tasks of `streams`.
     pub fn new(
         cluster: crate::cluster::Cluster,
+        auth: auth::Authenticator,
         stop: tokio_util::sync::CancellationToken,
         streams: tokio_util::task::TaskTracker,
     ) -> Self {
         Self {
             cluster,
+            auth,
             stop,
             streams,
         }
+    }
+
+    /// Registers a stream of `id`: it ends at shutdown or when `id`'s
+    /// credential is revoked.
+    fn session(&self, id: &devctl_proto::identity::Identity) -> auth::Session {
+        self.auth.sessions().open(id, &self.stop)
     }
 }

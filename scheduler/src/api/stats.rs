@@ -39,7 +39,8 @@ impl StatsService for StreamApi {
         let r = req.into_inner();
         let mut updates = self.cluster.stats().subscribe();
         let (tx, rx) = mpsc::channel(256);
-        let stop = self.stop.clone();
+        let session = self.session(&id);
+        let stop = session.stop().clone();
         self.streams.spawn(async move {
             loop {
                 let update = tokio::select! {
@@ -64,6 +65,7 @@ impl StatsService for StreamApi {
                     break;
                 }
             }
+            session.tell_if_revoked(&tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

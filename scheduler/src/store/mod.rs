@@ -13,13 +13,17 @@
 //! - `nodes`: name → `Node` (capacity, labels, cordon, first seen;
 //!   liveness is kept in memory)
 //! - `create_requests`: client request id → container id
+//! - `join_tokens_used`, `api_tokens`: see [`access`]
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
 //! and the lease and idle checks never scan the records. Writes update it
 //! after their commit, in commit order.
 
+mod access;
 mod index;
+
+pub use access::StoredToken;
 
 use std::{
     collections::BTreeMap,
@@ -142,6 +146,8 @@ impl Store {
         txn.open_table(CONTAINER_IDS)?;
         txn.open_table(NODES)?;
         txn.open_table(REQUESTS)?;
+        txn.open_table(access::JOIN_TOKENS_USED)?;
+        txn.open_table(access::API_TOKENS)?;
         txn.commit()?;
         let mut index = Index::default();
         {

@@ -1,0 +1,152 @@
+//! `devctl.v1.EnrollService`: join tokens and CSRs in, certificates out.
+//! Join needs no client certificate (the token is the credential);
+//! RenewCertificate needs a valid one.
+
+use std::time::Duration;
+
+use devctl_proto::{
+    enroll::{JoinClaims, JoinError},
+    identity::Role,
+    pb::{self, enroll_service_server::EnrollService},
+    pki::ClusterCa,
+    validate,
+};
+use tonic::{Request, Response, Status};
+
+use super::auth::Authenticator;
+use crate::{datadir::DataDir, store::Store};
+
+/// How long the certificates the scheduler signs are valid.
+#[derive(Debug, Clone, Copy)]
+pub struct CertPolicy {
+    /// Agents' certificates.
+    pub agent_ttl: Duration,
+    /// Everyone else's (people, from `devctl login`).
+    pub user_ttl: Duration,
+}
+
+impl CertPolicy {
+    fn ttl(&self, role: Role) -> Duration {
+        match role {
+            Role::Agent => self.agent_ttl,
+            _ => self.user_ttl,
+        }
+    }
+}
+
+/// The enrollment service.
+#[derive(Debug, Clone)]
+pub struct EnrollApi {
+    data_dir: DataDir,
+    ca: std::sync::Arc<ClusterCa>,
+    ca_fingerprint: String,
+    store: Store,
+    auth: Authenticator,
+    policy: CertPolicy,
+}
+
+impl EnrollApi {
+    /// The service signing with the CA of `data_dir`.
+    pub fn new(
+        data_dir: DataDir,
+        ca: ClusterCa,
+        store: Store,
+        auth: Authenticator,
+        policy: CertPolicy,
+    ) -> Result<Self, devctl_proto::pki::PkiError> {
+        Ok(Self {
+            ca_fingerprint: devctl_proto::pki::fingerprint(ca.cert_pem())?,
+            ca: std::sync::Arc::new(ca),
+            data_dir,
+            store,
+            auth,
+            policy,
+        })
+    }
+
+    fn sign(&self, csr_pem: &str, name: &str, role: Role) -> Result<pb::IssuedCertificate, Status> {
+        let signed = self
+            .ca
+            .sign_csr(csr_pem, name, role, self.policy.ttl(role))
+            .map_err(|e| {
+                Status::invalid_argument(format!(
+                    "csr_pem: {e}; send a PEM PKCS#10 request (devctl login and devctl-agent join make one)"
+                ))
+            })?;
+        Ok(pb::IssuedCertificate {
+            cert_pem: signed.cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            name: name.to_string(),
+            role: role.to_string(),
+            serial: signed.serial,
+            not_after: Some(signed.not_after.into()),
+        })
+    }
+}
+
+fn join_status(e: JoinError) -> Status {
+    match e {
+        JoinError::Malformed => Status::invalid_argument(format!("token: {e}")),
+        _ => Status::unauthenticated(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl EnrollService for EnrollApi {
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let r = req.into_inner();
+        let key = self.data_dir.join_key().map_err(|e| {
+            tracing::error!(error = %e, "join key unreadable");
+            Status::internal("the scheduler cannot read its join key")
+        })?;
+        let claims =
+            JoinClaims::verify(&r.token, &key, &self.ca_fingerprint).map_err(join_status)?;
+        let name = match (&claims.name, r.name.as_str()) {
+            (Some(n), "") => n.clone(),
+            (Some(n), asked) if asked == n => n.clone(),
+            (Some(n), asked) => {
+                return Err(Status::permission_denied(format!(
+                    "name: this join token is for {n:?}, not {asked:?}"
+                )));
+            }
+            (None, "") => {
+                return Err(Status::invalid_argument(
+                    "name: this join token names no identity; pass the name to join as (--node for agents, --name for users)",
+                ));
+            }
+            (None, asked) => asked.to_string(),
+        };
+        validate::dns_label("name", &name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Sign first (a bad request must not use the token up), then mark
+        // the token used, and only then hand the certificate out.
+        let issued = self.sign(&r.csr_pem, &name, claims.role)?;
+        if !self
+            .store
+            .use_join_token(&claims.id, &name)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "recording a join token");
+                Status::unavailable("the scheduler could not record the token's use; retry")
+            })?
+        {
+            return Err(Status::unauthenticated(
+                "this join token has already been used; each token works once: create another with `devctl-scheduler token create`",
+            ));
+        }
+        tracing::info!(name, role = %claims.role, serial = %issued.serial, "identity joined");
+        Ok(Response::new(issued))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        let id = self.auth.identify_certificate(&req)?;
+        let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
+        tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");
+        Ok(Response::new(issued))
+    }
+}

@@ -1,0 +1,217 @@
+//! API tokens end to end: created once, used by the CLI and by a Python
+//! client generated from proto/ with grpcio-tools (bearer token and client
+//! certificate), refused after revocation, and no credentials at all is
+//! UNAUTHENTICATED.
+
+use std::{path::Path, process::Command};
+
+use devctl_tests::{IMAGE, TestCluster, repo_root};
+use serde_json::Value;
+
+/// The Python with grpcio: DEVCTL_PYTHON (deploy/test.sh sets it), else
+/// python3.
+fn python() -> String {
+    std::env::var("DEVCTL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Generates the Python stubs from proto/ into `out`.
+fn generate(out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let protos: Vec<_> = std::fs::read_dir(repo_root().join("proto/devctl/v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    let status = Command::new(python())
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", repo_root().join("proto").display()))
+        .arg(format!("--python_out={}", out.display()))
+        .arg(format!("--grpc_python_out={}", out.display()))
+        .args(&protos)
+        .status()
+        .expect("run python");
+    assert!(
+        status.success(),
+        "grpc_tools.protoc failed: run the suite with deploy/test.sh, which installs grpcio-tools (or set DEVCTL_PYTHON to a Python that has it)"
+    );
+}
+
+struct Py<'a> {
+    c: &'a TestCluster,
+    stubs: std::path::PathBuf,
+}
+
+impl Py<'_> {
+    /// Runs the example client with `auth` and `args`: (exit code, stdout,
+    /// stderr).
+    fn run(&self, auth: &[&str], args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(python())
+            .arg(repo_root().join("docs/examples/python/devctl_client.py"))
+            .args(["--server", self.c.server.trim_start_matches("https://")])
+            .arg("--ca")
+            .arg(self.c.admin_tls().join("ca.pem"))
+            .args(auth)
+            .args(args)
+            .env("PYTHONPATH", &self.stubs)
+            .output()
+            .expect("run python");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[test]
+fn bearer_tokens_work_from_the_cli_and_a_generated_python_client() {
+    let c = TestCluster::start(&["a"]);
+    let py = Py {
+        c: &c,
+        stubs: c.scratch().join("py"),
+    };
+    generate(&py.stubs);
+
+    // Created once by an admin; the secret is all stdout says.
+    let created = c
+        .devctl(&[
+            "tokens",
+            "create",
+            "--name",
+            "ci",
+            "--role",
+            "developer",
+            "--ttl",
+            "1d",
+        ])
+        .ok();
+    let secret = created.stdout.trim().to_string();
+    assert!(secret.starts_with("dvt_"), "{}", created.stdout);
+    assert!(
+        created.stderr.contains("shown only now"),
+        "{}",
+        created.stderr
+    );
+    let listed = c.devctl(&["tokens", "ls", "-o", "json"]).ok().stdout;
+    assert!(
+        listed.contains("\"ci\"") && !listed.contains(&secret),
+        "{listed}"
+    );
+
+    // The CLI with the token and the CA only.
+    let ca = c.admin_tls().join("ca.pem");
+    let env = [
+        ("DEVCTL_SERVER", c.server.as_str()),
+        ("DEVCTL_API_TOKEN", secret.as_str()),
+        ("DEVCTL_CA_FILE", ca.to_str().unwrap()),
+    ];
+    let made = c
+        .devctl_env(
+            &env,
+            &[
+                "create", "from-ci", "--image", IMAGE, "-o", "json", "--", "sleep", "3600",
+            ],
+        )
+        .json();
+    assert_eq!(made["owner"], "ci");
+
+    // Python, bearer token: the token's identity is a developer, so it sees
+    // its own container and only that.
+    let (code, out, err) = py.run(&["--token", &secret], &["ls"]);
+    assert_eq!(code, 0, "{err}");
+    let list: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        list,
+        serde_json::json!([{"name": "from-ci", "owner": "ci"}])
+    );
+    let (code, out, err) = py.run(
+        &["--token", &secret],
+        &[
+            "create", "py-made", "--image", IMAGE, "--cmd", "sleep", "3600",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let made: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(made["owner"], "ci");
+
+    // Python, client certificate (the admin's): sees everything.
+    let admin = c.admin_tls();
+    let (code, out, err) = py.run(
+        &[
+            "--cert",
+            admin.join("cert.pem").to_str().unwrap(),
+            "--key",
+            admin.join("key.pem").to_str().unwrap(),
+        ],
+        &["ls"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("from-ci") && out.contains("py-made"), "{out}");
+
+    // Neither: UNAUTHENTICATED. A wrong token: UNAUTHENTICATED.
+    let (code, _, err) = py.run(&[], &["ls"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("UNAUTHENTICATED"), "{err}");
+    let (code, _, err) = py.run(&["--token", "dvt_0000_nope"], &["ls"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("UNAUTHENTICATED: the API token is not valid"),
+        "{err}"
+    );
+
+    // A developer's token acts as the developer; they cannot mint admin
+    // tokens or act for others.
+    let alice = c.issue_cert("alice", "developer");
+    let mine = c
+        .devctl_as(&alice, &["tokens", "create", "--name", "alice-ci"])
+        .ok()
+        .stdout;
+    let (code, out, err) = py.run(
+        &["--token", mine.trim()],
+        &[
+            "create", "alices", "--image", IMAGE, "--cmd", "sleep", "3600",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"owner\": \"alice\""), "{out}");
+    let err = c
+        .devctl_as(
+            &alice,
+            &["tokens", "create", "--name", "root", "--role", "admin"],
+        )
+        .err();
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let err = c
+        .devctl_as(&alice, &["tokens", "create", "--name", "x", "--as", "bob"])
+        .err();
+    assert!(
+        err.contains("PermissionDenied") && err.contains("only admins act for others"),
+        "{err}"
+    );
+    let err = c.devctl_as(&alice, &["tokens", "revoke", "ci"]).err();
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let err = c.devctl(&["tokens", "create", "--name", "ci"]).err();
+    assert!(err.contains("AlreadyExists"), "{err}");
+
+    // Revoked: refused at once, from Python and the CLI.
+    c.devctl(&["tokens", "revoke", "ci"]).ok();
+    let (code, _, err) = py.run(&["--token", &secret], &["ls"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("UNAUTHENTICATED") && err.contains("revoked"),
+        "{err}"
+    );
+    let err = c.devctl_env(&env, &["ls"]).err();
+    assert!(
+        err.contains("revoked") && err.contains("Unauthenticated"),
+        "{err}"
+    );
+    let state = c.devctl(&["tokens", "ls", "-o", "json"]).json();
+    let ci = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap();
+    assert!(ci["revoked"].is_string(), "{ci}");
+}

@@ -1,0 +1,274 @@
+//! Enrollment end to end: `devctl login` with one-time join tokens (used
+//! twice, expired, for another cluster), contexts, renewal, and
+//! revocation closing an open `logs -f` stream.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use devctl_tests::{IMAGE, Proc, TestCluster, bin, wait_until};
+use serde_json::Value;
+
+fn config_env(path: &Path) -> Vec<(&'static str, String)> {
+    vec![("DEVCTL_CONFIG", path.display().to_string())]
+}
+
+fn env_refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Waits until the wall clock has passed `unix` (a token's expiry, a
+/// revocation's second): time passing, not synchronisation.
+fn wait_past(unix: u64) {
+    wait_until("the clock to pass", Duration::from_secs(5), || {
+        (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            > unix)
+            .then_some(())
+    });
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn login_with_a_join_token_makes_a_context_that_works_once() {
+    let c = TestCluster::start(&["a"]);
+    let config = c.scratch().join("alice/config.toml");
+    let env = config_env(&config);
+    let env = env_refs(&env);
+    let token = c.join_token("developer", Some("alice"), "1h");
+
+    let out = c
+        .devctl_env(&env, &["login", "--server", &c.server, "--token", &token])
+        .ok()
+        .stdout;
+    assert!(out.contains("as alice (developer)"), "{out}");
+    // The key was made here and only its owner reads it.
+    let ctx_dir = c.scratch().join("alice/contexts/127.0.0.1");
+    let mode = std::fs::metadata(ctx_dir.join("key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The context gives server and identity: no flags needed.
+    let created = c
+        .devctl_env(
+            &env,
+            &[
+                "create", "mine", "--image", IMAGE, "-o", "json", "--", "sleep", "3600",
+            ],
+        )
+        .json();
+    assert_eq!(created["owner"], "alice");
+    let contexts = c.devctl_env(&env, &["context", "ls", "-o", "json"]).json();
+    assert_eq!(contexts[0]["name"], "127.0.0.1");
+    assert_eq!(contexts[0]["current"], true);
+    assert_eq!(contexts[0]["identity"], "alice");
+
+    // The token worked once.
+    let other = c.scratch().join("mallory/config.toml");
+    let env2 = config_env(&other);
+    let err = c
+        .devctl_env(
+            &env_refs(&env2),
+            &["login", "--server", &c.server, "--token", &token],
+        )
+        .err();
+    assert!(
+        err.contains("already been used") && err.contains("Unauthenticated"),
+        "{err}"
+    );
+
+    // Renewal: a new key and certificate for the same identity.
+    let before = std::fs::read_to_string(ctx_dir.join("cert.pem")).unwrap();
+    let key_before = std::fs::read_to_string(ctx_dir.join("key.pem")).unwrap();
+    let out = c.devctl_env(&env, &["login", "--renew"]).ok().stdout;
+    assert!(out.contains("renewed the certificate of alice"), "{out}");
+    assert_ne!(
+        before,
+        std::fs::read_to_string(ctx_dir.join("cert.pem")).unwrap()
+    );
+    assert_ne!(
+        key_before,
+        std::fs::read_to_string(ctx_dir.join("key.pem")).unwrap()
+    );
+    let list = c.devctl_env(&env, &["ls", "-o", "json"]).json();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    // A context switch to one that does not exist is refused.
+    let err = c.devctl_env(&env, &["context", "use", "nope"]).err();
+    assert!(err.contains("no context named \"nope\""), "{err}");
+}
+
+#[test]
+fn expired_foreign_and_misnamed_tokens_are_refused() {
+    let c = TestCluster::start(&[]);
+    let config = c.scratch().join("bob/config.toml");
+    let env = config_env(&config);
+    let env = env_refs(&env);
+
+    // Expired.
+    let token = c.join_token("developer", Some("bob"), "1s");
+    wait_past(now_unix() + 1);
+    let err = c
+        .devctl_env(&env, &["login", "--server", &c.server, "--token", &token])
+        .err();
+    assert!(err.contains("expired"), "{err}");
+
+    // A token of another cluster: the joining side refuses before sending
+    // it, because our server's CA is not the one the token pins.
+    let other = c.scratch().join("other-cluster");
+    let init = Command::new(bin("devctl-scheduler"))
+        .args(["init", "--data-dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let foreign = Command::new(bin("devctl-scheduler"))
+        .args(["token", "create", "--role", "developer", "--data-dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_string();
+    let err = c
+        .devctl_env(
+            &env,
+            &[
+                "login", "--server", &c.server, "--token", &foreign, "--name", "bob",
+            ],
+        )
+        .err();
+    assert!(
+        err.contains("refusing to send the token") && err.contains("CA fingerprint"),
+        "{err}"
+    );
+
+    // A token without a name needs one; one with a name refuses another.
+    let unnamed = c.join_token("viewer", None, "1h");
+    let err = c
+        .devctl_env(&env, &["login", "--server", &c.server, "--token", &unnamed])
+        .err();
+    assert!(
+        err.contains("name:") && err.contains("InvalidArgument"),
+        "{err}"
+    );
+    let out = c
+        .devctl_env(
+            &env,
+            &[
+                "login", "--server", &c.server, "--token", &unnamed, "--name", "vera",
+            ],
+        )
+        .ok()
+        .stdout;
+    assert!(out.contains("as vera (viewer)"), "{out}");
+    let named = c.join_token("developer", Some("carol"), "1h");
+    let err = c
+        .devctl_env(
+            &env,
+            &[
+                "login", "--server", &c.server, "--token", &named, "--name", "dave",
+            ],
+        )
+        .err();
+    assert!(err.contains("for \"carol\", not \"dave\""), "{err}");
+
+    // An agent token is for agents.
+    let agent = c.join_token("agent", Some("n1"), "1h");
+    let err = c
+        .devctl_env(&env, &["login", "--server", &c.server, "--token", &agent])
+        .err();
+    assert!(err.contains("devctl-agent join"), "{err}");
+    // Garbage is named as such.
+    let err = c
+        .devctl_env(
+            &env,
+            &["login", "--server", &c.server, "--token", "nonsense"],
+        )
+        .err();
+    assert!(err.contains("malformed"), "{err}");
+}
+
+fn spawn_devctl(c: &TestCluster, tls: &Path, args: &[&str], log: PathBuf) -> Proc {
+    let mut cmd = Command::new(bin("devctl"));
+    cmd.args(args)
+        .env("DEVCTL_SERVER", &c.server)
+        .env("DEVCTL_TLS_DIR", tls)
+        .env("DEVCTL_CONFIG", c.scratch().join("no-config.toml"));
+    Proc::spawn("devctl logs -f", cmd, log).unwrap()
+}
+
+#[test]
+fn revocation_closes_open_streams_and_refuses_the_next_call() {
+    let c = TestCluster::start(&["a"]);
+    let alice = c.issue_cert("alice", "developer");
+    c.devctl_as(
+        &alice,
+        &[
+            "create",
+            "ticker",
+            "--image",
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.2; done",
+        ],
+    )
+    .ok();
+    let log = c.scratch().join("follow.log");
+    let mut follow = spawn_devctl(&c, &alice, &["logs", "-f", "ticker"], log.clone());
+    wait_until("logs -f to stream", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("tick"))
+    });
+    assert!(follow.is_running());
+
+    c.revoke("alice");
+    let status = follow.wait_exit(Duration::from_secs(10));
+    assert!(!status.success(), "logs -f ended without an error");
+    let out = std::fs::read_to_string(&log).unwrap();
+    assert!(out.contains("revoked"), "{out}");
+
+    let err = c.devctl_as(&alice, &["ls"]).err();
+    assert!(
+        err.contains("revoked") && err.contains("Unauthenticated"),
+        "{err}"
+    );
+    // Others are unaffected; the container is still there.
+    let got: Value = c.devctl(&["get", "ticker", "-o", "json"]).json();
+    assert_eq!(got["owner"], "alice");
+
+    // A certificate issued after the revocation works (a new laptop).
+    wait_past(now_unix());
+    let fresh = c.issue_cert("alice", "developer");
+    c.devctl_as(&fresh, &["ls"]).ok();
+
+    // Revoking one serial leaves the identity's other certificates alone.
+    let bob1 = c.issue_cert("bob", "developer");
+    let serial = serial_of(&bob1);
+    c.revoke(&serial);
+    let err = c.devctl_as(&bob1, &["ls"]).err();
+    assert!(err.contains("revoked"), "{err}");
+}
+
+fn serial_of(dir: &Path) -> String {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let pem = std::fs::read(dir.join("cert.pem")).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    devctl_proto::identity::Identity::from_der(&der)
+        .unwrap()
+        .serial
+}
