@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/logs.proto",
         "devctl/v1/stats.proto",
         "devctl/v1/access.proto",
+        "devctl/v1/audit.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))

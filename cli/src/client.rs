@@ -70,6 +70,8 @@ pub struct Client {
     pub tokens: TokenServiceClient<Svc>,
     /// EnrollService (certificate renewal).
     pub enroll: EnrollServiceClient<Svc>,
+    /// AuditService.
+    pub audit: devctl_proto::pb::audit_service_client::AuditServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -191,7 +193,8 @@ impl Client {
             stats: StatsServiceClient::new(svc.clone()),
             exec: ExecServiceClient::new(svc.clone()),
             tokens: TokenServiceClient::new(svc.clone()),
-            enroll: EnrollServiceClient::new(svc),
+            enroll: EnrollServiceClient::new(svc.clone()),
+            audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc),
         })
     }
 }

@@ -84,6 +84,8 @@ pub enum Command {
     Context(commands::context::Args),
     /// Create, list and revoke API tokens.
     Tokens(commands::tokens::Args),
+    /// The audit log: mutating and refused calls (admin only).
+    Audit(commands::audit::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -37,6 +37,10 @@ fn malformed_flags_are_reported_before_connecting() {
             &["create", "web", "--image", "x", "--label", "=v"][..],
             "KEY=VALUE",
         ),
+        (
+            &["audit", "--since", "yesterday"][..],
+            "--since \"yesterday\"",
+        ),
     ] {
         let (ok, err) = devctl(args);
         assert!(!ok, "{args:?}");

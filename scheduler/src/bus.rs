@@ -586,3 +586,109 @@ impl Heartbeats {
         }
     }
 }
+
+/// The JetStream stream of the audit log (one message per entry).
+pub const AUDIT_STREAM: &str = "DEVCTL_AUDIT";
+/// The subject audit entries are published on.
+pub const AUDIT_SUBJECT: &str = "devctl.audit";
+
+// The audit log (see `api::audit`): written by the scheduler alone.
+impl Bus {
+    /// Creates the audit stream if missing (file storage, entries kept for
+    /// `retention`), or applies `retention` to the existing one.
+    pub async fn ensure_audit_stream(&self, retention: Duration) -> Result<(), BusError> {
+        self.jetstream
+            .create_or_update_stream(stream::Config {
+                name: AUDIT_STREAM.into(),
+                subjects: vec![AUDIT_SUBJECT.into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: retention,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| BusError::Nats(format!("JetStream: {e}")))?;
+        Ok(())
+    }
+
+    /// Appends one entry to the audit log and waits for the server to
+    /// store it.
+    pub async fn publish_audit(&self, entry: &pb::AuditEntry) -> Result<(), BusError> {
+        let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
+        self.jetstream
+            .publish(AUDIT_SUBJECT, entry.encode_to_vec().into())
+            .await
+            .map_err(|e| nats(&e))?
+            .await
+            .map_err(|e| nats(&e))?;
+        Ok(())
+    }
+
+    /// Reads the audit log from `since` (or the oldest retained entry), in
+    /// order, up to the entries stored when the read began.
+    pub async fn read_audit(
+        &self,
+        since: Option<std::time::SystemTime>,
+    ) -> Result<AuditReader, BusError> {
+        let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
+        let stream = self
+            .jetstream
+            .get_stream(AUDIT_STREAM)
+            .await
+            .map_err(|e| nats(&e))?;
+        let deliver_policy = match since {
+            None => consumer::DeliverPolicy::All,
+            Some(t) => consumer::DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(t),
+            },
+        };
+        let mut consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats(&e))?;
+        let pending = consumer.info().await.map_err(|e| nats(&e))?.num_pending;
+        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        Ok(AuditReader {
+            messages,
+            done: pending == 0,
+        })
+    }
+}
+
+/// A read of the audit log up to its end when the read began.
+pub struct AuditReader {
+    messages: consumer::pull::Ordered,
+    done: bool,
+}
+
+impl std::fmt::Debug for AuditReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditReader")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditReader {
+    /// The next entry; `None` once caught up.
+    pub async fn next(&mut self) -> Option<Result<pb::AuditEntry, BusError>> {
+        if self.done {
+            return None;
+        }
+        let msg = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+        };
+        match msg.info() {
+            Ok(i) => self.done = i.pending == 0,
+            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+        }
+        Some(
+            pb::AuditEntry::decode(msg.payload.clone())
+                .map_err(|e| BusError::Nats(format!("undecodable audit entry: {e}"))),
+        )
+    }
+}

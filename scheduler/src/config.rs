@@ -170,6 +170,18 @@ pub struct ServeArgs {
     /// How long events are kept.
     #[arg(long, env = "DEVCTL_EVENT_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
     pub event_retention: Duration,
+    /// How long audit log entries are kept.
+    #[arg(long, env = "DEVCTL_AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
+    pub audit_retention: Duration,
+    /// API calls per second allowed to each identity on average (0.5, 50);
+    /// 0: no limit. A call over it is RESOURCE_EXHAUSTED ("retry in N ms",
+    /// and the `retry-after-ms` response metadata).
+    #[arg(long, env = "DEVCTL_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+    /// API calls an identity may make in a burst, above --rate-limit; 0: no
+    /// limit.
+    #[arg(long, env = "DEVCTL_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
     /// Validity of the agent certificates this scheduler signs (agents
     /// renew them before they run out).
     #[arg(long, env = "DEVCTL_AGENT_CERT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]

@@ -14,6 +14,7 @@
 //! - [`revocation`]: revoked certificates (`revoke`, checked on every call).
 //! - [`tokens`]: API tokens (bearer credentials).
 //! - [`bus`]: the only module that speaks NATS.
+//! - [`ratelimit`]: per-identity token buckets (pure, plus a shared handle).
 //!
 //! ```text
 //! CLI --gRPC/mTLS--> api --> cluster --> placement (pure)
@@ -31,6 +32,7 @@ pub mod events;
 pub mod nodes;
 pub mod placement;
 pub mod quota;
+pub mod ratelimit;
 pub mod revocation;
 pub mod server;
 pub mod stats;

@@ -10,6 +10,7 @@ use devctl_scheduler::{
     datadir::DataDir,
     placement::Strategy,
     quota::Quotas,
+    ratelimit::Limit,
     revocation::{self, Target},
     server::{ServeConfig, serve},
 };
@@ -99,6 +100,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 nats: args.nats,
                 node_timeout: args.node_timeout,
                 event_retention: args.event_retention,
+                audit_retention: args.audit_retention,
+                rate_limit: Limit::new(args.rate_limit, args.rate_burst),
                 certs: CertPolicy {
                     agent_ttl: args.agent_cert_ttl,
                     user_ttl: args.user_cert_ttl,

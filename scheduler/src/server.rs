@@ -18,6 +18,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
+    api::audit::{AuditApi, AuditLayer, AuditWriter},
+    ratelimit::RateLimiter,
+};
+use crate::{
     api::{
         StreamApi,
         auth::Authenticator,
@@ -34,6 +38,7 @@ use crate::{
     store::{Store, StoreError},
     tokens::ApiTokens,
 };
+use devctl_proto::pb::audit_service_server::AuditServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
 };
@@ -54,6 +59,10 @@ pub struct ServeConfig {
     pub settings: Settings,
     /// How long events are kept.
     pub event_retention: Duration,
+    /// How long audit log entries are kept.
+    pub audit_retention: Duration,
+    /// The per-identity rate limit of API calls; `None`: unlimited.
+    pub rate_limit: Option<crate::ratelimit::Limit>,
     /// Validity of the certificates it signs.
     pub certs: CertPolicy,
 }
@@ -105,6 +114,7 @@ pub async fn serve(
     let bus = Bus::connect(&config.nats).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
+    bus.ensure_audit_stream(config.audit_retention).await?;
     let engine_events = bus.engine_events().await?;
     let stats_reports = bus.stats_reports().await?;
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
@@ -120,6 +130,7 @@ pub async fn serve(
     health.set_serving::<ExecServiceServer<StreamApi>>().await;
     health.set_serving::<EnrollServiceServer<EnrollApi>>().await;
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -179,7 +190,10 @@ pub async fn serve(
         let auth = auth.clone();
         move |req| auth.authenticate(req)
     };
+    let (audit_sink, audit_writer) = AuditWriter::spawn(bus.clone());
+    let limiter = config.rate_limit.map(RateLimiter::new);
     let result = Server::builder()
+        .layer(AuditLayer::new(audit_sink, limiter))
         .tls_config(bundle.server_tls())
         .map_err(|e| ServeError::Transport(e.to_string()))?
         .add_service(health_service)
@@ -214,6 +228,10 @@ pub async fn serve(
             streaming.clone(),
             authenticate.clone(),
         ))
+        .add_service(AuditServiceServer::with_interceptor(
+            AuditApi::new(bus.clone(), streaming.clone()),
+            authenticate.clone(),
+        ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.
         // Without it, larger replies stall ~40 ms on Nagle + delayed ACK.
@@ -245,6 +263,8 @@ pub async fn serve(
     {
         tracing::warn!("client streams still open at shutdown were abandoned");
     }
+    // No call is in flight any more: store the audit entries still queued.
+    audit_writer.finish().await;
     // Calls in flight have finished; operations whose callers went away, and
     // inventory syncs, may still run: let them record their outcome.
     let grace = config.settings.command_timeout + Duration::from_secs(5);

@@ -34,7 +34,8 @@ fn main() {
     let rate = env("DEVCTL_BENCH_RATE", 1000);
     let secs = env("DEVCTL_BENCH_SECS", 10);
     let clients = env("DEVCTL_BENCH_CLIENTS", 16);
-    let c = TestCluster::start(&["bench"]);
+    // One identity far above the default per-identity rate limit: off.
+    let c = TestCluster::start_opts(&["bench"], &[], &["--rate-limit", "0"]).expect("cluster");
     for i in 0..20 {
         c.devctl(&["create", &format!("api-{i:02}"), "--image", IMAGE])
             .ok();

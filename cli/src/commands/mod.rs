@@ -1,5 +1,6 @@
 //! One file per subcommand: parse, call the client, print.
 
+pub mod audit;
 pub mod context;
 pub mod create;
 pub mod events;
@@ -38,6 +39,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(args) => Some(args.to_request()?),
         _ => None,
     };
+    let audit = match &cli.command {
+        Command::Audit(args) => Some(args.to_request()?),
+        _ => None,
+    };
     let flags = client::Flags {
         server: cli.server,
         tls_dir: cli.tls_dir,
@@ -73,5 +78,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             std::process::exit(code);
         }
         Command::Top(args) => top::run(&mut client, o, args).await,
+        Command::Audit(_) => audit::run(&mut client, o, audit.expect("built above")).await,
     }
 }

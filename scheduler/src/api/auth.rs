@@ -67,6 +67,7 @@ impl Authenticator {
     /// Agents may not use the API.
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
         let identity = self.identify(&req)?;
+        super::audit::admit(&req, &identity)?;
         if identity.role == Role::Agent {
             return Err(Status::permission_denied(
                 "agent certificates may use the bus only, not the API; use an admin or developer certificate",

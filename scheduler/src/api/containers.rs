@@ -3,7 +3,10 @@
 use devctl_proto::pb::{self, container_service_server::ContainerService};
 use tonic::{Request, Response, Status};
 
-use super::auth::{Scope, caller, may_operate, may_see, may_write};
+use super::{
+    audit,
+    auth::{Scope, caller, may_operate, may_see, may_write},
+};
 use crate::{
     cluster::{Cluster, CreateOptions},
     placement::Strategy,
@@ -29,6 +32,8 @@ impl ContainerService for ContainerApi {
         req: Request<pb::CreateContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        let name = req.get_ref().container.as_ref().map(|c| c.name.as_str());
+        audit::target(&req, name.unwrap_or_default());
         may_write(&id, "CreateContainer")?;
         let r = req.into_inner();
         let strategy = match r.strategy() {
@@ -63,6 +68,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::GetContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         let c = self.cluster.get(&req.get_ref().name)?;
         may_see(&id, "GetContainer", &c)?;
         Ok(Response::new(c))
@@ -73,6 +79,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::ListContainersRequest>,
     ) -> Result<Response<pb::ListContainersResponse>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().owner);
         let mut r = req.into_inner();
         // A developer lists their own containers.
         if let Scope::Owner(me) = Scope::of(&id) {
@@ -92,6 +99,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::StartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         may_operate(
             &id,
             "StartContainer",
@@ -106,6 +114,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::StopContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         may_operate(
             &id,
             "StopContainer",
@@ -121,6 +130,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::RestartContainerRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         may_operate(
             &id,
             "RestartContainer",
@@ -136,6 +146,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::Container>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         may_operate(&id, "ExtendLease", &self.cluster.get(&req.get_ref().name)?)?;
         let r = req.into_inner();
         let c = self.cluster.extend_lease(&r.name, r.ttl_seconds, &id.name);
@@ -147,6 +158,7 @@ impl ContainerService for ContainerApi {
         req: Request<pb::DeleteContainerRequest>,
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         may_operate(
             &id,
             "DeleteContainer",

@@ -97,6 +97,7 @@ impl EnrollService for EnrollApi {
         &self,
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
+        super::audit::target(&req, &req.get_ref().name);
         let r = req.into_inner();
         let key = self.data_dir.join_key().map_err(|e| {
             tracing::error!(error = %e, "join key unreadable");
@@ -145,6 +146,7 @@ impl EnrollService for EnrollApi {
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let id = self.auth.identify_certificate(&req)?;
+        super::audit::admit(&req, &id)?;
         let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
         tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");
         Ok(Response::new(issued))

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    NodeStream, StreamApi,
+    NodeStream, StreamApi, audit,
     auth::{caller, may_operate, may_write},
     send_or_stop,
 };
@@ -23,6 +23,7 @@ impl ExecService for StreamApi {
         req: Request<Streaming<pb::ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let id = caller(&req)?;
+        let audit = audit::call(&req);
         may_write(&id, "Exec")?;
         let mut inbound = req.into_inner();
         let start = match inbound.message().await? {
@@ -35,6 +36,9 @@ impl ExecService for StreamApi {
                 ));
             }
         };
+        if let Some(call) = &audit {
+            call.target(&start.name);
+        }
         may_operate(&id, "Exec", &self.cluster.get(&start.name)?)?;
         let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);

@@ -6,7 +6,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    NodeStream, StreamApi,
+    NodeStream, StreamApi, audit,
     auth::{caller, may_see},
     send_or_stop,
 };
@@ -23,6 +23,7 @@ impl LogService for StreamApi {
         req: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         let r = req.into_inner();
         may_see(&id, "StreamLogs", &self.cluster.get(&r.name)?)?;
         let reader = self.cluster.open_logs(&r.name, &r).await?;

@@ -1,6 +1,7 @@
 //! The public gRPC API: one file per service. Each handler decodes,
 //! authorizes, calls [`crate::cluster::Cluster`] and encodes.
 
+pub mod audit;
 pub mod auth;
 pub mod containers;
 pub mod enroll;

@@ -3,7 +3,10 @@
 use devctl_proto::pb::{self, node_service_server::NodeService};
 use tonic::{Request, Response, Status};
 
-use super::auth::{caller, must_be_admin};
+use super::{
+    audit,
+    auth::{caller, must_be_admin},
+};
 use crate::cluster::Cluster;
 
 /// The node service over a cluster.
@@ -44,6 +47,7 @@ impl NodeService for NodeApi {
         req: Request<pb::CordonNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         must_be_admin(&id, "CordonNode")?;
         let node = self
             .cluster
@@ -56,6 +60,7 @@ impl NodeService for NodeApi {
         req: Request<pb::UncordonNodeRequest>,
     ) -> Result<Response<pb::Node>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         must_be_admin(&id, "UncordonNode")?;
         let node = self
             .cluster
@@ -68,6 +73,7 @@ impl NodeService for NodeApi {
         req: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
         let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().name);
         must_be_admin(&id, "DrainNode")?;
         let r = req.into_inner();
         let drained = self.cluster.drain(&r.name, r.timeout_seconds, &id.name);

@@ -57,6 +57,7 @@ impl TokenService for TokenApi {
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let me = caller(&req)?;
+        super::audit::target(&req, &req.get_ref().name);
         may_write(&me, "CreateToken")?;
         let r = req.into_inner();
         validate::dns_label("name", &r.name)
@@ -153,6 +154,7 @@ impl TokenService for TokenApi {
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::ApiToken>, Status> {
         let me = caller(&req)?;
+        super::audit::target(&req, &req.get_ref().name);
         may_write(&me, "RevokeToken")?;
         let name = &req.get_ref().name;
         let mut stored = self
