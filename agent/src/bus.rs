@@ -2,8 +2,10 @@
 //! Commands come in on `devctl.node.<node>.cmd` (request/reply); heartbeats
 //! go out on `devctl.node.<node>.heartbeat`.
 
+use std::path::Path;
+
 use async_nats::{Client, ConnectOptions, Subscriber};
-use devctl_proto::{bus, pb};
+use devctl_proto::{bus, pb, pki};
 use futures::StreamExt;
 use prost::Message;
 use thiserror::Error;
@@ -34,11 +36,18 @@ pub struct Incoming {
 }
 
 impl Bus {
-    /// Connects to `url`. If the server is not reachable yet, the client keeps
-    /// trying in the background (as it does after any later disconnect).
-    pub async fn connect(url: &str, node: &str) -> Result<Self, BusError> {
+    /// Connects to `url` over TLS with the bundle in `tls_dir` (`ca.pem`,
+    /// `cert.pem`, `key.pem`; read again at every reconnect, so a renewed
+    /// certificate is used from the next connection on). If the server is
+    /// not reachable yet, the client keeps trying in the background (as it
+    /// does after any later disconnect).
+    pub async fn connect(url: &str, node: &str, tls_dir: &Path) -> Result<Self, BusError> {
         let client = ConnectOptions::new()
             .name(format!("devctl-agent/{node}"))
+            .require_tls(true)
+            .add_root_certificates(tls_dir.join(pki::CA_FILE))
+            .add_client_certificate(tls_dir.join(pki::CERT_FILE), tls_dir.join(pki::KEY_FILE))
+            .custom_inbox_prefix(bus::agent_inbox_prefix(node))
             .retry_on_initial_connect()
             .event_callback(|event| async move {
                 tracing::info!(%event, "bus connection");

@@ -50,6 +50,38 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The bus certificate is missing or not this node's.
+    #[error("{0}")]
+    Certificate(String),
+}
+
+/// Checks the agent's bus certificate (`--data-dir`/tls): present, key
+/// private, issued to this node as an agent. Returns its directory.
+pub fn check_certificate(config: &Config) -> Result<std::path::PathBuf, Error> {
+    let how = |node: &str| {
+        format!(
+            "get one with `devctl-scheduler issue-cert --role agent --name {node} --out DIR/tls` on the scheduler's host (or `devctl-agent join`) and pass --data-dir DIR"
+        )
+    };
+    let Some(dir) = config.tls_dir() else {
+        return Err(Error::Certificate(format!(
+            "--data-dir (DEVCTL_DATA_DIR) is required: the agent needs its bus certificate in DIR/tls; {}",
+            how(&config.node)
+        )));
+    };
+    let bundle = devctl_proto::pki::Bundle::load(&dir)
+        .map_err(|e| Error::Certificate(format!("bus certificate: {e}; {}", how(&config.node))))?;
+    let id = devctl_proto::identity::Identity::from_pem(&bundle.cert_pem)
+        .map_err(|e| Error::Certificate(format!("{}: {e}", dir.join("cert.pem").display())))?;
+    if id.name != config.node || id.role != devctl_proto::identity::Role::Agent {
+        return Err(Error::Certificate(format!(
+            "{} is issued to {id}, but this agent is node {:?} (role agent); {}",
+            dir.join("cert.pem").display(),
+            config.node,
+            how(&config.node)
+        )));
+    }
+    Ok(dir)
 }
 
 /// Connects to the engine and the bus and serves commands until `shutdown`
@@ -57,6 +89,7 @@ pub enum Error {
 /// leaving.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let labels = config.validate()?;
+    let tls_dir = check_certificate(&config)?;
     let runtime = runtime::docker::DockerRuntime::connect(
         config.docker_host.as_deref(),
         &config.node,
@@ -67,7 +100,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await?
     .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit));
-    let bus = bus::Bus::connect(&config.nats, &config.node).await?;
+    let bus = bus::Bus::connect(&config.nats, &config.node, &tls_dir).await?;
     serve(config, labels, runtime, bus, shutdown).await
 }
 

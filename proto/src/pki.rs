@@ -28,6 +28,20 @@ pub const CERT_FILE: &str = "cert.pem";
 /// File name of the private key in a bundle.
 pub const KEY_FILE: &str = "key.pem";
 
+/// The organization (O) of every certificate the cluster CA issues.
+pub const ORGANIZATION: &str = "devctl";
+/// Common name of the scheduler's bus certificate.
+pub const SCHEDULER_BUS_NAME: &str = "devctl-scheduler";
+/// Organizational unit of the scheduler's bus certificate (not a role).
+pub const SCHEDULER_BUS_OU: &str = "scheduler";
+
+/// The bus (NATS) user of a client certificate issued for `name` with
+/// organizational unit `ou`: its subject as nats-server's `verify_and_map`
+/// compares it (RFC 2253 order, most specific first).
+pub fn bus_user(name: &str, ou: &str) -> String {
+    format!("CN={name},OU={ou},O={ORGANIZATION}")
+}
+
 /// Errors of the PKI helpers.
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -228,11 +242,27 @@ impl ClusterCa {
         role: Role,
         valid_for: Duration,
     ) -> Result<Bundle, PkiError> {
+        self.issue_client_ou(name, role.as_str(), valid_for)
+    }
+
+    /// Issues the scheduler's own client certificate for the bus
+    /// ([`SCHEDULER_BUS_NAME`], OU [`SCHEDULER_BUS_OU`]). Its OU is no
+    /// role, so the API refuses it.
+    pub fn issue_scheduler_bus(&self, valid_for: Duration) -> Result<Bundle, PkiError> {
+        self.issue_client_ou(SCHEDULER_BUS_NAME, SCHEDULER_BUS_OU, valid_for)
+    }
+
+    fn issue_client_ou(
+        &self,
+        name: &str,
+        ou: &str,
+        valid_for: Duration,
+    ) -> Result<Bundle, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, name);
-        dn.push(DnType::OrganizationalUnitName, role.as_str());
-        dn.push(DnType::OrganizationName, "devctl");
+        dn.push(DnType::OrganizationalUnitName, ou);
+        dn.push(DnType::OrganizationName, ORGANIZATION);
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];

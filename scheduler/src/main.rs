@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use devctl_proto::identity::Role;
 use devctl_scheduler::{
     activity::IdlePolicy,
     cluster::{ExpiryAction, LeasePolicy, Settings},
@@ -35,9 +36,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = DataDir::new(data_dir);
             dir.init(&sans, force)?;
             println!(
-                "initialized {}\nadmin client bundle: {}",
+                "initialized {}\nadmin client bundle: {}\nstart the bus with: nats-server -c {}",
                 dir.root().display(),
-                dir.client_dir("admin").display()
+                dir.client_dir("admin").display(),
+                dir.nats_config().display()
             );
         }
         Command::IssueCert {
@@ -48,8 +50,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             valid_for,
         } => {
             let role = role.parse().context("--role")?;
-            DataDir::new(data_dir).issue_cert(&name, role, &out, valid_for)?;
+            let dir = DataDir::new(data_dir);
+            dir.issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
+            if role == Role::Agent {
+                if dir.admit_agent(&name)? {
+                    println!("admitted node {name} to the bus (nats-server reloaded)");
+                } else {
+                    println!(
+                        "admitted node {name} to the bus; no nats-server of {} runs here: reload yours with `nats-server --signal reload`",
+                        dir.root().display()
+                    );
+                }
+            }
         }
         Command::Serve(args) => {
             if args.default_ttl > args.max_ttl {

@@ -73,7 +73,8 @@ pub async fn serve(
     let bundle = config.data_dir.server_bundle()?;
     let store = Store::open(&config.data_dir.state_file())?;
     let registry = Registry::new(store.nodes()?, config.node_timeout);
-    let bus = Bus::connect(&config.nats).await?;
+    config.data_dir.ensure_bus()?;
+    let bus = Bus::connect(&config.nats, &config.data_dir.bus_dir()).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
     let engine_events = bus.engine_events().await?;
