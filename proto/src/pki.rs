@@ -36,8 +36,9 @@ pub const SCHEDULER_BUS_NAME: &str = "devctl-scheduler";
 pub const SCHEDULER_BUS_OU: &str = "scheduler";
 
 /// The bus (NATS) user of a client certificate issued for `name` with
-/// organizational unit `ou`: its subject as nats-server's `verify_and_map`
-/// compares it (RFC 2253 order, most specific first).
+/// organizational unit `ou`: its subject, RFC 2253 style, as nats-server's
+/// `verify_and_map` compares it (2.15 matches the attributes in any order;
+/// a bare CN does not match).
 pub fn bus_user(name: &str, ou: &str) -> String {
     format!("CN={name},OU={ou},O={ORGANIZATION}")
 }

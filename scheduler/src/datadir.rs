@@ -334,7 +334,7 @@ impl DataDir {
             .and_then(|s| s.trim().parse::<i32>().ok())
             .filter(|p| *p > 0)
         else {
-            tracing::info!(pid_file = %pid_file.display(), "no nats-server pid; reload it yourself");
+            tracing::debug!(pid_file = %pid_file.display(), "no nats-server pid; not signalled");
             return Ok(false);
         };
         // A pid file left behind may name an unrelated process by now.
