@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::{Client, Event, ServerError, Subscriber, jetstream};
+use async_nats::{Client, Event, RequestErrorKind, ServerError, Subscriber, jetstream};
 use devctl_proto::bus;
 use devctl_scheduler::datadir::DataDir;
 use devctl_tests::{Nats, TestCluster, bin, bus_options, init_data_dir, issue_cert_into};
@@ -103,6 +103,26 @@ impl Conn {
         .await
         .expect("connect answers in time")?;
         Ok(Self { client, events })
+    }
+
+    /// Returns once the server has processed everything this agent
+    /// connection sent so far: a request nobody serves comes back as "no
+    /// responders" only after that (nobody serves renewals in these tests).
+    async fn sync_agent(&self, node: &str) {
+        let err = self
+            .client
+            .request(bus::renew_subject(node), "".into())
+            .await
+            .expect_err("nobody answers renewals here");
+        assert_eq!(err.kind(), RequestErrorKind::NoResponders, "{err}");
+    }
+
+    /// The same for the scheduler's connection (JetStream answers).
+    async fn sync_scheduler(&self) {
+        self.client
+            .request("$JS.API.INFO", "".into())
+            .await
+            .expect("JetStream answers");
     }
 
     /// Waits for the server's permissions violation about `subject`.
@@ -204,7 +224,7 @@ async fn an_agent_cannot_publish_for_another_node() {
         .subscribe(format!("{}.>", bus::SCHEDULER_INBOX_PREFIX))
         .await
         .unwrap();
-    observer.client.flush().await.unwrap();
+    observer.sync_scheduler().await;
 
     let mut a = bus.agent("node-a").await;
     let (b_data, _) = bus::stream_subjects("node-b", "s1");
@@ -234,22 +254,38 @@ async fn an_agent_cannot_publish_for_another_node() {
     a.client.flush().await.unwrap();
 
     assert_eq!(until_marker(&mut seen, &marker).await, Vec::<String>::new());
-    // The inbox is a different subscription: its marker is a reply to a
-    // command, which the agent may send.
+    // The forged reply was published before the marker, on the same
+    // connection, so it would be here by now (with the reply to the
+    // observer's own sync request).
+    while let Some(Some(msg)) = inbox.next().now_or_never() {
+        assert!(
+            !msg.subject.ends_with(".forged"),
+            "the scheduler's inbox received {}",
+            msg.subject
+        );
+    }
+    for subject in &forbidden {
+        a.violation(subject).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_answers_its_commands() {
+    let bus = Bus::start();
+    let a = bus.agent("node-a").await;
     let mut commands = a
         .client
         .subscribe(bus::command_subject("node-a"))
         .await
         .unwrap();
-    a.client.flush().await.unwrap();
-    let request = {
-        let client = observer.client.clone();
-        tokio::spawn(async move {
-            client
-                .request(bus::command_subject("node-a"), "ping".into())
-                .await
-        })
-    };
+    a.sync_agent("node-a").await;
+    let scheduler = bus.scheduler().await;
+    let request = tokio::spawn(async move {
+        scheduler
+            .client
+            .request(bus::command_subject("node-a"), "ping".into())
+            .await
+    });
     let cmd = tokio::time::timeout(DEADLINE, commands.next())
         .await
         .unwrap()
@@ -266,15 +302,6 @@ async fn an_agent_cannot_publish_for_another_node() {
         .unwrap()
         .unwrap();
     assert_eq!(&reply.payload[..], b"pong");
-    // The forged inbox message was published before the reply, on the same
-    // connection; the scheduler's wildcard inbox subscription saw neither
-    // (the reply went to the request's own subscription) or only the reply.
-    while let Some(Some(msg)) = inbox.next().now_or_never() {
-        assert!(!msg.subject.ends_with(".forged"), "{}", msg.subject);
-    }
-    for subject in &forbidden {
-        a.violation(subject).await;
-    }
 }
 
 #[tokio::test]
@@ -350,7 +377,7 @@ async fn an_agent_cannot_read_another_nodes_commands_streams_or_replies() {
     }
     let own = bus::command_subject("node-a");
     let mut own_sub = a.client.subscribe(own.clone()).await.unwrap();
-    a.client.flush().await.unwrap();
+    a.sync_agent("node-a").await;
     for subject in &forbidden {
         a.violation(subject).await;
     }
