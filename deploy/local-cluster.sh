@@ -28,6 +28,7 @@ sample=${DEVCTL_SAMPLE-hello}
 data=$home/data
 logs=$home/logs
 run=$home/run
+agent_dir=$home/agent
 
 # The process a pid file names, if it still runs and is still ours (a pid
 # file left by a reboot may name an unrelated process).
@@ -93,7 +94,8 @@ nats_url() {
   f=$(ls "$run"/nats/nats-server_*.ports 2>/dev/null | head -n1)
   [ -n "$f" ] || return 1
   url=$(sed -n 's/.*"nats":\["\([^"]*\)".*/\1/p' "$f")
-  [ -n "$url" ] && echo "$url"
+  # The bus requires TLS.
+  [ -n "$url" ] && echo "tls://${url#*://}"
 }
 
 node_ready() {
@@ -121,24 +123,36 @@ up() {
   chmod 700 "$home"
   touch "$home/.devctl-local-cluster"
 
+  # init writes the CA, the certificates and the bus's configuration
+  # (TLS, a user per certificate, per-node permissions).
+  if [ ! -f "$data/ca/ca.pem" ]; then
+    "$bin/devctl-scheduler" init --data-dir "$data" >/dev/null
+    say "created the cluster CA, an admin certificate and the bus configuration in $data"
+  fi
   if ! pid_alive nats; then
     rm -f "$run"/nats/*.ports
     local p=$nats_port; [ "$p" = 0 ] && p=-1
-    start_bg nats nats-server -a 127.0.0.1 -p "$p" -js -sd "$home/jetstream" --ports_file_dir "$run/nats"
+    start_bg nats nats-server -c "$data/nats/nats.conf" -a 127.0.0.1 -p "$p" --ports_file_dir "$run/nats"
   fi
   wait_for 15 "nats-server" nats_url
   local nats; nats=$(nats_url)
 
-  if [ ! -f "$data/ca/ca.pem" ]; then
-    "$bin/devctl-scheduler" init --data-dir "$data" >/dev/null
-    say "created the cluster CA and an admin certificate in $data"
-  fi
   if ! pid_alive scheduler; then
     rm -f "$data/scheduler.addr"
     start_bg scheduler "$bin/devctl-scheduler" serve --data-dir "$data" --listen "127.0.0.1:$port" --nats "$nats"
   fi
   wait_for 20 "the scheduler" test -s "$data/scheduler.addr"
-  start_bg agent "$bin/devctl-agent" --node "$node" --nats "$nats" --label env=local
+  # The agent joins as a real one would: a one-time join token, a key pair
+  # made in its own directory, a certificate signed from its request
+  # (joining also admits the node to the bus). The token goes by
+  # environment, not argument, so `ps` does not show it.
+  if [ ! -f "$agent_dir/tls/cert.pem" ]; then
+    DEVCTL_JOIN_TOKEN=$("$bin/devctl-scheduler" token create --data-dir "$data" --role agent --name "$node" --ttl 10m 2>/dev/null) \
+      "$bin/devctl-agent" join --server "https://$(cat "$data/scheduler.addr")" --node "$node" --data-dir "$agent_dir" >/dev/null \
+      || die "node $node could not join"
+    say "node $node joined with a one-time token"
+  fi
+  start_bg agent "$bin/devctl-agent" --node "$node" --nats "$nats" --data-dir "$agent_dir" --label env=local
   write_env
   source "$home/env"
   wait_for 30 "node $node to be ready" node_ready

@@ -2,8 +2,10 @@
 //! Commands come in on `devctl.node.<node>.cmd` (request/reply); heartbeats
 //! go out on `devctl.node.<node>.heartbeat`.
 
+use std::path::Path;
+
 use async_nats::{Client, ConnectOptions, Subscriber};
-use devctl_proto::{bus, pb};
+use devctl_proto::{bus, pb, pki};
 use futures::StreamExt;
 use prost::Message;
 use thiserror::Error;
@@ -12,6 +14,14 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[error("NATS: {0}")]
 pub struct BusError(String);
+
+impl BusError {
+    pub(crate) fn refused() -> Self {
+        BusError(
+            "the bus refused this node's certificate; rejoin with `devctl-agent join` (a new join token) or ask an admin to re-admit it".into(),
+        )
+    }
+}
 
 fn bus_err(e: impl std::fmt::Display) -> BusError {
     BusError(e.to_string())
@@ -23,6 +33,7 @@ pub struct Bus {
     client: Client,
     jetstream: async_nats::jetstream::Context,
     node: String,
+    refused: tokio_util::sync::CancellationToken,
 }
 
 /// A command received from the scheduler, with where to send the reply.
@@ -34,23 +45,85 @@ pub struct Incoming {
 }
 
 impl Bus {
-    /// Connects to `url`. If the server is not reachable yet, the client keeps
-    /// trying in the background (as it does after any later disconnect).
-    pub async fn connect(url: &str, node: &str) -> Result<Self, BusError> {
-        let client = ConnectOptions::new()
-            .name(format!("devctl-agent/{node}"))
-            .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                tracing::info!(%event, "bus connection");
-            })
-            .connect(url)
-            .await
-            .map_err(bus_err)?;
+    /// Connects to `url` over TLS with the bundle in `tls_dir` (`ca.pem`,
+    /// `cert.pem`, `key.pem`; read again at every reconnect, so a renewed
+    /// certificate is used from the next connection on). If the server is
+    /// not reachable yet, the client keeps trying in the background (as it
+    /// does after any later disconnect).
+    ///
+    /// The first connection is retried here until it succeeds (so the
+    /// agent may start before the server, or just before the server has
+    /// reloaded the users that admit it): async-nats gives up on an
+    /// authorization failure, which is only final once we are connected.
+    /// Once connected, the server refusing this node (it was removed from
+    /// the bus, e.g. revoked) cancels [`Bus::refused`].
+    pub async fn connect(url: &str, node: &str, tls_dir: &Path) -> Result<Self, BusError> {
+        let refused = tokio_util::sync::CancellationToken::new();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let client = loop {
+            let on_refusal = refused.clone();
+            let attempt = ConnectOptions::new()
+                .name(format!("devctl-agent/{node}"))
+                .require_tls(true)
+                .add_root_certificates(tls_dir.join(pki::CA_FILE))
+                .add_client_certificate(tls_dir.join(pki::CERT_FILE), tls_dir.join(pki::KEY_FILE))
+                .custom_inbox_prefix(bus::agent_inbox_prefix(node))
+                .event_callback(move |event| {
+                    let on_refusal = on_refusal.clone();
+                    async move {
+                        tracing::info!(%event, "bus connection");
+                        // Refused while connected (ServerError) or on a
+                        // reconnect (a ClientError carrying only text).
+                        let refused = match &event {
+                            async_nats::Event::ServerError(
+                                async_nats::ServerError::AuthorizationViolation,
+                            ) => true,
+                            async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
+                                e.contains("authorization violation")
+                            }
+                            _ => false,
+                        };
+                        if refused {
+                            on_refusal.cancel();
+                        }
+                    }
+                })
+                .connect(url)
+                .await;
+            match attempt {
+                Ok(client) => break client,
+                Err(e) => {
+                    let refused_now = matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                    );
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?backoff,
+                        "{}",
+                        if refused_now {
+                            "the bus refused this node's certificate (not admitted yet, or removed); retrying"
+                        } else {
+                            "the bus is not reachable; retrying"
+                        }
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        };
         Ok(Self {
             jetstream: async_nats::jetstream::new(client.clone()),
             client,
             node: node.to_string(),
+            refused,
         })
+    }
+
+    /// Cancelled when the server refuses this node after it was connected
+    /// (its bus user was removed: revoked): the agent then stops.
+    pub fn refused(&self) -> &tokio_util::sync::CancellationToken {
+        &self.refused
     }
 
     /// Subscribes to this node's commands.
@@ -111,6 +184,22 @@ impl Bus {
             )
             .await
             .map_err(bus_err)
+    }
+
+    /// Asks the scheduler to sign a new certificate for this node.
+    pub async fn renew(&self, csr_pem: String) -> Result<pb::IssuedCertificate, BusError> {
+        let request = async_nats::Request::new()
+            .payload(pb::RenewRequest { csr_pem }.encode_to_vec().into())
+            .timeout(Some(std::time::Duration::from_secs(30)));
+        let reply = self
+            .client
+            .send_request(bus::renew_subject(&self.node), request)
+            .await
+            .map_err(bus_err)?;
+        let reply = pb::RenewReply::decode(reply.payload).map_err(bus_err)?;
+        reply
+            .certificate
+            .ok_or_else(|| BusError(format!("the scheduler refused to renew: {}", reply.error)))
     }
 
     /// Waits until everything published so far has reached the server.

@@ -21,7 +21,7 @@ pub struct Cli {
     pub command: Option<Command>,
     /// Flags of the agent itself.
     #[command(flatten)]
-    pub run: Config,
+    pub run: Option<Config>,
 }
 
 /// Subcommands.

@@ -1,6 +1,6 @@
 //! The agent's configuration: every flag also reads a `DEVCTL_*` variable.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use devctl_proto::validate::{self, InvalidField};
@@ -14,9 +14,15 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_NODE")]
     pub node: String,
 
-    /// NATS server URL.
-    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL (tls://HOST:PORT). TLS is always required.
+    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "tls://127.0.0.1:4222")]
     pub nats: String,
+
+    /// The agent's directory: DIR/tls/{ca,cert,key}.pem is its bus
+    /// certificate (CN = --node), from `devctl-scheduler issue-cert --role
+    /// agent --name NODE --out DIR/tls`.
+    #[arg(long, env = "DEVCTL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// Node label KEY=VALUE (repeatable; comma-separated in the variable).
     #[arg(long = "label", env = "DEVCTL_NODE_LABELS", value_delimiter = ',')]
@@ -63,6 +69,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// The directory of the agent's bus certificate: `DATA_DIR/tls`.
+    pub fn tls_dir(&self) -> Option<PathBuf> {
+        self.data_dir.as_ref().map(|d| d.join("tls"))
+    }
+
     /// Checks the node name and parses the labels.
     pub fn validate(&self) -> Result<HashMap<String, String>, InvalidField> {
         validate::dns_label("--node", &self.node)?;

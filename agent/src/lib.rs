@@ -1,7 +1,8 @@
 //! devctl-agent: one per Docker host.
 //!
 //! - [`config`]: flags and environment; [`cli`]: run or `join`.
-//! - [`join`]: enrolment with a join token.
+//! - [`join`]: enrolment with a join token; [`renew`]: the certificate
+//!   renewed over the bus before it runs out.
 //! - [`bus`]: the NATS connection (commands in, heartbeats out); the only
 //!   module that speaks NATS.
 //! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
@@ -21,6 +22,7 @@ pub mod config;
 pub mod dispatch;
 pub mod host;
 pub mod join;
+pub mod renew;
 pub mod runtime;
 pub mod stats;
 
@@ -53,6 +55,38 @@ pub enum Error {
     /// The engine failed.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// The bus certificate is missing or not this node's.
+    #[error("{0}")]
+    Certificate(String),
+}
+
+/// Checks the agent's bus certificate (`--data-dir`/tls): present, key
+/// private, issued to this node as an agent. Returns its directory.
+pub fn check_certificate(config: &Config) -> Result<std::path::PathBuf, Error> {
+    let how = |node: &str| {
+        format!(
+            "get one with `devctl-scheduler issue-cert --role agent --name {node} --out DIR/tls` on the scheduler's host (or `devctl-agent join`) and pass --data-dir DIR"
+        )
+    };
+    let Some(dir) = config.tls_dir() else {
+        return Err(Error::Certificate(format!(
+            "--data-dir (DEVCTL_DATA_DIR) is required: the agent needs its bus certificate in DIR/tls; {}",
+            how(&config.node)
+        )));
+    };
+    let bundle = devctl_proto::pki::Bundle::load(&dir)
+        .map_err(|e| Error::Certificate(format!("bus certificate: {e}; {}", how(&config.node))))?;
+    let id = devctl_proto::identity::Identity::from_pem(&bundle.cert_pem)
+        .map_err(|e| Error::Certificate(format!("{}: {e}", dir.join("cert.pem").display())))?;
+    if id.name != config.node || id.role != devctl_proto::identity::Role::Agent {
+        return Err(Error::Certificate(format!(
+            "{} is issued to {id}, but this agent is node {:?} (role agent); {}",
+            dir.join("cert.pem").display(),
+            config.node,
+            how(&config.node)
+        )));
+    }
+    Ok(dir)
 }
 
 /// Connects to the engine and the bus and serves commands until `shutdown`
@@ -60,6 +94,7 @@ pub enum Error {
 /// leaving.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let labels = config.validate()?;
+    let tls_dir = check_certificate(&config)?;
     let runtime = runtime::docker::DockerRuntime::connect(
         config.docker_host.as_deref(),
         &config.node,
@@ -70,8 +105,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     )
     .await?
     .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit));
-    let bus = bus::Bus::connect(&config.nats, &config.node).await?;
-    serve(config, labels, runtime, bus, shutdown).await
+    tokio::pin!(shutdown);
+    let bus = tokio::select! {
+        bus = bus::Bus::connect(&config.nats, &config.node, &tls_dir) => bus?,
+        _ = &mut shutdown => return Ok(()),
+    };
+    let refused = bus.refused().clone();
+    let stop = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = refused.cancelled() => {
+                tracing::error!("the bus refused this node's certificate (it was removed from the bus or revoked); stopping");
+            }
+        }
+    };
+    let stop_renewal = CancellationToken::new();
+    let renewal = tokio::spawn(renew::run(
+        bus.clone(),
+        config.node.clone(),
+        tls_dir.clone(),
+        stop_renewal.clone(),
+    ));
+    let served = serve(config, labels, runtime, bus, stop).await;
+    stop_renewal.cancel();
+    if let Err(e) = renewal.await {
+        tracing::error!(error = %e, "certificate renewal task failed");
+    }
+    served?;
+    if refused.is_cancelled() {
+        return Err(Error::Bus(bus::BusError::refused()));
+    }
+    Ok(())
 }
 
 /// The main loop, over any runtime.
@@ -233,7 +297,13 @@ pub async fn serve<R: ContainerRuntime>(
     if let Err(e) = heartbeats.await {
         tracing::error!(error = %e, "heartbeat task failed");
     }
-    bus.flush().await?;
+    // A bus that is gone (refused, unreachable) must not hold the stop.
+    match tokio::time::timeout(Duration::from_secs(5), bus.flush()).await {
+        Ok(flushed) => flushed?,
+        Err(_) => {
+            tracing::warn!("the bus did not take the last messages within 5s (disconnected?)")
+        }
+    }
     tracing::info!(node = %config.node, "agent stopped");
     Ok(())
 }

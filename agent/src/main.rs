@@ -6,6 +6,7 @@ use devctl_agent::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     devctl_proto::process::init_tracing();
+    devctl_proto::pki::install_crypto_provider();
     let cli = Cli::parse();
     if let Some(Command::Join(args)) = cli.command {
         return match devctl_agent::join::join(&args).await {
@@ -29,7 +30,11 @@ async fn main() -> ExitCode {
             }
         };
     }
-    match devctl_agent::run(cli.run, devctl_proto::process::shutdown_signal()).await {
+    let Some(config) = cli.run else {
+        eprintln!("devctl-agent: --node is required (see --help)");
+        return ExitCode::FAILURE;
+    };
+    match devctl_agent::run(config, devctl_proto::process::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "devctl-agent failed");

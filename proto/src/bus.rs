@@ -1,9 +1,22 @@
 //! Subjects of the scheduler ↔ agent bus.
 //!
 //! ```text
-//! devctl.node.<node>.cmd        scheduler -> agent   request/reply  AgentCommand -> AgentReply
-//! devctl.node.<node>.heartbeat  agent -> scheduler   publish        Heartbeat
+//! devctl.node.<node>.cmd                  scheduler -> agent  request/reply  AgentCommand -> AgentReply
+//! devctl.node.<node>.heartbeat            agent -> scheduler  publish        Heartbeat
+//! devctl.node.<node>.stats                agent -> scheduler  publish        StatsReport
+//! devctl.node.<node>.events               agent -> JetStream  publish, acked EngineEvent
+//! devctl.node.<node>.renew                agent -> scheduler  request/reply  (certificate renewal)
+//! devctl.node.<node>.stream.<id>.data     agent -> scheduler  publish        StreamChunk
+//! devctl.node.<node>.stream.<id>.control  scheduler -> agent  publish        StreamControl
+//! devctl.node.<node>.stream.<id>.input    scheduler -> agent  publish        ExecInput
+//! _INBOX.node.<node>.>                    replies to the agent (JetStream acks)
+//! _INBOX.scheduler.>                      replies to the scheduler
 //! ```
+//!
+//! Everything an agent sends or receives is under its own node's subjects
+//! (or its own inbox), so the bus can confine each agent to them:
+//! [`agent_permissions`] is the one place that says what an agent may do;
+//! the scheduler renders it into nats-server's configuration.
 //!
 //! Node names are DNS labels (see [`crate::validate::dns_label`]), so they never
 //! contain the NATS separators `.`, `*` or `>`.
@@ -67,17 +80,85 @@ pub const STREAM_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs
 /// How long an agent keeps a stream without hearing from its reader.
 pub const STREAM_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Input subject of exec session `id`.
-pub fn exec_input_subject(id: &str) -> String {
-    format!("{ROOT}.stream.{id}.input")
+/// Input subject of exec session `id` on `node`.
+pub fn exec_input_subject(node: &str, id: &str) -> String {
+    format!("{ROOT}.node.{node}.stream.{id}.input")
 }
 
-/// Data and control subjects of stream `id`.
-pub fn stream_subjects(id: &str) -> (String, String) {
+/// Data and control subjects of stream `id` from `node`.
+pub fn stream_subjects(node: &str, id: &str) -> (String, String) {
     (
-        format!("{ROOT}.stream.{id}.data"),
-        format!("{ROOT}.stream.{id}.control"),
+        format!("{ROOT}.node.{node}.stream.{id}.data"),
+        format!("{ROOT}.node.{node}.stream.{id}.control"),
     )
+}
+
+/// Certificate renewal requests of one node's agent.
+pub fn renew_subject(node: &str) -> String {
+    format!("{ROOT}.node.{node}.renew")
+}
+
+/// Renewal requests of every node (for the scheduler's subscription).
+pub const ALL_RENEW: &str = "devctl.node.*.renew";
+
+/// Inbox prefix of `node`'s agent (replies to its requests, JetStream acks).
+pub fn agent_inbox_prefix(node: &str) -> String {
+    format!("_INBOX.node.{node}")
+}
+
+/// Inbox prefix of the scheduler.
+pub const SCHEDULER_INBOX_PREFIX: &str = "_INBOX.scheduler";
+
+/// What one bus user may publish and subscribe to; everything else is
+/// denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects (NATS wildcards allowed) it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Whether it may publish one reply to each request it received
+    /// (nats-server's `allow_responses`), whatever the reply subject.
+    pub allow_responses: bool,
+}
+
+/// What `node`'s agent may do: receive its own commands, stream control and
+/// exec input, and replies on its own inbox; publish its own heartbeats,
+/// stats, engine events, stream data and renewal requests, and answer the
+/// commands it received.
+pub fn agent_permissions(node: &str) -> Permissions {
+    let (data, control) = stream_subjects(node, "*");
+    Permissions {
+        publish: vec![
+            heartbeat_subject(node),
+            stats_subject(node),
+            engine_events_subject(node),
+            data,
+            renew_subject(node),
+        ],
+        subscribe: vec![
+            command_subject(node),
+            control,
+            exec_input_subject(node, "*"),
+            format!("{}.>", agent_inbox_prefix(node)),
+        ],
+        allow_responses: true,
+    }
+}
+
+/// What the scheduler may do: every devctl subject, the JetStream API
+/// (streams, consumers, acknowledgements) and its own inbox.
+pub fn scheduler_permissions() -> Permissions {
+    Permissions {
+        publish: vec![
+            format!("{ROOT}.>"),
+            "$JS.API.>".into(),
+            "$JS.ACK.>".into(),
+            "$JS.FC.>".into(),
+        ],
+        subscribe: vec![format!("{ROOT}.>"), format!("{SCHEDULER_INBOX_PREFIX}.>")],
+        allow_responses: true,
+    }
 }
 
 /// Stats reports of one node.
@@ -110,5 +191,92 @@ mod tests {
         assert_eq!(node_of_subject(&heartbeat_subject("n1")), Some("n1"));
         assert_eq!(node_of_subject("other.node.x.heartbeat"), None);
         assert_eq!(node_of_subject("devctl.node"), None);
+        let (data, control) = stream_subjects("n1", "abc");
+        assert_eq!(data, "devctl.node.n1.stream.abc.data");
+        assert_eq!(node_of_subject(&control), Some("n1"));
+        assert_eq!(
+            node_of_subject(&exec_input_subject("n1", "abc")),
+            Some("n1")
+        );
+    }
+
+    /// A NATS subject filter match (`*` one token, `>` the rest).
+    fn matches(filter: &str, subject: &str) -> bool {
+        let mut f = filter.split('.');
+        let mut s = subject.split('.');
+        loop {
+            match (f.next(), s.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    fn may(filters: &[String], subject: &str) -> bool {
+        filters.iter().any(|f| matches(f, subject))
+    }
+
+    #[test]
+    fn an_agent_is_confined_to_its_own_node() {
+        let p = agent_permissions("node-a");
+        let (data, control) = stream_subjects("node-a", "s1");
+        for own in [
+            heartbeat_subject("node-a"),
+            stats_subject("node-a"),
+            engine_events_subject("node-a"),
+            renew_subject("node-a"),
+            data,
+        ] {
+            assert!(may(&p.publish, &own), "{own}");
+        }
+        for own in [
+            command_subject("node-a"),
+            control,
+            exec_input_subject("node-a", "s1"),
+            format!("{}.abc.1", agent_inbox_prefix("node-a")),
+        ] {
+            assert!(may(&p.subscribe, &own), "{own}");
+        }
+        let (other_data, other_control) = stream_subjects("node-b", "s1");
+        for other in [
+            heartbeat_subject("node-b"),
+            stats_subject("node-b"),
+            engine_events_subject("node-b"),
+            renew_subject("node-b"),
+            command_subject("node-a"),
+            other_data,
+            "devctl.events.node-a.node".into(),
+            "$JS.API.STREAM.LIST".into(),
+            "_INBOX.scheduler.x".into(),
+        ] {
+            assert!(!may(&p.publish, &other), "{other}");
+        }
+        for other in [
+            command_subject("node-b"),
+            other_control,
+            exec_input_subject("node-b", "s1"),
+            heartbeat_subject("node-a"),
+            ALL_HEARTBEATS.into(),
+            "_INBOX.>".into(),
+            "_INBOX.node.node-b.x".into(),
+            "_INBOX.scheduler.x".into(),
+            "devctl.>".into(),
+        ] {
+            assert!(!may(&p.subscribe, &other), "{other}");
+        }
+        assert!(p.allow_responses);
+    }
+
+    #[test]
+    fn the_scheduler_reaches_every_node_and_jetstream() {
+        let p = scheduler_permissions();
+        assert!(may(&p.publish, &command_subject("node-a")));
+        assert!(may(&p.publish, "$JS.API.CONSUMER.CREATE.DEVCTL_EVENTS"));
+        assert!(may(&p.subscribe, ALL_HEARTBEATS));
+        assert!(may(&p.subscribe, "_INBOX.scheduler.abc.1"));
+        assert!(!may(&p.subscribe, "_INBOX.node.node-a.x"));
     }
 }

@@ -95,6 +95,15 @@ pub enum IdentityError {
 }
 
 impl Identity {
+    /// Reads the identity from a PEM-encoded certificate (the first one in
+    /// `pem`), e.g. a bundle's `cert.pem`.
+    pub fn from_pem(pem: &str) -> Result<Self, IdentityError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| IdentityError::Parse(e.to_string()))?;
+        Self::from_der(&der)
+    }
+
     /// Reads the identity from a DER-encoded client certificate. The caller
     /// must already have verified the certificate's chain (TLS does).
     pub fn from_der(der: &[u8]) -> Result<Self, IdentityError> {

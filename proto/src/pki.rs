@@ -28,6 +28,21 @@ pub const CERT_FILE: &str = "cert.pem";
 /// File name of the private key in a bundle.
 pub const KEY_FILE: &str = "key.pem";
 
+/// The organization (O) of every certificate the cluster CA issues.
+pub const ORGANIZATION: &str = "devctl";
+/// Common name of the scheduler's bus certificate.
+pub const SCHEDULER_BUS_NAME: &str = "devctl-scheduler";
+/// Organizational unit of the scheduler's bus certificate (not a role).
+pub const SCHEDULER_BUS_OU: &str = "scheduler";
+
+/// The bus (NATS) user of a client certificate issued for `name` with
+/// organizational unit `ou`: its subject, RFC 2253 style, as nats-server's
+/// `verify_and_map` compares it (2.15 matches the attributes in any order;
+/// a bare CN does not match).
+pub fn bus_user(name: &str, ou: &str) -> String {
+    format!("CN={name},OU={ou},O={ORGANIZATION}")
+}
+
 /// Errors of the PKI helpers.
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -250,7 +265,7 @@ impl ClusterCa {
     ) -> Result<SignedCert, PkiError> {
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        let params = client_params(name, role, valid_for);
+        let params = client_params(name, role.as_str(), valid_for);
         let not_after = params.not_after;
         let serial = params
             .serial_number
@@ -279,16 +294,32 @@ impl ClusterCa {
         role: Role,
         valid_for: Duration,
     ) -> Result<Bundle, PkiError> {
-        self.sign(&client_params(name, role, valid_for))
+        self.issue_client_ou(name, role.as_str(), valid_for)
+    }
+
+    /// Issues the scheduler's own client certificate for the bus
+    /// ([`SCHEDULER_BUS_NAME`], OU [`SCHEDULER_BUS_OU`]). Its OU is no
+    /// role, so the API refuses it.
+    pub fn issue_scheduler_bus(&self, valid_for: Duration) -> Result<Bundle, PkiError> {
+        self.issue_client_ou(SCHEDULER_BUS_NAME, SCHEDULER_BUS_OU, valid_for)
+    }
+
+    fn issue_client_ou(
+        &self,
+        name: &str,
+        ou: &str,
+        valid_for: Duration,
+    ) -> Result<Bundle, PkiError> {
+        self.sign(&client_params(name, ou, valid_for))
     }
 }
 
-fn client_params(name: &str, role: Role, valid_for: Duration) -> CertificateParams {
+fn client_params(name: &str, ou: &str, valid_for: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
-    dn.push(DnType::OrganizationalUnitName, role.as_str());
-    dn.push(DnType::OrganizationName, "devctl");
+    dn.push(DnType::OrganizationalUnitName, ou);
+    dn.push(DnType::OrganizationName, ORGANIZATION);
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -368,6 +399,38 @@ impl Bundle {
         write_file(&dir.join(CA_FILE), self.ca_pem.as_bytes(), 0o644)?;
         write_file(&dir.join(CERT_FILE), self.cert_pem.as_bytes(), 0o644)?;
         write_file(&dir.join(KEY_FILE), self.key_pem.as_bytes(), 0o600)
+    }
+
+    /// Replaces the bundle in `dir` as a whole: written to a new directory,
+    /// then swapped in, so a crash never leaves a key beside another key's
+    /// certificate.
+    pub fn replace(&self, dir: &Path) -> Result<(), PkiError> {
+        let fresh = dir.with_extension("new");
+        let old = dir.with_extension("old");
+        let _ = fs::remove_dir_all(&fresh);
+        self.write(&fresh)?;
+        let _ = fs::remove_dir_all(&old);
+        if dir.exists() {
+            fs::rename(dir, &old).map_err(io_err(dir))?;
+        }
+        fs::rename(&fresh, dir).map_err(io_err(dir))?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    }
+
+    /// When this bundle's certificate was issued and when it runs out.
+    pub fn validity(&self) -> Result<(std::time::SystemTime, std::time::SystemTime), PkiError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let bad = |e: String| PkiError::BadCsr(format!("certificate: {e}"));
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        let at = |secs: i64| std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
+        Ok((
+            at(cert.validity().not_before.timestamp() + CLOCK_SKEW.as_secs() as i64),
+            at(cert.validity().not_after.timestamp()),
+        ))
     }
 
     /// Reads the three files from `dir`. Refuses a key readable by group or

@@ -3,6 +3,7 @@
 //! heartbeats come in on `devctl.node.*.heartbeat`.
 
 use std::{
+    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -14,7 +15,10 @@ use async_nats::{
     Client, ConnectOptions, RequestErrorKind, Subscriber,
     jetstream::{self, consumer, stream},
 };
-use devctl_proto::{bus, pb};
+use devctl_proto::{
+    bus, pb,
+    pki::{self, Bundle},
+};
 use futures::StreamExt;
 use prost::Message;
 use thiserror::Error;
@@ -50,11 +54,20 @@ pub struct Bus {
 }
 
 impl Bus {
-    /// Connects to `url`, retrying in the background if the server is not up
-    /// yet.
-    pub async fn connect(url: &str) -> Result<Self, BusError> {
+    /// Connects to `url` over TLS with the bundle in `tls_dir` (`ca.pem`,
+    /// `cert.pem`, `key.pem`: the data directory's `bus/`), retrying in the
+    /// background if the server is not up yet. The files are read again
+    /// at every reconnect.
+    pub async fn connect(url: &str, tls_dir: &Path) -> Result<Self, BusError> {
+        // Fails early, with the file's name, on a missing file or an
+        // unprotected key.
+        Bundle::load(tls_dir).map_err(|e| BusError::Nats(format!("bus certificate: {e}")))?;
         let client = ConnectOptions::new()
             .name("devctl-scheduler")
+            .require_tls(true)
+            .add_root_certificates(tls_dir.join(pki::CA_FILE))
+            .add_client_certificate(tls_dir.join(pki::CERT_FILE), tls_dir.join(pki::KEY_FILE))
+            .custom_inbox_prefix(bus::SCHEDULER_INBOX_PREFIX)
             .retry_on_initial_connect()
             .event_callback(|event| async move {
                 tracing::info!(%event, "bus connection");
@@ -244,7 +257,7 @@ impl Bus {
         timeout: Duration,
     ) -> Result<StreamReader, Result<pb::agent_reply::Result, BusError>> {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (data_subject, control_subject) = bus::stream_subjects(&id);
+        let (data_subject, control_subject) = bus::stream_subjects(node, &id);
         let sub = self
             .client
             .subscribe(data_subject.clone())
@@ -299,11 +312,11 @@ impl Bus {
         })
     }
 
-    /// Sends input to exec session `id`.
-    pub fn exec_input(&self, id: &str) -> ExecInputSender {
+    /// Sends input to exec session `id` on `node`.
+    pub fn exec_input(&self, node: &str, id: &str) -> ExecInputSender {
         ExecInputSender {
             client: self.client.clone(),
-            subject: bus::exec_input_subject(id),
+            subject: bus::exec_input_subject(node, id),
         }
     }
 
@@ -480,16 +493,27 @@ impl EngineEventMsg {
 }
 
 impl EngineEvents {
-    /// The next engine event; `None` when the consumer ends.
+    /// The next engine event about the node whose subject it came on;
+    /// `None` when the consumer ends. One claiming another node is
+    /// acknowledged (so it does not come again) and dropped.
     pub async fn next(&mut self) -> Option<Result<EngineEventMsg, BusError>> {
-        let msg = self.messages.next().await?;
-        Some(
-            msg.map(|msg| EngineEventMsg {
-                event: pb::EngineEvent::decode(msg.payload.clone()),
-                msg,
-            })
-            .map_err(|e| BusError::Nats(e.to_string())),
-        )
+        loop {
+            let msg = match self.messages.next().await? {
+                Ok(msg) => msg,
+                Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+            };
+            let event = pb::EngineEvent::decode(msg.payload.clone());
+            if let Ok(ev) = &event
+                && bus::node_of_subject(&msg.subject) != Some(ev.node.as_str())
+            {
+                tracing::warn!(subject = %msg.subject, claimed = %ev.node, "engine event for another node dropped");
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "dropped engine event not acknowledged");
+                }
+                continue;
+            }
+            return Some(Ok(EngineEventMsg { event, msg }));
+        }
     }
 }
 
@@ -690,5 +714,63 @@ impl AuditReader {
             pb::AuditEntry::decode(msg.payload.clone())
                 .map_err(|e| BusError::Nats(format!("undecodable audit entry: {e}"))),
         )
+    }
+}
+
+/// Agents' certificate renewal requests.
+#[derive(Debug)]
+pub struct RenewRequests {
+    client: Client,
+    sub: Subscriber,
+}
+
+/// One renewal request: the node is the one of the subject it came on.
+#[derive(Debug)]
+pub struct RenewRequestMsg {
+    /// The node whose agent asks.
+    pub node: String,
+    /// The request, or why it could not be decoded.
+    pub request: Result<pb::RenewRequest, prost::DecodeError>,
+    reply: Option<async_nats::Subject>,
+}
+
+impl Bus {
+    /// Subscribes to every node's renewal requests.
+    pub async fn renew_requests(&self) -> Result<RenewRequests, BusError> {
+        let sub = self
+            .client
+            .subscribe(bus::ALL_RENEW)
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))?;
+        Ok(RenewRequests {
+            client: self.client.clone(),
+            sub,
+        })
+    }
+}
+
+impl RenewRequests {
+    /// The next request with a node name in its subject; `None` once the
+    /// subscription ends.
+    pub async fn next(&mut self) -> Option<RenewRequestMsg> {
+        loop {
+            let msg = self.sub.next().await?;
+            let Some(node) = bus::node_of_subject(&msg.subject) else {
+                continue;
+            };
+            return Some(RenewRequestMsg {
+                node: node.to_string(),
+                request: pb::RenewRequest::decode(msg.payload),
+                reply: msg.reply,
+            });
+        }
+    }
+
+    /// Answers `msg`.
+    pub async fn answer(&self, msg: &RenewRequestMsg, reply: &pb::RenewReply) {
+        let Some(to) = msg.reply.clone() else { return };
+        if let Err(e) = self.client.publish(to, reply.encode_to_vec().into()).await {
+            tracing::warn!(node = %msg.node, error = %e, "renewal reply not sent");
+        }
     }
 }

@@ -105,8 +105,9 @@ pub struct ServeArgs {
     /// DIR/scheduler.addr.
     #[arg(long, env = "DEVCTL_LISTEN", default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
-    /// NATS server URL.
-    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL (tls://HOST:PORT). TLS is always required; the
+    /// scheduler presents DIR/bus/cert.pem and trusts only the cluster CA.
+    #[arg(long, env = "DEVCTL_NATS_URL", default_value = "tls://127.0.0.1:4222")]
     pub nats: String,
     /// A node without a heartbeat for this long is down.
     #[arg(long, env = "DEVCTL_NODE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]

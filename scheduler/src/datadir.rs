@@ -7,16 +7,31 @@
 //! DIR/clients/admin/{ca,cert,key}.pem  the first admin's client bundle
 //! DIR/ca/join-key                    the MAC key of join tokens (0600)
 //! DIR/revoked                        revoked certificates (see revocation)
+//! DIR/bus/{ca,cert,key}.pem          the scheduler's own bus (NATS) client certificate
+//! DIR/nats/nats.conf                 nats-server's configuration: TLS, JetStream, users
+//! DIR/nats/users.conf                the bus users and their permissions (generated)
+//! DIR/nats/agents/<node>             one (empty) file per admitted agent: the source
+//!                                    users.conf is generated from
+//! DIR/nats/jetstream/                JetStream's store
+//! DIR/nats/nats.pid                  the pid of the nats-server running on it
 //! DIR/state.redb                     the store
 //! DIR/scheduler.addr                 the address `serve` listens on
 //! ```
+//!
+//! The bus maps each client certificate to a NATS user by its subject
+//! (`verify_and_map`): the scheduler's, and one per admitted agent, each
+//! confined by [`bus::agent_permissions`]. Certificates of any other
+//! subject (API users, unknown nodes) cannot log in.
 
 use std::{
+    fmt::Write as _,
+    fs,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use devctl_proto::{
+    bus,
     identity::Role,
     pki::{self, Bundle, ClusterCa, PkiError},
     validate::{self, InvalidField},
@@ -43,7 +58,25 @@ pub enum DataDirError {
     /// Certificates or files.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// A file of the bus configuration.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
+    move |source| DataDirError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Validity of the scheduler's bus certificate.
+pub const BUS_CERT_VALIDITY: Duration = SERVER_CERT_VALIDITY;
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -75,6 +108,36 @@ impl DataDir {
     /// A client bundle's directory.
     pub fn client_dir(&self, name: &str) -> PathBuf {
         self.root.join("clients").join(name)
+    }
+
+    /// The scheduler's bus client bundle's directory.
+    pub fn bus_dir(&self) -> PathBuf {
+        self.root.join("bus")
+    }
+
+    /// The directory of nats-server's configuration and store.
+    pub fn nats_dir(&self) -> PathBuf {
+        self.root.join("nats")
+    }
+
+    /// nats-server's configuration: `nats-server -c` this.
+    pub fn nats_config(&self) -> PathBuf {
+        self.nats_dir().join("nats.conf")
+    }
+
+    /// The bus users, generated from [`DataDir::agents_dir`].
+    pub fn nats_users(&self) -> PathBuf {
+        self.nats_dir().join("users.conf")
+    }
+
+    /// Where nats-server writes its pid.
+    pub fn nats_pid_file(&self) -> PathBuf {
+        self.nats_dir().join("nats.pid")
+    }
+
+    /// One file per admitted agent.
+    pub fn agents_dir(&self) -> PathBuf {
+        self.nats_dir().join("agents")
     }
 
     /// The store file.
@@ -160,13 +223,206 @@ impl DataDir {
         let server =
             ca.issue_server(&pki::default_server_sans(extra_sans), SERVER_CERT_VALIDITY)?;
         let admin = ca.issue_client("admin", Role::Admin, SERVER_CERT_VALIDITY)?;
+        let bus = ca.issue_scheduler_bus(BUS_CERT_VALIDITY)?;
         ca.write(&self.ca_dir())?;
         // A new CA: tokens of the old one must not verify.
         let _ = std::fs::remove_file(self.ca_dir().join("join-key"));
         server.write(&self.server_dir())?;
         pki::create_private_dir(&self.root.join("clients"))?;
         admin.write(&self.client_dir("admin"))?;
+        bus.write(&self.bus_dir())?;
+        // Agents admitted under the old CA hold certificates nobody trusts
+        // any more.
+        if force {
+            let agents = self.agents_dir();
+            if agents.exists() {
+                fs::remove_dir_all(&agents).map_err(io_err(&agents))?;
+            }
+        }
+        self.write_nats_config()?;
+        self.update_users(|_| Ok(()))?;
         Ok(())
+    }
+
+    /// Writes nats-server's configuration (absolute paths: the server may
+    /// run from any directory). `-a`/`-p` on nats-server's command line
+    /// override its `listen`.
+    fn write_nats_config(&self) -> Result<(), DataDirError> {
+        let root = fs::canonicalize(&self.root).map_err(io_err(&self.root))?;
+        let dir = DataDir::new(root);
+        pki::create_private_dir(&dir.nats_dir())?;
+        pki::create_private_dir(&dir.agents_dir())?;
+        let q = |p: PathBuf| quote(&p.to_string_lossy());
+        let conf = format!(
+            "# Written by `devctl-scheduler init`: the bus of the cluster in {root}.\n\
+             # Run: nats-server -c {conf}   (-a HOST and -p PORT override `listen`)\n\
+             listen: \"0.0.0.0:4222\"\n\
+             pid_file: {pid}\n\
+             \n\
+             # Clients must present a certificate from the cluster CA; its subject\n\
+             # is their user name (users.conf).\n\
+             tls {{\n  cert_file: {cert}\n  key_file: {key}\n  ca_file: {ca}\n  verify_and_map: true\n  timeout: 5\n}}\n\
+             \n\
+             jetstream {{\n  store_dir: {store}\n}}\n\
+             \n\
+             # Relative to this file (nats-server resolves includes so).\n\
+             include users.conf\n",
+            root = dir.root().display(),
+            conf = dir.nats_config().display(),
+            pid = q(dir.nats_pid_file()),
+            cert = q(dir.server_dir().join(pki::CERT_FILE)),
+            key = q(dir.server_dir().join(pki::KEY_FILE)),
+            ca = q(dir.ca_dir().join(pki::CA_FILE)),
+            store = q(dir.nats_dir().join("jetstream")),
+        );
+        pki::write_file(&dir.nats_config(), conf.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// Writes the scheduler's bus certificate and nats-server's
+    /// configuration if this data directory (made before they existed)
+    /// lacks them.
+    pub fn ensure_bus(&self) -> Result<(), DataDirError> {
+        if !self.ca_dir().join(pki::CA_FILE).exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        if !self.bus_dir().join(pki::CERT_FILE).exists() {
+            let ca = ClusterCa::load(&self.ca_dir())?;
+            ca.issue_scheduler_bus(BUS_CERT_VALIDITY)?
+                .write(&self.bus_dir())?;
+        }
+        if !self.nats_config().exists() {
+            self.write_nats_config()?;
+        }
+        if !self.nats_users().exists() {
+            pki::write_file(
+                &self.nats_users(),
+                render_users(&self.admitted_agents()?).as_bytes(),
+                0o600,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Lets `node`'s agent onto the bus: adds its user (confined by
+    /// [`bus::agent_permissions`]) and asks the running nats-server to
+    /// reload. Returns whether a reload was signalled; if not (no
+    /// nats-server of this data directory runs here), the operator must
+    /// reload it (`nats-server --signal reload`) for the change to apply.
+    pub fn admit_agent(&self, node: &str) -> Result<bool, DataDirError> {
+        validate::dns_label("node", node)?;
+        self.update_users(|agents| {
+            let marker = agents.join(node);
+            pki::write_file(&marker, b"", 0o600)?;
+            Ok(())
+        })?;
+        self.reload_nats()
+    }
+
+    /// Takes `node`'s agent off the bus: removes its user and asks the
+    /// running nats-server to reload, which disconnects the agent. Returns
+    /// whether a reload was signalled (see [`DataDir::admit_agent`]).
+    pub fn remove_agent(&self, node: &str) -> Result<bool, DataDirError> {
+        validate::dns_label("node", node)?;
+        self.update_users(|agents| {
+            let marker = agents.join(node);
+            match fs::remove_file(&marker) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(&marker)(e)),
+            }
+        })?;
+        self.reload_nats()
+    }
+
+    /// The nodes whose agents are admitted to the bus, sorted.
+    pub fn admitted_agents(&self) -> Result<Vec<String>, DataDirError> {
+        let dir = self.agents_dir();
+        let mut nodes = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(nodes),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            // Skips what is no node name (e.g. a temporary file).
+            if let Some(name) = name.to_str()
+                && validate::dns_label("node", name).is_ok()
+            {
+                nodes.push(name.to_string());
+            }
+        }
+        nodes.sort();
+        Ok(nodes)
+    }
+
+    /// Under the bus lock: applies `change` to the agents directory, then
+    /// regenerates users.conf from it (atomically: readers see the old file
+    /// or the new one). Writes the bus configuration first if this data
+    /// directory predates it.
+    fn update_users(
+        &self,
+        change: impl FnOnce(&Path) -> Result<(), DataDirError>,
+    ) -> Result<(), DataDirError> {
+        self.ensure_bus()?;
+        let lock_path = self.nats_dir().join("users.lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io_err(&lock_path)(errno.into()))?;
+        change(&self.agents_dir())?;
+        let users = render_users(&self.admitted_agents()?);
+        pki::write_file(&self.nats_users(), users.as_bytes(), 0o600)?;
+        Ok(())
+    }
+
+    /// SIGHUP to the nats-server named by the pid file, if it runs and is
+    /// a nats-server. Returns whether it was signalled.
+    fn reload_nats(&self) -> Result<bool, DataDirError> {
+        let pid_file = self.nats_pid_file();
+        let Some(pid) = fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|p| *p > 0)
+        else {
+            tracing::debug!(pid_file = %pid_file.display(), "no nats-server pid; not signalled");
+            return Ok(false);
+        };
+        // A pid file left behind may name an unrelated process by now.
+        let is_nats = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|b| *b == 0)
+                .next()
+                .and_then(|argv0| std::str::from_utf8(argv0).ok())
+                .is_some_and(|argv0| {
+                    Path::new(argv0)
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("nats-server"))
+                })
+        });
+        if !is_nats {
+            tracing::info!(
+                pid,
+                "the pid file names no running nats-server; reload it yourself"
+            );
+            return Ok(false);
+        }
+        match nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::warn!(pid, error = %e, "could not signal nats-server to reload");
+                Ok(false)
+            }
+        }
     }
 
     /// Issues a client bundle for `name` with `role` into `out`.
@@ -186,6 +442,14 @@ impl DataDir {
         Ok(())
     }
 
+    /// The scheduler's bus client bundle.
+    pub fn bus_bundle(&self) -> Result<Bundle, DataDirError> {
+        if !self.bus_dir().join(pki::CERT_FILE).exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        Ok(Bundle::load(&self.bus_dir())?)
+    }
+
     /// The server bundle.
     pub fn server_bundle(&self) -> Result<Bundle, DataDirError> {
         if !self.server_dir().join(pki::CERT_FILE).exists() {
@@ -193,6 +457,47 @@ impl DataDir {
         }
         Ok(Bundle::load(&self.server_dir())?)
     }
+}
+
+/// A string for nats-server's configuration (its quoting is JSON's).
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// users.conf: the scheduler and each admitted agent, with their
+/// permissions; nobody else.
+fn render_users(agents: &[String]) -> String {
+    let mut out = String::from(
+        "# Generated by devctl-scheduler from the files in agents/: do not edit.\n\
+         # A client's user is its certificate's subject (verify_and_map).\n\
+         authorization {\n  users = [\n",
+    );
+    let mut user = |name: String, p: bus::Permissions| {
+        let list = |l: &[String]| l.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
+        let _ = write!(
+            out,
+            "    {{\n      user: {}\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n",
+            quote(&name),
+            list(&p.publish),
+            list(&p.subscribe),
+        );
+        if p.allow_responses {
+            out.push_str("        allow_responses: { max: 1 }\n");
+        }
+        out.push_str("      }\n    }\n");
+    };
+    user(
+        pki::bus_user(pki::SCHEDULER_BUS_NAME, pki::SCHEDULER_BUS_OU),
+        bus::scheduler_permissions(),
+    );
+    for node in agents {
+        user(
+            pki::bus_user(node, Role::Agent.as_str()),
+            bus::agent_permissions(node),
+        );
+    }
+    out.push_str("  ]\n}\n");
+    out
 }
 
 #[cfg(test)]
@@ -219,6 +524,14 @@ mod tests {
         dir.init(&[], true).unwrap();
         assert_ne!(before, std::fs::read(dir.ca_dir().join("ca.pem")).unwrap());
 
+        for f in [
+            dir.nats_config(),
+            dir.nats_users(),
+            dir.bus_dir().join("key.pem"),
+        ] {
+            assert!(f.exists(), "{}", f.display());
+        }
+
         let out = tmp.path().join("bob");
         dir.issue_cert("bob", Role::Developer, &out, Duration::from_secs(60))
             .unwrap();
@@ -227,5 +540,39 @@ mod tests {
             dir.issue_cert("Bob!", Role::Developer, &out, Duration::from_secs(60))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn admitted_agents_become_bus_users_and_removed_ones_do_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        dir.init(&[], false).unwrap();
+        let conf = std::fs::read_to_string(dir.nats_config()).unwrap();
+        assert!(conf.contains("verify_and_map: true"), "{conf}");
+        let ca = dir.ca_dir().join("ca.pem").canonicalize().unwrap();
+        assert!(conf.contains(&ca.display().to_string()), "{conf}");
+        // No nats-server runs: nothing to signal.
+        assert!(!dir.admit_agent("node-a").unwrap());
+        dir.admit_agent("node-b").unwrap();
+        dir.admit_agent("node-a").unwrap();
+        assert_eq!(dir.admitted_agents().unwrap(), ["node-a", "node-b"]);
+        let users = std::fs::read_to_string(dir.nats_users()).unwrap();
+        assert!(users.contains("\"CN=node-a,OU=agent,O=devctl\""), "{users}");
+        assert!(
+            users.contains("\"devctl.node.node-b.heartbeat\""),
+            "{users}"
+        );
+        assert!(
+            users.contains("\"CN=devctl-scheduler,OU=scheduler,O=devctl\""),
+            "{users}"
+        );
+        assert!(!dir.remove_agent("node-a").unwrap());
+        assert!(!dir.remove_agent("node-a").unwrap());
+        let users = std::fs::read_to_string(dir.nats_users()).unwrap();
+        assert!(!users.contains("node-a"), "{users}");
+        assert!(dir.admit_agent("../x").is_err());
+        // A new CA drops every agent.
+        dir.init(&[], true).unwrap();
+        assert!(dir.admitted_agents().unwrap().is_empty());
     }
 }

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use devctl_proto::identity::Role;
 use devctl_scheduler::{
     activity::IdlePolicy,
     api::enroll::CertPolicy,
@@ -38,9 +39,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = DataDir::new(data_dir);
             dir.init(&sans, force)?;
             println!(
-                "initialized {}\nadmin client bundle: {}",
+                "initialized {}\nadmin client bundle: {}\nstart the bus with: nats-server -c {}",
                 dir.root().display(),
-                dir.client_dir("admin").display()
+                dir.client_dir("admin").display(),
+                dir.nats_config().display()
             );
         }
         Command::IssueCert {
@@ -51,8 +53,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             valid_for,
         } => {
             let role = role.parse().context("--role")?;
-            DataDir::new(data_dir).issue_cert(&name, role, &out, valid_for)?;
+            let dir = DataDir::new(data_dir);
+            dir.issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
+            if role == Role::Agent {
+                if dir.admit_agent(&name)? {
+                    println!("admitted node {name} to the bus (nats-server reloaded)");
+                } else {
+                    println!(
+                        "admitted node {name} to the bus; no nats-server of {} runs here: reload yours with `nats-server --signal reload`",
+                        dir.root().display()
+                    );
+                }
+            }
         }
         Command::Token {
             command:
@@ -82,7 +95,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = Target::parse(&target)?;
             revocation::revoke(&dir.revoked_file(), &target)?;
             match target {
-                Target::Name(n) => println!("revoked every certificate of {n} issued so far"),
+                Target::Name(n) => {
+                    println!("revoked every certificate of {n} issued so far");
+                    if dir.admitted_agents()?.contains(&n) {
+                        // Its bus user goes too: the reload disconnects it.
+                        if dir.remove_agent(&n)? {
+                            println!("removed node {n} from the bus (nats-server reloaded)");
+                        } else {
+                            println!(
+                                "removed node {n} from the bus configuration; reload nats-server (`nats-server --signal reload`) to disconnect it"
+                            );
+                        }
+                    }
+                }
                 Target::Serial(s) => println!("revoked certificate {s}"),
             }
         }

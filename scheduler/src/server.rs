@@ -111,12 +111,14 @@ pub async fn serve(
     )
     .map_err(DataDirError::from)?;
     let tokens = TokenApi::new(store.clone(), auth.clone());
-    let bus = Bus::connect(&config.nats).await?;
+    config.data_dir.ensure_bus()?;
+    let bus = Bus::connect(&config.nats, &config.data_dir.bus_dir()).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
     bus.ensure_audit_stream(config.audit_retention).await?;
     let engine_events = bus.engine_events().await?;
     let stats_reports = bus.stats_reports().await?;
+    let renew_requests = bus.renew_requests().await?;
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -167,6 +169,7 @@ pub async fn serve(
         config.settings.reconcile_interval,
         stop.clone(),
     ));
+    let renew_task = tokio::spawn(renew_loop(enroll.clone(), renew_requests, stop.clone()));
     let revocation_task = tokio::spawn({
         let (auth, stop) = (auth.clone(), stop.clone());
         async move {
@@ -199,7 +202,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         // Authenticates by join token or certificate itself.
-        .add_service(EnrollServiceServer::new(enroll))
+        .add_service(EnrollServiceServer::new(enroll.clone()))
         .add_service(TokenServiceServer::with_interceptor(
             tokens,
             authenticate.clone(),
@@ -251,6 +254,7 @@ pub async fn serve(
         ("stats loop", stats_task),
         ("supervisor", supervise_task),
         ("revocation watcher", revocation_task),
+        ("renewal loop", renew_task),
     ] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{name} failed");
@@ -345,6 +349,43 @@ async fn engine_event_loop(
             }
             Err(e) => tracing::error!(error = %e, "engine event not handled; it will come again"),
         }
+    }
+}
+
+/// Answers agents' certificate renewal requests until `stop`.
+async fn renew_loop(
+    enroll: EnrollApi,
+    mut requests: crate::bus::RenewRequests,
+    stop: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            m = requests.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let reply = match &msg.request {
+            Ok(r) => match enroll.renew_agent(&msg.node, &r.csr_pem).await {
+                Ok(cert) => pb::RenewReply {
+                    certificate: Some(cert),
+                    error: String::new(),
+                },
+                Err(error) => {
+                    tracing::warn!(node = %msg.node, %error, "agent renewal refused");
+                    pb::RenewReply {
+                        certificate: None,
+                        error,
+                    }
+                }
+            },
+            Err(e) => pb::RenewReply {
+                certificate: None,
+                error: format!("undecodable renewal request: {e}"),
+            },
+        };
+        requests.answer(&msg, &reply).await;
     }
 }
 

@@ -406,6 +406,7 @@ fn devctl_json(data: &Path, server: &str, args: &[&str]) -> serde_json::Value {
 /// store, until `stop` is dropped.
 fn fleet(
     url: String,
+    tls_dir: PathBuf,
     containers: Vec<pb::Container>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::thread::JoinHandle<()> {
@@ -415,7 +416,12 @@ fn fleet(
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = async_nats::connect(&url).await.unwrap();
+            // The scheduler's bus certificate: one identity that may speak
+            // for every simulated node.
+            let client = devctl_tests::bus_options(&tls_dir)
+                .connect(&url)
+                .await
+                .unwrap();
             let mut by_node: HashMap<String, Vec<pb::Container>> = HashMap::new();
             for c in containers {
                 by_node.entry(c.node.clone()).or_default().push(c);
@@ -503,13 +509,14 @@ fn fleet(
 }
 
 fn memory(scratch: &Path, full: &Path, containers: Vec<pb::Container>) {
-    let nats = Nats::start(scratch).unwrap();
     println!("| scheduler holding | VmRSS | VmHWM (peak) |");
     println!("| --- | --- | --- |");
 
     // An empty store, for comparison.
     let empty = scratch.join("empty");
     init(&empty);
+    // Each data directory is its own cluster (CA), with its own bus.
+    let nats = Nats::start(&scratch.join("nats-empty"), &empty).unwrap();
     let (proc, server) = serve(&empty, &nats, scratch.join("scheduler-empty.log"));
     assert_eq!(devctl_json(&empty, &server, &["ls"]), serde_json::json!([]));
     devctl_json(&empty, &server, &["nodes"]);
@@ -517,8 +524,10 @@ fn memory(scratch: &Path, full: &Path, containers: Vec<pb::Container>) {
     let (rss, hwm) = memory_of(proc.pid());
     println!("| empty store, no nodes | {} | {} |", mib(rss), mib(hwm));
     drop(proc);
+    drop(nats);
 
     // 10,000 containers on 1,000 nodes that never heartbeat (all down).
+    let nats = Nats::start(&scratch.join("nats-full"), full).unwrap();
     let (proc, server) = serve(full, &nats, scratch.join("scheduler-full.log"));
     let listed = devctl_json(full, &server, &["ls"]);
     assert_eq!(listed.as_array().unwrap().len(), CONTAINERS);
@@ -534,7 +543,7 @@ fn memory(scratch: &Path, full: &Path, containers: Vec<pb::Container>) {
 
     // The same with every node live: heartbeats, stats and inventory syncs.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let fleet = fleet(nats.url.clone(), containers, stop_rx);
+    let fleet = fleet(nats.url.clone(), full.join("bus"), containers, stop_rx);
     wait_until("every node ready", Duration::from_secs(120), || {
         let nodes = devctl_json(full, &server, &["nodes"]);
         nodes

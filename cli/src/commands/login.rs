@@ -6,8 +6,6 @@
 //! `devctl login --renew [--context CTX]`: a new key and certificate for the
 //! same identity, before the old one expires.
 
-use std::path::Path;
-
 use anyhow::{Context as _, Result, bail};
 use devctl_proto::{enroll, pb, pki};
 
@@ -70,22 +68,6 @@ fn default_context(server: &str) -> String {
     }
 }
 
-/// Replaces the bundle in `dir` as a whole (new directory, then swap), so a
-/// crash never leaves a key beside another key's certificate.
-fn replace_bundle(dir: &Path, bundle: &pki::Bundle) -> Result<()> {
-    let fresh = dir.with_extension("new");
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&fresh);
-    bundle.write(&fresh)?;
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("moving {}", dir.display()))?;
-    }
-    std::fs::rename(&fresh, dir).with_context(|| format!("writing {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
-}
-
 /// Runs `login`.
 pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
     devctl_proto::pki::install_crypto_provider();
@@ -108,14 +90,12 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
             .renew_certificate(pb::RenewCertificateRequest { csr_pem })
             .await?
             .into_inner();
-        replace_bundle(
-            dir,
-            &pki::Bundle {
-                ca_pem: issued.ca_pem.clone(),
-                cert_pem: issued.cert_pem.clone(),
-                key_pem,
-            },
-        )?;
+        pki::Bundle {
+            ca_pem: issued.ca_pem.clone(),
+            cert_pem: issued.cert_pem.clone(),
+            key_pem,
+        }
+        .replace(dir)?;
         println!(
             "renewed the certificate of {} ({}): {} valid until {}",
             issued.name,
@@ -138,7 +118,7 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
         .with_context(|| format!("logging in to {server}"))?;
     let context = flags.context.unwrap_or_else(|| default_context(&server));
     let dir = config::context_tls_dir(&path, &context);
-    replace_bundle(&dir, &joined.bundle)?;
+    joined.bundle.replace(&dir)?;
     file.contexts.insert(
         context.clone(),
         config::Context {

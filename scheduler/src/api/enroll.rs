@@ -84,6 +84,31 @@ impl EnrollApi {
     }
 }
 
+impl EnrollApi {
+    /// Signs a renewal for `node`'s agent (asked over the bus, where only
+    /// that agent can publish on its subject). Refused for a node no longer
+    /// admitted to the bus.
+    pub async fn renew_agent(
+        &self,
+        node: &str,
+        csr_pem: &str,
+    ) -> Result<pb::IssuedCertificate, String> {
+        let dir = self.data_dir.clone();
+        let admitted = tokio::task::spawn_blocking(move || dir.admitted_agents())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if !admitted.iter().any(|n| n == node) {
+            return Err(format!("node {node:?} is not admitted to the bus"));
+        }
+        let issued = self
+            .sign(csr_pem, node, Role::Agent)
+            .map_err(|s| s.message().to_string())?;
+        tracing::info!(node, serial = %issued.serial, "agent certificate renewed");
+        Ok(issued)
+    }
+}
+
 fn join_status(e: JoinError) -> Status {
     match e {
         JoinError::Malformed => Status::invalid_argument(format!("token: {e}")),
@@ -136,6 +161,23 @@ impl EnrollService for EnrollApi {
             return Err(Status::unauthenticated(
                 "this join token has already been used; each token works once: create another with `devctl-scheduler token create`",
             ));
+        }
+        if claims.role == Role::Agent {
+            // Let the node onto the bus (its user and permissions).
+            let (dir, node) = (self.data_dir.clone(), name.clone());
+            let reloaded = tokio::task::spawn_blocking(move || dir.admit_agent(&node))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    tracing::error!(error = %e, node = name, "admitting a node to the bus");
+                    Status::internal(format!("the certificate was issued but node {name:?} could not be admitted to the bus: {e}"))
+                })?;
+            if !reloaded {
+                tracing::warn!(
+                    node = name,
+                    "no local nats-server to reload: reload it (`nats-server --signal reload`) to admit the node"
+                );
+            }
         }
         tracing::info!(name, role = %claims.role, serial = %issued.serial, "identity joined");
         Ok(Response::new(issued))

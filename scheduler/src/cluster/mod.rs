@@ -1064,12 +1064,13 @@ impl Cluster {
             command: command_line,
         };
         let container_id = c.id.clone();
+        let node = c.node.clone();
         let build = |setup, id: &str| {
             Command::Exec(pb::ExecCommand {
                 id: container_id,
                 start: Some(start),
                 stream: Some(setup),
-                input_subject: devctl_proto::bus::exec_input_subject(id),
+                input_subject: devctl_proto::bus::exec_input_subject(&node, id),
             })
         };
         let mut session_id = String::new();
@@ -1090,7 +1091,7 @@ impl Cluster {
         tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
         self.record_session(&session, pb::EventType::ExecStarted, None)
             .await;
-        let input = self.shared.bus.exec_input(&session.id);
+        let input = self.shared.bus.exec_input(&session.node, &session.id);
         Ok((reader, input, session))
     }
 
