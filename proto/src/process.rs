@@ -1,12 +1,42 @@
 //! Process plumbing shared by the devctl binaries: logging set-up and the
 //! shutdown signal.
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-/// Colours only on a terminal.
+/// Crates whose debug output carries request bodies (a container's
+/// environment, certificates on the wire): held at `info` unless `RUST_LOG`
+/// names them itself, so `RUST_LOG=debug` never writes secrets to a log.
+const QUIET_TARGETS: &[&str] = &[
+    "bollard",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "tonic",
+    "rustls",
+    "async_nats",
+    "tower",
+];
+
+/// The `RUST_LOG` filter `spec` with [`QUIET_TARGETS`] held at `info`
+/// unless it names them.
+pub fn log_filter(spec: &str) -> String {
+    let mut filter = spec.to_string();
+    for target in QUIET_TARGETS {
+        let named = spec
+            .split(',')
+            .any(|d| d.trim().split(['=', '[']).next() == Some(*target));
+        if !named {
+            filter.push_str(&format!(",{target}=info"));
+        }
+    }
+    filter
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`; see
+/// [`log_filter`]). Colours only on a terminal.
 pub fn init_tracing() {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(&spec))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter("info")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -24,4 +54,20 @@ pub async fn shutdown_signal() {
         _ = int.recv() => "SIGINT",
     };
     tracing::info!(signal = which, "shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatty_crates_stay_at_info_unless_named() {
+        let f = log_filter("debug");
+        assert!(
+            f.starts_with("debug,") && f.contains(",bollard=info"),
+            "{f}"
+        );
+        let f = log_filter("debug,bollard=trace");
+        assert!(!f.contains("bollard=info") && f.contains("h2=info"), "{f}");
+    }
 }

@@ -286,6 +286,7 @@ pub struct TestCluster {
     pub server: String,
     scheduler_starts: usize,
     scheduler_args: Vec<String>,
+    env: Vec<(String, String)>,
     tmp: TempDir,
 }
 
@@ -357,6 +358,17 @@ impl TestCluster {
         agent_args: &[&str],
         scheduler_args: &[&str],
     ) -> Result<Self> {
+        Self::start_env(nodes, agent_args, scheduler_args, &[])
+    }
+
+    /// As [`TestCluster::start_opts`]; `env` is set for the scheduler and
+    /// every agent (e.g. `RUST_LOG=debug`).
+    pub fn start_env(
+        nodes: &[&str],
+        agent_args: &[&str],
+        scheduler_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         ensure_prerequisites();
         let tmp = tempfile::Builder::new().prefix("devctl-e2e-").tempdir()?;
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -376,6 +388,10 @@ impl TestCluster {
             server: String::new(),
             scheduler_starts: 0,
             scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             tmp,
         };
         cluster.start_scheduler()?;
@@ -447,7 +463,8 @@ impl TestCluster {
             "--data-dir",
         ])
         .arg(self.data_dir())
-        .args(&self.scheduler_args);
+        .args(&self.scheduler_args)
+        .envs(self.env.iter().map(|(k, v)| (k, v)));
         self.scheduler_starts += 1;
         let n = self.scheduler_starts;
         let proc = Proc::spawn(
@@ -481,6 +498,7 @@ impl TestCluster {
         cmd.args(["--node", &node, "--nats", &self.nats.url, "--data-dir"])
             .arg(self.agent_dir(short))
             .args(args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let proc = Proc::spawn(
             &format!("devctl-agent {node}"),
             cmd,
