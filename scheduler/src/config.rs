@@ -46,9 +46,10 @@ pub enum Command {
         /// Directory to write the bundle to.
         #[arg(long)]
         out: PathBuf,
-        /// Validity.
-        #[arg(long, default_value = "365d", value_parser = humantime::parse_duration)]
-        valid_for: Duration,
+        /// Validity (default: 30d for agents, 7d for everyone else; renew
+        /// with `devctl login --renew`, agents renew by themselves).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        valid_for: Option<Duration>,
     },
     /// Serve the gRPC API (mutual TLS) and manage the cluster.
     Serve(Box<ServeArgs>),

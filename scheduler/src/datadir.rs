@@ -40,6 +40,13 @@ use thiserror::Error;
 
 /// Validity of the server certificate.
 pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default validity of agent certificates (agents renew them over the bus).
+pub const AGENT_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default validity of people's certificates (`devctl login --renew`).
+pub const USER_CERT_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Validity of the first admin bundle `init` writes (renew it with
+/// `devctl login --renew --tls-dir DIR/clients/admin`).
+pub const ADMIN_CERT_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A failure of `init` or `issue-cert`.
 #[derive(Debug, Error)]
@@ -222,7 +229,7 @@ impl DataDir {
         )?;
         let server =
             ca.issue_server(&pki::default_server_sans(extra_sans), SERVER_CERT_VALIDITY)?;
-        let admin = ca.issue_client("admin", Role::Admin, SERVER_CERT_VALIDITY)?;
+        let admin = ca.issue_client("admin", Role::Admin, ADMIN_CERT_VALIDITY)?;
         let bus = ca.issue_scheduler_bus(BUS_CERT_VALIDITY)?;
         ca.write(&self.ca_dir())?;
         // A new CA: tokens of the old one must not verify.

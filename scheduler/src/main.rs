@@ -8,7 +8,7 @@ use devctl_scheduler::{
     api::enroll::CertPolicy,
     cluster::{ExpiryAction, LeasePolicy, Settings},
     config::{Cli, Command, TokenCommand},
-    datadir::DataDir,
+    datadir::{AGENT_CERT_VALIDITY, DataDir, USER_CERT_VALIDITY},
     placement::Strategy,
     quota::Quotas,
     ratelimit::Limit,
@@ -54,6 +54,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let role = role.parse().context("--role")?;
             let dir = DataDir::new(data_dir);
+            let valid_for = valid_for.unwrap_or(if role == devctl_proto::identity::Role::Agent {
+                AGENT_CERT_VALIDITY
+            } else {
+                USER_CERT_VALIDITY
+            });
             dir.issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
             if role == Role::Agent {

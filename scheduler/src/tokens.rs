@@ -193,7 +193,7 @@ mod tests {
         };
         let t = mint(record(Some(Duration::from_secs(60))));
         assert!(!t.stored.hash.is_empty());
-        assert!(!format!("{:?}", t.stored).contains(t.secret.split('_').nth(2).unwrap()));
+        assert!(!format!("{:?}", t.stored).contains(t.secret.splitn(3, '_').nth(2).unwrap()));
         let secret = t.secret.clone();
         tokens.put(t.stored);
         let id = tokens.check(&secret, SystemTime::now()).unwrap();

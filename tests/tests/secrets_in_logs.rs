@@ -132,7 +132,7 @@ fn a_full_run_at_debug_level_logs_no_token_key_or_secret() {
     secrets.push(("API token".into(), api_token.clone()));
     secrets.push((
         "API token secret part".into(),
-        api_token.rsplit('_').next().unwrap().into(),
+        api_token.splitn(3, '_').nth(2).unwrap().into(),
     ));
     secrets.push(("wrong API token".into(), wrong));
     secrets.push(("container env secret".into(), env_secret));
