@@ -63,7 +63,11 @@ pub async fn run(bus: Bus, node: String, tls_dir: PathBuf, stop: CancellationTok
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
-        if let Err(e) = renew_once(&bus, &node, &tls_dir).await {
+        let renewed = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = renew_once(&bus, &node, &tls_dir) => r,
+        };
+        if let Err(e) = renewed {
             let retry = retry_wait(expires, SystemTime::now());
             tracing::warn!(error = %e, ?retry, "certificate renewal failed; retrying");
             tokio::select! {

@@ -3,7 +3,7 @@
 //!
 //! Where the server and credentials come from, first match wins:
 //! - server: `--server`/`DEVCTL_SERVER`, the context's, `https://127.0.0.1:7443`;
-//! - an API token: `--token`/`DEVCTL_TOKEN` (the CA from `--ca-file`, or
+//! - an API token: `--api-token`/`DEVCTL_API_TOKEN` (the CA from `--ca-file`, or
 //!   the certificate directory's ca.pem);
 //! - a certificate directory: `--tls-dir`/`DEVCTL_TLS_DIR`, the context's,
 //!   `~/.config/devctl/tls`.
@@ -136,13 +136,13 @@ pub fn resolve(flags: Flags) -> Result<Target> {
                 .ca_file
                 .or_else(|| dir.map(|d| d.join(devctl_proto::pki::CA_FILE)))
                 .context(
-                    "--token needs the cluster CA to check the scheduler: pass --ca-file FILE (ca.pem) or set DEVCTL_CA_FILE",
+                    "--api-token needs the cluster CA to check the scheduler: pass --ca-file FILE (ca.pem) or set DEVCTL_CA_FILE",
                 )?;
             Credentials::Token { token, ca_file }
         }
         (None, Some(dir)) => Credentials::Certificate(dir),
         (None, None) => bail!(
-            "no credentials: run `devctl login --server URL --token TOKEN`, pass --tls-dir DIR (a directory holding ca.pem, cert.pem and key.pem, e.g. DATA_DIR/clients/admin), or pass --token with an API token"
+            "no credentials: run `devctl login --server URL --token JOIN_TOKEN`, pass --tls-dir DIR (a directory holding ca.pem, cert.pem and key.pem, e.g. DATA_DIR/clients/admin), or pass --api-token with an API token"
         ),
     };
     Ok(Target {
@@ -171,7 +171,7 @@ impl Client {
                     .with_context(|| format!("reading the cluster CA {}", ca_file.display()))?;
                 let value: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
                     .parse()
-                    .context("--token: not a valid token (dvt_...)")?;
+                    .context("--api-token: not a valid token (dvt_...)")?;
                 (Bundle::anonymous_client_tls(&ca), Bearer(Some(value)))
             }
         };

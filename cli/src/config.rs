@@ -68,6 +68,24 @@ pub fn config_path() -> Result<PathBuf> {
     Ok(config_dir()?.join("config.toml"))
 }
 
+/// Checks a context name: letters, digits, `-` and `.` (a host name),
+/// nothing that could leave the contexts directory.
+pub fn check_context_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !ok {
+        bail!(
+            "--context {name:?}: use lowercase letters, digits, '-' and '.' (e.g. prod or sched.example.com)"
+        );
+    }
+    Ok(())
+}
+
 /// Where `devctl login` keeps a context's certificate: beside the file.
 pub fn context_tls_dir(config: &Path, name: &str) -> PathBuf {
     config

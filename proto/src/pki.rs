@@ -148,7 +148,10 @@ fn read_key(path: &Path) -> Result<String, PkiError> {
 
 fn random_serial() -> SerialNumber {
     let mut bytes = uuid::Uuid::new_v4().into_bytes();
-    bytes[0] &= 0x7f; // a positive INTEGER
+    // A positive INTEGER whose first byte is never 0: DER would drop a
+    // leading zero and the serial read back would differ from the one
+    // reported at issue (and not match a revocation by that serial).
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }
 
@@ -405,8 +408,20 @@ impl Bundle {
     /// then swapped in, so a crash never leaves a key beside another key's
     /// certificate.
     pub fn replace(&self, dir: &Path) -> Result<(), PkiError> {
-        let fresh = dir.with_extension("new");
-        let old = dir.with_extension("old");
+        let name = dir
+            .file_name()
+            .filter(|n| *n != ".." && *n != ".")
+            .ok_or_else(|| PkiError::Io {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a bundle directory needs a name of its own",
+                ),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let fresh = dir.with_file_name(format!("{name}.new"));
+        let old = dir.with_file_name(format!("{name}.old"));
         let _ = fs::remove_dir_all(&fresh);
         self.write(&fresh)?;
         let _ = fs::remove_dir_all(&old);

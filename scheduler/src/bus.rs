@@ -766,9 +766,15 @@ impl RenewRequests {
         }
     }
 
-    /// Answers `msg`.
+    /// Answers `msg`, only into the asking agent's own inbox: the bus
+    /// confines the subject an agent publishes on, not the reply subject it
+    /// names, and the scheduler may publish almost anywhere.
     pub async fn answer(&self, msg: &RenewRequestMsg, reply: &pb::RenewReply) {
         let Some(to) = msg.reply.clone() else { return };
+        if !to.starts_with(&format!("{}.", bus::agent_inbox_prefix(&msg.node))) {
+            tracing::warn!(node = %msg.node, reply_to = %to, "renewal request with a reply subject outside its node's inbox dropped");
+            return;
+        }
         if let Err(e) = self.client.publish(to, reply.encode_to_vec().into()).await {
             tracing::warn!(node = %msg.node, error = %e, "renewal reply not sent");
         }

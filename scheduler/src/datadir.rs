@@ -185,6 +185,12 @@ impl DataDir {
     ) -> Result<String, DataDirError> {
         if let Some(n) = name {
             validate::dns_label("--name", n)?;
+        } else if matches!(role, Role::Agent | Role::Admin) {
+            return Err(InvalidField::new(
+                "--name",
+                "is required for agent and admin tokens (the node's or the admin's name): a token that names nobody lets its holder choose a name",
+            )
+            .into());
         }
         if ttl.is_zero() {
             return Err(InvalidField::new("--ttl", "must be more than zero (e.g. 1h)").into());

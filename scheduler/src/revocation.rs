@@ -136,6 +136,9 @@ pub struct Revocations {
     path: PathBuf,
     // std lock: held for a lookup or a swap, never across an await.
     list: RwLock<List>,
+    // Bumped at every re-read, whoever does it (a call's check or the
+    // watcher), so the watcher never misses a change another reader took.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Revocations {
@@ -144,6 +147,7 @@ impl Revocations {
         let r = Self {
             path,
             list: RwLock::new(List::default()),
+            generation: Default::default(),
         };
         r.refresh();
         r
@@ -166,7 +170,16 @@ impl Revocations {
         let mut list = List::parse(&text);
         list.len = text.len() as u64;
         *self.list.write().expect("revocations lock") = list;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         true
+    }
+
+    /// How many times the list has been re-read: a change since a reader
+    /// last looked shows as a new number.
+    pub fn generation(&self) -> u64 {
+        self.refresh();
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether `id`'s certificate is revoked (re-reading the list first if

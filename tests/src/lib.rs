@@ -491,7 +491,7 @@ impl TestCluster {
             let reloads = self.nats.reloads();
             issue_cert_into(&self.data_dir(), &node, "agent", &self.agent_tls(short))?;
             // An agent that connects before the server knows its user is
-            // refused for good.
+            // refused (it retries); waiting keeps start-up quick.
             self.nats.wait_reloaded(reloads);
         }
         let mut cmd = Command::new(bin("devctl-agent"));

@@ -188,6 +188,21 @@ fn bearer_tokens_work_from_the_cli_and_a_generated_python_client() {
         err.contains("PermissionDenied") && err.contains("only admins act for others"),
         "{err}"
     );
+    // A token cannot mint tokens (they could outlive or outrank it).
+    let err = c
+        .devctl_env(
+            &[
+                ("DEVCTL_SERVER", c.server.as_str()),
+                ("DEVCTL_API_TOKEN", mine.trim()),
+                ("DEVCTL_CA_FILE", ca.to_str().unwrap()),
+            ],
+            &["tokens", "create", "--name", "child"],
+        )
+        .err();
+    assert!(
+        err.contains("PermissionDenied") && err.contains("cannot create tokens"),
+        "{err}"
+    );
     let err = c.devctl_as(&alice, &["tokens", "revoke", "ci"]).err();
     assert!(err.contains("PermissionDenied"), "{err}");
     let err = c.devctl(&["tokens", "create", "--name", "ci"]).err();
@@ -214,4 +229,13 @@ fn bearer_tokens_work_from_the_cli_and_a_generated_python_client() {
         .find(|t| t["name"] == "ci")
         .unwrap();
     assert!(ci["revoked"].is_string(), "{ci}");
+
+    // Revoking alice by name also ends the tokens she had made.
+    c.revoke("alice");
+    let (code, _, err) = py.run(&["--token", mine.trim()], &["ls"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("UNAUTHENTICATED") && err.contains("revoked"),
+        "{err}"
+    );
 }

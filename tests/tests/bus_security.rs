@@ -491,3 +491,78 @@ fn an_agent_with_its_certificate_joins_the_cluster() {
     assert!(c.agent_tls("a").join("cert.pem").exists());
     assert!(c.nats_url().starts_with("tls://"));
 }
+
+/// The bus confines the subject an agent publishes on, not the reply
+/// subject it names: the scheduler answers a renewal only into the asking
+/// agent's own inbox, never where the request says (e.g. the audit log).
+#[tokio::test]
+async fn the_scheduler_answers_renewals_only_into_the_agents_inbox() {
+    let c = tokio::task::spawn_blocking(|| TestCluster::start(&["a"]))
+        .await
+        .unwrap();
+    let node = c.node("a");
+    let agent = Conn::open(
+        bus_options(&c.agent_tls("a")).custom_inbox_prefix(bus::agent_inbox_prefix(&node)),
+        &c.nats.url,
+    )
+    .await
+    .unwrap();
+    let observer = Conn::open(
+        bus_options(&c.data_dir().join("bus")).custom_inbox_prefix(bus::SCHEDULER_INBOX_PREFIX),
+        &c.nats.url,
+    )
+    .await
+    .unwrap();
+    let marker = format!("devctl.test.{}", uuid::Uuid::new_v4().simple());
+    let mut seen = observer.client.subscribe("devctl.>").await.unwrap();
+    // Subscribed for sure once its own marker comes back.
+    observer
+        .client
+        .publish(marker.clone(), "m".into())
+        .await
+        .unwrap();
+    until_marker(&mut seen, &marker).await;
+
+    // A forged reply subject, then a proper request: the scheduler answers
+    // in order, so once the proper answer is in, the forged one was handled.
+    let bad = devctl_proto::pb::RenewRequest {
+        csr_pem: "not a request".into(),
+    };
+    use prost::Message as _;
+    agent
+        .client
+        .publish_with_reply(
+            bus::renew_subject(&node),
+            "devctl.audit",
+            bad.encode_to_vec().into(),
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(
+        DEADLINE,
+        agent
+            .client
+            .request(bus::renew_subject(&node), bad.encode_to_vec().into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = devctl_proto::pb::RenewReply::decode(answer.payload).unwrap();
+    assert!(
+        answer.certificate.is_none() && answer.error.contains("csr_pem"),
+        "{answer:?}"
+    );
+
+    // Everything the server routed to the observer before its next marker.
+    observer
+        .client
+        .publish(marker.clone(), "m".into())
+        .await
+        .unwrap();
+    let before = until_marker(&mut seen, &marker).await;
+    assert!(
+        !before.iter().any(|s| s == "devctl.audit"),
+        "the scheduler published the agent's chosen reply subject: {before:?}"
+    );
+    drop(c);
+}

@@ -184,6 +184,42 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
         .err();
     assert!(err.contains("for \"carol\", not \"dave\""), "{err}");
 
+    // A token that names nobody cannot take an existing identity.
+    let unnamed = c.join_token("developer", None, "1h");
+    let err = c
+        .devctl_env(
+            &env,
+            &[
+                "login", "--server", &c.server, "--token", &unnamed, "--name", "admin",
+            ],
+        )
+        .err();
+    assert!(
+        err.contains("already an identity") && err.contains("AlreadyExists"),
+        "{err}"
+    );
+    let err = c
+        .devctl_env(
+            &env,
+            &[
+                "login", "--server", &c.server, "--token", &unnamed, "--name", "vera",
+            ],
+        )
+        .err();
+    assert!(err.contains("already an identity"), "{err}");
+    // Agent and admin tokens must name their identity.
+    let out = Command::new(bin("devctl-scheduler"))
+        .args(["token", "create", "--role", "agent", "--data-dir"])
+        .arg(c.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--name"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // An agent token is for agents.
     let agent = c.join_token("agent", Some("n1"), "1h");
     let err = c
@@ -237,6 +273,9 @@ fn revocation_closes_open_streams_and_refuses_the_next_call() {
     assert!(follow.is_running());
 
     c.revoke("alice");
+    // Another identity's call right away re-reads the list first: the
+    // stream must be closed all the same.
+    c.devctl(&["ls"]).ok();
     let status = follow.wait_exit(Duration::from_secs(10));
     assert!(!status.success(), "logs -f ended without an error");
     let out = std::fs::read_to_string(&log).unwrap();

@@ -117,6 +117,7 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
         .await
         .with_context(|| format!("logging in to {server}"))?;
     let context = flags.context.unwrap_or_else(|| default_context(&server));
+    config::check_context_name(&context)?;
     let dir = config::context_tls_dir(&path, &context);
     joined.bundle.replace(&dir)?;
     file.contexts.insert(

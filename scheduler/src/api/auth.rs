@@ -58,9 +58,15 @@ impl Authenticator {
         &self.inner.tokens
     }
 
-    /// The open streams.
-    pub fn sessions(&self) -> &Sessions {
-        &self.inner.sessions
+    /// Registers a stream of `identity` that ends at `server_stop` or when
+    /// the identity's credential is revoked (also if that happened between
+    /// the call's authentication and now).
+    pub fn open_session(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
+        let session = self.inner.sessions.open(identity, server_stop);
+        if self.is_revoked(identity) {
+            session.stop.cancel();
+        }
+        session
     }
 
     /// The interceptor: stores the caller's identity in the request.
@@ -90,11 +96,19 @@ impl Authenticator {
                         "authorization metadata must read `Bearer dvt_...` (an API token)",
                     )
                 })?;
-            return self
+            let identity = self
                 .inner
                 .tokens
                 .check(bearer.trim(), SystemTime::now())
-                .map_err(|e| Status::unauthenticated(e.to_string()));
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            // `revoke NAME` covers the tokens that identity had made too.
+            if self.inner.revocations.is_revoked(&identity) {
+                return Err(Status::unauthenticated(format!(
+                    "the credentials of {} have been revoked; ask an admin for new ones",
+                    identity.name
+                )));
+            }
+            return Ok(identity);
         }
         self.identify_certificate(req)
     }
@@ -119,16 +133,18 @@ impl Authenticator {
     /// Whether `id`'s credential is revoked now (streams check this when
     /// the revocation list changes).
     fn is_revoked(&self, id: &Identity) -> bool {
-        if let Some(token_id) = id.serial.strip_prefix("token:") {
-            return self
-                .inner
-                .tokens
-                .list()
-                .iter()
-                .filter_map(|t| t.token.as_ref())
-                .any(|t| t.id == token_id && t.revoke_time.is_some());
+        if self.inner.revocations.covers(id) {
+            return true;
         }
-        self.inner.revocations.covers(id)
+        let Some(token_id) = id.serial.strip_prefix("token:") else {
+            return false;
+        };
+        self.inner
+            .tokens
+            .list()
+            .iter()
+            .filter_map(|t| t.token.as_ref())
+            .any(|t| t.id == token_id && t.revoke_time.is_some())
     }
 
     /// Ends the open streams of revoked credentials.
@@ -141,11 +157,16 @@ impl Authenticator {
     pub async fn watch_revocations(&self, every: Duration, stop: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut handled = self.inner.revocations.generation();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    if self.inner.revocations.refresh() {
+                    // A call's own check may have re-read the list first:
+                    // compare generations, not "did I re-read it".
+                    let now = self.inner.revocations.generation();
+                    if now != handled {
+                        handled = now;
                         self.close_revoked();
                     }
                 }
@@ -180,11 +201,17 @@ impl Session {
 
     /// Sends the client the reason its stream ended if that was a
     /// revocation (not the server stopping or the stream finishing).
-    pub fn tell_if_revoked<T>(&self, tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
+    pub async fn tell_if_revoked<T>(&self, tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
         if self.stop.is_cancelled() && !self.server_stop.is_cancelled() {
-            let _ = tx.try_send(Err(Status::unauthenticated(
-                "the credential of this stream has been revoked; the stream is closed",
-            )));
+            // Waits for room (a slow reader), not for ever.
+            let _ = tx
+                .send_timeout(
+                    Err(Status::unauthenticated(
+                        "the credential of this stream has been revoked; the stream is closed",
+                    )),
+                    Duration::from_secs(5),
+                )
+                .await;
         }
     }
 }
@@ -197,7 +224,7 @@ impl Drop for Session {
 
 impl Sessions {
     /// Registers a stream of `identity` that also ends with `server_stop`.
-    pub fn open(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
+    fn open(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let stop = server_stop.child_token();
         self.open

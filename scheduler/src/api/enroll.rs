@@ -109,6 +109,37 @@ impl EnrollApi {
     }
 }
 
+impl EnrollApi {
+    /// Whether `name` is an identity already: it joined before, owns a
+    /// container, an API token acts as it, or it is the first admin.
+    fn name_in_use(&self, name: &str) -> Result<bool, Status> {
+        let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
+        if name == "admin" || self.store.name_joined(name).map_err(internal)? {
+            return Ok(true);
+        }
+        let filter = crate::store::ContainerFilter {
+            owner: Some(name.to_string()),
+            ..Default::default()
+        };
+        if !self
+            .store
+            .list_containers(None, 1, &filter)
+            .map_err(internal)?
+            .0
+            .is_empty()
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .auth
+            .tokens()
+            .list()
+            .iter()
+            .filter_map(|t| t.token.as_ref())
+            .any(|t| t.identity == name))
+    }
+}
+
 fn join_status(e: JoinError) -> Status {
     match e {
         JoinError::Malformed => Status::invalid_argument(format!("token: {e}")),
@@ -123,7 +154,7 @@ impl EnrollService for EnrollApi {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         super::audit::target(&req, &req.get_ref().name);
-        let r = req.into_inner();
+        let r = req.get_ref();
         let key = self.data_dir.join_key().map_err(|e| {
             tracing::error!(error = %e, "join key unreadable");
             Status::internal("the scheduler cannot read its join key")
@@ -143,9 +174,33 @@ impl EnrollService for EnrollApi {
                     "name: this join token names no identity; pass the name to join as (--node for agents, --name for users)",
                 ));
             }
+            (None, _) if matches!(claims.role, Role::Agent | Role::Admin) => {
+                return Err(Status::permission_denied(format!(
+                    "token: a {} token must name its identity; create one with --name",
+                    claims.role
+                )));
+            }
             (None, asked) => asked.to_string(),
         };
         validate::dns_label("name", &name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // From here the call is attributable: the audit log records who
+        // joined (the token's id stands in for a serial), and the rate
+        // limit applies to that identity.
+        super::audit::target(&req, &name);
+        super::audit::admit(
+            &req,
+            &devctl_proto::identity::Identity {
+                name: name.clone(),
+                role: claims.role,
+                serial: format!("join-token:{}", claims.id),
+                issued_at: 0,
+            },
+        )?;
+        if claims.name.is_none() && self.name_in_use(&name)? {
+            return Err(Status::already_exists(format!(
+                "name: {name:?} is already an identity of this cluster; a token that names nobody cannot join as an existing identity (pick another name, or ask for a token made with --name {name})"
+            )));
+        }
         // Sign first (a bad request must not use the token up), then mark
         // the token used, and only then hand the certificate out.
         let issued = self.sign(&r.csr_pem, &name, claims.role)?;

@@ -85,7 +85,7 @@ impl EventService for StreamApi {
                     }
                 }
             }
-            session.tell_if_revoked(&tx);
+            session.tell_if_revoked(&tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

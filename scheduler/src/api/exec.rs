@@ -123,7 +123,7 @@ impl ExecService for StreamApi {
             }
             cluster.exec_ended(&session, code).await;
             stream.close().await;
-            revocable.tell_if_revoked(&tx);
+            revocable.tell_if_revoked(&tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

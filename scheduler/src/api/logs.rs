@@ -48,7 +48,7 @@ impl LogService for StreamApi {
                 }
             }
             stream.close().await;
-            session.tell_if_revoked(&tx);
+            session.tell_if_revoked(&tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

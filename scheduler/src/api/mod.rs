@@ -137,6 +137,6 @@ impl StreamApi {
     /// Registers a stream of `id`: it ends at shutdown or when `id`'s
     /// credential is revoked.
     fn session(&self, id: &devctl_proto::identity::Identity) -> auth::Session {
-        self.auth.sessions().open(id, &self.stop)
+        self.auth.open_session(id, &self.stop)
     }
 }

@@ -65,7 +65,7 @@ impl StatsService for StreamApi {
                     break;
                 }
             }
-            session.tell_if_revoked(&tx);
+            session.tell_if_revoked(&tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

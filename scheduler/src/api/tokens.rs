@@ -59,6 +59,11 @@ impl TokenService for TokenApi {
         let me = caller(&req)?;
         super::audit::target(&req, &req.get_ref().name);
         may_write(&me, "CreateToken")?;
+        if me.serial.starts_with("token:") {
+            return Err(Status::permission_denied(
+                "API tokens cannot create tokens (a token must not outlive or outrank what made it); create it with a certificate (devctl login)",
+            ));
+        }
         let r = req.into_inner();
         validate::dns_label("name", &r.name)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;

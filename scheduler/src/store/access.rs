@@ -46,6 +46,19 @@ impl Store {
         .await
     }
 
+    /// Whether some join token was already used for `name`.
+    pub fn name_joined(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db().begin_read()?;
+        let table = txn.open_table(JOIN_TOKENS_USED)?;
+        for entry in table.range::<&str>(..)? {
+            let (_, v) = entry?;
+            if v.value() == name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Records a new API token. Fails with [`StoreError::NameTaken`] if a
     /// token of that name exists (revoked ones too: names are not reused).
     pub async fn insert_api_token(&self, t: StoredToken) -> Result<(), StoreError> {
