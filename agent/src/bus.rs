@@ -187,9 +187,20 @@ impl Bus {
     }
 
     /// Asks the scheduler to sign a new certificate for this node.
-    pub async fn renew(&self, csr_pem: String) -> Result<pb::IssuedCertificate, BusError> {
+    pub async fn renew(
+        &self,
+        csr_pem: String,
+        current_serial: String,
+    ) -> Result<pb::IssuedCertificate, BusError> {
         let request = async_nats::Request::new()
-            .payload(pb::RenewRequest { csr_pem }.encode_to_vec().into())
+            .payload(
+                pb::RenewRequest {
+                    csr_pem,
+                    current_serial,
+                }
+                .encode_to_vec()
+                .into(),
+            )
             .timeout(Some(std::time::Duration::from_secs(30)));
         let reply = self
             .client

@@ -34,7 +34,13 @@ async fn renew_once(
     tls_dir: &std::path::Path,
 ) -> Result<SystemTime, String> {
     let (key_pem, csr_pem) = pki::key_and_csr(node).map_err(|e| e.to_string())?;
-    let issued = bus.renew(csr_pem).await.map_err(|e| e.to_string())?;
+    let current = Bundle::load(tls_dir)
+        .and_then(|b| b.serial())
+        .unwrap_or_default();
+    let issued = bus
+        .renew(csr_pem, current)
+        .await
+        .map_err(|e| e.to_string())?;
     let bundle = Bundle {
         ca_pem: issued.ca_pem,
         cert_pem: issued.cert_pem,

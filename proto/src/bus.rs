@@ -155,6 +155,9 @@ pub fn scheduler_permissions() -> Permissions {
             "$JS.API.>".into(),
             "$JS.ACK.>".into(),
             "$JS.FC.>".into(),
+            // Renewal answers: a reload between a request and its answer
+            // resets allow_responses' record of it.
+            "_INBOX.node.*.>".into(),
         ],
         subscribe: vec![format!("{ROOT}.>"), format!("{SCHEDULER_INBOX_PREFIX}.>")],
         allow_responses: true,

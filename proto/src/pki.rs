@@ -43,6 +43,17 @@ pub fn bus_user(name: &str, ou: &str) -> String {
     format!("CN={name},OU={ou},O={ORGANIZATION}")
 }
 
+/// The bus user of one agent certificate: its subject carries the
+/// certificate's own serial (`SERIALNUMBER`), so each certificate is a user
+/// of its own and the bus admits exactly the certificates listed (a
+/// replaced, revoked or stolen older one of the same node does not log in).
+pub fn agent_bus_user(node: &str, serial: &str) -> String {
+    format!(
+        "CN={node},OU={},O={ORGANIZATION},SERIALNUMBER={serial}",
+        Role::Agent.as_str()
+    )
+}
+
 /// Errors of the PKI helpers.
 #[derive(Debug, Error)]
 pub enum PkiError {
@@ -144,6 +155,12 @@ fn check_private(path: &Path) -> Result<(), PkiError> {
 fn read_key(path: &Path) -> Result<String, PkiError> {
     check_private(path)?;
     read(path)
+}
+
+/// A serial as lowercase hex, as [`crate::identity::Identity::serial`]
+/// reads it back.
+fn serial_hex(s: &SerialNumber) -> String {
+    s.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn random_serial() -> SerialNumber {
@@ -273,7 +290,7 @@ impl ClusterCa {
         let serial = params
             .serial_number
             .as_ref()
-            .map(|s| s.to_bytes().iter().map(|b| format!("{b:02x}")).collect())
+            .map(serial_hex)
             .unwrap_or_default();
         let ca_key = KeyPair::from_pem(&self.key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
@@ -319,14 +336,27 @@ impl ClusterCa {
 
 fn client_params(name: &str, ou: &str, valid_for: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
+    let serial = random_serial();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     dn.push(DnType::OrganizationalUnitName, ou);
     dn.push(DnType::OrganizationName, ORGANIZATION);
+    if ou == Role::Agent.as_str() {
+        // serialNumber (2.5.4.5): the bus user is this certificate alone
+        // (see agent_bus_user).
+        dn.push(
+            DnType::CustomDnType(vec![2, 5, 4, 5]),
+            rcgen::DnValue::PrintableString(
+                serial_hex(&serial)
+                    .try_into()
+                    .expect("hex digits are printable"),
+            ),
+        );
+    }
     params.distinguished_name = dn;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(serial);
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, valid_for);
     params
@@ -431,6 +461,18 @@ impl Bundle {
         fs::rename(&fresh, dir).map_err(io_err(dir))?;
         let _ = fs::remove_dir_all(&old);
         Ok(())
+    }
+
+    /// The certificate's serial, hex (as [`crate::identity::Identity`]
+    /// reads it).
+    pub fn serial(&self) -> Result<String, PkiError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| PkiError::BadCsr(format!("certificate: {e}")))?;
+        let (_, cert) = x509_parser::prelude::FromDer::from_der(&der)
+            .map_err(|e: x509_parser::nom::Err<_>| PkiError::BadCsr(format!("certificate: {e}")))?;
+        let cert: x509_parser::prelude::X509Certificate<'_> = cert;
+        Ok(cert.tbs_certificate.raw_serial_as_string().replace(':', ""))
     }
 
     /// When this bundle's certificate was issued and when it runs out.

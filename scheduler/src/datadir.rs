@@ -310,7 +310,7 @@ impl DataDir {
         if !self.nats_users().exists() {
             pki::write_file(
                 &self.nats_users(),
-                render_users(&self.admitted_agents()?).as_bytes(),
+                render_users(&self.agents_with_serials()?).as_bytes(),
                 0o600,
             )?;
         }
@@ -322,14 +322,99 @@ impl DataDir {
     /// reload. Returns whether a reload was signalled; if not (no
     /// nats-server of this data directory runs here), the operator must
     /// reload it (`nats-server --signal reload`) for the change to apply.
-    pub fn admit_agent(&self, node: &str) -> Result<bool, DataDirError> {
+    ///
+    /// Each certificate is a bus user of its own (its serial is in its
+    /// subject): admitting the node with the certificate `serial` makes it
+    /// the node's only one, so any older certificate of the node (a lost
+    /// laptop's, a revoked one's) no longer logs in.
+    pub fn admit_agent(&self, node: &str, serial: &str) -> Result<bool, DataDirError> {
         validate::dns_label("node", node)?;
+        check_serial(serial)?;
+        self.update_users(|agents| write_serials(&agents.join(node), &[serial.to_string()]))?;
+        self.reload_nats()
+    }
+
+    /// Adds the renewed certificate `serial` of an admitted node, keeping
+    /// `current` (the certificate the agent holds, which it reconnects with
+    /// until the new one is in place) if it is one of the node's, else the
+    /// newest before, and dropping the rest. Refused for a node not
+    /// admitted.
+    pub fn renew_agent(
+        &self,
+        node: &str,
+        current: &str,
+        serial: &str,
+    ) -> Result<bool, DataDirError> {
+        validate::dns_label("node", node)?;
+        check_serial(serial)?;
         self.update_users(|agents| {
             let marker = agents.join(node);
-            pki::write_file(&marker, b"", 0o600)?;
-            Ok(())
+            if !marker.exists() {
+                return Err(InvalidField::new("node", "is not admitted to the bus").into());
+            }
+            let mut serials = read_serials(&marker)?;
+            serials.retain(|s| s != serial);
+            let keep = if serials.iter().any(|s| s == current) {
+                Some(current.to_string())
+            } else {
+                serials.pop()
+            };
+            write_serials(
+                &marker,
+                &keep
+                    .into_iter()
+                    .chain([serial.to_string()])
+                    .collect::<Vec<_>>(),
+            )
         })?;
         self.reload_nats()
+    }
+
+    /// Takes the certificate `serial` off the bus if it is an admitted
+    /// agent's. Returns its node and whether nats-server was signalled.
+    pub fn remove_agent_certificate(
+        &self,
+        serial: &str,
+    ) -> Result<Option<(String, bool)>, DataDirError> {
+        check_serial(serial)?;
+        let mut found = None;
+        self.update_users(|agents| {
+            for node in list_agents(agents)? {
+                let marker = agents.join(&node);
+                let mut serials = read_serials(&marker)?;
+                if serials.iter().any(|s| s == serial) {
+                    serials.retain(|s| s != serial);
+                    if serials.is_empty() {
+                        fs::remove_file(&marker).map_err(io_err(&marker))?;
+                    } else {
+                        write_serials(&marker, &serials)?;
+                    }
+                    found = Some(node);
+                }
+            }
+            Ok(())
+        })?;
+        match found {
+            Some(node) => Ok(Some((node, self.reload_nats()?))),
+            None => Ok(None),
+        }
+    }
+
+    fn agents_with_serials(&self) -> Result<Vec<(String, Vec<String>)>, DataDirError> {
+        self.admitted_agents()?
+            .into_iter()
+            .map(|n| Ok((n.clone(), self.agent_serials(&n)?)))
+            .collect()
+    }
+
+    /// The serials of the certificates `node`'s agent may log in with.
+    pub fn agent_serials(&self, node: &str) -> Result<Vec<String>, DataDirError> {
+        validate::dns_label("node", node)?;
+        let marker = self.agents_dir().join(node);
+        if !marker.exists() {
+            return Ok(Vec::new());
+        }
+        read_serials(&marker)
     }
 
     /// Takes `node`'s agent off the bus: removes its user and asks the
@@ -350,27 +435,57 @@ impl DataDir {
 
     /// The nodes whose agents are admitted to the bus, sorted.
     pub fn admitted_agents(&self) -> Result<Vec<String>, DataDirError> {
-        let dir = self.agents_dir();
-        let mut nodes = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(nodes),
-            Err(e) => return Err(io_err(&dir)(e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            // Skips what is no node name (e.g. a temporary file).
-            if let Some(name) = name.to_str()
-                && validate::dns_label("node", name).is_ok()
-            {
-                nodes.push(name.to_string());
-            }
-        }
-        nodes.sort();
-        Ok(nodes)
+        list_agents(&self.agents_dir())
     }
+}
 
+/// The admitted nodes (one file each in `dir`), sorted.
+fn list_agents(dir: &Path) -> Result<Vec<String>, DataDirError> {
+    let mut nodes = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(nodes),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        // Skips what is no node name (e.g. a temporary file).
+        if let Some(name) = name.to_str()
+            && validate::dns_label("node", name).is_ok()
+        {
+            nodes.push(name.to_string());
+        }
+    }
+    nodes.sort();
+    Ok(nodes)
+}
+
+/// Certificate serials are hex (they end up in users.conf).
+fn check_serial(serial: &str) -> Result<(), DataDirError> {
+    if serial.is_empty() || serial.len() > 64 || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(InvalidField::new("serial", "must be a certificate serial in hex").into());
+    }
+    Ok(())
+}
+
+fn read_serials(marker: &Path) -> Result<Vec<String>, DataDirError> {
+    Ok(fs::read_to_string(marker)
+        .map_err(io_err(marker))?
+        .split_whitespace()
+        .filter(|s| check_serial(s).is_ok())
+        .map(str::to_string)
+        .collect())
+}
+
+fn write_serials(marker: &Path, serials: &[String]) -> Result<(), DataDirError> {
+    let mut text = serials.join("\n");
+    text.push('\n');
+    pki::write_file(marker, text.as_bytes(), 0o600)?;
+    Ok(())
+}
+
+impl DataDir {
     /// Under the bus lock: applies `change` to the agents directory, then
     /// regenerates users.conf from it (atomically: readers see the old file
     /// or the new one). Writes the bus configuration first if this data
@@ -390,7 +505,7 @@ impl DataDir {
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, errno)| io_err(&lock_path)(errno.into()))?;
         change(&self.agents_dir())?;
-        let users = render_users(&self.admitted_agents()?);
+        let users = render_users(&self.agents_with_serials()?);
         pki::write_file(&self.nats_users(), users.as_bytes(), 0o600)?;
         Ok(())
     }
@@ -438,21 +553,23 @@ impl DataDir {
         }
     }
 
-    /// Issues a client bundle for `name` with `role` into `out`.
+    /// Issues a client bundle for `name` with `role` into `out`; returns
+    /// its serial.
     pub fn issue_cert(
         &self,
         name: &str,
         role: Role,
         out: &Path,
         valid_for: Duration,
-    ) -> Result<(), DataDirError> {
+    ) -> Result<String, DataDirError> {
         validate::dns_label("--name", name)?;
         if !self.ca_dir().join(pki::CA_FILE).exists() {
             return Err(DataDirError::NotInitialized(self.root.clone()));
         }
         let ca = ClusterCa::load(&self.ca_dir())?;
-        ca.issue_client(name, role, valid_for)?.write(out)?;
-        Ok(())
+        let bundle = ca.issue_client(name, role, valid_for)?;
+        bundle.write(out)?;
+        Ok(bundle.serial()?)
     }
 
     /// The scheduler's bus client bundle.
@@ -479,7 +596,7 @@ fn quote(s: &str) -> String {
 
 /// users.conf: the scheduler and each admitted agent, with their
 /// permissions; nobody else.
-fn render_users(agents: &[String]) -> String {
+fn render_users(agents: &[(String, Vec<String>)]) -> String {
     let mut out = String::from(
         "# Generated by devctl-scheduler from the files in agents/: do not edit.\n\
          # A client's user is its certificate's subject (verify_and_map).\n\
@@ -503,11 +620,13 @@ fn render_users(agents: &[String]) -> String {
         pki::bus_user(pki::SCHEDULER_BUS_NAME, pki::SCHEDULER_BUS_OU),
         bus::scheduler_permissions(),
     );
-    for node in agents {
-        user(
-            pki::bus_user(node, Role::Agent.as_str()),
-            bus::agent_permissions(node),
-        );
+    for (node, serials) in agents {
+        for serial in serials {
+            user(
+                pki::agent_bus_user(node, serial),
+                bus::agent_permissions(node),
+            );
+        }
     }
     out.push_str("  ]\n}\n");
     out
@@ -565,12 +684,38 @@ mod tests {
         let ca = dir.ca_dir().join("ca.pem").canonicalize().unwrap();
         assert!(conf.contains(&ca.display().to_string()), "{conf}");
         // No nats-server runs: nothing to signal.
-        assert!(!dir.admit_agent("node-a").unwrap());
-        dir.admit_agent("node-b").unwrap();
-        dir.admit_agent("node-a").unwrap();
+        assert!(!dir.admit_agent("node-a", "4a01").unwrap());
+        dir.admit_agent("node-b", "4b01").unwrap();
+        dir.admit_agent("node-a", "4a02").unwrap();
         assert_eq!(dir.admitted_agents().unwrap(), ["node-a", "node-b"]);
         let users = std::fs::read_to_string(dir.nats_users()).unwrap();
-        assert!(users.contains("\"CN=node-a,OU=agent,O=devctl\""), "{users}");
+        // Re-admitting replaced node-a's certificate.
+        assert!(
+            users.contains("\"CN=node-a,OU=agent,O=devctl,SERIALNUMBER=4a02\""),
+            "{users}"
+        );
+        assert!(!users.contains("4a01"), "{users}");
+        // A renewal keeps the one before it, and only that one.
+        dir.renew_agent("node-a", "", "4a03").unwrap();
+        dir.renew_agent("node-a", "", "4a04").unwrap();
+        assert_eq!(dir.agent_serials("node-a").unwrap(), ["4a03", "4a04"]);
+        // The certificate the agent still holds is kept, whatever came after.
+        dir.renew_agent("node-a", "4a03", "4a05").unwrap();
+        assert_eq!(dir.agent_serials("node-a").unwrap(), ["4a03", "4a05"]);
+        dir.renew_agent("node-a", "4a05", "4a04").unwrap();
+        assert!(
+            dir.renew_agent("node-z", "", "4a05").is_err(),
+            "not admitted"
+        );
+        assert!(dir.admit_agent("node-a", "not hex\"").is_err());
+        // Revoking one certificate leaves the other.
+        assert_eq!(
+            dir.remove_agent_certificate("4a05").unwrap(),
+            Some(("node-a".to_string(), false))
+        );
+        assert_eq!(dir.agent_serials("node-a").unwrap(), ["4a04"]);
+        assert_eq!(dir.remove_agent_certificate("ffff").unwrap(), None);
+        let users = std::fs::read_to_string(dir.nats_users()).unwrap();
         assert!(
             users.contains("\"devctl.node.node-b.heartbeat\""),
             "{users}"
@@ -583,7 +728,7 @@ mod tests {
         assert!(!dir.remove_agent("node-a").unwrap());
         let users = std::fs::read_to_string(dir.nats_users()).unwrap();
         assert!(!users.contains("node-a"), "{users}");
-        assert!(dir.admit_agent("../x").is_err());
+        assert!(dir.admit_agent("../x", "4a06").is_err());
         // A new CA drops every agent.
         dir.init(&[], true).unwrap();
         assert!(dir.admitted_agents().unwrap().is_empty());

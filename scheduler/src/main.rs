@@ -59,10 +59,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 USER_CERT_VALIDITY
             });
-            dir.issue_cert(&name, role, &out, valid_for)?;
+            let serial = dir.issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
             if role == Role::Agent {
-                if dir.admit_agent(&name)? {
+                if dir.admit_agent(&name, &serial)? {
                     println!("admitted node {name} to the bus (nats-server reloaded)");
                 } else {
                     println!(
@@ -113,7 +113,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         }
                     }
                 }
-                Target::Serial(s) => println!("revoked certificate {s}"),
+                Target::Serial(s) => {
+                    println!("revoked certificate {s}");
+                    if let Some((node, reloaded)) = dir.remove_agent_certificate(&s)? {
+                        println!(
+                            "removed it from the bus (it was node {node}'s){}",
+                            if reloaded {
+                                ""
+                            } else {
+                                "; reload nats-server (`nats-server --signal reload`) to disconnect it"
+                            }
+                        );
+                    }
+                }
             }
         }
         Command::Serve(args) => {

@@ -367,7 +367,10 @@ async fn renew_loop(
             },
         };
         let reply = match &msg.request {
-            Ok(r) => match enroll.renew_agent(&msg.node, &r.csr_pem).await {
+            Ok(r) => match enroll
+                .renew_agent(&msg.node, &r.current_serial, &r.csr_pem)
+                .await
+            {
                 Ok(cert) => pb::RenewReply {
                     certificate: Some(cert),
                     error: String::new(),

@@ -442,10 +442,36 @@ async fn a_removed_agent_is_disconnected_and_readmitted_one_connects() {
     // Node b is unaffected.
     bus.agent("node-b").await;
 
+    let serial = devctl_proto::pki::Bundle::load(&bus.agent_tls("node-a"))
+        .unwrap()
+        .serial()
+        .unwrap();
     let reloads = bus.nats.reloads();
-    assert!(dir.admit_agent("node-a").unwrap());
+    assert!(dir.admit_agent("node-a", &serial).unwrap());
     bus.nats.wait_reloaded(reloads);
     bus.agent("node-a").await;
+
+    // Each certificate is a user of its own: a new certificate for node-a
+    // (a re-issue, a re-join) shuts the old one out.
+    let second = bus.tmp.path().join("node-a-second");
+    let reloads = bus.nats.reloads();
+    issue_cert_into(&bus.data, "node-a", "agent", &second).unwrap();
+    bus.nats.wait_reloaded(reloads);
+    Conn::open(
+        bus_options(&second).custom_inbox_prefix(bus::agent_inbox_prefix("node-a")),
+        &bus.nats.url,
+    )
+    .await
+    .expect("the new certificate logs in");
+    let err = Conn::open(bus_options(&bus.agent_tls("node-a")), &bus.nats.url)
+        .await
+        .err()
+        .expect("the replaced certificate is shut out");
+    assert_eq!(
+        err.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{err}"
+    );
 }
 
 fn agent_output(args: &[&str], dir: Option<&Path>) -> String {
@@ -527,6 +553,7 @@ async fn the_scheduler_answers_renewals_only_into_the_agents_inbox() {
     // in order, so once the proper answer is in, the forged one was handled.
     let bad = devctl_proto::pb::RenewRequest {
         csr_pem: "not a request".into(),
+        current_serial: String::new(),
     };
     use prost::Message as _;
     agent

@@ -91,6 +91,7 @@ impl EnrollApi {
     pub async fn renew_agent(
         &self,
         node: &str,
+        current_serial: &str,
         csr_pem: &str,
     ) -> Result<pb::IssuedCertificate, String> {
         let dir = self.data_dir.clone();
@@ -104,6 +105,17 @@ impl EnrollApi {
         let issued = self
             .sign(csr_pem, node, Role::Agent)
             .map_err(|s| s.message().to_string())?;
+        // The new certificate becomes a bus user before the agent has it.
+        let (dir, n, current, serial) = (
+            self.data_dir.clone(),
+            node.to_string(),
+            current_serial.to_string(),
+            issued.serial.clone(),
+        );
+        tokio::task::spawn_blocking(move || dir.renew_agent(&n, &current, &serial))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         tracing::info!(node, serial = %issued.serial, "agent certificate renewed");
         Ok(issued)
     }
@@ -219,8 +231,8 @@ impl EnrollService for EnrollApi {
         }
         if claims.role == Role::Agent {
             // Let the node onto the bus (its user and permissions).
-            let (dir, node) = (self.data_dir.clone(), name.clone());
-            let reloaded = tokio::task::spawn_blocking(move || dir.admit_agent(&node))
+            let (dir, node, serial) = (self.data_dir.clone(), name.clone(), issued.serial.clone());
+            let reloaded = tokio::task::spawn_blocking(move || dir.admit_agent(&node, &serial))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| {
