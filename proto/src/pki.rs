@@ -435,8 +435,9 @@ impl Bundle {
     }
 
     /// Replaces the bundle in `dir` as a whole: written to a new directory,
-    /// then swapped in, so a crash never leaves a key beside another key's
-    /// certificate.
+    /// then exchanged with the old one in one atomic step (`renameat2`
+    /// RENAME_EXCHANGE), so a crash leaves either the old bundle or the new
+    /// one, never a key beside another key's certificate, never none.
     pub fn replace(&self, dir: &Path) -> Result<(), PkiError> {
         let name = dir
             .file_name()
@@ -451,15 +452,23 @@ impl Bundle {
             .to_string_lossy()
             .into_owned();
         let fresh = dir.with_file_name(format!("{name}.new"));
-        let old = dir.with_file_name(format!("{name}.old"));
         let _ = fs::remove_dir_all(&fresh);
         self.write(&fresh)?;
-        let _ = fs::remove_dir_all(&old);
         if dir.exists() {
-            fs::rename(dir, &old).map_err(io_err(dir))?;
+            use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+            renameat2(
+                AT_FDCWD,
+                &fresh,
+                AT_FDCWD,
+                dir,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| io_err(dir)(e.into()))?;
+            // `fresh` now holds the old bundle.
+            let _ = fs::remove_dir_all(&fresh);
+        } else {
+            fs::rename(&fresh, dir).map_err(io_err(dir))?;
         }
-        fs::rename(&fresh, dir).map_err(io_err(dir))?;
-        let _ = fs::remove_dir_all(&old);
         Ok(())
     }
 
@@ -589,6 +598,30 @@ mod tests {
         .unwrap();
         let err = Bundle::load(&dir.path().join("server")).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_is_replaced_whole_and_a_bad_directory_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = ClusterCa::generate("test").unwrap();
+        let one = ca
+            .issue_client("n1", Role::Agent, Duration::from_secs(60))
+            .unwrap();
+        let two = ca
+            .issue_client("n1", Role::Agent, Duration::from_secs(60))
+            .unwrap();
+        let tls = dir.path().join("tls");
+        one.replace(&tls).unwrap();
+        assert_eq!(Bundle::load(&tls).unwrap().cert_pem, one.cert_pem);
+        two.replace(&tls).unwrap();
+        let back = Bundle::load(&tls).unwrap();
+        assert_eq!(
+            (back.cert_pem, back.key_pem),
+            (two.cert_pem.clone(), two.key_pem.clone())
+        );
+        assert!(!dir.path().join("tls.new").exists());
+        assert_eq!(two.serial().unwrap().len(), 32);
+        assert!(two.replace(&dir.path().join("..")).is_err());
     }
 
     fn rustls_pem_der(pem: &str) -> Vec<u8> {
