@@ -69,6 +69,9 @@ pub struct Identity {
     /// When the credential was issued (seconds since the Unix epoch): a
     /// revocation by name covers what was issued before it.
     pub issued_at: i64,
+    /// When the credential runs out (seconds since the Unix epoch; 0: not
+    /// known): streams opened with it end then.
+    pub expires_at: i64,
 }
 
 impl fmt::Display for Identity {
@@ -129,6 +132,7 @@ impl Identity {
             // Certificates are backdated by CLOCK_SKEW (see pki).
             issued_at: cert.validity().not_before.timestamp()
                 + crate::pki::CLOCK_SKEW.as_secs() as i64,
+            expires_at: cert.validity().not_after.timestamp(),
         })
     }
 }

@@ -206,6 +206,7 @@ mod tests {
             role: Role::Developer,
             serial: serial.into(),
             issued_at,
+            expires_at: 0,
         }
     }
 

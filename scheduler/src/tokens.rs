@@ -75,6 +75,14 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Seconds since the Unix epoch (0: unset).
+fn unix(t: &Option<prost_types::Timestamp>) -> i64 {
+    system_time(t)
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .unwrap_or(Duration::ZERO)
+        .as_secs() as i64
+}
+
 fn system_time(t: &Option<prost_types::Timestamp>) -> Option<SystemTime> {
     t.as_ref().and_then(|t| SystemTime::try_from(*t).ok())
 }
@@ -161,10 +169,8 @@ impl ApiTokens {
             name: record.identity.clone(),
             role,
             serial: format!("token:{}", record.id),
-            issued_at: system_time(&record.create_time)
-                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-                .unwrap_or(Duration::ZERO)
-                .as_secs() as i64,
+            issued_at: unix(&record.create_time),
+            expires_at: unix(&record.expire_time),
         })
     }
 }

@@ -720,6 +720,7 @@ mod tests {
             role: Role::Developer,
             serial: "01".into(),
             issued_at: 0,
+            expires_at: 0,
         }
     }
 

@@ -147,6 +147,17 @@ impl Authenticator {
             .any(|t| t.id == token_id && t.revoke_time.is_some())
     }
 
+    /// Ends the open streams whose credential has run out by `now`.
+    pub fn close_expired(&self, now: SystemTime) {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        self.inner
+            .sessions
+            .cancel_where(|id| id.expires_at > 0 && id.expires_at <= now);
+    }
+
     /// Ends the open streams of revoked credentials.
     pub fn close_revoked(&self) {
         self.inner.sessions.cancel_where(|id| self.is_revoked(id));
@@ -169,6 +180,7 @@ impl Authenticator {
                         handled = now;
                         self.close_revoked();
                     }
+                    self.close_expired(SystemTime::now());
                 }
             }
         }
@@ -199,15 +211,16 @@ impl Session {
         &self.stop
     }
 
-    /// Sends the client the reason its stream ended if that was a
-    /// revocation (not the server stopping or the stream finishing).
+    /// Sends the client the reason its stream ended if that was its
+    /// credential (revoked or expired; not the server stopping or the
+    /// stream finishing).
     pub async fn tell_if_revoked<T>(&self, tx: &tokio::sync::mpsc::Sender<Result<T, Status>>) {
         if self.stop.is_cancelled() && !self.server_stop.is_cancelled() {
             // Waits for room (a slow reader), not for ever.
             let _ = tx
                 .send_timeout(
                     Err(Status::unauthenticated(
-                        "the credential of this stream has been revoked; the stream is closed",
+                        "the credential of this stream has been revoked or has expired; the stream is closed",
                     )),
                     Duration::from_secs(5),
                 )
@@ -243,7 +256,7 @@ impl Sessions {
     pub fn cancel_where(&self, revoked: impl Fn(&Identity) -> bool) {
         for (id, stop) in self.open.lock().expect("sessions lock").values() {
             if !stop.is_cancelled() && revoked(id) {
-                tracing::info!(identity = %id, "credential revoked: closing its stream");
+                tracing::info!(identity = %id, "credential revoked or expired: closing its stream");
                 stop.cancel();
             }
         }

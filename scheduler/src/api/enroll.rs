@@ -206,6 +206,7 @@ impl EnrollService for EnrollApi {
                 role: claims.role,
                 serial: format!("join-token:{}", claims.id),
                 issued_at: 0,
+                expires_at: 0,
             },
         )?;
         if claims.name.is_none() && self.name_in_use(&name)? {
