@@ -620,7 +620,11 @@ pub const AUDIT_SUBJECT: &str = "devctl.audit";
 impl Bus {
     /// Creates the audit stream if missing (file storage, entries kept for
     /// `retention`), or applies `retention` to the existing one.
-    pub async fn ensure_audit_stream(&self, retention: Duration) -> Result<(), BusError> {
+    pub async fn ensure_audit_stream(
+        &self,
+        retention: Duration,
+        max_bytes: i64,
+    ) -> Result<(), BusError> {
         self.jetstream
             .create_or_update_stream(stream::Config {
                 name: AUDIT_STREAM.into(),
@@ -628,6 +632,9 @@ impl Bus {
                 retention: stream::RetentionPolicy::Limits,
                 storage: stream::StorageType::File,
                 max_age: retention,
+                // 0: no size cap (JetStream's -1).
+                max_bytes: if max_bytes > 0 { max_bytes } else { -1 },
+                discard: stream::DiscardPolicy::Old,
                 ..Default::default()
             })
             .await

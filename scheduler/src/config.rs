@@ -175,6 +175,12 @@ pub struct ServeArgs {
     /// How long audit log entries are kept.
     #[arg(long, env = "DEVCTL_AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
+    /// Most space the audit log takes (512m, 1g; 0: no cap but its age):
+    /// past it the oldest entries go first, so a flood of refused calls
+    /// cannot fill the disk. JetStream reserves it at start, so it must fit
+    /// in the store's free space.
+    #[arg(long, env = "DEVCTL_AUDIT_MAX_SIZE", default_value = "0", value_parser = parse_memory_or_zero)]
+    pub audit_max_size: i64,
     /// API calls per second allowed to each identity on average (0.5, 50);
     /// 0: no limit. A call over it is RESOURCE_EXHAUSTED ("retry in N ms",
     /// and the `retry-after-ms` response metadata).

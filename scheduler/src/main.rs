@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 node_timeout: args.node_timeout,
                 event_retention: args.event_retention,
                 audit_retention: args.audit_retention,
+                audit_max_bytes: args.audit_max_size,
                 rate_limit: Limit::new(args.rate_limit, args.rate_burst),
                 certs: CertPolicy {
                     agent_ttl: args.agent_cert_ttl,

@@ -61,6 +61,8 @@ pub struct ServeConfig {
     pub event_retention: Duration,
     /// How long audit log entries are kept.
     pub audit_retention: Duration,
+    /// Most bytes the audit log keeps (oldest entries go first); 0: no cap.
+    pub audit_max_bytes: i64,
     /// The per-identity rate limit of API calls; `None`: unlimited.
     pub rate_limit: Option<crate::ratelimit::Limit>,
     /// Validity of the certificates it signs.
@@ -115,7 +117,8 @@ pub async fn serve(
     let bus = Bus::connect(&config.nats, &config.data_dir.bus_dir()).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
-    bus.ensure_audit_stream(config.audit_retention).await?;
+    bus.ensure_audit_stream(config.audit_retention, config.audit_max_bytes)
+        .await?;
     let engine_events = bus.engine_events().await?;
     let stats_reports = bus.stats_reports().await?;
     let renew_requests = bus.renew_requests().await?;
