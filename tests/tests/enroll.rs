@@ -414,6 +414,19 @@ fn an_agent_joins_with_a_token_runs_containers_renews_and_is_revoked_off_the_bus
 #[test]
 fn a_stream_ends_when_its_certificate_expires() {
     let c = TestCluster::start(&["a"]);
+    c.devctl(&[
+        "create",
+        "ticks",
+        "--image",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        "while true; do echo tick; sleep 0.2; done",
+    ])
+    .ok();
+    // Issued once the container runs; long enough to open the stream on a
+    // loaded machine, short enough to run out while it streams.
     let brief = c.scratch().join("brief");
     let out = Command::new(bin("devctl-scheduler"))
         .args([
@@ -423,7 +436,7 @@ fn a_stream_ends_when_its_certificate_expires() {
             "--role",
             "admin",
             "--valid-for",
-            "6s",
+            "12s",
             "--data-dir",
         ])
         .arg(c.data_dir())
@@ -436,25 +449,14 @@ fn a_stream_ends_when_its_certificate_expires() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    c.devctl(&[
-        "create",
-        "ticks",
-        "--image",
-        IMAGE,
-        "--",
-        "sh",
-        "-c",
-        "while true; do echo tick; sleep 0.2; done",
-    ])
-    .ok();
     let log = c.scratch().join("brief-follow.log");
     let mut follow = spawn_devctl(&c, &brief, &["logs", "-f", "ticks"], log.clone());
-    wait_until("logs -f to stream", Duration::from_secs(5), || {
+    wait_until("logs -f to stream", Duration::from_secs(10), || {
         std::fs::read_to_string(&log)
             .ok()
             .filter(|l| l.contains("tick"))
     });
-    let status = follow.wait_exit(Duration::from_secs(20));
+    let status = follow.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "logs -f ended without an error");
     let out = std::fs::read_to_string(&log).unwrap();
     assert!(out.contains("has expired"), "{out}");
