@@ -66,6 +66,6 @@ pub async fn join(args: &JoinArgs) -> Result<devctl_proto::pb::IssuedCertificate
         );
     }
     pki::create_private_dir(&args.data_dir)?;
-    joined.bundle.write(&dir)?;
+    joined.bundle.replace(&dir)?;
     Ok(joined.issued)
 }

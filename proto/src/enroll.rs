@@ -210,19 +210,11 @@ impl JoinClaims {
         let now = unix_now();
         if claims.expires <= now {
             return Err(JoinError::Expired {
-                ago: humanize(Duration::from_secs(now - claims.expires)),
+                ago: humantime::format_duration(Duration::from_secs(now - claims.expires))
+                    .to_string(),
             });
         }
         Ok(claims)
-    }
-}
-
-fn humanize(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
     }
 }
 
@@ -288,21 +280,14 @@ fn host_port(server: &str) -> Result<(String, u16), JoinError> {
         server: server.to_string(),
         reason: "use an https://HOST:PORT URL".into(),
     };
-    let rest = server.strip_prefix("https://").ok_or_else(bad)?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, p) = v6.split_once(']').ok_or_else(bad)?;
-        (h.to_string(), p.strip_prefix(':').unwrap_or("443"))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p),
-            None => (authority.to_string(), "443"),
-        }
-    };
-    if host.is_empty() {
+    let uri: tonic::codegen::http::Uri = server.parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("https") {
         return Err(bad());
     }
-    Ok((host, port.parse().map_err(|_| bad())?))
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+    // An IPv6 literal keeps its brackets in a URI, not in an address.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((host.to_string(), uri.port_u16().unwrap_or(443)))
 }
 
 /// Learns the CA certificate of the scheduler at `server` and checks it

@@ -71,6 +71,9 @@ pub enum PkiError {
     /// A certificate signing request is malformed or its signature wrong.
     #[error("certificate signing request: {0}")]
     BadCsr(String),
+    /// A certificate cannot be read.
+    #[error("certificate: {0}")]
+    BadCert(String),
     /// A private key file is readable by others.
     #[error(
         "{path}: private key is readable by group or others (mode {mode:o}); run `chmod 600 {path}`"
@@ -157,10 +160,22 @@ fn read_key(path: &Path) -> Result<String, PkiError> {
     read(path)
 }
 
+/// Bytes as lowercase hex (serials, fingerprints, ids).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A serial as lowercase hex, as [`crate::identity::Identity::serial`]
 /// reads it back.
 fn serial_hex(s: &SerialNumber) -> String {
-    s.to_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&s.to_bytes())
+}
+
+/// The first certificate of `pem`, DER.
+fn cert_der(pem: &str) -> Result<rustls::pki_types::CertificateDer<'static>, PkiError> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| PkiError::BadCert(format!("not a PEM certificate: {e}")))
 }
 
 fn random_serial() -> SerialNumber {
@@ -376,19 +391,12 @@ pub struct SignedCert {
 /// The SHA-256 fingerprint (lowercase hex) of the first certificate in
 /// `pem`: what a join token pins.
 pub fn fingerprint(pem: &str) -> Result<String, PkiError> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let der = CertificateDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| PkiError::BadCsr(format!("not a PEM certificate: {e}")))?;
-    Ok(fingerprint_der(&der))
+    Ok(fingerprint_der(&cert_der(pem)?))
 }
 
 /// The SHA-256 fingerprint (lowercase hex) of a DER certificate.
 pub fn fingerprint_der(der: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, der)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// A new private key (PEM, never leaves this machine) and a certificate
@@ -472,31 +480,24 @@ impl Bundle {
         Ok(())
     }
 
-    /// The certificate's serial, hex (as [`crate::identity::Identity`]
-    /// reads it).
+    /// Who the certificate names: name, role, serial, validity (as the
+    /// scheduler reads a caller). Bundles of the scheduler's own bus
+    /// certificate name no role and are refused.
+    pub fn identity(&self) -> Result<crate::identity::Identity, PkiError> {
+        crate::identity::Identity::from_pem(&self.cert_pem)
+            .map_err(|e| PkiError::BadCert(e.to_string()))
+    }
+
+    /// The certificate's serial, hex.
     pub fn serial(&self) -> Result<String, PkiError> {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| PkiError::BadCsr(format!("certificate: {e}")))?;
-        let (_, cert) = x509_parser::prelude::FromDer::from_der(&der)
-            .map_err(|e: x509_parser::nom::Err<_>| PkiError::BadCsr(format!("certificate: {e}")))?;
-        let cert: x509_parser::prelude::X509Certificate<'_> = cert;
-        Ok(cert.tbs_certificate.raw_serial_as_string().replace(':', ""))
+        Ok(self.identity()?.serial)
     }
 
     /// When this bundle's certificate was issued and when it runs out.
     pub fn validity(&self) -> Result<(std::time::SystemTime, std::time::SystemTime), PkiError> {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        use x509_parser::prelude::{FromDer, X509Certificate};
-        let bad = |e: String| PkiError::BadCsr(format!("certificate: {e}"));
-        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| bad(e.to_string()))?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| bad(e.to_string()))?;
+        let id = self.identity()?;
         let at = |secs: i64| std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-        Ok((
-            at(cert.validity().not_before.timestamp() + CLOCK_SKEW.as_secs() as i64),
-            at(cert.validity().not_after.timestamp()),
-        ))
+        Ok((at(id.issued_at), at(id.expires_at)))
     }
 
     /// Reads the three files from `dir`. Refuses a key readable by group or

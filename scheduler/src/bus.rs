@@ -219,10 +219,22 @@ impl Bus {
         filter: String,
         start: EventStart,
     ) -> Result<EventReader, BusError> {
+        let (messages, pending) = self.ordered_read(bus::EVENTS_STREAM, filter, start).await?;
+        Ok(EventReader { messages, pending })
+    }
+
+    /// An ordered read of `stream` (subjects matching `filter`; empty:
+    /// all) from `start`, and how many messages it held when it began.
+    async fn ordered_read(
+        &self,
+        stream: &str,
+        filter: String,
+        start: EventStart,
+    ) -> Result<(consumer::pull::Ordered, u64), BusError> {
         let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
         let stream = self
             .jetstream
-            .get_stream(bus::EVENTS_STREAM)
+            .get_stream(stream)
             .await
             .map_err(|e| nats(&e))?;
         let deliver_policy = match start {
@@ -244,7 +256,7 @@ impl Bus {
             .map_err(|e| nats(&e))?;
         let pending = consumer.info().await.map_err(|e| nats(&e))?.num_pending;
         let messages = consumer.messages().await.map_err(|e| nats(&e))?;
-        Ok(EventReader { messages, pending })
+        Ok((messages, pending))
     }
 
     /// Opens a stream from `node` (see the stream protocol in bus.proto):
@@ -532,17 +544,31 @@ impl std::fmt::Debug for EventReader {
     }
 }
 
+/// The next message of an ordered read, with its stream sequence and how
+/// many matching messages were stored after it when it was delivered.
+async fn next_ordered(
+    messages: &mut consumer::pull::Ordered,
+) -> Option<Result<(jetstream::Message, u64, u64), BusError>> {
+    let msg = match messages.next().await? {
+        Ok(m) => m,
+        Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+    };
+    Some(match msg.info() {
+        Ok(i) => {
+            let (seq, pending) = (i.stream_sequence, i.pending);
+            Ok((msg, seq, pending))
+        }
+        Err(e) => Err(BusError::Nats(e.to_string())),
+    })
+}
+
 impl EventReader {
     /// The next event with its sequence number, and how many matching
     /// events were stored after it when it was delivered.
     pub async fn next(&mut self) -> Option<Result<(pb::Event, u64), BusError>> {
-        let msg = match self.messages.next().await? {
+        let (msg, seq, pending) = match next_ordered(&mut self.messages).await? {
             Ok(m) => m,
-            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
-        };
-        let (seq, pending) = match msg.info() {
-            Ok(i) => (i.stream_sequence, i.pending),
-            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+            Err(e) => return Some(Err(e)),
         };
         Some(match pb::Event::decode(msg.payload.clone()) {
             Ok(mut ev) => {
@@ -661,27 +687,10 @@ impl Bus {
         &self,
         since: Option<std::time::SystemTime>,
     ) -> Result<AuditReader, BusError> {
-        let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
-        let stream = self
-            .jetstream
-            .get_stream(AUDIT_STREAM)
-            .await
-            .map_err(|e| nats(&e))?;
-        let deliver_policy = match since {
-            None => consumer::DeliverPolicy::All,
-            Some(t) => consumer::DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from(t),
-            },
-        };
-        let mut consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| nats(&e))?;
-        let pending = consumer.info().await.map_err(|e| nats(&e))?.num_pending;
-        let messages = consumer.messages().await.map_err(|e| nats(&e))?;
+        let start = since.map_or(EventStart::All, EventStart::Time);
+        let (messages, pending) = self
+            .ordered_read(AUDIT_STREAM, String::new(), start)
+            .await?;
         Ok(AuditReader {
             messages,
             done: pending == 0,
@@ -709,14 +718,11 @@ impl AuditReader {
         if self.done {
             return None;
         }
-        let msg = match self.messages.next().await? {
+        let (msg, _, pending) = match next_ordered(&mut self.messages).await? {
             Ok(m) => m,
-            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
+            Err(e) => return Some(Err(e)),
         };
-        match msg.info() {
-            Ok(i) => self.done = i.pending == 0,
-            Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
-        }
+        self.done = pending == 0;
         Some(
             pb::AuditEntry::decode(msg.payload.clone())
                 .map_err(|e| BusError::Nats(format!("undecodable audit entry: {e}"))),

@@ -195,15 +195,15 @@ impl DataDir {
         if ttl.is_zero() {
             return Err(InvalidField::new("--ttl", "must be more than zero (e.g. 1h)").into());
         }
-        let ca = ClusterCa::load(&self.ca_dir()).map_err(|e| match e {
-            PkiError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                DataDirError::NotInitialized(self.root.clone())
-            }
-            e => e.into(),
+        // The pin needs the CA certificate only, not its key.
+        let ca_file = self.ca_dir().join(pki::CA_FILE);
+        let ca_pem = fs::read_to_string(&ca_file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => DataDirError::NotInitialized(self.root.clone()),
+            _ => io_err(&ca_file)(e),
         })?;
         let key = self.join_key()?;
         let claims = devctl_proto::enroll::JoinClaims::new(
-            pki::fingerprint(ca.cert_pem())?,
+            pki::fingerprint(&ca_pem)?,
             role,
             name.map(str::to_string),
             ttl,

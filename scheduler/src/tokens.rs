@@ -59,7 +59,7 @@ fn split(bearer: &str) -> Option<(&str, &str)> {
 
 /// Makes a token (not yet stored) for `record` (whose `id` is set here).
 pub fn mint(mut record: pb::ApiToken) -> NewToken {
-    let id = hex(&random_bytes::<6>());
+    let id = devctl_proto::pki::hex(&random_bytes::<6>());
     let secret = B64.encode(random_bytes::<32>());
     record.id = id.clone();
     NewToken {
@@ -69,10 +69,6 @@ pub fn mint(mut record: pb::ApiToken) -> NewToken {
         },
         secret: format!("dvt_{id}_{secret}"),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Seconds since the Unix epoch (0: unset).
@@ -128,6 +124,26 @@ impl ApiTokens {
             name(a).cmp(&name(b))
         });
         all
+    }
+
+    /// Whether the token with id `id` has been revoked.
+    pub fn is_revoked(&self, id: &str) -> bool {
+        self.by_id
+            .read()
+            .expect("tokens lock")
+            .get(id)
+            .and_then(|t| t.token.as_ref())
+            .is_some_and(|t| t.revoke_time.is_some())
+    }
+
+    /// Whether some token acts as `identity`.
+    pub fn acting_as(&self, identity: &str) -> bool {
+        self.by_id
+            .read()
+            .expect("tokens lock")
+            .values()
+            .filter_map(|t| t.token.as_ref())
+            .any(|t| t.identity == identity)
     }
 
     /// The token named `name`.

@@ -248,11 +248,24 @@ pub fn init_data_dir(data_dir: &Path) -> Result<()> {
 /// `out` (for role agent this also admits the node to the bus, signalling
 /// a running nats-server of `data_dir` to reload).
 pub fn issue_cert_into(data_dir: &Path, name: &str, role: &str, out: &Path) -> Result<()> {
+    issue_cert_with(data_dir, name, role, out, &[])
+}
+
+/// As [`issue_cert_into`], with more `issue-cert` flags (e.g.
+/// `--valid-for 12s`).
+pub fn issue_cert_with(
+    data_dir: &Path,
+    name: &str,
+    role: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Result<()> {
     let res = Command::new(bin("devctl-scheduler"))
         .args(["issue-cert", "--name", name, "--role", role, "--data-dir"])
         .arg(data_dir)
         .arg("--out")
         .arg(out)
+        .args(extra)
         .output()?;
     if !res.status.success() {
         bail!(
@@ -573,18 +586,7 @@ impl TestCluster {
     /// `role`, with the real `issue-cert` command; returns its directory.
     pub fn issue_cert(&self, name: &str, role: &str) -> PathBuf {
         let out_dir = self.scratch().join(format!("{name}-cert"));
-        let out = Command::new(bin("devctl-scheduler"))
-            .args(["issue-cert", "--name", name, "--role", role, "--data-dir"])
-            .arg(self.data_dir())
-            .arg("--out")
-            .arg(&out_dir)
-            .output()
-            .expect("run issue-cert");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        issue_cert_into(&self.data_dir(), name, role, &out_dir).expect("issue-cert");
         out_dir
     }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use devctl_tests::{IMAGE, Proc, TestCluster, bin, wait_until};
+use devctl_tests::{CliResult, IMAGE, Proc, TestCluster, bin, issue_cert_with, wait_until};
 use serde_json::Value;
 
 fn config_env(path: &Path) -> Vec<(&'static str, String)> {
@@ -40,6 +40,16 @@ fn now_unix() -> u64 {
         .as_secs()
 }
 
+/// `devctl login --server S --token T [--name N]` with the CLI environment
+/// `env` (its DEVCTL_CONFIG says where the context goes).
+fn login(c: &TestCluster, env: &[(&str, &str)], token: &str, name: Option<&str>) -> CliResult {
+    let mut args = vec!["login", "--server", &c.server, "--token", token];
+    if let Some(n) = name {
+        args.extend(["--name", n]);
+    }
+    c.devctl_env(env, &args)
+}
+
 #[test]
 fn login_with_a_join_token_makes_a_context_that_works_once() {
     let c = TestCluster::start(&["a"]);
@@ -48,10 +58,7 @@ fn login_with_a_join_token_makes_a_context_that_works_once() {
     let env = env_refs(&env);
     let token = c.join_token("developer", Some("alice"), "1h");
 
-    let out = c
-        .devctl_env(&env, &["login", "--server", &c.server, "--token", &token])
-        .ok()
-        .stdout;
+    let out = login(&c, &env, &token, None).ok().stdout;
     assert!(out.contains("as alice (developer)"), "{out}");
     // The key was made here and only its owner reads it.
     let ctx_dir = c.scratch().join("alice/contexts/127.0.0.1");
@@ -79,12 +86,7 @@ fn login_with_a_join_token_makes_a_context_that_works_once() {
     // The token worked once.
     let other = c.scratch().join("mallory/config.toml");
     let env2 = config_env(&other);
-    let err = c
-        .devctl_env(
-            &env_refs(&env2),
-            &["login", "--server", &c.server, "--token", &token],
-        )
-        .err();
+    let err = login(&c, &env_refs(&env2), &token, None).err();
     assert!(
         err.contains("already been used") && err.contains("Unauthenticated"),
         "{err}"
@@ -121,9 +123,7 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
     // Expired.
     let token = c.join_token("developer", Some("bob"), "1s");
     wait_past(now_unix() + 1);
-    let err = c
-        .devctl_env(&env, &["login", "--server", &c.server, "--token", &token])
-        .err();
+    let err = login(&c, &env, &token, None).err();
     assert!(err.contains("expired"), "{err}");
 
     // A token of another cluster: the joining side refuses before sending
@@ -141,14 +141,7 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
         .output()
         .unwrap();
     let foreign = String::from_utf8_lossy(&foreign.stdout).trim().to_string();
-    let err = c
-        .devctl_env(
-            &env,
-            &[
-                "login", "--server", &c.server, "--token", &foreign, "--name", "bob",
-            ],
-        )
-        .err();
+    let err = login(&c, &env, &foreign, Some("bob")).err();
     assert!(
         err.contains("refusing to send the token") && err.contains("CA fingerprint"),
         "{err}"
@@ -156,56 +149,25 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
 
     // A token without a name needs one; one with a name refuses another.
     let unnamed = c.join_token("viewer", None, "1h");
-    let err = c
-        .devctl_env(&env, &["login", "--server", &c.server, "--token", &unnamed])
-        .err();
+    let err = login(&c, &env, &unnamed, None).err();
     assert!(
         err.contains("name:") && err.contains("InvalidArgument"),
         "{err}"
     );
-    let out = c
-        .devctl_env(
-            &env,
-            &[
-                "login", "--server", &c.server, "--token", &unnamed, "--name", "vera",
-            ],
-        )
-        .ok()
-        .stdout;
+    let out = login(&c, &env, &unnamed, Some("vera")).ok().stdout;
     assert!(out.contains("as vera (viewer)"), "{out}");
     let named = c.join_token("developer", Some("carol"), "1h");
-    let err = c
-        .devctl_env(
-            &env,
-            &[
-                "login", "--server", &c.server, "--token", &named, "--name", "dave",
-            ],
-        )
-        .err();
+    let err = login(&c, &env, &named, Some("dave")).err();
     assert!(err.contains("for \"carol\", not \"dave\""), "{err}");
 
     // A token that names nobody cannot take an existing identity.
     let unnamed = c.join_token("developer", None, "1h");
-    let err = c
-        .devctl_env(
-            &env,
-            &[
-                "login", "--server", &c.server, "--token", &unnamed, "--name", "admin",
-            ],
-        )
-        .err();
+    let err = login(&c, &env, &unnamed, Some("admin")).err();
     assert!(
         err.contains("already an identity") && err.contains("AlreadyExists"),
         "{err}"
     );
-    let err = c
-        .devctl_env(
-            &env,
-            &[
-                "login", "--server", &c.server, "--token", &unnamed, "--name", "vera",
-            ],
-        )
-        .err();
+    let err = login(&c, &env, &unnamed, Some("vera")).err();
     assert!(err.contains("already an identity"), "{err}");
     // Agent and admin tokens must name their identity.
     let out = Command::new(bin("devctl-scheduler"))
@@ -222,17 +184,10 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
 
     // An agent token is for agents.
     let agent = c.join_token("agent", Some("n1"), "1h");
-    let err = c
-        .devctl_env(&env, &["login", "--server", &c.server, "--token", &agent])
-        .err();
+    let err = login(&c, &env, &agent, None).err();
     assert!(err.contains("devctl-agent join"), "{err}");
     // Garbage is named as such.
-    let err = c
-        .devctl_env(
-            &env,
-            &["login", "--server", &c.server, "--token", "nonsense"],
-        )
-        .err();
+    let err = login(&c, &env, "nonsense", None).err();
     assert!(err.contains("malformed"), "{err}");
 }
 
@@ -304,11 +259,9 @@ fn revocation_closes_open_streams_and_refuses_the_next_call() {
 }
 
 fn try_serial(dir: &Path) -> Option<String> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let pem = std::fs::read(dir.join("cert.pem")).ok()?;
-    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    let pem = std::fs::read_to_string(dir.join("cert.pem")).ok()?;
     Some(
-        devctl_proto::identity::Identity::from_der(&der)
+        devctl_proto::identity::Identity::from_pem(&pem)
             .ok()?
             .serial,
     )
@@ -428,27 +381,14 @@ fn a_stream_ends_when_its_certificate_expires() {
     // Issued once the container runs; long enough to open the stream on a
     // loaded machine, short enough to run out while it streams.
     let brief = c.scratch().join("brief");
-    let out = Command::new(bin("devctl-scheduler"))
-        .args([
-            "issue-cert",
-            "--name",
-            "brief",
-            "--role",
-            "admin",
-            "--valid-for",
-            "12s",
-            "--data-dir",
-        ])
-        .arg(c.data_dir())
-        .arg("--out")
-        .arg(&brief)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    issue_cert_with(
+        &c.data_dir(),
+        "brief",
+        "admin",
+        &brief,
+        &["--valid-for", "12s"],
+    )
+    .unwrap();
     let log = c.scratch().join("brief-follow.log");
     let mut follow = spawn_devctl(&c, &brief, &["logs", "-f", "ticks"], log.clone());
     wait_until("logs -f to stream", Duration::from_secs(10), || {

@@ -79,10 +79,7 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
             bail!("--renew renews a certificate; API tokens are renewed by creating a new one");
         };
         let current = pki::Bundle::load(dir)?;
-        let name = devctl_proto::identity::Identity::from_der(
-            &rustls_der(&current.cert_pem).context("the current certificate")?,
-        )?
-        .name;
+        let name = current.identity().context("the current certificate")?.name;
         let (key_pem, csr_pem) = pki::key_and_csr(&name)?;
         let mut client = Client::connect(&target).await?;
         let issued = client
@@ -132,15 +129,6 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
     file.save(&path)?;
     println!("{}", said(&joined.issued, &server, &context));
     Ok(())
-}
-
-fn rustls_der(pem: &str) -> Result<Vec<u8>> {
-    let der = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<String>();
-    use base64::Engine;
-    Ok(base64::engine::general_purpose::STANDARD.decode(der)?)
 }
 
 #[cfg(test)]

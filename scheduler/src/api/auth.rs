@@ -136,15 +136,9 @@ impl Authenticator {
         if self.inner.revocations.covers(id) {
             return true;
         }
-        let Some(token_id) = id.serial.strip_prefix("token:") else {
-            return false;
-        };
-        self.inner
-            .tokens
-            .list()
-            .iter()
-            .filter_map(|t| t.token.as_ref())
-            .any(|t| t.id == token_id && t.revoke_time.is_some())
+        id.serial
+            .strip_prefix("token:")
+            .is_some_and(|token_id| self.inner.tokens.is_revoked(token_id))
     }
 
     /// Ends the open streams whose credential has run out by `now`.
@@ -260,16 +254,6 @@ impl Sessions {
                 stop.cancel();
             }
         }
-    }
-
-    /// Streams open now.
-    pub fn len(&self) -> usize {
-        self.open.lock().expect("sessions lock").len()
-    }
-
-    /// Whether none is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

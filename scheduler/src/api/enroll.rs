@@ -82,26 +82,17 @@ impl EnrollApi {
             not_after: Some(signed.not_after.into()),
         })
     }
-}
 
-impl EnrollApi {
     /// Signs a renewal for `node`'s agent (asked over the bus, where only
     /// that agent can publish on its subject). Refused for a node no longer
-    /// admitted to the bus.
+    /// admitted to the bus ([`DataDir::renew_agent`] checks, before the
+    /// certificate is handed out).
     pub async fn renew_agent(
         &self,
         node: &str,
         current_serial: &str,
         csr_pem: &str,
     ) -> Result<pb::IssuedCertificate, String> {
-        let dir = self.data_dir.clone();
-        let admitted = tokio::task::spawn_blocking(move || dir.admitted_agents())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if !admitted.iter().any(|n| n == node) {
-            return Err(format!("node {node:?} is not admitted to the bus"));
-        }
         let issued = self
             .sign(csr_pem, node, Role::Agent)
             .map_err(|s| s.message().to_string())?;
@@ -119,9 +110,7 @@ impl EnrollApi {
         tracing::info!(node, serial = %issued.serial, "agent certificate renewed");
         Ok(issued)
     }
-}
 
-impl EnrollApi {
     /// Whether `name` is an identity already: it joined before, owns a
     /// container, an API token acts as it, or it is the first admin.
     fn name_in_use(&self, name: &str) -> Result<bool, Status> {
@@ -142,13 +131,7 @@ impl EnrollApi {
         {
             return Ok(true);
         }
-        Ok(self
-            .auth
-            .tokens()
-            .list()
-            .iter()
-            .filter_map(|t| t.token.as_ref())
-            .any(|t| t.identity == name))
+        Ok(self.auth.tokens().acting_as(name))
     }
 }
 
