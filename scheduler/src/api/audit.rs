@@ -621,7 +621,10 @@ impl audit_service_server::AuditService for AuditApi {
             .await
             .map_err(|e| Status::unavailable(format!("reading the audit log: {e}")))?;
         let (tx, rx) = mpsc::channel(64);
-        let stop = self.streams.stop.clone();
+        // Like every stream: it ends when its caller's credential is revoked
+        // or expires, not only at shutdown.
+        let session = self.streams.session(&id);
+        let stop = session.stop().clone();
         self.streams.streams.spawn(async move {
             loop {
                 let next = tokio::select! {
@@ -640,6 +643,7 @@ impl audit_service_server::AuditService for AuditApi {
                     break;
                 }
             }
+            session.tell_if_revoked(&tx).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
