@@ -191,6 +191,37 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
     assert!(err.contains("malformed"), "{err}");
 }
 
+/// Creates `name`, printing "tick" five times a second, as `tls`'s identity.
+fn create_ticker(c: &TestCluster, tls: &Path, name: &str) {
+    c.devctl_as(
+        tls,
+        &[
+            "create",
+            name,
+            "--image",
+            IMAGE,
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.2; done",
+        ],
+    )
+    .ok();
+}
+
+/// Starts `devctl logs -f NAME` as `tls`'s identity and waits for output:
+/// the stream is open. Returns the process and its log file.
+fn follow_logs(c: &TestCluster, tls: &Path, name: &str, within: Duration) -> (Proc, PathBuf) {
+    let log = c.scratch().join(format!("follow-{name}.log"));
+    let follow = spawn_devctl(c, tls, &["logs", "-f", name], log.clone());
+    wait_until("logs -f to stream", within, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|l| l.contains("tick"))
+    });
+    (follow, log)
+}
+
 fn spawn_devctl(c: &TestCluster, tls: &Path, args: &[&str], log: PathBuf) -> Proc {
     let mut cmd = Command::new(bin("devctl"));
     cmd.args(args)
@@ -204,27 +235,8 @@ fn spawn_devctl(c: &TestCluster, tls: &Path, args: &[&str], log: PathBuf) -> Pro
 fn revocation_closes_open_streams_and_refuses_the_next_call() {
     let c = TestCluster::start(&["a"]);
     let alice = c.issue_cert("alice", "developer");
-    c.devctl_as(
-        &alice,
-        &[
-            "create",
-            "ticker",
-            "--image",
-            IMAGE,
-            "--",
-            "sh",
-            "-c",
-            "while true; do echo tick; sleep 0.2; done",
-        ],
-    )
-    .ok();
-    let log = c.scratch().join("follow.log");
-    let mut follow = spawn_devctl(&c, &alice, &["logs", "-f", "ticker"], log.clone());
-    wait_until("logs -f to stream", Duration::from_secs(20), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|l| l.contains("tick"))
-    });
+    create_ticker(&c, &alice, "ticker");
+    let (mut follow, log) = follow_logs(&c, &alice, "ticker", Duration::from_secs(20));
     assert!(follow.is_running());
 
     c.revoke("alice");
@@ -367,17 +379,7 @@ fn an_agent_joins_with_a_token_runs_containers_renews_and_is_revoked_off_the_bus
 #[test]
 fn a_stream_ends_when_its_certificate_expires() {
     let c = TestCluster::start(&["a"]);
-    c.devctl(&[
-        "create",
-        "ticks",
-        "--image",
-        IMAGE,
-        "--",
-        "sh",
-        "-c",
-        "while true; do echo tick; sleep 0.2; done",
-    ])
-    .ok();
+    create_ticker(&c, &c.admin_tls(), "ticks");
     // Issued once the container runs; long enough to open the stream on a
     // loaded machine, short enough to run out while it streams.
     let brief = c.scratch().join("brief");
@@ -389,13 +391,7 @@ fn a_stream_ends_when_its_certificate_expires() {
         &["--valid-for", "12s"],
     )
     .unwrap();
-    let log = c.scratch().join("brief-follow.log");
-    let mut follow = spawn_devctl(&c, &brief, &["logs", "-f", "ticks"], log.clone());
-    wait_until("logs -f to stream", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|l| l.contains("tick"))
-    });
+    let (mut follow, log) = follow_logs(&c, &brief, "ticks", Duration::from_secs(10));
     let status = follow.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "logs -f ended without an error");
     let out = std::fs::read_to_string(&log).unwrap();
