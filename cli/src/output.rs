@@ -126,8 +126,11 @@ fn health_word(h: pb::HealthStatus) -> String {
 }
 
 /// The state with what qualifies it: `stopped (inactivity)`,
-/// `running (unhealthy)`.
+/// `running (unhealthy)`, `removing (node down)`.
 fn state_text(c: &pb::Container) -> String {
+    if c.desired_state() == pb::DesiredState::Removed {
+        return "removing (node down)".into();
+    }
     let state = state_word(c.state());
     let why = stop_reason_word(c.stop_reason());
     let health = health_word(c.health());

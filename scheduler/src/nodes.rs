@@ -1,7 +1,11 @@
 //! The node registry: what the scheduler knows of each node. Capacity and
 //! labels are persisted (they change rarely); liveness (last heartbeat) is
-//! kept in memory, so a restarted scheduler sees every node as down until
-//! its next heartbeat, a second later.
+//! kept in memory. A restarted scheduler has heard from no node yet, and
+//! that says nothing about the nodes: each node known from before starts
+//! `unknown` for one node timeout (the grace period), becomes `ready` at
+//! its first heartbeat (usually within a second), and is `down` only if the
+//! grace period passes without one. Nothing treats an unknown node as down:
+//! operations on it wait (bounded by the grace period) for it to report.
 
 use std::{
     collections::BTreeMap,
@@ -76,11 +80,18 @@ pub struct Registry {
     // handled before the node's first heartbeat), taken by that heartbeat.
     early_memory: std::sync::Mutex<BTreeMap<String, (f64, Instant)>>,
     timeout: Duration,
+    /// Until then, a known node not heard from since the start is unknown.
+    grace_until: Instant,
+    /// Bumped whenever a node becomes ready: waiters for an unknown node
+    /// re-check then.
+    became_ready: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
-    /// A registry holding the persisted `nodes` (all down), where a node is
-    /// down once `timeout` passes without a heartbeat.
+    /// A registry holding the persisted `nodes` (all unknown until their
+    /// first heartbeat, or down once `timeout` passes without one), where a
+    /// node is down once `timeout` passes without a heartbeat. Make it once
+    /// heartbeats are being received: the grace period starts now.
     pub fn new(nodes: Vec<pb::Node>, timeout: Duration) -> Self {
         let entries = nodes
             .into_iter()
@@ -97,8 +108,8 @@ impl Registry {
                         leaving: false,
                         synced_boot: String::new(),
                         syncing: false,
-                        // Known nodes start down, silently.
-                        reported: Some(pb::NodeState::Down),
+                        // Known nodes start unknown, silently.
+                        reported: Some(pb::NodeState::Unknown),
                     },
                 )
             })
@@ -107,6 +118,8 @@ impl Registry {
             entries: RwLock::new(entries),
             early_memory: std::sync::Mutex::default(),
             timeout,
+            grace_until: Instant::now() + timeout,
+            became_ready: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -146,6 +159,7 @@ impl Registry {
         };
         let before = durable(&entry.node);
         let first = entry.node.last_seen.is_none() && entry.last_seen.is_none();
+        let was_ready = self.state_at(entry, now) == pb::NodeState::Ready;
         // Back after silence: what runs there may have changed meanwhile
         // (its containers were marked lost), so its inventory is read again.
         if entry.last_seen.is_some() && self.state(entry) == pb::NodeState::Down {
@@ -169,6 +183,9 @@ impl Registry {
         entry.boot_id = hb.boot_id.clone();
         entry.leaving = hb.leaving;
         entry.last_seen = Some(now);
+        if !was_ready && self.state_at(entry, now) == pb::NodeState::Ready {
+            self.became_ready.send_modify(|n| *n += 1);
+        }
         Observed {
             persist: changed.then(|| (*entry.node).clone()),
             needs_sync,
@@ -184,13 +201,16 @@ impl Registry {
         let mut out = Vec::new();
         let mut check = |name: &str, e: &mut Entry| {
             let state = self.state(e);
-            if e.reported == Some(state) {
+            // Unknown is not a change to report: the node is neither
+            // confirmed ready nor down yet.
+            if e.reported == Some(state) || state == pb::NodeState::Unknown {
                 return;
             }
             e.reported = Some(state);
             let reason = match state {
                 pb::NodeState::Ready => "heartbeat",
                 _ if e.leaving => "agent_left",
+                _ if e.last_seen.is_none() => "no_heartbeat_since_restart",
                 _ => "heartbeat_timeout",
             };
             out.push((name.to_string(), state, reason));
@@ -262,7 +282,50 @@ impl Registry {
             Some(t) if !e.leaving && now.saturating_duration_since(t) <= self.timeout => {
                 pb::NodeState::Ready
             }
+            None if now < self.grace_until => pb::NodeState::Unknown,
             _ => pb::NodeState::Down,
+        }
+    }
+
+    /// `name`'s state now (`None`: no such node).
+    pub fn state_of(&self, name: &str) -> Option<pb::NodeState> {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries.get(name).map(|e| self.state(e))
+    }
+
+    /// Whether some node's state is unknown now (the scheduler started
+    /// less than a node timeout ago and has not heard from it yet).
+    pub fn any_unknown(&self) -> bool {
+        let now = Instant::now();
+        if now >= self.grace_until {
+            return false;
+        }
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries
+            .values()
+            .any(|e| self.state_at(e, now) == pb::NodeState::Unknown)
+    }
+
+    /// Waits until a node becomes ready or the grace period ends, whichever
+    /// comes first; returns at once once the grace period is over. Callers
+    /// re-check what they wait for after each return.
+    pub async fn node_change_or_grace_end(&self) {
+        let mut rx = self.became_ready.subscribe();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout_at(self.grace_until, rx.changed()).await;
+    }
+
+    /// `name`'s state once it is known: an unknown node is waited for
+    /// until it reports or the grace period ends (then it is down).
+    pub async fn settled_state(&self, name: &str) -> Option<pb::NodeState> {
+        loop {
+            let mut rx = self.became_ready.subscribe();
+            rx.mark_unchanged();
+            match self.state_of(name) {
+                Some(pb::NodeState::Unknown) => {}
+                other => return other,
+            }
+            let _ = tokio::time::timeout_at(self.grace_until, rx.changed()).await;
         }
     }
 
@@ -519,15 +582,42 @@ mod tests {
         });
     }
 
-    #[test]
-    fn persisted_nodes_start_down() {
-        let reg = Registry::new(
-            vec![pb::Node {
-                name: "a".into(),
-                ..Default::default()
-            }],
-            Duration::from_secs(10),
+    #[tokio::test(start_paused = true)]
+    async fn persisted_nodes_start_unknown_then_ready_or_down() {
+        let known = |n: &str| pb::Node {
+            name: n.into(),
+            ..Default::default()
+        };
+        let reg = Registry::new(vec![known("a"), known("b")], Duration::from_secs(10));
+        assert_eq!(reg.state_of("a"), Some(pb::NodeState::Unknown));
+        assert!(reg.any_unknown() && !reg.is_ready("a"));
+        assert!(reg.transitions_of(None).is_empty(), "no event for unknown");
+        // A waiter for `a` is woken by its first heartbeat.
+        let waiting = reg.settled_state("a");
+        let heard = async {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            reg.observe(&hb("a", "1"));
+        };
+        let (state, ()) = tokio::join!(waiting, heard);
+        assert_eq!(state, Some(pb::NodeState::Ready));
+        assert_eq!(
+            reg.transitions_of(None),
+            [("a".into(), pb::NodeState::Ready, "heartbeat")]
         );
-        assert_eq!(reg.snapshot()[0].state, pb::NodeState::Down as i32);
+        assert!(reg.any_unknown(), "b is still unknown");
+        // b never reports: down once the grace period is over.
+        assert_eq!(reg.settled_state("b").await, Some(pb::NodeState::Down));
+        assert!(tokio::time::Instant::now() >= reg.grace_until);
+        reg.observe(&hb("a", "1"));
+        assert!(!reg.any_unknown());
+        assert_eq!(
+            reg.transitions_of(None),
+            [(
+                "b".into(),
+                pb::NodeState::Down,
+                "no_heartbeat_since_restart"
+            )]
+        );
+        assert_eq!(reg.settled_state("zz").await, None);
     }
 }

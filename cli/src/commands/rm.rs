@@ -10,7 +10,8 @@ use crate::{client::Client, output};
 pub struct Args {
     /// Container name.
     pub name: String,
-    /// Remove it even if it runs (it is killed).
+    /// Remove it even if it runs (it is killed). When its node is down, the
+    /// removal is recorded and carried out as soon as the node returns.
     #[arg(long, short = 'f')]
     pub force: bool,
 }
@@ -26,6 +27,9 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
         .await?
         .into_inner();
     match (format, removed.container) {
+        (output::Format::Table, Some(c)) if removed.pending => {
+            println!("{}: {}", args.name, c.last_error)
+        }
         (output::Format::Table, _) | (_, None) => println!("{}", args.name),
         (format, Some(c)) => output::container(format, &c)?,
     }

@@ -167,6 +167,7 @@ impl ContainerService for ContainerApi {
         let r = req.into_inner();
         let container = self.cluster.delete(&r.name, r.force, &id.name).await?;
         Ok(Response::new(pb::DeleteContainerResponse {
+            pending: container.desired_state == pb::DesiredState::Removed as i32,
             container: Some(container),
         }))
     }

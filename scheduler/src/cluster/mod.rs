@@ -384,7 +384,7 @@ impl Cluster {
             health_check: spec.health_check,
             ..Default::default()
         };
-        {
+        loop {
             let _placing = self.shared.placement.lock().await;
             if let Some(role) = options.role {
                 let held = self.store().owned(owner);
@@ -406,6 +406,17 @@ impl Cluster {
             }
             record.node = match self.place(&request, None) {
                 Ok(node) => node,
+                // Just after a restart, a node not heard from yet may be
+                // the one that fits: wait for it (bounded by the grace
+                // period), then decide again.
+                Err(ref e)
+                    if !matches!(e, placement::PlacementError::UnknownNode(_))
+                        && self.shared.nodes.any_unknown() =>
+                {
+                    drop(_placing);
+                    self.shared.nodes.node_change_or_grace_end().await;
+                    continue;
+                }
                 Err(e @ placement::PlacementError::UnknownNode(_)) => {
                     return Err(Error::NotFound(e.to_string()));
                 }
@@ -418,6 +429,7 @@ impl Cluster {
             self.store()
                 .insert_container(record.clone(), options.request_id.clone())
                 .await?;
+            break;
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
@@ -561,9 +573,18 @@ impl Cluster {
         })
     }
 
-    /// Fails unless `c`'s node is ready.
-    fn node_must_be_ready(&self, c: &pb::Container) -> Result<(), Error> {
-        if !self.shared.nodes.is_ready(&c.node) {
+    /// Whether `node` is ready, once its state is known: a node the
+    /// scheduler has not heard from since it started is waited for (until
+    /// its first heartbeat, or the end of the grace period).
+    async fn settles_ready(&self, node: &str) -> bool {
+        self.shared.nodes.settled_state(node).await == Some(pb::NodeState::Ready)
+    }
+
+    /// Fails unless `c`'s node is ready (waiting for it while its state is
+    /// unknown), or `c` is being removed.
+    async fn node_must_be_ready(&self, c: &pb::Container) -> Result<(), Error> {
+        must_not_be_removing(c)?;
+        if !self.settles_ready(&c.node).await {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} of container {:?} is down; retry when it is back (`devctl nodes`)",
                 c.node, c.name
@@ -601,7 +622,7 @@ impl Cluster {
             {
                 return this.replace_and_start(c, &actor).await;
             }
-            this.node_must_be_ready(&c)?;
+            this.node_must_be_ready(&c).await?;
             let _intent = this
                 .shared
                 .intents
@@ -736,36 +757,97 @@ impl Cluster {
             .shared
             .intents
             .begin_for(&c.id, actor, Op::Remove, cause.word());
+        if c.desired_state == pb::DesiredState::Removed as i32 {
+            // Already recorded; the node removes it when it reports.
+            return Ok(c);
+        }
         if !force && c.state == pb::ContainerState::Running as i32 {
             return Err(Error::FailedPrecondition(format!(
                 "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
             )));
         }
-        if !self.shared.nodes.is_ready(&c.node) {
+        if !self.settles_ready(&c.node).await {
             if !force {
                 return Err(Error::FailedPrecondition(format!(
-                    "node {:?} of container {name:?} is down; retry when it is back, or use --force to forget the container",
+                    "node {:?} of container {name:?} is down; retry when it is back, or use --force to remove it from the node as soon as the node returns",
                     c.node
                 )));
             }
-            tracing::warn!(name, node = %c.node, "forgetting a container whose node is down; it may remain on that node's engine");
-        } else {
-            let command = Command::Remove(pb::RemoveCommand {
-                id: c.id.clone(),
-                force,
-            });
-            match self.send(&c.node, command, 0).await? {
-                Reply::Removed(_) => {}
-                Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {
-                    tracing::info!(name, "container was already gone from its node");
-                }
-                other => return Err(agent_error(other, &c)),
-            }
+            return self.record_removal(c, actor, cause).await;
         }
+        self.remove_on_node(&c, force).await?;
         self.store().delete_container(name).await?;
         self.shared.activity.forget(name);
         tracing::info!(name, reason = cause.word(), "container removed");
         Ok(c)
+    }
+
+    /// Removes `c` from its node's engine (gone already counts as done).
+    async fn remove_on_node(&self, c: &pb::Container, force: bool) -> Result<(), Error> {
+        let command = Command::Remove(pb::RemoveCommand {
+            id: c.id.clone(),
+            force,
+        });
+        match self.send(&c.node, command, 0).await? {
+            Reply::Removed(_) => {}
+            Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {
+                tracing::info!(name = %c.name, "container was already gone from its node");
+            }
+            other => return Err(agent_error(other, c)),
+        }
+        Ok(())
+    }
+
+    /// Records that `c`, whose node is down, is to be removed from that
+    /// node as soon as the node reports (its next inventory sync carries
+    /// the removal out and forgets the record). The caller holds `c`'s
+    /// lock.
+    async fn record_removal(
+        &self,
+        mut c: pb::Container,
+        actor: &str,
+        cause: Cause,
+    ) -> Result<pb::Container, Error> {
+        c.desired_state = pb::DesiredState::Removed as i32;
+        // Nothing left to stop, restart or expire meanwhile.
+        c.lease_expire_time = None;
+        c.last_error = removal_pending_message(&c);
+        c.update_time = now();
+        self.store().update_container(c.clone()).await?;
+        self.shared.activity.forget(&c.name);
+        tracing::warn!(name = %c.name, node = %c.node, actor, reason = cause.word(), "node is down: removal recorded, carried out when the node returns");
+        let event = pb::Event {
+            time: now(),
+            r#type: pb::EventType::ContainerRemovalPending as i32,
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            node: c.node.clone(),
+            actor: actor.to_string(),
+            reason: "removal_pending".into(),
+            message: c.last_error.clone(),
+            ..Default::default()
+        };
+        let _ = self.emit(event, format!("removal-pending-{}", c.id)).await;
+        Ok(self.decorate(c))
+    }
+
+    /// Carries out the removals recorded while `node` was down (at its
+    /// inventory sync). A removal that fails stays recorded and is retried
+    /// at the next sync.
+    async fn carry_out_removals(&self, node: &str) -> Result<(), Error> {
+        for name in self.store().names_on_node(node) {
+            let _lock = self.shared.locks.lock(&name).await;
+            let Some(c) = self.store().container(&name)? else {
+                continue;
+            };
+            if c.node != node || c.desired_state != pb::DesiredState::Removed as i32 {
+                continue;
+            }
+            self.remove_on_node(&c, true).await?;
+            self.store().delete_container(&name).await?;
+            tracing::info!(name, node, "recorded removal carried out: the node is back");
+        }
+        Ok(())
     }
 
     /// Every node with its state, containers and reservations.
@@ -987,7 +1069,7 @@ impl Cluster {
             return Err(InvalidField::new("tail", "must not be negative").into());
         }
         let c = self.record(name)?;
-        if !self.shared.nodes.is_ready(&c.node) {
+        if !self.settles_ready(&c.node).await {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} of container {name:?} is down; its output cannot be read now",
                 c.node
@@ -1048,7 +1130,7 @@ impl Cluster {
                 c.name, c.name
             )));
         }
-        if !self.shared.nodes.is_ready(&c.node) {
+        if !self.settles_ready(&c.node).await {
             return Err(Error::FailedPrecondition(format!(
                 "node {:?} of container {:?} is down",
                 c.node, c.name
@@ -1150,6 +1232,9 @@ impl Cluster {
     /// - a devctl container the scheduler does not know is reported, and
     ///   removed once it stayed unknown for the orphan grace period.
     pub async fn sync_inventory(&self, node: &str) -> Result<(), Error> {
+        // Removals recorded while the node was away go first: their
+        // containers are then neither adopted nor reported missing.
+        self.carry_out_removals(node).await?;
         let asked_at = SystemTime::now();
         let reply = self
             .send(node, Command::Inventory(pb::InventoryCommand {}), 0)
@@ -1168,7 +1253,9 @@ impl Cluster {
             let Some(mut c) = self.store().container(&name)? else {
                 continue;
             };
-            if c.node != node {
+            if c.node != node || c.desired_state == pb::DesiredState::Removed as i32 {
+                // Removed meanwhile: the next sync carries it out.
+                on_node.remove(&c.id);
                 continue;
             }
             let lost = c.state == pb::ContainerState::Lost as i32;
@@ -1232,6 +1319,27 @@ impl Cluster {
             .await;
         Ok(())
     }
+}
+
+/// What a container awaiting removal says about it.
+fn removal_pending_message(c: &pb::Container) -> String {
+    format!(
+        "node {} is down; the container will be removed when it returns",
+        c.node
+    )
+}
+
+/// Fails if `c` is awaiting removal (it cannot be started, stopped or
+/// reached any more).
+fn must_not_be_removing(c: &pb::Container) -> Result<(), Error> {
+    if c.desired_state == pb::DesiredState::Removed as i32 {
+        return Err(Error::FailedPrecondition(format!(
+            "container {:?} is being removed ({}); create a new one with another name",
+            c.name,
+            removal_pending_message(c)
+        )));
+    }
+    Ok(())
 }
 
 /// One exec session: who ran what, where.
