@@ -174,16 +174,17 @@ impl Bus {
             .get_stream(bus::NODE_EVENTS_STREAM)
             .await
             .map_err(|e| nats(&e))?;
+        // Created, or updated to this configuration (a consumer made by an
+        // older scheduler gets the delivery bound).
         let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                "scheduler",
-                consumer::pull::Config {
-                    durable_name: Some("scheduler".into()),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some("scheduler".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_deliver: ENGINE_EVENT_MAX_DELIVER,
+                max_ack_pending: ENGINE_EVENTS_IN_FLIGHT,
+                ..Default::default()
+            })
             .await
             .map_err(|e| nats(&e))?;
         let messages = consumer.messages().await.map_err(|e| nats(&e))?;
@@ -475,6 +476,12 @@ pub enum EventStart {
     Time(std::time::SystemTime),
 }
 
+/// How many times an engine event is delivered before it is given up.
+pub const ENGINE_EVENT_MAX_DELIVER: i64 = 10;
+/// Engine events delivered and not yet acknowledged, at most (the server
+/// holds the rest back).
+pub const ENGINE_EVENTS_IN_FLIGHT: i64 = 1024;
+
 /// Engine events to handle, each acknowledged after handling.
 pub struct EngineEvents {
     messages: consumer::pull::Stream,
@@ -501,6 +508,27 @@ impl EngineEventMsg {
             .ack()
             .await
             .map_err(|e| BusError::Nats(e.to_string()))
+    }
+
+    /// Asks for it again after `delay` (its handling failed).
+    pub async fn retry_after(&self, delay: Duration) -> Result<(), BusError> {
+        self.msg
+            .ack_with(jetstream::AckKind::Nak(Some(delay)))
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
+    }
+
+    /// Gives it up: it is not delivered again.
+    pub async fn give_up(&self) -> Result<(), BusError> {
+        self.msg
+            .ack_with(jetstream::AckKind::Term)
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
+    }
+
+    /// How many times it has been delivered, this time included.
+    pub fn deliveries(&self) -> i64 {
+        self.msg.info().map(|i| i.delivered).unwrap_or(1)
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`cluster`]: the operations on containers and nodes.
 //! - [`placement`]: pure placement decisions.
 //! - [`events`]: what engine events mean (pure).
+//! - [`event_workers`]: the engine-event loop (per node and container shard).
 //! - [`nodes`]: the node registry (heartbeats, liveness).
 //! - [`stats`]: the latest usage samples (memory only).
 //! - [`store`]: the embedded store; nothing else touches its file.
@@ -28,6 +29,7 @@ pub mod bus;
 pub mod cluster;
 pub mod config;
 pub mod datadir;
+pub mod event_workers;
 pub mod events;
 pub mod nodes;
 pub mod placement;

@@ -6,12 +6,9 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 use devctl_proto::pb::{
     self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
 };
-use devctl_proto::{
-    pb::{
-        event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
-        log_service_server::LogServiceServer, stats_service_server::StatsServiceServer,
-    },
-    validate,
+use devctl_proto::pb::{
+    event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
+    log_service_server::LogServiceServer, stats_service_server::StatsServiceServer,
 };
 use thiserror::Error;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -30,7 +27,7 @@ use crate::{
         nodes::NodeApi,
         tokens::TokenApi,
     },
-    bus::{Bus, BusError, EngineEvents, Heartbeats, StatsReports},
+    bus::{Bus, BusError, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
     datadir::{DataDir, DataDirError},
     nodes::Registry,
@@ -162,7 +159,7 @@ pub async fn serve(
     // Stops the heartbeat loop on every way out of this function.
     let _stop_on_exit = stop.clone().drop_guard();
     let heartbeat_task = tokio::spawn(heartbeat_loop(cluster.clone(), heartbeats, stop.clone()));
-    let events_task = tokio::spawn(engine_event_loop(
+    let events_task = tokio::spawn(crate::event_workers::run(
         cluster.clone(),
         bus.clone(),
         engine_events,
@@ -292,69 +289,6 @@ pub async fn serve(
     let _ = std::fs::remove_file(config.data_dir.addr_file());
     tracing::info!("scheduler stopped");
     result
-}
-
-/// Handles engine events until `stop` is cancelled; each is acknowledged
-/// only once handled, so one that fails comes again.
-async fn engine_event_loop(
-    cluster: Cluster,
-    bus: Bus,
-    mut events: EngineEvents,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            msg = events.next() => match msg {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "engine event stream");
-                    continue;
-                }
-                None => {
-                    // The consumer ended (e.g. the server went away): it is
-                    // durable, so take it up again where it stopped.
-                    tracing::warn!(?backoff, "engine event consumer ended; resubscribing");
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    match bus.engine_events().await {
-                        Ok(e) => events = e,
-                        Err(e) => tracing::warn!(error = %e, "resubscribing to engine events"),
-                    }
-                    continue;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        let handled = match &msg.event {
-            Ok(ev)
-                if validate::dns_label("node", &ev.node).is_ok()
-                    && validate::dns_label("name", &ev.name).is_ok() =>
-            {
-                cluster.engine_event(ev).await
-            }
-            Ok(ev) => {
-                tracing::warn!(node = %ev.node, name = %ev.name, "engine event with invalid names dropped");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable engine event dropped");
-                Ok(())
-            }
-        };
-        match handled {
-            Ok(()) => {
-                if let Err(e) = msg.ack().await {
-                    tracing::warn!(error = %e, "engine event not acknowledged; it will come again");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "engine event not handled; it will come again"),
-        }
-    }
 }
 
 /// Answers agents' certificate renewal requests until `stop`.

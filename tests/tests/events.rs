@@ -233,3 +233,81 @@ fn a_late_event_never_overwrites_newer_state() {
     let engine = c.engine_container("flip").unwrap();
     assert_eq!(engine["State"]["Status"], "running");
 }
+
+/// Publishes `ev` on `node`'s engine-event queue with that agent's own
+/// bus identity, as the agent would.
+fn publish_engine_event(c: &TestCluster, short: &str, ev: devctl_proto::pb::EngineEvent) {
+    use prost::Message;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = devctl_tests::bus_options(&c.agent_tls(short))
+            .custom_inbox_prefix(devctl_proto::bus::agent_inbox_prefix(&ev.node))
+            .connect(c.nats_url())
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.publish(
+            devctl_proto::bus::engine_events_subject(&ev.node),
+            ev.encode_to_vec().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    });
+}
+
+#[test]
+fn an_event_waiting_on_one_node_does_not_hold_up_another_nodes() {
+    // A node that does not answer keeps its event waiting for the whole
+    // command timeout; the node stays ready meanwhile.
+    let mut c = TestCluster::start_opts(
+        &["a", "b"],
+        &[],
+        &["--command-timeout", "30s", "--node-timeout", "120s"],
+    )
+    .unwrap();
+    let (a, b) = (c.node("a"), c.node("b"));
+    c.devctl(&["create", "on-a", "--image", IMAGE, "--node", &a])
+        .ok();
+    c.devctl(&["create", "on-b", "--image", IMAGE, "--node", &b])
+        .ok();
+    let on_a = c.devctl(&["get", "on-a", "-o", "json"]).json();
+
+    // Agent a hangs; an event for its container arrives: the scheduler asks
+    // the hung agent what the container is doing, and waits.
+    c.agent("a").signal(Signal::SIGSTOP);
+    publish_engine_event(
+        &c,
+        "a",
+        devctl_proto::pb::EngineEvent {
+            event_id: "forged-die-1".into(),
+            node: a.clone(),
+            id: on_a["id"].as_str().unwrap().into(),
+            name: "on-a".into(),
+            action: "die".into(),
+            exit_code: Some(1),
+            ..Default::default()
+        },
+    );
+    // Then a container on node b is killed outside devctl: its record
+    // follows while a's event still waits (a sequential event loop would
+    // handle b's event only after a's timed out).
+    let engine = c.engine_container("on-b").unwrap();
+    let out = Command::new("docker")
+        .args(["kill", engine["Id"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    wait_until(
+        "on-b's record to follow docker kill",
+        Duration::from_secs(25),
+        || (c.devctl(&["get", "on-b", "-o", "json"]).json()["state"] == "failed").then_some(()),
+    );
+    let still = c.devctl(&["get", "on-a", "-o", "json"]).json();
+    assert_eq!(
+        still["state"], "running",
+        "a's event was handled first: {still}"
+    );
+    c.agent("a").signal(Signal::SIGCONT);
+}
