@@ -42,6 +42,9 @@ pub struct ContainerView {
     #[serde(skip_serializing_if = "Option::is_none")]
     memory_bytes: Option<i64>,
     env: BTreeMap<String, String>,
+    /// The env values were withheld (only the owner and admins see them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    env_redacted: bool,
     labels: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     constraints: BTreeMap<String, String>,
@@ -220,6 +223,7 @@ impl From<&pb::Container> for ContainerView {
             cpus: (r.milli_cpus > 0).then(|| r.milli_cpus as f64 / 1000.0),
             memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
             env: c.env.clone().into_iter().collect(),
+            env_redacted: c.env_redacted,
             labels: c.labels.clone().into_iter().collect(),
             constraints: c.constraints.clone().into_iter().collect(),
             owner: c.owner.clone(),

@@ -190,6 +190,11 @@ pub struct ServeArgs {
     /// limit.
     #[arg(long, env = "DEVCTL_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Streams (logs -f, exec, events and stats watches, audit listings) one
+    /// identity may have open at once; one more is RESOURCE_EXHAUSTED. 0: no
+    /// cap.
+    #[arg(long, env = "DEVCTL_MAX_STREAMS_PER_IDENTITY", default_value_t = 32)]
+    pub max_streams_per_identity: usize,
     /// Validity of the agent certificates this scheduler signs (agents
     /// renew them before they run out).
     #[arg(long, env = "DEVCTL_AGENT_CERT_TTL", default_value = "30d", value_parser = humantime::parse_duration)]

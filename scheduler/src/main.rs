@@ -145,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 audit_retention: args.audit_retention,
                 audit_max_bytes: args.audit_max_size,
                 rate_limit: Limit::new(args.rate_limit, args.rate_burst),
+                max_streams_per_identity: args.max_streams_per_identity,
                 certs: CertPolicy {
                     agent_ttl: args.agent_cert_ttl,
                     user_ttl: args.user_cert_ttl,

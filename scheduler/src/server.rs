@@ -10,6 +10,7 @@ use devctl_proto::pb::{
     event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
     log_service_server::LogServiceServer, stats_service_server::StatsServiceServer,
 };
+use devctl_proto::validate::limits::MAX_MESSAGE_BYTES;
 use thiserror::Error;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
@@ -62,6 +63,8 @@ pub struct ServeConfig {
     pub audit_max_bytes: i64,
     /// The per-identity rate limit of API calls; `None`: unlimited.
     pub rate_limit: Option<crate::ratelimit::Limit>,
+    /// Streams one identity may have open at once; 0: no cap.
+    pub max_streams_per_identity: usize,
     /// Validity of the certificates it signs.
     pub certs: CertPolicy,
 }
@@ -97,7 +100,8 @@ pub async fn serve(
     let auth = Authenticator::new(
         ApiTokens::load(&store)?,
         Revocations::open(config.data_dir.revoked_file()),
-    );
+    )
+    .with_stream_cap(config.max_streams_per_identity);
     let ca = devctl_proto::pki::ClusterCa::load(&config.data_dir.ca_dir())
         .map_err(DataDirError::from)?;
     let enroll = EnrollApi::new(
@@ -197,6 +201,16 @@ pub async fn serve(
     };
     let (audit_sink, audit_writer) = AuditWriter::spawn(bus.clone());
     let limiter = config.rate_limit.map(RateLimiter::new);
+    // Each service refuses a message over the transport limit with
+    // OUT_OF_RANGE before decoding it, and is behind authentication.
+    macro_rules! authenticated {
+        ($server:ident, $api:expr) => {
+            tonic::service::interceptor::InterceptedService::new(
+                $server::new($api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+                authenticate.clone(),
+            )
+        };
+    }
     let result = Server::builder()
         .layer(AuditLayer::new(audit_sink, limiter))
         .tls_config(bundle.server_tls())
@@ -204,38 +218,25 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         // Authenticates by join token or certificate itself.
-        .add_service(EnrollServiceServer::new(enroll.clone()))
-        .add_service(TokenServiceServer::with_interceptor(
-            tokens,
-            authenticate.clone(),
+        .add_service(
+            EnrollServiceServer::new(enroll.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(authenticated!(TokenServiceServer, tokens))
+        .add_service(authenticated!(
+            ContainerServiceServer,
+            ContainerApi::new(cluster.clone())
         ))
-        .add_service(ContainerServiceServer::with_interceptor(
-            ContainerApi::new(cluster.clone()),
-            authenticate.clone(),
+        .add_service(authenticated!(
+            NodeServiceServer,
+            NodeApi::new(cluster.clone())
         ))
-        .add_service(NodeServiceServer::with_interceptor(
-            NodeApi::new(cluster.clone()),
-            authenticate.clone(),
-        ))
-        .add_service(EventServiceServer::with_interceptor(
-            streaming.clone(),
-            authenticate.clone(),
-        ))
-        .add_service(LogServiceServer::with_interceptor(
-            streaming.clone(),
-            authenticate.clone(),
-        ))
-        .add_service(ExecServiceServer::with_interceptor(
-            streaming.clone(),
-            authenticate.clone(),
-        ))
-        .add_service(StatsServiceServer::with_interceptor(
-            streaming.clone(),
-            authenticate.clone(),
-        ))
-        .add_service(AuditServiceServer::with_interceptor(
-            AuditApi::new(bus.clone(), streaming.clone()),
-            authenticate.clone(),
+        .add_service(authenticated!(EventServiceServer, streaming.clone()))
+        .add_service(authenticated!(LogServiceServer, streaming.clone()))
+        .add_service(authenticated!(ExecServiceServer, streaming.clone()))
+        .add_service(authenticated!(StatsServiceServer, streaming.clone()))
+        .add_service(authenticated!(
+            AuditServiceServer,
+            AuditApi::new(bus.clone(), streaming.clone())
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.

@@ -76,6 +76,35 @@ pub fn ensure_prerequisites() {
     });
 }
 
+/// The Python with grpcio: DEVCTL_PYTHON (deploy/test.sh sets it), else
+/// python3.
+pub fn python() -> String {
+    std::env::var("DEVCTL_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Generates Python client stubs from proto/ into `out` with grpcio-tools,
+/// as a team generating its own client would.
+pub fn generate_python_stubs(out: &Path) {
+    std::fs::create_dir_all(out).unwrap();
+    let protos: Vec<_> = std::fs::read_dir(repo_root().join("proto/devctl/v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
+        .collect();
+    let status = Command::new(python())
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", repo_root().join("proto").display()))
+        .arg(format!("--python_out={}", out.display()))
+        .arg(format!("--grpc_python_out={}", out.display()))
+        .args(&protos)
+        .status()
+        .expect("run python");
+    assert!(
+        status.success(),
+        "grpc_tools.protoc failed: run the suite with deploy/test.sh, which installs grpcio-tools (or set DEVCTL_PYTHON to a Python that has it)"
+    );
+}
+
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
@@ -662,6 +691,58 @@ impl TestCluster {
         );
     }
 
+    /// Starts the CLI with `args` as `tls`'s identity, in the background,
+    /// its output going to `log`.
+    pub fn spawn_devctl_as(&self, tls: &Path, args: &[&str], log: PathBuf) -> Proc {
+        let mut cmd = Command::new(bin("devctl"));
+        cmd.args(args)
+            .env("DEVCTL_SERVER", &self.server)
+            .env("DEVCTL_TLS_DIR", tls)
+            .env("DEVCTL_CONFIG", self.scratch().join("no-config.toml"));
+        Proc::spawn(&format!("devctl {}", args.join(" ")), cmd, log).unwrap()
+    }
+
+    /// Creates `name` as `tls`'s identity, running a shell loop that
+    /// prints `tick` five times a second (something for `logs -f` to show).
+    pub fn create_ticker_as(&self, tls: &Path, name: &str) {
+        self.devctl_as(
+            tls,
+            &[
+                "create",
+                name,
+                "--image",
+                IMAGE,
+                "--",
+                "sh",
+                "-c",
+                "while true; do echo tick; sleep 0.2; done",
+            ],
+        )
+        .ok();
+    }
+
+    /// Starts `devctl logs -f NAME` as `tls`'s identity and waits until
+    /// its output holds `marker`: the stream is open. Returns the process
+    /// and its log file.
+    pub fn follow_logs_as(
+        &self,
+        tls: &Path,
+        name: &str,
+        marker: &str,
+        within: Duration,
+    ) -> (Proc, PathBuf) {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = self.scratch().join(format!("follow-{name}-{n}.log"));
+        let follow = self.spawn_devctl_as(tls, &["logs", "-f", name], log.clone());
+        wait_until("logs -f to stream", within, || {
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|l| l.contains(marker))
+        });
+        (follow, log)
+    }
+
     /// Runs the CLI with no credentials but `env` (e.g. `DEVCTL_CONFIG`
     /// for a context made by `devctl login`, or `DEVCTL_API_TOKEN`).
     /// `DEVCTL_SERVER` is not set unless `env` sets it.
@@ -698,6 +779,22 @@ impl TestCluster {
             all.extend(docker_inspect_by_label(&format!("io.devctl.node={node}")));
         }
         all
+    }
+
+    /// The devctl names of this cluster's engine containers, sorted.
+    pub fn engine_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .engine_containers()
+            .iter()
+            .map(|e| {
+                e["Config"]["Labels"]["io.devctl.name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        names
     }
 
     /// The engine container for devctl container `name` of this cluster, if

@@ -2,7 +2,7 @@
 //! their own containers (another's is PERMISSION_DENIED), a viewer reads
 //! everything and changes nothing, an admin acts for anyone.
 
-use devctl_tests::{IMAGE, TestCluster};
+use devctl_tests::{IMAGE, TestCluster, wait_until};
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -179,4 +179,66 @@ fn quotas_per_role_and_user_refuse_creates_with_the_numbers() {
         ["a1", "a2", "a3", "b1", "b3", "x1", "x2", "x3"]
     );
     assert_eq!(c.engine_containers().len(), 8);
+}
+
+#[test]
+fn environment_values_are_shown_only_to_the_owner_and_admins() {
+    let c = TestCluster::start(&["a"]);
+    let bob = c.issue_cert("bob", "developer");
+    let viewer = c.issue_cert("vera", "viewer");
+    c.devctl_as(
+        &bob,
+        &[
+            "create",
+            "b-box",
+            "--image",
+            IMAGE,
+            "--env",
+            "DB_PASSWORD=hunter2",
+        ],
+    )
+    .ok();
+    for (who, tls) in [("bob", &bob), ("admin", &c.admin_tls())] {
+        let got = c.devctl_as(tls, &["get", "b-box", "-o", "json"]).json();
+        assert_eq!(got["env"]["DB_PASSWORD"], "hunter2", "{who}: {got}");
+        assert!(got.get("env_redacted").is_none(), "{who}: {got}");
+    }
+    // The viewer reads the container, the keys, and not one value.
+    let got = c.devctl_as(&viewer, &["get", "b-box", "-o", "json"]);
+    let shown = got.ok().stdout;
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let got: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(got["env"]["DB_PASSWORD"], "", "{got}");
+    assert_eq!(got["env_redacted"], true, "{got}");
+    let listed = c.devctl_as(&viewer, &["ls", "-o", "json"]).ok().stdout;
+    assert!(!listed.contains("hunter2"), "{listed}");
+    assert!(listed.contains("DB_PASSWORD"), "{listed}");
+}
+
+#[test]
+fn open_streams_are_capped_per_identity() {
+    let c = TestCluster::start_opts(&["a"], &[], &["--max-streams-per-identity", "2"]).unwrap();
+    let alice = c.issue_cert("alice", "developer");
+    c.create_ticker_as(&alice, "ticker");
+    let within = std::time::Duration::from_secs(20);
+    let (first, _) = c.follow_logs_as(&alice, "ticker", "tick", within);
+    let (_second, _) = c.follow_logs_as(&alice, "ticker", "tick", within);
+    // A third is refused, naming the cap; nothing else of alice's is.
+    let err = c.devctl_as(&alice, &["logs", "-f", "ticker"]).err();
+    assert!(err.contains("ResourceExhausted"), "{err}");
+    assert!(err.contains("--max-streams-per-identity 2"), "{err}");
+    let err = c.devctl_as(&alice, &["exec", "ticker", "--", "true"]).err();
+    assert!(err.contains("ResourceExhausted"), "{err}");
+    c.devctl_as(&alice, &["get", "ticker"]).ok();
+    // The cap is per identity: an admin still streams.
+    let (_admins, _) = c.follow_logs_as(&c.admin_tls(), "ticker", "tick", within);
+    // A stream that ends frees its place (once the server sees the client
+    // gone).
+    drop(first);
+    wait_until("a place for alice's next stream", within, || {
+        c.devctl_as(&alice, &["exec", "ticker", "--", "true"])
+            .status
+            .success()
+            .then_some(())
+    });
 }

@@ -3,38 +3,10 @@
 //! certificate), refused after revocation, and no credentials at all is
 //! UNAUTHENTICATED.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
-use devctl_tests::{IMAGE, TestCluster, repo_root};
+use devctl_tests::{IMAGE, TestCluster, generate_python_stubs as generate, python, repo_root};
 use serde_json::Value;
-
-/// The Python with grpcio: DEVCTL_PYTHON (deploy/test.sh sets it), else
-/// python3.
-fn python() -> String {
-    std::env::var("DEVCTL_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Generates the Python stubs from proto/ into `out`.
-fn generate(out: &Path) {
-    std::fs::create_dir_all(out).unwrap();
-    let protos: Vec<_> = std::fs::read_dir(repo_root().join("proto/devctl/v1"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
-        .collect();
-    let status = Command::new(python())
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", repo_root().join("proto").display()))
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .args(&protos)
-        .status()
-        .expect("run python");
-    assert!(
-        status.success(),
-        "grpc_tools.protoc failed: run the suite with deploy/test.sh, which installs grpcio-tools (or set DEVCTL_PYTHON to a Python that has it)"
-    );
-}
 
 struct Py<'a> {
     c: &'a TestCluster,

@@ -193,42 +193,11 @@ fn expired_foreign_and_misnamed_tokens_are_refused() {
 
 /// Creates `name`, printing "tick" five times a second, as `tls`'s identity.
 fn create_ticker(c: &TestCluster, tls: &Path, name: &str) {
-    c.devctl_as(
-        tls,
-        &[
-            "create",
-            name,
-            "--image",
-            IMAGE,
-            "--",
-            "sh",
-            "-c",
-            "while true; do echo tick; sleep 0.2; done",
-        ],
-    )
-    .ok();
+    c.create_ticker_as(tls, name);
 }
 
-/// Starts `devctl logs -f NAME` as `tls`'s identity and waits for output:
-/// the stream is open. Returns the process and its log file.
 fn follow_logs(c: &TestCluster, tls: &Path, name: &str, within: Duration) -> (Proc, PathBuf) {
-    let log = c.scratch().join(format!("follow-{name}.log"));
-    let follow = spawn_devctl(c, tls, &["logs", "-f", name], log.clone());
-    wait_until("logs -f to stream", within, || {
-        std::fs::read_to_string(&log)
-            .ok()
-            .filter(|l| l.contains("tick"))
-    });
-    (follow, log)
-}
-
-fn spawn_devctl(c: &TestCluster, tls: &Path, args: &[&str], log: PathBuf) -> Proc {
-    let mut cmd = Command::new(bin("devctl"));
-    cmd.args(args)
-        .env("DEVCTL_SERVER", &c.server)
-        .env("DEVCTL_TLS_DIR", tls)
-        .env("DEVCTL_CONFIG", c.scratch().join("no-config.toml"));
-    Proc::spawn("devctl logs -f", cmd, log).unwrap()
+    c.follow_logs_as(tls, name, "tick", within)
 }
 
 #[test]

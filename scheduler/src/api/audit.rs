@@ -125,9 +125,19 @@ impl Call {
 
     /// Records what the call acts on (a container or node name).
     pub fn target(&self, name: &str) {
-        self.state().target = name.to_string();
+        // What a caller sent, not yet validated: only as much as a name
+        // can be (a longer one is refused anyway).
+        let mut end = name.len().min(MAX_TARGET_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.state().target = name[..end].to_string();
     }
 }
+
+/// The most of a call's target the audit log keeps (the longest name
+/// any call takes: a DNS subdomain).
+const MAX_TARGET_LEN: usize = 253;
 
 /// The call slot of `req`, if the audit layer is in place.
 pub fn call<T>(req: &Request<T>) -> Option<Call> {
@@ -610,6 +620,10 @@ impl audit_service_server::AuditService for AuditApi {
         target(&req, &req.get_ref().identity);
         must_be_admin(&id, "ListAuditEntries")?;
         let r = req.into_inner();
+        if !r.identity.is_empty() {
+            devctl_proto::validate::dns_label("identity", &r.identity)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let since = r
             .since
             .map(SystemTime::try_from)
@@ -623,7 +637,7 @@ impl audit_service_server::AuditService for AuditApi {
         let (tx, rx) = mpsc::channel(64);
         // Like every stream: it ends when its caller's credential is revoked
         // or expires, not only at shutdown.
-        let session = self.streams.session(&id);
+        let session = self.streams.session(&id)?;
         let stop = session.stop().clone();
         self.streams.streams.spawn(async move {
             loop {

@@ -53,6 +53,16 @@ impl Authenticator {
         }
     }
 
+    /// Caps the streams one identity may have open at once (0: no cap).
+    /// Only while nothing else holds the authenticator.
+    pub fn with_stream_cap(mut self, cap: usize) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_stream_cap is called before the authenticator is shared")
+            .sessions
+            .cap = cap;
+        self
+    }
+
     /// The API tokens.
     pub fn tokens(&self) -> &ApiTokens {
         &self.inner.tokens
@@ -60,13 +70,18 @@ impl Authenticator {
 
     /// Registers a stream of `identity` that ends at `server_stop` or when
     /// the identity's credential is revoked (also if that happened between
-    /// the call's authentication and now).
-    pub fn open_session(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
-        let session = self.inner.sessions.open(identity, server_stop);
+    /// the call's authentication and now). Refused with RESOURCE_EXHAUSTED
+    /// when the identity has as many streams open as the cap allows.
+    pub fn open_session(
+        &self,
+        identity: &Identity,
+        server_stop: &CancellationToken,
+    ) -> Result<Session, Status> {
+        let session = self.inner.sessions.open(identity, server_stop)?;
         if self.is_revoked(identity) {
             session.stop.cancel();
         }
-        session
+        Ok(session)
     }
 
     /// The interceptor: stores the caller's identity in the request.
@@ -184,6 +199,8 @@ impl Authenticator {
 /// The open streams by identity, so revocation can end them.
 #[derive(Debug, Default)]
 pub struct Sessions {
+    /// Streams one identity (by name) may have open; 0: no cap.
+    cap: usize,
     next: AtomicU64,
     // std lock: held to insert, remove or scan, never across an await.
     open: Arc<Mutex<HashMap<u64, (Identity, CancellationToken)>>>,
@@ -231,19 +248,35 @@ impl Drop for Session {
 
 impl Sessions {
     /// Registers a stream of `identity` that also ends with `server_stop`.
-    fn open(&self, identity: &Identity, server_stop: &CancellationToken) -> Session {
+    fn open(
+        &self,
+        identity: &Identity,
+        server_stop: &CancellationToken,
+    ) -> Result<Session, Status> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let stop = server_stop.child_token();
-        self.open
-            .lock()
-            .expect("sessions lock")
-            .insert(id, (identity.clone(), stop.clone()));
-        Session {
+        {
+            let mut open = self.open.lock().expect("sessions lock");
+            if self.cap > 0 {
+                let mine = open
+                    .values()
+                    .filter(|(i, _)| i.name == identity.name)
+                    .count();
+                if mine >= self.cap {
+                    return Err(Status::resource_exhausted(format!(
+                        "{identity} has {mine} streams open, the most one identity may (--max-streams-per-identity {}); close one (logs -f, exec, events -f, stats -w) and retry",
+                        self.cap
+                    )));
+                }
+            }
+            open.insert(id, (identity.clone(), stop.clone()));
+        }
+        Ok(Session {
             id,
             stop,
             server_stop: server_stop.clone(),
             open: Arc::clone(&self.open),
-        }
+        })
     }
 
     /// Ends every stream whose identity `revoked` says so.
@@ -339,6 +372,17 @@ pub fn may_see(id: &Identity, method: &str, c: &pb::Container) -> Result<(), Sta
     } else {
         Err(not_yours(id, method, c))
     }
+}
+
+/// `c` as `id` may read it: environment values (often secrets) only for its
+/// owner and admins; anyone else gets the keys with empty values.
+pub fn redacted(id: &Identity, mut c: pb::Container) -> pb::Container {
+    let may_read_values = id.role == Role::Admin || id.name == c.owner;
+    if !may_read_values && !c.env.is_empty() {
+        c.env.values_mut().for_each(String::clear);
+        c.env_redacted = true;
+    }
+    c
 }
 
 /// Refuses `id` changing container `c`: read-only roles, and developers

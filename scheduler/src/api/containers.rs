@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status};
 
 use super::{
     audit,
-    auth::{Scope, caller, may_operate, may_see, may_write},
+    auth::{Scope, caller, may_operate, may_see, may_write, redacted},
 };
 use crate::{
     cluster::{Cluster, CreateOptions},
@@ -71,7 +71,7 @@ impl ContainerService for ContainerApi {
         audit::target(&req, &req.get_ref().name);
         let c = self.cluster.get(&req.get_ref().name)?;
         may_see(&id, "GetContainer", &c)?;
-        Ok(Response::new(c))
+        Ok(Response::new(redacted(&id, c)))
     }
 
     async fn list_containers(
@@ -91,7 +91,13 @@ impl ContainerService for ContainerApi {
             }
             r.owner = me;
         }
-        Ok(Response::new(self.cluster.list(&r)?))
+        let mut page = self.cluster.list(&r)?;
+        page.containers = page
+            .containers
+            .into_iter()
+            .map(|c| redacted(&id, c))
+            .collect();
+        Ok(Response::new(page))
     }
 
     async fn start_container(

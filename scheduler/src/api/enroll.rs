@@ -65,6 +65,8 @@ impl EnrollApi {
     }
 
     fn sign(&self, csr_pem: &str, name: &str, role: Role) -> Result<pb::IssuedCertificate, Status> {
+        validate::max_len("csr_pem", csr_pem, validate::limits::MAX_CSR_BYTES)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let signed = self
             .ca
             .sign_csr(csr_pem, name, role, self.policy.ttl(role))
@@ -150,6 +152,13 @@ impl EnrollService for EnrollApi {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         super::audit::target(&req, &req.get_ref().name);
         let r = req.get_ref();
+        for (field, value, max) in [
+            ("token", &r.token, validate::limits::MAX_TOKEN_LEN),
+            ("name", &r.name, validate::MAX_NAME_LEN),
+        ] {
+            validate::max_len(field, value, max)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
         let key = self.data_dir.join_key().map_err(|e| {
             tracing::error!(error = %e, "join key unreadable");
             Status::internal("the scheduler cannot read its join key")

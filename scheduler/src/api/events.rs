@@ -56,7 +56,7 @@ impl EventService for StreamApi {
         if !r.follow && reader.pending == 0 {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
-        let session = self.session(&id);
+        let session = self.session(&id)?;
         let stop = session.stop().clone();
         self.streams.spawn(async move {
             loop {

@@ -40,10 +40,12 @@ impl ExecService for StreamApi {
             call.target(&start.name);
         }
         may_operate(&id, "Exec", &self.cluster.get(&start.name)?)?;
+        // Before the node starts the command: a refused stream costs it
+        // nothing.
+        let revocable = self.session(&id)?;
         let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);
         let output_done = CancellationToken::new();
-        let revocable = self.session(&id);
 
         // Client -> agent: stdin, resizes; closing the send side closes stdin.
         let (stop, done) = (revocable.stop().clone(), output_done.clone());

@@ -26,10 +26,11 @@ impl LogService for StreamApi {
         audit::target(&req, &req.get_ref().name);
         let r = req.into_inner();
         may_see(&id, "StreamLogs", &self.cluster.get(&r.name)?)?;
+        // Before the node opens its end: a refused stream costs it nothing.
+        let session = self.session(&id)?;
         let reader = self.cluster.open_logs(&r.name, &r).await?;
         let mut stream = NodeStream::new(reader, self.cluster.clone());
         let (tx, rx) = mpsc::channel(BUFFER);
-        let session = self.session(&id);
         let stop = session.stop().clone();
         self.streams.spawn(async move {
             while let Some(next) = stream.next(&tx, &stop).await {

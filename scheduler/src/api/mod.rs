@@ -136,7 +136,7 @@ impl StreamApi {
 
     /// Registers a stream of `id`: it ends at shutdown or when `id`'s
     /// credential is revoked.
-    fn session(&self, id: &devctl_proto::identity::Identity) -> auth::Session {
+    fn session(&self, id: &devctl_proto::identity::Identity) -> Result<auth::Session, Status> {
         self.auth.open_session(id, &self.stop)
     }
 }

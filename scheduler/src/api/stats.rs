@@ -11,6 +11,18 @@ use super::{
     send_or_stop,
 };
 
+/// Checks the container names a stats request asks for.
+fn check_names(names: &[String]) -> Result<(), Status> {
+    use devctl_proto::validate;
+    validate::max_count("names", names.len(), validate::limits::MAX_NAMES)
+        .and_then(|()| {
+            names
+                .iter()
+                .try_for_each(|n| validate::dns_label("names", n))
+        })
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 #[tonic::async_trait]
 impl StatsService for StreamApi {
     type WatchStatsStream = ReceiverStream<Result<pb::StatsUpdate, Status>>;
@@ -20,6 +32,7 @@ impl StatsService for StreamApi {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let id = caller(&req)?;
+        check_names(&req.get_ref().names)?;
         let mut scope = ScopeFilter::new(&id);
         let mut stats = self.cluster.stats().get(&req.get_ref().names);
         // A developer sees their own containers' samples (and the nodes').
@@ -34,12 +47,13 @@ impl StatsService for StreamApi {
         req: Request<pb::WatchStatsRequest>,
     ) -> Result<Response<Self::WatchStatsStream>, Status> {
         let id = caller(&req)?;
+        check_names(&req.get_ref().names)?;
         let mut scope = ScopeFilter::new(&id);
         let cluster = self.cluster.clone();
         let r = req.into_inner();
         let mut updates = self.cluster.stats().subscribe();
         let (tx, rx) = mpsc::channel(256);
-        let session = self.session(&id);
+        let session = self.session(&id)?;
         let stop = session.stop().clone();
         self.streams.spawn(async move {
             loop {

@@ -28,7 +28,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use devctl_proto::{
     keyed::KeyedLocks,
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
-    validate::{self, InvalidField},
+    validate::{self, InvalidField, limits},
 };
 use thiserror::Error;
 use tokio_util::task::TaskTracker;
@@ -174,6 +174,9 @@ impl Default for Settings {
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Largest page.
 pub const MAX_PAGE_SIZE: usize = 1000;
+/// Encoded size after which a page ends (it may hold fewer containers than
+/// asked for, with `next_page_token` set).
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Smallest memory limit the engine accepts.
 pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
 /// Smallest CPU limit the engine accepts (0.01 CPU).
@@ -499,6 +502,7 @@ impl Cluster {
 
     /// One container, as recorded.
     fn record(&self, name: &str) -> Result<pb::Container, Error> {
+        validate::dns_label("name", name)?;
         self.store().container(name)?.ok_or_else(|| not_found(name))
     }
 
@@ -541,6 +545,12 @@ impl Cluster {
             0 => DEFAULT_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
+        validate::max_len("page_token", &req.page_token, limits::MAX_PAGE_TOKEN_LEN)?;
+        for (field, value) in [("node", &req.node), ("owner", &req.owner)] {
+            if !value.is_empty() {
+                validate::dns_label(field, value)?;
+            }
+        }
         let after = if req.page_token.is_empty() {
             None
         } else {
@@ -560,15 +570,28 @@ impl Cluster {
             node: (!req.node.is_empty()).then(|| req.node.clone()),
             owner: (!req.owner.is_empty()).then(|| req.owner.clone()),
         };
-        let (containers, more) = self
+        let (found, mut more) = self
             .store()
             .list_containers(after.as_deref(), size, &filter)?;
+        // A page stays well within a client's default message limit (4 MiB)
+        // whatever the containers carry: a full one ends early.
+        let mut containers = Vec::with_capacity(found.len());
+        let mut bytes = 0;
+        for c in found {
+            let c = self.decorate(c);
+            bytes += prost::Message::encoded_len(&c);
+            if bytes > MAX_PAGE_BYTES && !containers.is_empty() {
+                more = true;
+                break;
+            }
+            containers.push(c);
+        }
         let next_page_token = match (more, containers.last()) {
             (true, Some(last)) => URL_SAFE_NO_PAD.encode(last.name.as_bytes()),
             _ => String::new(),
         };
         Ok(pb::ListContainersResponse {
-            containers: containers.into_iter().map(|c| self.decorate(c)).collect(),
+            containers,
             next_page_token,
         })
     }
@@ -1115,6 +1138,28 @@ impl Cluster {
         if start.command.is_empty() {
             return Err(InvalidField::new("start.command", "is required (e.g. [\"sh\"])").into());
         }
+        validate::max_count("start.command", start.command.len(), limits::MAX_ARGS)?;
+        validate::max_count("start.env", start.env.len(), limits::MAX_ENV)?;
+        validate::max_len("start.workdir", &start.workdir, limits::MAX_PATH_LEN)?;
+        if start.workdir.contains('\0') {
+            return Err(InvalidField::new("start.workdir", "must not contain NUL").into());
+        }
+        let total: usize = start
+            .command
+            .iter()
+            .chain(&start.env)
+            .map(String::len)
+            .sum();
+        if total > limits::MAX_SPEC_BYTES {
+            return Err(InvalidField::new(
+                "start",
+                format!(
+                    "command and env add up to {total} bytes; at most {} are allowed (send large input on stdin)",
+                    limits::MAX_SPEC_BYTES
+                ),
+            )
+            .into());
+        }
         if start
             .command
             .iter()
@@ -1518,6 +1563,7 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
             "is required (e.g. devctl/busybox:latest)",
         ));
     }
+    validate::max_len("container.image", &spec.image, limits::MAX_IMAGE_LEN)?;
     if spec
         .image
         .chars()
@@ -1535,40 +1581,66 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
         validate::dns_label("container.node", &spec.node)?;
     }
     let r = spec.resources.unwrap_or_default();
-    if r.milli_cpus < 0 || (r.milli_cpus > 0 && r.milli_cpus < MIN_MILLI_CPUS) {
+    if r.milli_cpus < 0
+        || (r.milli_cpus > 0 && r.milli_cpus < MIN_MILLI_CPUS)
+        || r.milli_cpus > limits::MAX_MILLI_CPUS
+    {
         return Err(InvalidField::new(
             "container.resources.milli_cpus",
             format!(
-                "{} is out of range; use 0 (no limit) or at least {MIN_MILLI_CPUS} (0.01 CPU)",
-                r.milli_cpus
+                "{} is out of range; use 0 (no limit) or {MIN_MILLI_CPUS} (0.01 CPU) to {} ({} CPUs)",
+                r.milli_cpus,
+                limits::MAX_MILLI_CPUS,
+                limits::MAX_MILLI_CPUS / 1000
             ),
         ));
     }
-    if r.memory_bytes < 0 || (r.memory_bytes > 0 && r.memory_bytes < MIN_MEMORY_BYTES) {
+    if r.memory_bytes < 0
+        || (r.memory_bytes > 0 && r.memory_bytes < MIN_MEMORY_BYTES)
+        || r.memory_bytes > limits::MAX_MEMORY_BYTES
+    {
         return Err(InvalidField::new(
             "container.resources.memory_bytes",
             format!(
-                "{} is out of range; use 0 (no limit) or at least {MIN_MEMORY_BYTES} (6 MiB)",
-                r.memory_bytes
+                "{} is out of range; use 0 (no limit) or {MIN_MEMORY_BYTES} (6 MiB) to {} (1 PiB)",
+                r.memory_bytes,
+                limits::MAX_MEMORY_BYTES
             ),
         ));
     }
-    for k in spec.env.keys() {
+    validate::max_count("container.command", spec.command.len(), limits::MAX_ARGS)?;
+    validate::max_count("container.env", spec.env.len(), limits::MAX_ENV)?;
+    validate::max_count("container.labels", spec.labels.len(), limits::MAX_LABELS)?;
+    validate::max_count(
+        "container.constraints",
+        spec.constraints.len(),
+        limits::MAX_CONSTRAINTS,
+    )?;
+    for (k, v) in &spec.env {
         validate::env_key("container.env", k)?;
+        validate::max_len(&format!("container.env[{k:?}]"), v, limits::MAX_SPEC_BYTES)?;
     }
-    for (k, v) in spec.env.iter().chain(spec.labels.iter()) {
-        if v.contains('\0') {
-            return Err(InvalidField::new(
-                format!("value of {k:?}"),
-                "must not contain NUL",
-            ));
+    for (field, map) in [
+        ("container.env", &spec.env),
+        ("container.labels", &spec.labels),
+    ] {
+        for (k, v) in map {
+            if v.contains('\0') {
+                return Err(InvalidField::new(
+                    format!("{field}[{k:?}]"),
+                    "must not contain NUL",
+                ));
+            }
         }
     }
-    for k in spec.labels.keys() {
-        validate::label_key("container.labels", k)?;
-    }
-    for k in spec.constraints.keys() {
-        validate::label_key("container.constraints", k)?;
+    for (field, map) in [
+        ("container.labels", &spec.labels),
+        ("container.constraints", &spec.constraints),
+    ] {
+        for (k, v) in map {
+            validate::label_key(field, k)?;
+            validate::label_value(field, k, v)?;
+        }
     }
     if let Some(h) = &spec.health_check {
         let field = "container.health_check.command";
@@ -1578,21 +1650,34 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
                 "is required (e.g. [\"pg_isready\", \"-q\"], or [\"sh\", \"-c\", \"...\"])",
             ));
         }
+        validate::max_count(field, h.command.len(), limits::MAX_ARGS)?;
         if h.command.iter().any(|a| a.contains('\0')) {
             return Err(InvalidField::new(field, "arguments must not contain NUL"));
         }
-        for (name, value) in [
-            ("interval_seconds", h.interval_seconds),
-            ("retries", h.retries),
-            ("timeout_seconds", h.timeout_seconds),
-            ("start_period_seconds", h.start_period_seconds),
+        for (name, value, max) in [
+            (
+                "interval_seconds",
+                h.interval_seconds,
+                limits::MAX_HEALTH_SECONDS,
+            ),
+            ("retries", h.retries, limits::MAX_HEALTH_RETRIES),
+            (
+                "timeout_seconds",
+                h.timeout_seconds,
+                limits::MAX_HEALTH_SECONDS,
+            ),
+            (
+                "start_period_seconds",
+                h.start_period_seconds,
+                limits::MAX_HEALTH_SECONDS,
+            ),
         ] {
-            if value < 0 {
-                return Err(InvalidField::new(
-                    format!("container.health_check.{name}"),
-                    format!("{value} is negative; use 0 for the default or a positive number"),
-                ));
-            }
+            validate::in_range(
+                &format!("container.health_check.{name}"),
+                value,
+                max,
+                " (0: the default)",
+            )?;
         }
     }
     if spec.ttl_seconds.is_some_and(|t| t < 0) {
@@ -1605,6 +1690,28 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
         return Err(InvalidField::new(
             "container.command",
             "arguments must not contain NUL",
+        ));
+    }
+    let strings = |v: &[String]| v.iter().map(String::len).sum::<usize>();
+    let map = |m: &std::collections::HashMap<String, String>| {
+        m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    };
+    let total = strings(&spec.command)
+        + map(&spec.env)
+        + map(&spec.labels)
+        + map(&spec.constraints)
+        + spec
+            .health_check
+            .as_ref()
+            .map_or(0, |h| strings(&h.command));
+    if total > limits::MAX_SPEC_BYTES {
+        return Err(InvalidField::new(
+            "container",
+            format!(
+                "command, env, labels, constraints and health check add up to {total} bytes; at most {} ({} KiB) are allowed (put large data in a file in the image or a workspace)",
+                limits::MAX_SPEC_BYTES,
+                limits::MAX_SPEC_BYTES / 1024
+            ),
         ));
     }
     Ok(())
@@ -1677,6 +1784,58 @@ mod tests {
             (
                 Box::new(|s| s.ttl_seconds = Some(-5)),
                 "container.ttl_seconds",
+            ),
+            (
+                Box::new(|s| {
+                    for i in 0..10_000 {
+                        s.labels.insert(format!("l{i}"), "x".into());
+                    }
+                }),
+                "container.labels",
+            ),
+            (
+                Box::new(|s| s.command = vec!["x".into(); 100_000]),
+                "container.command",
+            ),
+            (
+                Box::new(|s| {
+                    s.env.insert("BIG".into(), "x".repeat(1 << 20));
+                }),
+                "container.env[\"BIG\"]",
+            ),
+            (
+                Box::new(|s| {
+                    for i in 0..5 {
+                        s.env.insert(format!("V{i}"), "x".repeat(60 * 1024));
+                    }
+                }),
+                "container",
+            ),
+            (
+                Box::new(|s| {
+                    s.labels.insert("team".into(), "a b".into());
+                }),
+                "container.labels[\"team\"]",
+            ),
+            (Box::new(|s| s.image = "x".repeat(600)), "container.image"),
+            (
+                Box::new(|s| {
+                    s.resources = Some(pb::Resources {
+                        milli_cpus: i64::MAX,
+                        memory_bytes: 0,
+                    })
+                }),
+                "container.resources.milli_cpus",
+            ),
+            (
+                Box::new(|s| {
+                    s.health_check = Some(pb::HealthCheck {
+                        command: vec!["true".into()],
+                        interval_seconds: i32::MAX,
+                        ..Default::default()
+                    })
+                }),
+                "container.health_check.interval_seconds",
             ),
         ];
         for (mutate, field) in cases {
