@@ -7,7 +7,8 @@
 //!   module that speaks NATS.
 //! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
 //!   that speaks Docker.
-//! - [`dispatch`]: one command in, runtime calls, one reply out.
+//! - [`dispatch`]: one command in, runtime calls, one reply out;
+//!   [`limit`]: the bound on engine operations run at once.
 //! - [`run`]: the agent's main loop.
 //!
 //! ```text
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dispatch;
 pub mod host;
 pub mod join;
+pub mod limit;
 pub mod renew;
 pub mod runtime;
 pub mod stats;
@@ -167,7 +169,10 @@ pub async fn serve<R: ContainerRuntime>(
     // Listen before announcing ourselves: the scheduler asks for our
     // inventory as soon as it hears the first heartbeat.
     let mut commands = bus.commands().await?;
-    let dispatcher = Arc::new(Dispatcher::new(runtime));
+    let dispatcher = Arc::new(
+        Dispatcher::new(runtime, limit::EngineLimit::new(config.max_engine_ops))
+            .with_settle(config.create_settle),
+    );
     let stop_heartbeats = CancellationToken::new();
     let stream_count = bus::StreamCount::default();
     let heartbeats = tokio::spawn(
@@ -347,6 +352,9 @@ async fn serve_stream(
         .await;
     done.cancel();
     let _ = feeder.await;
+    // The session ended (the command exited, or its reader cancelled, fell
+    // silent or the agent is stopping): nothing of it may keep running.
+    control.end().await;
 }
 
 /// Writes an exec's input to its stdin and applies resizes, until `done`.

@@ -440,9 +440,16 @@ impl Cluster {
         match self.send_raw(&record.node, command, 0).await {
             Ok(Reply::Status(status)) => {
                 apply_status(&mut record, &status);
+                // The agent answers once the container stayed up briefly: a
+                // command that exits at once comes back stopped.
+                if record.state != pb::ContainerState::Running as i32 {
+                    record.last_error = exited_at_once(&record);
+                    tracing::warn!(name = %record.name, node = %record.node, exit_code = ?record.exit_code, "container exited right after it started");
+                } else {
+                    tracing::info!(name = %record.name, node = %record.node, "container running");
+                }
                 self.store().update_container(record.clone()).await?;
                 self.shared.activity.touch(&record.name, SystemTime::now());
-                tracing::info!(name = %record.name, node = %record.node, "container running");
                 Ok(self.decorate(record))
             }
             // Any refusal but ENGINE guarantees the agent left nothing behind
@@ -1464,6 +1471,17 @@ fn after_lifecycle(
             }
         }
     }
+}
+
+/// What a container whose command exited right after its start says.
+fn exited_at_once(c: &pb::Container) -> String {
+    let code = c
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    format!(
+        "the command exited right after it started (exit code {code}); see `devctl logs {}`",
+        c.name
+    )
 }
 
 /// Copies what an agent observed into the record.
