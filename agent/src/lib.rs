@@ -357,7 +357,9 @@ async fn serve_stream(
     control.end().await;
 }
 
-/// Writes an exec's input to its stdin and applies resizes, until `done`.
+/// Writes an exec's input to its stdin and applies resizes, until `done`;
+/// answers each input message once carried out (back-pressure: the
+/// scheduler sends the next only then).
 async fn feed_exec_input(
     mut input: bus::ExecInput,
     parts: dispatch::ExecParts,
@@ -401,6 +403,7 @@ async fn feed_exec_input(
             }
             _ => {}
         }
+        input.done().await;
     }
 }
 

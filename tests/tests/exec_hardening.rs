@@ -102,6 +102,66 @@ fn a_fast_pipe_reaches_the_command_whole() {
     );
 }
 
+#[test]
+fn input_waits_for_a_command_that_does_not_read_it() {
+    const TOTAL: usize = 64 << 20;
+    const BOUND: usize = 16 << 20;
+    let c = TestCluster::start(&["a"]);
+    let created = c
+        .devctl(&["create", "box", "--image", IMAGE, "-o", "json"])
+        .json();
+    let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
+    // Reads its stdin only once /tmp/go exists.
+    let script = "while [ ! -e /tmp/go ]; do sleep 0.1; done; wc -c";
+    let mut cli = Command::new(bin("devctl"))
+        .args(["exec", "box", "--", "sh", "-c", script])
+        .env("DEVCTL_SERVER", &c.server)
+        .env("DEVCTL_TLS_DIR", c.admin_tls())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = cli.stdin.take().unwrap();
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = std::sync::Arc::clone(&written);
+    let writer = std::thread::spawn(move || {
+        let piece = vec![7u8; 64 << 10];
+        for _ in 0..TOTAL / piece.len() {
+            w.write_all(&piece)?;
+            progress.fetch_add(piece.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    // While the command reads nothing, the writer is held back: input is
+    // not piled up in the scheduler or agent on its behalf.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(3) {
+        let n = written.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            n < BOUND,
+            "{n} bytes were taken from the writer while the command read nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let go = Command::new("docker")
+        .args(["exec", &runtime_id, "touch", "/tmp/go"])
+        .status()
+        .unwrap();
+    assert!(go.success());
+    let out = cli.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        TOTAL.to_string()
+    );
+}
+
 /// The path of the pseudo-terminal device open as `fd`.
 fn tty_path(fd: &impl AsRawFd) -> String {
     std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))

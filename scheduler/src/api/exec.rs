@@ -74,7 +74,12 @@ impl ExecService for StreamApi {
                 for piece in pieces {
                     ended |= matches!(piece, Input::CloseStdin(_));
                     let msg = pb::ExecInput { input: Some(piece) };
-                    ended |= input.send(msg).await.is_err();
+                    // The agent answers once the command took the input.
+                    ended |= tokio::select! {
+                        _ = stop.cancelled() => true,
+                        _ = done.cancelled() => true,
+                        sent = input.send(msg) => sent.is_err(),
+                    };
                 }
                 if ended {
                     break;
