@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_CREATE_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub create_settle: Duration,
 
+    /// Engine events waiting to be stored on the bus; beyond that they are
+    /// dropped (the engine's event stream is never left unread) and the
+    /// scheduler is asked to re-read this node's inventory.
+    #[arg(long, env = "DEVCTL_EVENT_QUEUE", default_value_t = 4096)]
+    pub event_queue: usize,
+
     /// Output kept per container: size of one log file (json-file engines).
     #[arg(long, env = "DEVCTL_LOG_MAX_SIZE", default_value = "64m")]
     pub log_max_size: String,

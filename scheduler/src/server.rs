@@ -333,7 +333,9 @@ async fn engine_event_loop(
         let handled = match &msg.event {
             Ok(ev)
                 if validate::dns_label("node", &ev.node).is_ok()
-                    && validate::dns_label("name", &ev.name).is_ok() =>
+                    // A resync is about the node, not one container.
+                    && (ev.action == devctl_proto::bus::RESYNC_ACTION
+                        || validate::dns_label("name", &ev.name).is_ok()) =>
             {
                 cluster.engine_event(ev).await
             }

@@ -135,3 +135,56 @@ fn a_command_that_exits_at_once_is_not_reported_running() {
     assert_eq!(up["state"], "running", "{up}");
     assert_eq!(up["last_error"].as_str().unwrap_or_default(), "", "{up}");
 }
+
+fn docker(args: &[&str]) {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dropped_engine_events_resync_the_node_and_are_recorded() {
+    // A queue of one event: any burst while the bus stalls overflows it.
+    let c = TestCluster::start_with(&["a"], &["--event-queue", "1"]).expect("cluster");
+    let created = c
+        .devctl(&["create", "box", "--image", IMAGE, "-o", "json"])
+        .json();
+    let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
+
+    // The bus stalls: the agent's publishes wait for their acknowledgement
+    // while the engine's events go on (changes made outside devctl).
+    c.nats.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    for _ in 0..3 {
+        docker(&["stop", "-t", "0", &runtime_id]);
+        docker(&["start", &runtime_id]);
+    }
+    docker(&["stop", "-t", "0", &runtime_id]);
+    c.nats.proc.signal(nix::sys::signal::Signal::SIGCONT);
+
+    let resync = wait_until("a resync in the history", Duration::from_secs(45), || {
+        c.events(&[])
+            .into_iter()
+            .find(|e| e["type"] == "node.resynced" && e["reason"] == "events_dropped_resync")
+    });
+    assert_eq!(resync["node"], c.node("a").as_str(), "{resync}");
+    // The record follows the engine again.
+    wait_until(
+        "the record to match the engine",
+        Duration::from_secs(30),
+        || {
+            let engine = c.engine_container("box")?;
+            let want = if devctl_tests::engine_status(&engine) == "running" {
+                "running"
+            } else {
+                "stopped"
+            };
+            (c.devctl(&["get", "box", "-o", "json"]).json()["state"] == want).then_some(())
+        },
+    );
+}

@@ -772,6 +772,7 @@ fn engine_event(node: &str, msg: EventMessage) -> Option<pb::EngineEvent> {
             nanos: nanos.rem_euclid(1_000_000_000) as i32,
         }),
         action,
+        dropped: 0,
     })
 }
 

@@ -979,6 +979,9 @@ impl Cluster {
     /// observed state. Idempotent (a redelivered event changes nothing
     /// more and is de-duplicated in the history).
     pub async fn engine_event(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+        if ev.action == devctl_proto::bus::RESYNC_ACTION {
+            return self.resync(ev).await;
+        }
         let intent = self.shared.intents.get(&ev.id);
         if ev.action == "oom" {
             self.shared.intents.oom(&ev.id);
@@ -1000,6 +1003,25 @@ impl Cluster {
                 .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The node's agent dropped engine events: re-read its inventory (the
+    /// records follow the engine again) and say so in the history.
+    async fn resync(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+        tracing::warn!(node = %ev.node, dropped = ev.dropped, "the node's agent dropped engine events; re-reading its inventory");
+        self.sync_inventory(&ev.node).await?;
+        let mut event = events::node_event(
+            &ev.node,
+            pb::EventType::NodeResynced,
+            devctl_proto::bus::RESYNC_REASON,
+        );
+        event.message = format!(
+            "node {} dropped {} engine events (its agent could not store them in time); its inventory was re-read, and changes in that time may be missing from the history",
+            ev.node, ev.dropped
+        );
+        self.emit(event, format!("engine-{}", ev.event_id))
+            .await
+            .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))
     }
 
     /// Brings `name`'s record in line with its engine after a change devctl
