@@ -4,14 +4,13 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Write,
     os::{fd::AsRawFd, unix::process::CommandExt},
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
+use devctl_tests::{IMAGE, TestCluster, read_in_background, wait_until};
 use nix::pty::{Winsize, openpty};
 
 /// The processes of engine container `runtime_id`, as `docker top` lists them.
@@ -42,10 +41,9 @@ fn a_cancelled_exec_leaves_no_process_in_the_container() {
             args.push("-t");
         }
         args.extend(["box", "--", "sleep", "1000"]);
-        let mut cli = Command::new(bin("devctl"))
+        let mut cli = c
+            .devctl_command()
             .args(&args)
-            .env("DEVCTL_SERVER", &c.server)
-            .env("DEVCTL_TLS_DIR", c.admin_tls())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -78,10 +76,9 @@ fn a_fast_pipe_reaches_the_command_whole() {
     c.devctl(&["create", "box", "--image", IMAGE]).ok();
     // 16 MiB, as fast as the pipe takes it.
     let data: Vec<u8> = (0..16u32 << 20).map(|i| (i % 253) as u8).collect();
-    let mut cli = Command::new(bin("devctl"))
+    let mut cli = c
+        .devctl_command()
         .args(["exec", "box", "--", "wc", "-c"])
-        .env("DEVCTL_SERVER", &c.server)
-        .env("DEVCTL_TLS_DIR", c.admin_tls())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,10 +110,9 @@ fn input_waits_for_a_command_that_does_not_read_it() {
     let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
     // Reads its stdin only once /tmp/go exists.
     let script = "while [ ! -e /tmp/go ]; do sleep 0.1; done; wc -c";
-    let mut cli = Command::new(bin("devctl"))
+    let mut cli = c
+        .devctl_command()
         .args(["exec", "box", "--", "sh", "-c", script])
-        .env("DEVCTL_SERVER", &c.server)
-        .env("DEVCTL_TLS_DIR", c.admin_tls())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,7 +179,7 @@ fn a_resized_terminal_is_the_size_the_command_sees() {
     let pty = openpty(Some(&size), None).unwrap();
     let slave = File::from(pty.slave);
     let slave_path = tty_path(&slave);
-    let mut cli = Command::new(bin("devctl"));
+    let mut cli = c.devctl_command();
     // The terminal is the CLI's controlling one, as in a real session: a
     // resize then signals it (SIGWINCH).
     // SAFETY: setsid and ioctl are async-signal-safe; nothing else runs in
@@ -199,8 +195,6 @@ fn a_resized_terminal_is_the_size_the_command_sees() {
     }
     let mut child = cli
         .args(["exec", "-it", "shell", "--", "sh"])
-        .env("DEVCTL_SERVER", &c.server)
-        .env("DEVCTL_TLS_DIR", c.admin_tls())
         .stdin(slave.try_clone().unwrap())
         .stdout(slave.try_clone().unwrap())
         .stderr(slave.try_clone().unwrap())
@@ -208,16 +202,7 @@ fn a_resized_terminal_is_the_size_the_command_sees() {
         .unwrap();
     let master = File::from(pty.master);
     let mut writer = master.try_clone().unwrap();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let mut reader = master.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = read_in_background(master.try_clone().unwrap());
     let mut screen = String::new();
     // Asks for the size until the shell answers `want` (the resize travels
     // CLI -> scheduler -> agent -> engine while the shell runs).
