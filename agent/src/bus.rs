@@ -361,24 +361,54 @@ impl Bus {
             .subscribe(subject.to_string())
             .await
             .map_err(bus_err)?;
-        Ok(ExecInput { sub })
+        Ok(ExecInput {
+            sub,
+            client: self.client.clone(),
+            unanswered: None,
+        })
     }
 }
 
-/// An exec's input messages.
+/// An exec's input messages. Each is a request the scheduler waits on:
+/// [`ExecInput::done`] answers it once the message was carried out (its
+/// bytes written to the command's stdin), so input arrives no faster than
+/// the command takes it and never piles up in the subscription.
 #[derive(Debug)]
 pub struct ExecInput {
     sub: Subscriber,
+    client: Client,
+    unanswered: Option<async_nats::Subject>,
 }
 
 impl ExecInput {
-    /// The next input message; `None` when the subscription ends.
+    /// The next input message; `None` when the subscription ends. Answer
+    /// it with [`ExecInput::done`] (the previous one is answered here if it
+    /// was not).
     pub async fn next(&mut self) -> Option<pb::ExecInput> {
+        self.done().await;
         loop {
             let msg = self.sub.next().await?;
-            if let Ok(input) = pb::ExecInput::decode(msg.payload) {
-                return Some(input);
+            match pb::ExecInput::decode(msg.payload) {
+                Ok(input) => {
+                    self.unanswered = msg.reply;
+                    return Some(input);
+                }
+                Err(_) => {
+                    if let Some(to) = msg.reply {
+                        let _ = self.client.publish(to, Default::default()).await;
+                    }
+                }
             }
+        }
+    }
+
+    /// Tells the scheduler the last message was carried out: it may send
+    /// the next.
+    pub async fn done(&mut self) {
+        if let Some(to) = self.unanswered.take()
+            && let Err(e) = self.client.publish(to, Default::default()).await
+        {
+            tracing::debug!(error = %e, "exec input not acknowledged");
         }
     }
 }

@@ -45,6 +45,25 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_MAX_CONCURRENT_OPS", default_value_t = 32)]
     pub max_concurrent_ops: usize,
 
+    /// Engine operations (create, start, stop, remove, inspect, opening an
+    /// exec or logs) run at once; further ones wait their turn, in order.
+    /// An engine sent many at once may hang (Docker 20.10 on
+    /// fuse-overlayfs did with 100 removals).
+    #[arg(long, env = "DEVCTL_MAX_ENGINE_OPS", default_value_t = 8)]
+    pub max_engine_ops: usize,
+
+    /// How long a created container must stay up before its create is
+    /// answered: a command that exits at once is reported as stopped, with
+    /// its exit code, not as running. 0: answer as soon as it started.
+    #[arg(long, env = "DEVCTL_CREATE_SETTLE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub create_settle: Duration,
+
+    /// Engine events waiting to be stored on the bus; beyond that they are
+    /// dropped (the engine's event stream is never left unread) and the
+    /// scheduler is asked to re-read this node's inventory.
+    #[arg(long, env = "DEVCTL_EVENT_QUEUE", default_value_t = 4096)]
+    pub event_queue: usize,
+
     /// Output kept per container: size of one log file (json-file engines).
     #[arg(long, env = "DEVCTL_LOG_MAX_SIZE", default_value = "64m")]
     pub log_max_size: String,
@@ -90,6 +109,12 @@ impl Config {
                 "use a size such as 64m and at least one file",
             ));
         }
+        if self.max_engine_ops == 0 {
+            return Err(InvalidField::new(
+                "--max-engine-ops",
+                "must be at least 1 (e.g. 8)",
+            ));
+        }
         if self.pids_limit < 0 {
             return Err(InvalidField::new(
                 "--pids-limit",
@@ -100,6 +125,7 @@ impl Config {
         for l in &self.labels {
             let (k, v) = validate::key_value("--label", l)?;
             validate::label_key("--label", &k)?;
+            validate::label_value("--label", &k, &v)?;
             labels.insert(k, v);
         }
         Ok(labels)

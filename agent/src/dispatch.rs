@@ -3,9 +3,10 @@
 //! Commands for one container run one at a time, in arrival order (a
 //! scheduler's clean-up `remove` after a timed-out `create` waits for that
 //! create to finish). An inventory waits for every command in flight, so it
-//! never reports a container halfway through an operation.
+//! never reports a container halfway through an operation. Whatever the
+//! command, at most [`EngineLimit`]'s bound of engine operations run at once.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use devctl_proto::{
     keyed::KeyedLocks,
@@ -13,7 +14,10 @@ use devctl_proto::{
 };
 use tokio::sync::RwLock;
 
-use crate::runtime::{ContainerRuntime, RuntimeError};
+use crate::{
+    limit::EngineLimit,
+    runtime::{ContainerRuntime, RuntimeError},
+};
 
 /// A stream the agent is to serve after replying to its command.
 pub struct OpenedStream {
@@ -69,6 +73,8 @@ pub struct Dispatcher<R> {
     per_container: Arc<KeyedLocks>,
     // Commands hold it shared; an inventory holds it exclusively.
     barrier: RwLock<()>,
+    limit: EngineLimit,
+    settle: Duration,
 }
 
 pub(crate) fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
@@ -90,13 +96,23 @@ pub fn shutting_down() -> pb::AgentReply {
 }
 
 impl<R: ContainerRuntime> Dispatcher<R> {
-    /// A dispatcher over `runtime`.
-    pub fn new(runtime: R) -> Self {
+    /// A dispatcher over `runtime`, running engine operations within
+    /// `limit`.
+    pub fn new(runtime: R, limit: EngineLimit) -> Self {
         Self {
             runtime,
             per_container: KeyedLocks::new(),
             barrier: RwLock::new(()),
+            limit,
+            settle: Duration::ZERO,
         }
+    }
+
+    /// Makes a create answer only once its container has stayed up for
+    /// `settle` (or has exited); zero answers as soon as it started.
+    pub fn with_settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
     }
 
     /// The runtime.
@@ -133,7 +149,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             since: cmd.since.map(|t| t.seconds),
             timestamps: cmd.timestamps,
         };
-        match self.runtime.logs(&cmd.id, options).await {
+        match self.limit.run(self.runtime.logs(&cmd.id, options)).await {
             Ok(chunks) => Handled {
                 reply: pb::AgentReply {
                     result: Some(Reply::Opened(pb::StreamOpened {})),
@@ -158,7 +174,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             .into();
         };
         tracing::info!(id = %cmd.id, tty = start.tty, "exec");
-        match self.runtime.exec(&cmd.id, &start).await {
+        match self.limit.run(self.runtime.exec(&cmd.id, &start)).await {
             Ok(session) => Handled {
                 reply: pb::AgentReply {
                     result: Some(Reply::Opened(pb::StreamOpened {})),
@@ -174,6 +190,22 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 }),
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
+        }
+    }
+
+    /// After a create: waits (holding no engine permit) until the container
+    /// has stayed up for the settle time, so a command that exits at once is
+    /// reported as stopped with its exit code, not as running.
+    async fn settle(&self, s: pb::ContainerStatus) -> Result<pb::ContainerStatus, RuntimeError> {
+        if self.settle.is_zero() || s.state != pb::ContainerState::Running as i32 {
+            return Ok(s);
+        }
+        match self.runtime.wait_exit(&s.runtime_id, self.settle).await? {
+            Some(exited) => {
+                tracing::info!(id = %exited.id, exit_code = ?exited.exit_code, "the container exited right after it started");
+                Ok(exited)
+            }
+            None => Ok(s),
         }
     }
 
@@ -194,14 +226,21 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(Some(cmd)) => cmd,
         };
         let result = match container_id(&cmd) {
+            // A permit is taken only once the command's turn came, so
+            // commands queued behind a container's lock hold none.
             None => {
                 let _all = self.barrier.write().await;
-                execute(&self.runtime, cmd).await
+                self.limit.run(execute(&self.runtime, cmd)).await
             }
             Some(id) => {
                 let _shared = self.barrier.read().await;
                 let _one = self.per_container.lock(&id).await;
-                execute(&self.runtime, cmd).await
+                let create = matches!(cmd, Command::Create(_));
+                let done = self.limit.run(execute(&self.runtime, cmd)).await;
+                match done {
+                    Ok(Reply::Status(s)) if create => self.settle(s).await.map(Reply::Status),
+                    other => other,
+                }
             }
         };
         match result {
@@ -327,6 +366,13 @@ mod tests {
         async fn running_count(&self) -> Result<i32, RuntimeError> {
             Ok(0)
         }
+        async fn wait_exit(
+            &self,
+            id: &str,
+            _: Duration,
+        ) -> Result<Option<pb::ContainerStatus>, RuntimeError> {
+            self.log(format!("wait {id}")).map(Some)
+        }
         fn engine_events(&self, _: i64) -> crate::runtime::EngineEvents {
             Box::pin(futures::stream::empty())
         }
@@ -381,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn commands_for_one_container_run_in_order_others_do_not_wait() {
         let rt = Arc::new(Gated::default());
-        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt), EngineLimit::new(8)));
         let spawn = |c: Command| spawn_on(&d, c);
         let create_a = spawn(create("a"));
         settle().await;
@@ -406,7 +452,7 @@ mod tests {
     #[tokio::test]
     async fn an_inventory_waits_for_commands_in_flight() {
         let rt = Arc::new(Gated::default());
-        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt), EngineLimit::new(8)));
         let create_a = spawn_on(&d, create("a"));
         settle().await;
         let inventory = spawn_on(&d, Command::Inventory(pb::InventoryCommand {}));
@@ -421,7 +467,7 @@ mod tests {
     #[tokio::test]
     async fn opening_logs_does_not_wait_for_the_containers_operations() {
         let rt = Arc::new(Gated::default());
-        let d = Arc::new(Dispatcher::new(Arc::clone(&rt)));
+        let d = Arc::new(Dispatcher::new(Arc::clone(&rt), EngineLimit::new(8)));
         let create_a = spawn_on(&d, create("a"));
         settle().await;
         let logs = d
@@ -441,7 +487,7 @@ mod tests {
 
     #[tokio::test]
     async fn undecodable_and_empty_commands_are_refused() {
-        let d = Dispatcher::new(Arc::new(Gated::default()));
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
         let r = d.handle(Ok(pb::AgentCommand { command: None })).await;
         let Some(Reply::Error(e)) = r.reply.result else {
             panic!("{r:?}")

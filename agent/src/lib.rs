@@ -7,7 +7,9 @@
 //!   module that speaks NATS.
 //! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
 //!   that speaks Docker.
-//! - [`dispatch`]: one command in, runtime calls, one reply out.
+//! - [`dispatch`]: one command in, runtime calls, one reply out;
+//!   [`limit`]: the bound on engine operations run at once.
+//! - [`forward`]: engine events to the bus, through a bounded queue.
 //! - [`run`]: the agent's main loop.
 //!
 //! ```text
@@ -20,8 +22,10 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
+pub mod forward;
 pub mod host;
 pub mod join;
+pub mod limit;
 pub mod renew;
 pub mod runtime;
 pub mod stats;
@@ -34,7 +38,6 @@ use std::{
 };
 
 use devctl_proto::pb;
-use futures::StreamExt;
 use thiserror::Error;
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -167,7 +170,10 @@ pub async fn serve<R: ContainerRuntime>(
     // Listen before announcing ourselves: the scheduler asks for our
     // inventory as soon as it hears the first heartbeat.
     let mut commands = bus.commands().await?;
-    let dispatcher = Arc::new(Dispatcher::new(runtime));
+    let dispatcher = Arc::new(
+        Dispatcher::new(runtime, limit::EngineLimit::new(config.max_engine_ops))
+            .with_settle(config.create_settle),
+    );
     let stop_heartbeats = CancellationToken::new();
     let stream_count = bus::StreamCount::default();
     let heartbeats = tokio::spawn(
@@ -193,9 +199,11 @@ pub async fn serve<R: ContainerRuntime>(
         stop_stats.clone(),
     ));
     let stop_events = CancellationToken::new();
-    let events = tokio::spawn(forward_engine_events(
+    let events = tokio::spawn(forward::run(
         Arc::clone(&dispatcher),
         bus.clone(),
+        config.node.clone(),
+        config.event_queue,
         stop_events.clone(),
     ));
 
@@ -347,9 +355,14 @@ async fn serve_stream(
         .await;
     done.cancel();
     let _ = feeder.await;
+    // The session ended (the command exited, or its reader cancelled, fell
+    // silent or the agent is stopping): nothing of it may keep running.
+    control.end().await;
 }
 
-/// Writes an exec's input to its stdin and applies resizes, until `done`.
+/// Writes an exec's input to its stdin and applies resizes, until `done`;
+/// answers each input message once carried out (back-pressure: the
+/// scheduler sends the next only then).
 async fn feed_exec_input(
     mut input: bus::ExecInput,
     parts: dispatch::ExecParts,
@@ -393,60 +406,7 @@ async fn feed_exec_input(
             }
             _ => {}
         }
-    }
-}
-
-/// Forwards the engine's events for this node to the bus until `stop`.
-/// Reconnects to the engine from the last event's time after a failure;
-/// retries a publish until it is acknowledged.
-async fn forward_engine_events<R: ContainerRuntime>(
-    dispatcher: Arc<Dispatcher<R>>,
-    bus: bus::Bus,
-    stop: CancellationToken,
-) {
-    let now = || {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or_default()
-    };
-    let mut since = now();
-    let mut backoff = Duration::from_millis(100);
-    'outer: loop {
-        let mut events = dispatcher.runtime().engine_events(since);
-        loop {
-            let ev = tokio::select! {
-                _ = stop.cancelled() => break 'outer,
-                ev = events.next() => ev,
-            };
-            match ev {
-                Some(Ok(ev)) => {
-                    backoff = Duration::from_millis(100);
-                    let mut retry = Duration::from_millis(100);
-                    while let Err(e) = bus.engine_event(&ev).await {
-                        tracing::warn!(error = %e, action = %ev.action, "engine event not stored yet; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => break 'outer,
-                            _ = tokio::time::sleep(retry) => {}
-                        }
-                        retry = (retry * 2).min(Duration::from_secs(5));
-                    }
-                    if let Some(t) = ev.time {
-                        since = t.seconds * 1_000_000_000 + i64::from(t.nanos);
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "engine event stream failed; reconnecting");
-                    break;
-                }
-                None => break,
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        input.done().await;
     }
 }
 

@@ -45,6 +45,13 @@ pub const NODE_EVENTS_STREAM: &str = "DEVCTL_NODE_EVENTS";
 /// Its subjects.
 pub const ALL_ENGINE_EVENTS: &str = "devctl.node.*.events";
 
+/// The action of the engine event an agent publishes after it dropped
+/// engine events (its queue overflowed): the scheduler then re-reads the
+/// node's inventory and records [`RESYNC_REASON`] in the history.
+pub const RESYNC_ACTION: &str = "resync";
+/// The history reason of that resynchronisation.
+pub const RESYNC_REASON: &str = "events_dropped_resync";
+
 /// The JetStream stream of the cluster's event history.
 pub const EVENTS_STREAM: &str = "DEVCTL_EVENTS";
 /// Its subjects.

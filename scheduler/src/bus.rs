@@ -374,11 +374,20 @@ pub struct ExecInputSender {
 }
 
 impl ExecInputSender {
-    /// Sends one input message.
+    /// Sends one input message and waits until the agent has carried it out
+    /// (written its bytes to the command's stdin): one message in flight per
+    /// session, so a fast client is slowed to the command's pace (through
+    /// the gRPC stream's flow control) instead of filling the agent's
+    /// buffers. No timeout: a command may leave its stdin unread for long;
+    /// the caller stops waiting when the session ends.
     pub async fn send(&self, input: pb::ExecInput) -> Result<(), BusError> {
+        let request = async_nats::Request::new()
+            .payload(input.encode_to_vec().into())
+            .timeout(None);
         self.client
-            .publish(self.subject.clone(), input.encode_to_vec().into())
+            .send_request(self.subject.clone(), request)
             .await
+            .map(drop)
             .map_err(|e| BusError::Nats(e.to_string()))
     }
 }

@@ -94,7 +94,9 @@ pub async fn run(cluster: Cluster, bus: Bus, mut events: EngineEvents, stop: Can
         let key = match &msg.event {
             Ok(ev)
                 if validate::dns_label("node", &ev.node).is_ok()
-                    && validate::dns_label("name", &ev.name).is_ok() =>
+                    // A resync is about the node, not one container.
+                    && (ev.action == devctl_proto::bus::RESYNC_ACTION
+                        || validate::dns_label("name", &ev.name).is_ok()) =>
             {
                 shard_of(&ev.node, &ev.id)
             }

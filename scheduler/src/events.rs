@@ -363,6 +363,7 @@ pub fn node_event(node: &str, ty: EventType, reason: &str) -> pb::Event {
     let what = match ty {
         EventType::NodeJoined => "joined the cluster",
         EventType::NodeReady => "is ready",
+        EventType::NodeResynced => "was re-read (engine events were lost)",
         _ => "is down",
     };
     pb::Event {

@@ -129,6 +129,7 @@ def main():
         ("exec of 10,000 arguments", lambda: exec_start(command=["x"] * 10000), INVALID, "start.command"),
         ("exec with 200 KiB x 2 of env", lambda: exec_start(env=["A=" + "x" * 200000, "B=" + "x" * 200000]), INVALID, "start"),
         ("exec with a workdir of 10,000 characters", lambda: exec_start(workdir="/" + "a" * 10000), INVALID, "start.workdir"),
+        ("exec with a terminal of 100,000 rows", lambda: exec_start(tty=True, size=exec_pb2.TerminalSize(rows=100000, cols=80)), INVALID, "start.size.rows"),
         ("token with a malformed name", lambda: tokens.CreateToken(access_pb2.CreateTokenRequest(name="x" * 300)), INVALID, "name"),
         ("audit of a malformed identity", lambda: first(audit.ListAuditEntries(audit_pb2.ListAuditEntriesRequest(identity="x" * 300), timeout=30)), INVALID, "identity"),
         ("join with a name of 900 KiB", lambda: enroll.Join(access_pb2.JoinRequest(token="dvj_bogus", name="n" * 900 * 1024)), INVALID, "name"),

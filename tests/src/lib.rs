@@ -120,6 +120,23 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Reads `from` on a thread of its own until it ends; each read arrives
+/// on the channel (e.g. a pseudo-terminal's output).
+pub fn read_in_background(
+    mut from: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A child process killed (SIGKILL) when dropped. Its output goes to a log
 /// file, printed if the test is failing.
 #[derive(Debug)]
@@ -632,6 +649,15 @@ impl TestCluster {
         self.devctl_as(&self.admin_tls(), args)
     }
 
+    /// The CLI as admin, not yet run: for a test that drives its stdin,
+    /// its terminal or its lifetime.
+    pub fn devctl_command(&self) -> Command {
+        let mut cmd = Command::new(bin("devctl"));
+        cmd.env("DEVCTL_SERVER", &self.server)
+            .env("DEVCTL_TLS_DIR", self.admin_tls());
+        cmd
+    }
+
     /// Runs the CLI with the bundle in `tls_dir`.
     pub fn devctl_as(&self, tls_dir: &Path, args: &[&str]) -> CliResult {
         let out = Command::new(bin("devctl"))
@@ -863,13 +889,15 @@ pub fn docker_inspect_by_label(label: &str) -> Vec<Value> {
     out
 }
 
-/// Removes every container with `label`.
+/// Removes every container with `label`, eight at a time: the Docker CLI
+/// removes the ids of one `rm` at once, and a hundred removals at once have
+/// hung this engine (Docker 20.10 on fuse-overlayfs) for good.
 pub fn remove_by_label(label: &str) {
     if let Ok(ids) = docker(&["ps", "-aq", "--filter", &format!("label={label}")]) {
         let ids: Vec<&str> = ids.split_whitespace().collect();
-        if !ids.is_empty() {
+        for batch in ids.chunks(8) {
             let mut args = vec!["rm", "-f"];
-            args.extend(ids);
+            args.extend(batch);
             let _ = docker(&args);
         }
     }

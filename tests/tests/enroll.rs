@@ -329,7 +329,17 @@ fn an_agent_joins_with_a_token_runs_containers_renews_and_is_revoked_off_the_bus
         },
     );
     assert_ne!(renewed, first);
-    assert!(c.agent("j").log().contains("certificate renewed"));
+    // The agent logs it just after it swapped the directory.
+    wait_until(
+        "the agent to log its renewal",
+        Duration::from_secs(5),
+        || {
+            c.agent("j")
+                .log()
+                .contains("certificate renewed")
+                .then_some(())
+        },
+    );
     c.devctl(&["exec", "on-joined", "--", "true"]).ok();
 
     // Revoking the node takes it off the bus: the agent stops.

@@ -3,13 +3,12 @@
 
 use std::{
     fs::File,
-    io::{Read, Write},
+    io::Write,
     process::{Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
+use devctl_tests::{IMAGE, TestCluster, bin, read_in_background, wait_until};
 use nix::{
     pty::{Winsize, openpty},
     sys::termios::{LocalFlags, tcgetattr},
@@ -128,16 +127,7 @@ fn an_interactive_shell_through_a_pseudo_terminal() {
         .unwrap();
     let master = File::from(pty.master);
     let mut writer = master.try_clone().unwrap();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let mut reader = master.try_clone().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = read_in_background(master.try_clone().unwrap());
     let mut screen = String::new();
     let mut expect = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(15);

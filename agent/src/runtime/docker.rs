@@ -21,7 +21,7 @@ use bollard::{
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
         LogsOptions, RemoveContainerOptions, RestartContainerOptions, StartContainerOptions,
-        StatsOptions, StopContainerOptions,
+        StatsOptions, StopContainerOptions, WaitContainerOptions,
     },
 };
 use devctl_proto::{labels, pb};
@@ -328,6 +328,26 @@ impl ContainerRuntime for DockerRuntime {
         self.status(&runtime_id).await
     }
 
+    async fn wait_exit(
+        &self,
+        runtime_id: &str,
+        within: std::time::Duration,
+    ) -> Result<Option<pb::ContainerStatus>, RuntimeError> {
+        // One waiting request, not a poll; dropping it stops the wait.
+        let mut wait = self.docker.wait_container(
+            runtime_id,
+            Some(WaitContainerOptions {
+                condition: "not-running".into(),
+            }),
+        );
+        match tokio::time::timeout(within, wait.next()).await {
+            Err(_) => Ok(None),
+            // Any answer (an exit code, or an error such as a non-zero
+            // exit): look at the container itself.
+            Ok(_) => self.status(runtime_id).await.map(Some),
+        }
+    }
+
     async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         if !force {
@@ -449,12 +469,24 @@ impl ContainerRuntime for DockerRuntime {
         let StartExecResults::Attached { output, input } = started else {
             return Err(RuntimeError::Engine("the exec did not attach".into()));
         };
+        // Engines before API 1.42 (Docker 23) ignore ConsoleSize: set the
+        // size once the exec runs, as the docker CLI does.
+        if start.tty && size.rows > 0 && size.cols > 0 {
+            let resize = ResizeExecOptions {
+                height: size.rows.min(u32::from(u16::MAX)) as u16,
+                width: size.cols.min(u32::from(u16::MAX)) as u16,
+            };
+            if let Err(e) = self.docker.resize_exec(&created.id, resize).await {
+                tracing::debug!(error = %e, "initial exec size");
+            }
+        }
         Ok(super::ExecSession {
             output: output_chunks(output, id),
             input: start.stdin.then_some(input),
             control: std::sync::Arc::new(DockerExec {
                 docker: self.docker.clone(),
                 exec_id: created.id,
+                container: runtime_id,
             }),
         })
     }
@@ -522,6 +554,8 @@ impl ContainerRuntime for DockerRuntime {
 struct DockerExec {
     docker: Docker,
     exec_id: String,
+    // The engine id of its container.
+    container: String,
 }
 
 impl super::ExecControl for DockerExec {
@@ -545,6 +579,30 @@ impl super::ExecControl for DockerExec {
         })
     }
 
+    fn end(&self) -> futures::future::BoxFuture<'static, ()> {
+        let (docker, id) = (self.docker.clone(), self.exec_id.clone());
+        let container = self.container.clone();
+        Box::pin(async move {
+            // The engine has no call to stop an exec: signal its process.
+            let pid = match docker.inspect_exec(&id).await {
+                Ok(i) if i.running == Some(true) => i.pid.unwrap_or(0),
+                _ => return,
+            };
+            let Ok(pid) = i32::try_from(pid) else { return };
+            if pid <= 0 {
+                return;
+            }
+            match kill_process_tree(pid, &container) {
+                Ok(n) => {
+                    tracing::info!(exec = %id, pid, processes = n, "ended the exec's process as its session ended")
+                }
+                Err(e) => {
+                    tracing::warn!(exec = %id, pid, error = %e, "could not end the exec's process")
+                }
+            }
+        })
+    }
+
     fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>> {
         let (docker, id) = (self.docker.clone(), self.exec_id.clone());
         Box::pin(async move {
@@ -559,6 +617,57 @@ impl super::ExecControl for DockerExec {
             None
         })
     }
+}
+
+/// Kills (SIGKILL) process `pid` of this host and its descendants, each only
+/// if it is in the cgroup of engine container `container` (so a pid from an
+/// engine on another host never hits a local process). How many were
+/// signalled.
+fn kill_process_tree(pid: i32, container: &str) -> Result<usize, String> {
+    use nix::{sys::signal, unistd::Pid};
+    let in_container = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains(container))
+    };
+    if !in_container(pid) {
+        return Err(format!(
+            "process {pid} is not in the container's cgroup here (is the engine on another host?)"
+        ));
+    }
+    // Parent of every process: the field after the command name in stat.
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .map_err(|e| format!("/proc: {e}"))?
+        .filter_map(|e| {
+            let p: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((p, ppid))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    let mut killed = 0;
+    for p in tree.into_iter().filter(|p| in_container(*p)) {
+        if signal::kill(Pid::from_raw(p), signal::Signal::SIGKILL).is_ok() {
+            killed += 1;
+        }
+    }
+    Ok(killed)
 }
 
 /// The engine's multiplexed output (logs, exec) as devctl chunks.
@@ -663,6 +772,7 @@ fn engine_event(node: &str, msg: EventMessage) -> Option<pb::EngineEvent> {
             nanos: nanos.rem_euclid(1_000_000_000) as i32,
         }),
         action,
+        dropped: 0,
     })
 }
 

@@ -119,6 +119,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         timeout_seconds: i32,
     ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
 
+    /// Waits up to `within` for the container with engine id `runtime_id`
+    /// to stop running: its status once it has, `None` if it still runs.
+    fn wait_exit(
+        &self,
+        runtime_id: &str,
+        within: std::time::Duration,
+    ) -> impl Future<Output = Result<Option<pb::ContainerStatus>, RuntimeError>> + Send;
+
     /// Removes it; a running container only with `force`.
     fn remove(
         &self,
@@ -204,6 +212,9 @@ pub trait ExecControl: Send + Sync {
     ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>>;
     /// Its exit code, once it has ended.
     fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>>;
+    /// Ends the command (and what it started) if it still runs: called when
+    /// its session ends, so a cancelled exec leaves nothing behind.
+    fn end(&self) -> futures::future::BoxFuture<'static, ()>;
 }
 
 /// A stream of engine events.

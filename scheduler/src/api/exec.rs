@@ -3,6 +3,7 @@
 use devctl_proto::pb::{
     self, exec_input::Input, exec_output::Output, exec_service_server::ExecService,
 };
+use devctl_proto::validate::limits::MAX_TERMINAL_SIZE;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,11 @@ impl ExecService for StreamApi {
                         .chunks(devctl_proto::bus::STREAM_CHUNK_MAX)
                         .map(|p| Input::Stdin(p.to_vec()))
                         .collect(),
+                    // Within what any terminal is.
+                    Some(Input::Resize(s)) => vec![Input::Resize(pb::TerminalSize {
+                        rows: s.rows.min(MAX_TERMINAL_SIZE),
+                        cols: s.cols.min(MAX_TERMINAL_SIZE),
+                    })],
                     // Only the first message may start the session.
                     Some(Input::Start(_)) | None => continue,
                     Some(other) => vec![other],
@@ -76,7 +82,12 @@ impl ExecService for StreamApi {
                 for piece in pieces {
                     ended |= matches!(piece, Input::CloseStdin(_));
                     let msg = pb::ExecInput { input: Some(piece) };
-                    ended |= input.send(msg).await.is_err();
+                    // The agent answers once the command took the input.
+                    ended |= tokio::select! {
+                        _ = stop.cancelled() => true,
+                        _ = done.cancelled() => true,
+                        sent = input.send(msg) => sent.is_err(),
+                    };
                 }
                 if ended {
                     break;

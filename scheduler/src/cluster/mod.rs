@@ -443,9 +443,16 @@ impl Cluster {
         match self.send_raw(&record.node, command, 0).await {
             Ok(Reply::Status(status)) => {
                 apply_status(&mut record, &status);
+                // The agent answers once the container stayed up briefly: a
+                // command that exits at once comes back stopped.
+                if record.state != pb::ContainerState::Running as i32 {
+                    record.last_error = exited_at_once(&record);
+                    tracing::warn!(name = %record.name, node = %record.node, exit_code = ?record.exit_code, "container exited right after it started");
+                } else {
+                    tracing::info!(name = %record.name, node = %record.node, "container running");
+                }
                 self.store().update_container(record.clone()).await?;
                 self.shared.activity.touch(&record.name, SystemTime::now());
-                tracing::info!(name = %record.name, node = %record.node, "container running");
                 Ok(self.decorate(record))
             }
             // Any refusal but ENGINE guarantees the agent left nothing behind
@@ -995,6 +1002,9 @@ impl Cluster {
     /// observed state. Idempotent (a redelivered event changes nothing
     /// more and is de-duplicated in the history).
     pub async fn engine_event(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+        if ev.action == devctl_proto::bus::RESYNC_ACTION {
+            return self.resync(ev).await;
+        }
         let intent = self.shared.intents.get(&ev.id);
         if ev.action == "oom" {
             self.shared.intents.oom(&ev.id);
@@ -1016,6 +1026,25 @@ impl Cluster {
                 .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))?;
         }
         Ok(())
+    }
+
+    /// The node's agent dropped engine events: re-read its inventory (the
+    /// records follow the engine again) and say so in the history.
+    async fn resync(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+        tracing::warn!(node = %ev.node, dropped = ev.dropped, "the node's agent dropped engine events; re-reading its inventory");
+        self.sync_inventory(&ev.node).await?;
+        let mut event = events::node_event(
+            &ev.node,
+            pb::EventType::NodeResynced,
+            devctl_proto::bus::RESYNC_REASON,
+        );
+        event.message = format!(
+            "node {} dropped {} engine events (its agent could not store them in time); its inventory was re-read, and changes in that time may be missing from the history",
+            ev.node, ev.dropped
+        );
+        self.emit(event, format!("engine-{}", ev.event_id))
+            .await
+            .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))
     }
 
     /// Brings `name`'s record in line with its engine after a change devctl
@@ -1141,6 +1170,10 @@ impl Cluster {
         validate::max_count("start.command", start.command.len(), limits::MAX_ARGS)?;
         validate::max_count("start.env", start.env.len(), limits::MAX_ENV)?;
         validate::max_len("start.workdir", &start.workdir, limits::MAX_PATH_LEN)?;
+        if let Some(size) = start.size {
+            validate::in_range("start.size.rows", size.rows, limits::MAX_TERMINAL_SIZE, "")?;
+            validate::in_range("start.size.cols", size.cols, limits::MAX_TERMINAL_SIZE, "")?;
+        }
         if start.workdir.contains('\0') {
             return Err(InvalidField::new("start.workdir", "must not contain NUL").into());
         }
@@ -1509,6 +1542,17 @@ fn after_lifecycle(
             }
         }
     }
+}
+
+/// What a container whose command exited right after its start says.
+fn exited_at_once(c: &pb::Container) -> String {
+    let code = c
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    format!(
+        "the command exited right after it started (exit code {code}); see `devctl logs {}`",
+        c.name
+    )
 }
 
 /// Copies what an agent observed into the record.
