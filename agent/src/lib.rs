@@ -8,6 +8,8 @@
 //! - [`runtime`]: the container engine; [`runtime::docker`] is the only module
 //!   that speaks Docker.
 //! - [`dispatch`]: one command in, runtime calls, one reply out.
+//! - [`stats`]: usage reports, from [`cgroup`] files (the engine's stats API
+//!   only where those cannot be read); [`host`]: the node's own usage.
 //! - [`run`]: the agent's main loop.
 //!
 //! ```text
@@ -17,6 +19,7 @@
 //! ```
 
 pub mod bus;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -188,8 +191,15 @@ pub async fn serve<R: ContainerRuntime>(
         bus.clone(),
         config.node.clone(),
         info.data_root.clone(),
-        config.stats_interval,
-        config.test_memory_used_percent,
+        stats::Options {
+            interval: config.stats_interval,
+            source: config.stats_source,
+            cgroup_root: config.cgroup_root.clone(),
+            proc_root: config.proc_root.clone(),
+            node_memory_bytes: info.memory_bytes,
+            memory_used_percent: config.test_memory_used_percent,
+            clock_skew_secs: config.test_clock_skew_secs,
+        },
         stop_stats.clone(),
     ));
     let stop_events = CancellationToken::new();
