@@ -146,8 +146,8 @@ fn skew_times(report: &mut pb::StatsReport, secs: i64) {
 struct CgroupSampler {
     cgroups: Cgroups,
     node_memory_bytes: i64,
-    /// By engine id: where its files are (`None`: not readable, the engine
-    /// samples it) and the last (CPU ns, time) read.
+    /// By engine id: where its files are (`None`: not found or not
+    /// readable, the engine samples it) and the last (CPU ns, time) read.
     seen: HashMap<String, Seen>,
 }
 
@@ -155,6 +155,8 @@ struct CgroupSampler {
 struct Seen {
     at: Option<Location>,
     last: Option<(u64, Instant)>,
+    // Said once that the engine samples it.
+    told: bool,
 }
 
 impl CgroupSampler {
@@ -177,18 +179,25 @@ impl CgroupSampler {
         self.seen.retain(|id, _| ids.contains(id.as_str()));
         let (mut samples, mut engine) = (Vec::new(), Vec::new());
         for c in running {
-            let seen = self.seen.entry(c.runtime_id.clone()).or_insert_with(|| {
-                let at = self.cgroups.locate(&c.runtime_id);
-                if at.is_none() {
+            let seen = self.seen.entry(c.runtime_id.clone()).or_insert(Seen {
+                at: None,
+                last: None,
+                told: false,
+            });
+            // Not found (yet): look again each round; the engine samples it
+            // meanwhile.
+            if seen.at.is_none() {
+                seen.at = self.cgroups.locate(&c.runtime_id);
+            }
+            let Some(at) = &seen.at else {
+                if !seen.told {
+                    seen.told = true;
                     tracing::info!(
                         name = %c.name,
                         root = %self.cgroups.root().display(),
                         "container's cgroup files not found (custom cgroup parent?); its usage comes from the engine"
                     );
                 }
-                Seen { at, last: None }
-            });
-            let Some(at) = &seen.at else {
                 engine.push(c.clone());
                 continue;
             };
@@ -197,8 +206,12 @@ impl CgroupSampler {
                 Err(e) => {
                     // Stopped since the listing, or not readable here: the
                     // engine knows either way.
-                    tracing::info!(name = %c.name, error = %e, "container's cgroup files not readable; its usage comes from the engine");
+                    if !seen.told {
+                        seen.told = true;
+                        tracing::info!(name = %c.name, error = %e, "container's cgroup files not readable; its usage comes from the engine");
+                    }
                     seen.at = None;
+                    seen.last = None;
                     engine.push(c.clone());
                     continue;
                 }
