@@ -29,6 +29,10 @@ use crate::{
     runtime::{ContainerRuntime, Running},
 };
 
+/// How often the cgroup sampler lists the engine's running containers (the
+/// engine path lists them every round).
+const LIST_EVERY: Duration = Duration::from_secs(5);
+
 /// How the stats loop samples.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -72,6 +76,8 @@ pub async fn run<R: ContainerRuntime>(
         tracing::info!("container usage from the engine's stats API (--stats-source engine)");
     }
     let mut engine = EngineStreams::default();
+    let mut running = Vec::new();
+    let mut listed_at = None;
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -79,21 +85,30 @@ pub async fn run<R: ContainerRuntime>(
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let running = match dispatcher.runtime().running().await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "stats: engine does not answer");
-                continue;
+        // Reading the files needs no listing each round: a container that
+        // stops loses its cgroup at once. New ones are seen at the next
+        // listing.
+        let due = cgroups.is_none() || listed_at.is_none_or(|t: Instant| t.elapsed() >= LIST_EVERY);
+        if due {
+            match dispatcher.runtime().running().await {
+                Ok(r) => {
+                    running = r;
+                    listed_at = Some(Instant::now());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "stats: engine does not answer");
+                    continue;
+                }
             }
-        };
-        let (mut containers, from_engine) = match cgroups.take() {
+        }
+        let (mut containers, from_engine, stopped) = match cgroups.take() {
             Some(mut sampler) => {
                 let listed = running.clone();
                 let node = node.clone();
                 // Small synchronous reads of sysfs; off the runtime's
                 // threads all the same.
                 match tokio::task::spawn_blocking(move || {
-                    let read = sampler.sample(&node, &listed);
+                    let read = sampler.sample(&node, &listed, due);
                     (sampler, read)
                 })
                 .await
@@ -104,15 +119,15 @@ pub async fn run<R: ContainerRuntime>(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cgroup sampler failed; using the engine from now on");
-                        (Vec::new(), running.clone())
+                        (Vec::new(), running.clone(), 0)
                     }
                 }
             }
-            None => (Vec::new(), running.clone()),
+            None => (Vec::new(), running.clone(), 0),
         };
         containers.extend(engine.sample(&*dispatcher, &from_engine));
         let mut report = pb::StatsReport {
-            node: Some(host.sample(&node, running.len() as i32)),
+            node: Some(host.sample(&node, (running.len() - stopped) as i32)),
             containers,
         };
         if let Some(skew) = options.clock_skew_secs {
@@ -157,6 +172,8 @@ struct Seen {
     last: Option<(u64, Instant)>,
     // Said once that the engine samples it.
     told: bool,
+    // Its cgroup went away since the last listing.
+    stopped: bool,
 }
 
 impl CgroupSampler {
@@ -168,22 +185,34 @@ impl CgroupSampler {
         }
     }
 
-    /// Samples of the containers whose files can be read, and the
-    /// containers left to the engine.
+    /// Samples of the containers whose files can be read, the containers
+    /// left to the engine, and how many of `running` have stopped since
+    /// they were listed. `listed`: `running` is a new listing.
     fn sample(
         &mut self,
         node: &str,
         running: &[Running],
-    ) -> (Vec<pb::ContainerStats>, Vec<Running>) {
-        let ids: HashSet<&str> = running.iter().map(|r| r.runtime_id.as_str()).collect();
-        self.seen.retain(|id, _| ids.contains(id.as_str()));
-        let (mut samples, mut engine) = (Vec::new(), Vec::new());
+        listed: bool,
+    ) -> (Vec<pb::ContainerStats>, Vec<Running>, usize) {
+        if listed {
+            let ids: HashSet<&str> = running.iter().map(|r| r.runtime_id.as_str()).collect();
+            self.seen.retain(|id, _| ids.contains(id.as_str()));
+            for s in self.seen.values_mut() {
+                s.stopped = false;
+            }
+        }
+        let (mut samples, mut engine, mut stopped) = (Vec::new(), Vec::new(), 0);
         for c in running {
             let seen = self.seen.entry(c.runtime_id.clone()).or_insert(Seen {
                 at: None,
                 last: None,
                 told: false,
+                stopped: false,
             });
+            if seen.stopped {
+                stopped += 1;
+                continue;
+            }
             // Not found (yet): look again each round; the engine samples it
             // meanwhile.
             if seen.at.is_none() {
@@ -203,9 +232,16 @@ impl CgroupSampler {
             };
             let usage = match self.cgroups.read(at) {
                 Ok(u) => u,
+                Err(_) if self.cgroups.locate(&c.runtime_id).is_none() => {
+                    // Its cgroup went away: it stopped since the listing.
+                    seen.stopped = true;
+                    seen.at = None;
+                    seen.last = None;
+                    stopped += 1;
+                    continue;
+                }
                 Err(e) => {
-                    // Stopped since the listing, or not readable here: the
-                    // engine knows either way.
+                    // There but not readable here: the engine knows.
                     if !seen.told {
                         seen.told = true;
                         tracing::info!(name = %c.name, error = %e, "container's cgroup files not readable; its usage comes from the engine");
@@ -245,7 +281,7 @@ impl CgroupSampler {
                 pids: usage.pids as i64,
             });
         }
-        (samples, engine)
+        (samples, engine, stopped)
     }
 }
 
