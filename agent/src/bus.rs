@@ -69,8 +69,11 @@ impl Bus {
         let refused = tokio_util::sync::CancellationToken::new();
         let mut backoff = std::time::Duration::from_millis(100);
         let mut told = None;
+        // std lock: one string swap per connection event.
+        let last_event = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let client = loop {
             let on_refusal = refused.clone();
+            let last_event = std::sync::Arc::clone(&last_event);
             let attempt = ConnectOptions::new()
                 .name(format!("devctl-agent/{node}"))
                 .require_tls(true)
@@ -79,8 +82,20 @@ impl Bus {
                 .custom_inbox_prefix(bus::agent_inbox_prefix(node))
                 .event_callback(move |event| {
                     let on_refusal = on_refusal.clone();
+                    let last = std::sync::Arc::clone(&last_event);
                     async move {
-                        tracing::info!(%event, "bus connection");
+                        // A reconnect loop repeats the same failure with
+                        // backoff: said once, then at debug level.
+                        let text = event.to_string();
+                        let repeated = {
+                            let mut last = last.lock().expect("event lock");
+                            std::mem::replace(&mut *last, text.clone()) == text
+                        };
+                        if repeated {
+                            tracing::debug!(%event, "bus connection");
+                        } else {
+                            tracing::info!(%event, "bus connection");
+                        }
                         // Refused while connected (ServerError) or on a
                         // reconnect (a ClientError carrying only text).
                         let refused = match &event {
