@@ -12,8 +12,10 @@
 //! 3. the agent reading the cgroup files (the default, 1 s reports);
 //! 4. the agent with `--stats-source engine` (one engine stats stream per
 //!    container, the path before issue 10);
-//! 5. the agent stopped again (the baseline once more, to bracket noise
-//!    from other work on the machine).
+//!
+//! `DEVCTL_BENCH_ROUNDS` (2) rounds, to see the noise from other work on a
+//! shared engine; each row also counts the engine events of other
+//! containers during its window.
 //!
 //! The engine's cost of stats is row 3 (or 4) minus row 2.
 //!
@@ -64,16 +66,38 @@ fn pidof(name: &str) -> i32 {
         .unwrap()
 }
 
-/// Percent of one core each pid used over `window`.
-fn measure(pids: &[i32], window: Duration) -> Vec<f64> {
+/// Percent of one core each pid used over `window`, and how many engine
+/// events meanwhile were about containers of other nodes than `node` (other
+/// work on a shared engine: noise).
+fn measure(pids: &[i32], window: Duration, node: &str) -> (Vec<f64>, usize) {
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let since = unix();
     let before: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
     let start = Instant::now();
     std::thread::sleep(window);
     let elapsed = start.elapsed().as_secs_f64();
-    pids.iter()
+    let cpu = pids
+        .iter()
         .zip(before)
         .map(|(p, b)| (cpu_seconds(*p) - b) / elapsed * 100.0)
-        .collect()
+        .collect();
+    let out = Command::new("docker")
+        .args(["events", "--since", &since.to_string(), "--until"])
+        .arg(unix().to_string())
+        .args(["--format", "{{json .Actor.Attributes}}"])
+        .output()
+        .unwrap();
+    let ours = format!("\"io.devctl.node\":\"{node}\"");
+    let others = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.contains(&ours))
+        .count();
+    (cpu, others)
 }
 
 fn in_batches(items: &[String], run: impl Fn(&[String]) + Sync) {
@@ -104,11 +128,12 @@ fn main() {
     eprintln!("created {CONTAINERS} containers in {:.1?}", t.elapsed());
     let (dockerd, containerd) = (pidof("dockerd"), pidof("containerd"));
 
+    let node = c.node("a");
     println!(
-        "| phase ({}s each, {CONTAINERS} idle containers) | dockerd | containerd | agent | agent VmRSS |",
+        "| phase ({}s each, {CONTAINERS} idle containers) | dockerd | containerd | agent | agent VmRSS | other engine events |",
         window.as_secs()
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     let stop_agent = |c: &mut TestCluster| {
         let agent = c.agent("a");
         agent.signal(nix::sys::signal::Signal::SIGTERM);
@@ -117,12 +142,16 @@ fn main() {
     let alone = |c: &mut TestCluster, label: &str| {
         stop_agent(c);
         std::thread::sleep(warmup);
-        let cpu = measure(&[dockerd, containerd], window);
-        println!("| {label} | {:.2} % | {:.2} % | — | — |", cpu[0], cpu[1]);
+        let (cpu, others) = measure(&[dockerd, containerd], window, &node);
+        println!(
+            "| {label} | {:.2} % | {:.2} % | — | — | {others} |",
+            cpu[0], cpu[1]
+        );
     };
     let with_agent = |c: &mut TestCluster, label: &str, args: &[&str]| {
         c.start_agent("a", args).unwrap();
         c.wait_nodes_ready(&[c.node("a")]);
+        let stats_on = !args.contains(&"1h");
         wait_until(
             "samples of every container",
             Duration::from_secs(60),
@@ -131,33 +160,44 @@ fn main() {
                     .devctl(&["stats", "--no-stream", "-o", "json"])
                     .ok()
                     .stdout;
-                (out.lines().count() >= CONTAINERS).then_some(())
+                (!stats_on || out.lines().count() >= CONTAINERS).then_some(())
             },
         );
         std::thread::sleep(warmup);
         let agent = c.agent("a").pid();
-        let cpu = measure(&[dockerd, containerd, agent], window);
+        let (cpu, others) = measure(&[dockerd, containerd, agent], window, &node);
         println!(
-            "| {label} | {:.2} % | {:.2} % | {:.2} % | {:.1} MiB |",
+            "| {label} | {:.2} % | {:.2} % | {:.2} % | {:.1} MiB | {others} |",
             cpu[0],
             cpu[1],
             cpu[2],
             rss_mib(agent)
         );
     };
-    alone(&mut c, "dockerd alone, no stats readers");
-    with_agent(
-        &mut c,
-        "devctl agent, stats from cgroup files (default)",
-        &[],
-    );
-    stop_agent(&mut c);
-    with_agent(
-        &mut c,
-        "devctl agent, `--stats-source engine`",
-        &["--stats-source", "engine"],
-    );
-    alone(&mut c, "dockerd alone again");
+    let rounds: usize = std::env::var("DEVCTL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    for _ in 0..rounds {
+        alone(&mut c, "dockerd alone, no stats readers");
+        with_agent(
+            &mut c,
+            "devctl agent, stats off (`--stats-interval 1h`)",
+            &["--stats-interval", "1h"],
+        );
+        stop_agent(&mut c);
+        with_agent(
+            &mut c,
+            "devctl agent, stats from cgroup files (default)",
+            &[],
+        );
+        stop_agent(&mut c);
+        with_agent(
+            &mut c,
+            "devctl agent, `--stats-source engine`",
+            &["--stats-source", "engine"],
+        );
+    }
 
     // Clean up 8 at a time, before the cluster's guard removes the rest.
     let ids: Vec<String> = c
