@@ -2,7 +2,10 @@
 # Runs devctl's benchmarks on release builds and prints markdown rows for
 # docs/benchmarks.md, after a line describing this machine.
 #
-#   deploy/bench.sh [launch|api|stats|placement|all]
+#   deploy/bench.sh [launch|api|stats|stats-load|placement|all]
+#
+# stats-load (not in `all`: about 5 minutes, 100 containers) measures what
+# devctl's stats cost the engine; DEVCTL_BENCH_SECS sets each window (60).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/deploy/prereqs.sh"
@@ -14,7 +17,8 @@ case "${1:-all}" in
   launch) cargo bench -q -p devctl-tests --bench launch ;;
   api) cargo bench -q -p devctl-tests --bench api ;;
   stats) cargo bench -q -p devctl-tests --bench stats ;;
+  stats-load) cargo bench -q -p devctl-tests --bench stats_load ;;
   placement) cargo bench -q -p devctl-tests --bench placement ;;
   all) for b in launch api stats placement; do cargo bench -q -p devctl-tests --bench $b; done ;;
-  *) echo "usage: $0 [launch|api|stats|placement|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [launch|api|stats|stats-load|placement|all]" >&2; exit 2 ;;
 esac

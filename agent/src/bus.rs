@@ -44,6 +44,14 @@ pub struct Incoming {
     reply_to: Option<async_nats::Subject>,
 }
 
+/// Why a first connection attempt failed (to say each once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Refused,
+    PlainText,
+    Unreachable,
+}
+
 impl Bus {
     /// Connects to `url` over TLS with the bundle in `tls_dir` (`ca.pem`,
     /// `cert.pem`, `key.pem`; read again at every reconnect, so a renewed
@@ -60,8 +68,12 @@ impl Bus {
     pub async fn connect(url: &str, node: &str, tls_dir: &Path) -> Result<Self, BusError> {
         let refused = tokio_util::sync::CancellationToken::new();
         let mut backoff = std::time::Duration::from_millis(100);
+        let mut told = None;
+        // std lock: one string swap per connection event.
+        let last_event = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let client = loop {
             let on_refusal = refused.clone();
+            let last_event = std::sync::Arc::clone(&last_event);
             let attempt = ConnectOptions::new()
                 .name(format!("devctl-agent/{node}"))
                 .require_tls(true)
@@ -70,8 +82,20 @@ impl Bus {
                 .custom_inbox_prefix(bus::agent_inbox_prefix(node))
                 .event_callback(move |event| {
                     let on_refusal = on_refusal.clone();
+                    let last = std::sync::Arc::clone(&last_event);
                     async move {
-                        tracing::info!(%event, "bus connection");
+                        // A reconnect loop repeats the same failure with
+                        // backoff: said once, then at debug level.
+                        let text = event.to_string();
+                        let repeated = {
+                            let mut last = last.lock().expect("event lock");
+                            std::mem::replace(&mut *last, text.clone()) == text
+                        };
+                        if repeated {
+                            tracing::debug!(%event, "bus connection");
+                        } else {
+                            tracing::info!(%event, "bus connection");
+                        }
                         // Refused while connected (ServerError) or on a
                         // reconnect (a ClientError carrying only text).
                         let refused = match &event {
@@ -97,16 +121,34 @@ impl Bus {
                         e.kind(),
                         async_nats::ConnectErrorKind::AuthorizationViolation
                     );
-                    tracing::warn!(
-                        error = %e,
-                        retry_in = ?backoff,
-                        "{}",
-                        if refused_now {
-                            "the bus refused this node's certificate (not admitted yet, or removed); retrying"
-                        } else {
-                            "the bus is not reachable; retrying"
+                    // Said once per condition; repeats at debug level.
+                    let condition = if refused_now {
+                        Failure::Refused
+                    } else if bus::probe_transport(url, std::time::Duration::from_secs(2)).await
+                        == Some(bus::Transport::Plain)
+                    {
+                        Failure::PlainText
+                    } else {
+                        Failure::Unreachable
+                    };
+                    if told == Some(condition) {
+                        tracing::debug!(error = %e, retry_in = ?backoff, "bus connection attempt failed; retrying");
+                    } else {
+                        told = Some(condition);
+                        match condition {
+                            Failure::Refused => tracing::warn!(
+                                error = %e,
+                                "the bus refused this node's certificate (not admitted yet, or removed); retrying"
+                            ),
+                            Failure::PlainText => tracing::error!(
+                                "the bus at {url} does not speak TLS; start nats-server with the scheduler's DIR/nats/nats.conf; retrying"
+                            ),
+                            Failure::Unreachable => tracing::warn!(
+                                error = %e,
+                                "the bus at {url} is not reachable; retrying with backoff"
+                            ),
                         }
-                    );
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }

@@ -41,6 +41,24 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_STATS_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
 
+    /// Where container usage comes from: `auto` reads the cgroup files
+    /// (v1 or v2) and asks the engine's stats API only for a container whose
+    /// files cannot be read; `engine` always asks the engine (costly: a
+    /// stream per container).
+    #[arg(long, env = "DEVCTL_STATS_SOURCE", value_enum, default_value_t = StatsSource::Auto)]
+    pub stats_source: StatsSource,
+
+    /// The cgroup mount (for an agent in a container: the host's
+    /// /sys/fs/cgroup mounted read-only, e.g. at /host/sys/fs/cgroup).
+    #[arg(long, env = "DEVCTL_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+
+    /// The host's /proc (network totals are read from a container process's
+    /// namespace there; an agent in a container needs the host's PID
+    /// namespace or the host's /proc mounted).
+    #[arg(long, env = "DEVCTL_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+
     /// Commands executed at once; further commands wait.
     #[arg(long, env = "DEVCTL_MAX_CONCURRENT_OPS", default_value_t = 32)]
     pub max_concurrent_ops: usize,
@@ -82,9 +100,28 @@ pub struct Config {
     #[arg(long, hide = true, env = "DEVCTL_TEST_MEMORY_USED_PERCENT")]
     pub test_memory_used_percent: Option<f64>,
 
+    /// Test-only: shift the times this agent puts on its stats reports by
+    /// this many seconds (a skewed clock).
+    #[arg(
+        long,
+        hide = true,
+        env = "DEVCTL_TEST_CLOCK_SKEW_SECS",
+        allow_negative_numbers = true
+    )]
+    pub test_clock_skew_secs: Option<i64>,
+
     /// How long shutdown waits for commands in flight.
     #[arg(long, env = "DEVCTL_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// Where container usage comes from (`--stats-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsSource {
+    /// The cgroup files; the engine for a container they do not show.
+    Auto,
+    /// The engine's stats API for every container.
+    Engine,
 }
 
 impl Config {

@@ -10,6 +10,8 @@
 //! - [`dispatch`]: one command in, runtime calls, one reply out;
 //!   [`limit`]: the bound on engine operations run at once.
 //! - [`forward`]: engine events to the bus, through a bounded queue.
+//! - [`stats`]: usage reports, from [`cgroup`] files (the engine's stats API
+//!   only where those cannot be read); [`host`]: the node's own usage.
 //! - [`run`]: the agent's main loop.
 //!
 //! ```text
@@ -19,6 +21,7 @@
 //! ```
 
 pub mod bus;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod dispatch;
@@ -194,8 +197,15 @@ pub async fn serve<R: ContainerRuntime>(
         bus.clone(),
         config.node.clone(),
         info.data_root.clone(),
-        config.stats_interval,
-        config.test_memory_used_percent,
+        stats::Options {
+            interval: config.stats_interval,
+            source: config.stats_source,
+            cgroup_root: config.cgroup_root.clone(),
+            proc_root: config.proc_root.clone(),
+            node_memory_bytes: info.memory_bytes,
+            memory_used_percent: config.test_memory_used_percent,
+            clock_skew_secs: config.test_clock_skew_secs,
+        },
         stop_stats.clone(),
     ));
     let stop_events = CancellationToken::new();

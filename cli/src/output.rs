@@ -641,6 +641,7 @@ impl EventPrinter {
 #[derive(Debug, Serialize)]
 pub struct ContainerStatsView {
     name: String,
+    id: String,
     node: String,
     time: Option<String>,
     cpu_percent: f64,
@@ -657,6 +658,7 @@ impl From<&pb::ContainerStats> for ContainerStatsView {
     fn from(s: &pb::ContainerStats) -> Self {
         Self {
             name: s.name.clone(),
+            id: s.id.clone(),
             node: s.node.clone(),
             time: s
                 .time

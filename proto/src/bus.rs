@@ -191,9 +191,77 @@ pub fn node_of_subject(subject: &str) -> Option<&str> {
     }
 }
 
+/// What a bus server speaks, from the INFO line it sends on connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// It requires or offers TLS.
+    Tls,
+    /// Plain text only: a devctl client (which requires TLS) cannot talk
+    /// to it.
+    Plain,
+}
+
+/// Reads the INFO line of the server at `url` (`tls://HOST:PORT`,
+/// `nats://HOST:PORT` or `HOST:PORT`; port 4222 if none) to tell what it
+/// speaks. `None` when nothing answered like a NATS server within
+/// `timeout` (not up, not reachable).
+pub async fn probe_transport(url: &str, timeout: std::time::Duration) -> Option<Transport> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let addr = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let addr = addr.rsplit_once('@').map_or(addr, |(_, host)| host);
+    let addr = addr.split(['/', ',']).next().unwrap_or(addr);
+    let addr = if addr
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        addr.to_string()
+    } else {
+        format!("{addr}:4222")
+    };
+    let line = tokio::time::timeout(timeout, async {
+        let stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        let mut line = String::new();
+        let mut reader = tokio::io::BufReader::new(stream).take(64 * 1024);
+        reader.read_line(&mut line).await.ok()?;
+        Some(line)
+    })
+    .await
+    .ok()??;
+    info_transport(&line)
+}
+
+/// What an `INFO {...}` line says about TLS (nats-server writes compact
+/// JSON: `"tls_required":true`, `"tls_available":true`).
+fn info_transport(line: &str) -> Option<Transport> {
+    let info = line.strip_prefix("INFO ")?;
+    let flag = |k: &str| info.contains(&format!("\"{k}\":true"));
+    Some(if flag("tls_required") || flag("tls_available") {
+        Transport::Tls
+    } else {
+        Transport::Plain
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn info_lines_tell_tls_from_plain() {
+        assert_eq!(
+            info_transport("INFO {\"server_id\":\"x\",\"tls_required\":true,\"port\":1}\r\n"),
+            Some(Transport::Tls)
+        );
+        assert_eq!(
+            info_transport("INFO {\"tls_available\":true}\r\n"),
+            Some(Transport::Tls)
+        );
+        assert_eq!(
+            info_transport("INFO {\"server_id\":\"x\",\"port\":4222}\r\n"),
+            Some(Transport::Plain)
+        );
+        assert_eq!(info_transport("HTTP/1.1 400 Bad Request\r\n"), None);
+    }
 
     #[test]
     fn subjects_round_trip_the_node_name() {

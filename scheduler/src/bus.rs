@@ -12,7 +12,7 @@ use std::{
 };
 
 use async_nats::{
-    Client, ConnectOptions, RequestErrorKind, Subscriber,
+    Client, ClientError, ConnectOptions, Event, RequestErrorKind, Subscriber,
     jetstream::{self, consumer, stream},
 };
 use devctl_proto::{
@@ -62,6 +62,15 @@ impl Bus {
         // Fails early, with the file's name, on a missing file or an
         // unprotected key.
         Bundle::load(tls_dir).map_err(|e| BusError::Nats(format!("bus certificate: {e}")))?;
+        // What was last said about failed attempts: 0 nothing, 1 plain
+        // text server, 2 unreachable.
+        let told = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let url_owned = url.to_string();
+        let conf = tls_dir
+            .parent()
+            .unwrap_or(tls_dir)
+            .join("nats")
+            .join("nats.conf");
         let client = ConnectOptions::new()
             .name("devctl-scheduler")
             .require_tls(true)
@@ -69,8 +78,34 @@ impl Bus {
             .add_client_certificate(tls_dir.join(pki::CERT_FILE), tls_dir.join(pki::KEY_FILE))
             .custom_inbox_prefix(bus::SCHEDULER_INBOX_PREFIX)
             .retry_on_initial_connect()
-            .event_callback(|event| async move {
-                tracing::info!(%event, "bus connection");
+            .event_callback(move |event| {
+                let told = Arc::clone(&told);
+                let (url, conf) = (url_owned.clone(), conf.clone());
+                async move {
+                    // async-nats says only "IO error" for each failed
+                    // attempt (it retries with backoff, up to 4 s): say once
+                    // what is wrong, and again only when that changes.
+                    let Event::ClientError(ClientError::Other(kind)) = &event else {
+                        told.store(0, Ordering::Relaxed);
+                        tracing::info!(%event, "bus connection");
+                        return;
+                    };
+                    let probe = bus::probe_transport(&url, Duration::from_secs(2)).await;
+                    let condition = match probe {
+                        Some(bus::Transport::Plain) => 1,
+                        _ => 2,
+                    };
+                    if told.swap(condition, Ordering::Relaxed) == condition {
+                        tracing::debug!(%event, "bus connection attempt failed; retrying");
+                    } else if condition == 1 {
+                        tracing::error!(
+                            "the bus at {url} does not speak TLS; start nats-server with {}; retrying",
+                            conf.display()
+                        );
+                    } else {
+                        tracing::warn!(error = %kind, "the bus at {url} is not reachable; retrying with backoff");
+                    }
+                }
             })
             .connect(url)
             .await

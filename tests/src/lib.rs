@@ -788,6 +788,16 @@ impl TestCluster {
         CliResult::from(cmd.output().expect("run devctl"))
     }
 
+    /// Container `name`'s latest usage sample (`devctl stats --no-stream
+    /// NAME -o json`), if the scheduler serves one.
+    pub fn stats_sample(&self, name: &str) -> Option<Value> {
+        let out = self
+            .devctl(&["stats", "--no-stream", name, "-o", "json"])
+            .ok()
+            .stdout;
+        out.lines().next().map(|l| serde_json::from_str(l).unwrap())
+    }
+
     /// The cluster's events (`devctl events -o json` plus `extra` flags).
     pub fn events(&self, extra: &[&str]) -> Vec<Value> {
         let mut args = vec!["events", "-o", "json"];

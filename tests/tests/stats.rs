@@ -10,14 +10,6 @@ use std::{
 use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
 use serde_json::Value;
 
-fn sample(c: &TestCluster, name: &str) -> Option<Value> {
-    let out = c
-        .devctl(&["stats", "--no-stream", name, "-o", "json"])
-        .ok()
-        .stdout;
-    out.lines().next().map(|l| serde_json::from_str(l).unwrap())
-}
-
 /// Bytes from docker's "1.5MiB" notation.
 fn docker_bytes(s: &str) -> f64 {
     let units = [
@@ -51,7 +43,7 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
     // CPU near its limit: the mean of five consecutive samples.
     let mut cpu = Vec::new();
     wait_until("five CPU samples", Duration::from_secs(30), || {
-        let s = sample(&c, "burner")?;
+        let s = c.stats_sample("burner")?;
         let t = s["time"].as_str()?.to_string();
         if cpu.last().map(|(lt, _)| lt) != Some(&t) {
             cpu.push((t, s["cpu_percent"].as_f64()?));
@@ -67,7 +59,7 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
     );
 
     // Memory: the limit exactly, the usage close to the engine's figure.
-    let s = sample(&c, "burner").unwrap();
+    let s = c.stats_sample("burner").unwrap();
     assert_eq!(s["memory_limit_bytes"], 64i64 << 20);
     assert!(s["pids"].as_i64().unwrap() >= 1);
     let engine_id = c.engine_container("burner").unwrap()["Id"]
@@ -91,7 +83,7 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
             .unwrap()
             .trim(),
     );
-    let ours = sample(&c, "burner").unwrap()["memory_bytes"]
+    let ours = c.stats_sample("burner").unwrap()["memory_bytes"]
         .as_f64()
         .unwrap();
     assert!(
@@ -109,7 +101,7 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
     // Stopped: no more samples.
     c.devctl(&["stop", "burner", "-t", "0"]).ok();
     wait_until("samples to stop", Duration::from_secs(10), || {
-        sample(&c, "burner").is_none().then_some(())
+        c.stats_sample("burner").is_none().then_some(())
     });
 }
 

@@ -808,6 +808,7 @@ impl Cluster {
         self.remove_on_node(&c, force).await?;
         self.store().delete_container(name).await?;
         self.shared.activity.forget(name);
+        self.shared.stats.forget(&c.id);
         tracing::info!(name, reason = cause.word(), "container removed");
         Ok(c)
     }
@@ -875,6 +876,7 @@ impl Cluster {
             }
             self.remove_on_node(&c, true).await?;
             self.store().delete_container(&name).await?;
+            self.shared.stats.forget(&c.id);
             tracing::info!(name, node, "recorded removal carried out: the node is back");
         }
         Ok(())
