@@ -97,8 +97,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let bundle = config.data_dir.server_bundle()?;
     let store = Store::open(&config.data_dir.state_file())?;
+    let api_tokens = ApiTokens::load(&store)?;
+    crate::api::enroll::import_identities(&config.data_dir, &store, &api_tokens).await?;
     let auth = Authenticator::new(
-        ApiTokens::load(&store)?,
+        api_tokens,
         Revocations::open(config.data_dir.revoked_file()),
     )
     .with_stream_cap(config.max_streams_per_identity);
