@@ -705,6 +705,21 @@ impl Bus {
         Ok(())
     }
 
+    /// The audit log's size in bytes and its cap (`None`: no cap).
+    pub async fn audit_usage(&self) -> Result<(u64, Option<u64>), BusError> {
+        let mut stream = self
+            .jetstream
+            .get_stream(AUDIT_STREAM)
+            .await
+            .map_err(|e| BusError::Nats(format!("JetStream: {e}")))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| BusError::Nats(format!("JetStream: {e}")))?;
+        let cap = u64::try_from(info.config.max_bytes).ok().filter(|c| *c > 0);
+        Ok((info.state.bytes, cap))
+    }
+
     /// Appends one entry to the audit log and waits for the server to
     /// store it.
     pub async fn publish_audit(&self, entry: &pb::AuditEntry) -> Result<(), BusError> {

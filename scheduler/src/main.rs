@@ -169,6 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 audit_retention: args.audit_retention,
                 audit_max_bytes: args.audit_max_size,
                 rate_limit: Limit::new(args.rate_limit, args.rate_burst),
+                anonymous_rate_limit: Limit::new(
+                    args.anonymous_rate_limit,
+                    args.anonymous_rate_burst,
+                ),
                 max_streams_per_identity: args.max_streams_per_identity,
                 certs: CertPolicy {
                     agent_ttl: args.agent_cert_ttl,

@@ -196,6 +196,9 @@ impl EnrollService for EnrollApi {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         super::audit::target(&req, &req.get_ref().name);
+        // The token is not checked yet: held to the per-source limit of
+        // calls without credentials.
+        super::audit::admit_anonymous(&req)?;
         let r = req.get_ref();
         for (field, value, max) in [
             ("token", &r.token, validate::limits::MAX_TOKEN_LEN),
@@ -313,7 +316,7 @@ impl EnrollService for EnrollApi {
         &self,
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let id = self.auth.identify_certificate(&req)?;
+        let id = self.auth.identify_certificate_or_limit(&req)?;
         super::audit::admit(&req, &id)?;
         let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
         tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");
