@@ -108,6 +108,16 @@ fn bogus_joins_without_credentials_are_rate_limited_and_the_log_stays_bounded() 
         .filter(|e: &serde_json::Value| e["method"].as_str().is_some_and(|m| m.ends_with("/Join")))
         .collect();
     assert!(!joins.is_empty(), "{out}");
+    // --last reads from the end of the log: the newest entries only.
+    let all: Vec<&str> = out.lines().collect();
+    let last = c
+        .devctl(&["audit", "-o", "json", "--last", "3"])
+        .ok()
+        .stdout;
+    let last: Vec<&str> = last.lines().collect();
+    assert_eq!(last.len(), 3, "{last:?}");
+    // (Successful reads are not recorded: the log has not moved.)
+    assert_eq!(last, all[all.len() - 3..], "{last:?}");
     for j in &joins {
         assert!(j["target"].as_str().unwrap().len() <= 253, "{j}");
         assert!(j["message"].as_str().unwrap().len() <= 512, "{j}");

@@ -751,7 +751,7 @@ impl audit_service_server::AuditService for AuditApi {
             .map_err(|_| Status::invalid_argument("since: not a valid time"))?;
         let mut reader = self
             .bus
-            .read_audit(since)
+            .read_audit(since, u64::from(r.last))
             .await
             .map_err(|e| Status::unavailable(format!("reading the audit log: {e}")))?;
         let (tx, rx) = mpsc::channel(64);
@@ -769,6 +769,14 @@ impl audit_service_server::AuditService for AuditApi {
                 let item = match next {
                     None => break,
                     Some(Ok(e)) if !r.identity.is_empty() && e.identity != r.identity => continue,
+                    // Read from the newest `last`: skip those before `since`.
+                    Some(Ok(e))
+                        if since.is_some_and(|s| {
+                            e.time.and_then(|t| SystemTime::try_from(t).ok()) < Some(s)
+                        }) =>
+                    {
+                        continue;
+                    }
                     Some(Ok(e)) => Ok(e),
                     Some(Err(e)) => Err(Status::unavailable(e.to_string())),
                 };
