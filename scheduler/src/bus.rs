@@ -740,6 +740,24 @@ impl Bus {
         Ok(())
     }
 
+    /// The audit stream's configuration and state.
+    async fn audit_info(&self) -> Result<stream::Info, BusError> {
+        let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
+        let mut stream = self
+            .jetstream
+            .get_stream(AUDIT_STREAM)
+            .await
+            .map_err(|e| nats(&e))?;
+        stream.info().await.cloned().map_err(|e| nats(&e))
+    }
+
+    /// The audit log's size in bytes and its cap (`None`: no cap).
+    pub async fn audit_usage(&self) -> Result<(u64, Option<u64>), BusError> {
+        let info = self.audit_info().await?;
+        let cap = u64::try_from(info.config.max_bytes).ok().filter(|c| *c > 0);
+        Ok((info.state.bytes, cap))
+    }
+
     /// Appends one entry to the audit log and waits for the server to
     /// store it.
     pub async fn publish_audit(&self, entry: &pb::AuditEntry) -> Result<(), BusError> {
@@ -754,12 +772,26 @@ impl Bus {
     }
 
     /// Reads the audit log from `since` (or the oldest retained entry), in
-    /// order, up to the entries stored when the read began.
+    /// order, up to the entries stored when the read began; `last` (if
+    /// not 0): from the `last`-th newest entry instead (a start sequence:
+    /// the server seeks to it), and the caller skips any before `since`.
     pub async fn read_audit(
         &self,
         since: Option<std::time::SystemTime>,
+        last: u64,
     ) -> Result<AuditReader, BusError> {
-        let start = since.map_or(EventStart::All, EventStart::Time);
+        let start = if last > 0 {
+            let state = self.audit_info().await?.state;
+            EventStart::Sequence(
+                state
+                    .last_sequence
+                    .saturating_sub(last - 1)
+                    .max(state.first_sequence)
+                    .max(1),
+            )
+        } else {
+            since.map_or(EventStart::All, EventStart::Time)
+        };
         let (messages, pending) = self
             .ordered_read(AUDIT_STREAM, String::new(), start)
             .await?;

@@ -176,10 +176,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DEVCTL_AUDIT_RETENTION", default_value = "90d", value_parser = humantime::parse_duration)]
     pub audit_retention: Duration,
     /// Most space the audit log takes (512m, 1g; 0: no cap but its age):
-    /// past it the oldest entries go first, so a flood of refused calls
-    /// cannot fill the disk. JetStream reserves it at start, so it must fit
-    /// in the store's free space.
-    #[arg(long, env = "DEVCTL_AUDIT_MAX_SIZE", default_value = "0", value_parser = parse_memory_or_zero)]
+    /// past it the oldest entries go first (with a warning in the log), so
+    /// a flood of refused calls cannot fill the disk. JetStream reserves it
+    /// at start, so it must fit in the store's free space.
+    #[arg(long, env = "DEVCTL_AUDIT_MAX_SIZE", default_value = "256m", value_parser = parse_memory_or_zero)]
     pub audit_max_size: i64,
     /// API calls per second allowed to each identity on average (0.5, 50);
     /// 0: no limit. A call over it is RESOURCE_EXHAUSTED ("retry in N ms",
@@ -190,6 +190,15 @@ pub struct ServeArgs {
     /// limit.
     #[arg(long, env = "DEVCTL_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Calls per second allowed on average to each source address (IP)
+    /// that presents no usable credentials (Join, and calls refused as
+    /// UNAUTHENTICATED); 0: no limit. A call over it is RESOURCE_EXHAUSTED
+    /// with `retry-after-ms`, and is not recorded in the audit log.
+    #[arg(long, env = "DEVCTL_ANONYMOUS_RATE_LIMIT", default_value_t = 10.0)]
+    pub anonymous_rate_limit: f64,
+    /// Such calls one source address may make in a burst; 0: no limit.
+    #[arg(long, env = "DEVCTL_ANONYMOUS_RATE_BURST", default_value_t = 20)]
+    pub anonymous_rate_burst: u32,
     /// Streams (logs -f, exec, events and stats watches, audit listings) one
     /// identity may have open at once; one more is RESOURCE_EXHAUSTED. 0: no
     /// cap.

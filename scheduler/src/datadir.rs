@@ -15,6 +15,8 @@
 //! DIR/nats/jetstream/                JetStream's store
 //! DIR/nats/nats.pid                  the pid of the nats-server running on it
 //! DIR/state.redb                     the store
+//! DIR/identities/<name>              an identity `issue-cert` made while the scheduler
+//!                                    held the store (its kind); imported by the scheduler
 //! DIR/scheduler.addr                 the address `serve` listens on
 //! ```
 //!
@@ -37,6 +39,8 @@ use devctl_proto::{
     validate::{self, InvalidField},
 };
 use thiserror::Error;
+
+use crate::store::IdentityKind;
 
 /// Validity of the server certificate.
 pub const SERVER_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -150,6 +154,69 @@ impl DataDir {
     /// The store file.
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.redb")
+    }
+
+    /// Identities `issue-cert` made while the store was held by a running
+    /// scheduler: one file per name, holding its kind. The scheduler
+    /// records them before every join and at start.
+    pub fn pending_identities_dir(&self) -> PathBuf {
+        self.root.join("identities")
+    }
+
+    /// Leaves `name` (of `kind`) for the scheduler to record.
+    pub fn add_pending_identity(&self, name: &str, kind: IdentityKind) -> Result<(), DataDirError> {
+        validate::dns_label("--name", name)?;
+        pki::create_private_dir(&self.pending_identities_dir())?;
+        pki::write_file(
+            &self.pending_identities_dir().join(name),
+            kind.as_str().as_bytes(),
+            0o600,
+        )?;
+        Ok(())
+    }
+
+    /// The identities left by `issue-cert` (unreadable or misnamed files
+    /// are skipped).
+    pub fn pending_identities(&self) -> Vec<(String, IdentityKind)> {
+        let Ok(entries) = fs::read_dir(self.pending_identities_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let name = e.file_name().into_string().ok()?;
+                validate::dns_label("name", &name).ok()?;
+                let kind = fs::read_to_string(e.path()).ok()?;
+                Some((name, IdentityKind::parse(kind.trim())))
+            })
+            .collect()
+    }
+
+    /// Forgets the pending identities `names` (once recorded).
+    pub fn remove_pending_identities(&self, names: &[String]) {
+        for n in names {
+            let _ = fs::remove_file(self.pending_identities_dir().join(n));
+        }
+    }
+
+    /// The names of the client bundles under `DIR/clients` (the first
+    /// admin's, and any `issue-cert --out DIR/clients/NAME` wrote).
+    pub fn client_bundle_names(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.root.join("clients")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| validate::dns_label("name", n).is_ok())
+            .collect()
+    }
+
+    /// Fails unless `init` made a cluster here.
+    pub fn ensure_initialized(&self) -> Result<(), DataDirError> {
+        if !self.ca_dir().join(pki::CA_FILE).exists() {
+            return Err(DataDirError::NotInitialized(self.root.clone()));
+        }
+        Ok(())
     }
 
     /// The revocation list.

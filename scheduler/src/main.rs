@@ -14,6 +14,7 @@ use devctl_scheduler::{
     ratelimit::Limit,
     revocation::{self, Target},
     server::{ServeConfig, serve},
+    store::{IdentityKind, Store},
 };
 
 #[tokio::main]
@@ -26,6 +27,28 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Records the identity `issue-cert` makes in the store's registry, refusing
+/// a name that is an identity of another kind. If a running scheduler holds
+/// the store, leaves it in `DIR/identities` for that scheduler to record
+/// (before its next join and at its next start).
+fn register_issued(dir: &DataDir, name: &str, role: Role) -> anyhow::Result<()> {
+    devctl_proto::validate::dns_label("--name", name)?;
+    dir.ensure_initialized()?;
+    let kind = IdentityKind::of(role);
+    match Store::open(&dir.state_file()) {
+        Ok(store) => {
+            if let Some(other) = store.register_identity_blocking(name, kind)? {
+                anyhow::bail!(
+                    "--name: {name:?} is already an identity of this cluster ({other}), not a {kind}; pick another name"
+                );
+            }
+        }
+        Err(e) if e.is_held_elsewhere() => dir.add_pending_identity(name, kind)?,
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -59,6 +82,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 USER_CERT_VALIDITY
             });
+            register_issued(&dir, &name, role)?;
             let serial = dir.issue_cert(&name, role, &out, valid_for)?;
             println!("wrote {role} bundle for {name} to {}", out.display());
             if role == Role::Agent {
@@ -145,6 +169,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 audit_retention: args.audit_retention,
                 audit_max_bytes: args.audit_max_size,
                 rate_limit: Limit::new(args.rate_limit, args.rate_burst),
+                anonymous_rate_limit: Limit::new(
+                    args.anonymous_rate_limit,
+                    args.anonymous_rate_burst,
+                ),
                 max_streams_per_identity: args.max_streams_per_identity,
                 certs: CertPolicy {
                     agent_ttl: args.agent_cert_ttl,

@@ -63,6 +63,9 @@ pub struct ServeConfig {
     pub audit_max_bytes: i64,
     /// The per-identity rate limit of API calls; `None`: unlimited.
     pub rate_limit: Option<crate::ratelimit::Limit>,
+    /// The limit per source address on calls without usable credentials,
+    /// if any.
+    pub anonymous_rate_limit: Option<crate::ratelimit::Limit>,
     /// Streams one identity may have open at once; 0: no cap.
     pub max_streams_per_identity: usize,
     /// Validity of the certificates it signs.
@@ -97,8 +100,10 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let bundle = config.data_dir.server_bundle()?;
     let store = Store::open(&config.data_dir.state_file())?;
+    let api_tokens = ApiTokens::load(&store)?;
+    crate::api::enroll::import_identities(&config.data_dir, &store, &api_tokens).await?;
     let auth = Authenticator::new(
-        ApiTokens::load(&store)?,
+        api_tokens,
         Revocations::open(config.data_dir.revoked_file()),
     )
     .with_stream_cap(config.max_streams_per_identity);
@@ -201,6 +206,7 @@ pub async fn serve(
     };
     let (audit_sink, audit_writer) = AuditWriter::spawn(bus.clone());
     let limiter = config.rate_limit.map(RateLimiter::new);
+    let anonymous = config.anonymous_rate_limit.map(RateLimiter::new);
     // Each service refuses a message over the transport limit with
     // OUT_OF_RANGE before decoding it, and is behind authentication.
     macro_rules! authenticated {
@@ -212,7 +218,7 @@ pub async fn serve(
         };
     }
     let result = Server::builder()
-        .layer(AuditLayer::new(audit_sink, limiter))
+        .layer(AuditLayer::new(audit_sink, limiter).with_anonymous_limit(anonymous))
         .tls_config(bundle.server_tls())
         .map_err(|e| ServeError::Transport(e.to_string()))?
         .add_service(health_service)

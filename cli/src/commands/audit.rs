@@ -1,4 +1,4 @@
-//! `devctl audit [--since 10m|RFC3339] [--identity NAME]` (admin only)
+//! `devctl audit [--since 10m|RFC3339] [--identity NAME] [--last N]` (admin only)
 
 use std::time::SystemTime;
 
@@ -19,7 +19,14 @@ pub struct Args {
     /// usable certificate).
     #[arg(long)]
     pub identity: Option<String>,
+    /// At most the newest N entries of the log (before --identity filters
+    /// them); 0: all. Default: 1000, or all since --since.
+    #[arg(long)]
+    pub last: Option<u32>,
 }
+
+/// The newest entries `devctl audit` shows without --since or --last.
+pub const DEFAULT_LAST: u32 = 1000;
 
 impl Args {
     /// The request these flags describe.
@@ -32,6 +39,11 @@ impl Args {
                 .transpose()?
                 .map(Into::into),
             identity: self.identity.clone().unwrap_or_default(),
+            last: self.last.unwrap_or(if self.since.is_some() {
+                0
+            } else {
+                DEFAULT_LAST
+            }),
         })
     }
 }

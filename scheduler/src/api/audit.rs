@@ -100,6 +100,16 @@ struct CallInner {
     // std Mutex: a few field writes, never held across an await.
     state: Mutex<CallState>,
     limiter: Option<RateLimiter>,
+    anonymous: Option<Anonymous>,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+/// The limit per source address on calls without usable credentials.
+#[derive(Debug, Clone)]
+struct Anonymous {
+    limiter: RateLimiter,
+    // Calls it refused so far (logged now and then).
+    refused: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Default)]
@@ -107,14 +117,23 @@ struct CallState {
     identity: Option<Identity>,
     target: String,
     rate_limited: bool,
+    // Refused by the per-source limit: not recorded (a flood must not
+    // grow the log).
+    unrecorded: bool,
 }
 
 impl Call {
-    fn new(limiter: Option<RateLimiter>) -> Self {
+    fn new(
+        limiter: Option<RateLimiter>,
+        anonymous: Option<Anonymous>,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Self {
         Self {
             inner: Arc::new(CallInner {
                 state: Mutex::new(CallState::default()),
                 limiter,
+                anonymous,
+                source_ip,
             }),
         }
     }
@@ -127,17 +146,33 @@ impl Call {
     pub fn target(&self, name: &str) {
         // What a caller sent, not yet validated: only as much as a name
         // can be (a longer one is refused anyway).
-        let mut end = name.len().min(MAX_TARGET_LEN);
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.state().target = name[..end].to_string();
+        self.state().target = capped(name, MAX_TARGET_LEN);
     }
+}
+
+/// At most `max` bytes of `s` (cut at a character boundary).
+fn capped(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// The most of a call's target the audit log keeps (the longest name
 /// any call takes: a DNS subdomain).
 const MAX_TARGET_LEN: usize = 253;
+/// The most of a method path kept (ours are under 64 bytes; a caller may
+/// send any path to a service and be refused).
+const MAX_METHOD_LEN: usize = 128;
+/// The most of a status message kept (messages may quote what the caller
+/// sent).
+const MAX_MESSAGE_LEN: usize = 512;
+/// The most of an identity's name and role kept (they come from a
+/// certificate of the cluster CA or a stored token: already bounded).
+const MAX_IDENTITY_LEN: usize = 253;
+/// How often (in refused calls) the per-source limit logs a warning.
+const ANONYMOUS_WARN_EVERY: u64 = 1000;
 
 /// The call slot of `req`, if the audit layer is in place.
 pub fn call<T>(req: &Request<T>) -> Option<Call> {
@@ -167,15 +202,50 @@ pub fn admit<T>(req: &Request<T>, id: &Identity) -> Result<(), Status> {
         return Ok(());
     };
     call.state().rate_limited = true;
+    Err(limited(
+        format!("rate limit exceeded for {id}: {}", limiter.limit()),
+        wait,
+    ))
+}
+
+/// Called for a call without usable credentials (a Join, or one about to
+/// be refused as UNAUTHENTICATED): takes one call of its source address's
+/// rate limit. Refused: RESOURCE_EXHAUSTED with the time to wait, and the
+/// call is not recorded in the audit log.
+pub fn admit_anonymous<T>(req: &Request<T>) -> Result<(), Status> {
+    let Some(call) = req.extensions().get::<Call>() else {
+        return Ok(());
+    };
+    let (Some(anon), Some(ip)) = (&call.inner.anonymous, call.inner.source_ip) else {
+        return Ok(());
+    };
+    let Err(wait) = anon.limiter.check(&ip.to_string()) else {
+        return Ok(());
+    };
+    call.state().unrecorded = true;
+    let n = anon.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    if n == 1 || n % ANONYMOUS_WARN_EVERY == 0 {
+        tracing::warn!(source = %ip, refused_total = n, limit = %anon.limiter.limit(),
+            "calls without credentials rate-limited (not recorded in the audit log)");
+    }
+    Err(limited(
+        format!(
+            "rate limit exceeded for calls without credentials from {ip}: {}",
+            anon.limiter.limit()
+        ),
+        wait,
+    ))
+}
+
+/// RESOURCE_EXHAUSTED: `what`, then the wait in the message and in the
+/// `retry-after-ms` metadata.
+fn limited(what: String, wait: Duration) -> Status {
     let ms = wait.as_millis().max(1);
-    let mut status = Status::resource_exhausted(format!(
-        "rate limit exceeded for {id}: {}; retry in {ms} ms",
-        limiter.limit()
-    ));
+    let mut status = Status::resource_exhausted(format!("{what}; retry in {ms} ms"));
     if let Ok(v) = ms.to_string().parse() {
         status.metadata_mut().insert(RETRY_AFTER_MS, v);
     }
-    Err(status)
+    status
 }
 
 // ---- the sink and its writer ----------------------------------------------
@@ -297,11 +367,18 @@ async fn write_loop(
                 "audit entry dropped: the bus did not store it");
         }
     };
+    let mut last_check: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
             entry = rx.recv() => match entry {
-                Some(e) => store(e).await,
+                Some(e) => {
+                    store(e).await;
+                    if last_check.is_none_or(|t| t.elapsed() >= USAGE_CHECK_EVERY) {
+                        last_check = Some(tokio::time::Instant::now());
+                        warn_if_full(&bus).await;
+                    }
+                }
                 None => break,
             },
             _ = stop.cancelled() => {
@@ -315,6 +392,25 @@ async fn write_loop(
     }
 }
 
+/// How often, at most, the writer looks at the audit log's size.
+const USAGE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Warns when the audit log is at its size cap: JetStream then drops the
+/// oldest entries to store new ones (silently, so this says it).
+async fn warn_if_full(bus: &Bus) {
+    match bus.audit_usage().await {
+        Ok((bytes, Some(cap))) if bytes.saturating_mul(10) >= cap.saturating_mul(9) => {
+            tracing::warn!(
+                bytes,
+                cap,
+                "the audit log is at its size cap (--audit-max-size): the oldest entries are being dropped"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "audit log size unknown"),
+    }
+}
+
 // ---- the layer -------------------------------------------------------------
 
 /// The tower layer around the whole router: sees every call, records the
@@ -323,12 +419,27 @@ async fn write_loop(
 pub struct AuditLayer {
     sink: AuditSink,
     limiter: Option<RateLimiter>,
+    anonymous: Option<Anonymous>,
 }
 
 impl AuditLayer {
     /// Records into `sink`; `limiter`: the per-identity rate limit, if any.
     pub fn new(sink: AuditSink, limiter: Option<RateLimiter>) -> Self {
-        Self { sink, limiter }
+        Self {
+            sink,
+            limiter,
+            anonymous: None,
+        }
+    }
+
+    /// Also limits calls without usable credentials, per source address
+    /// ([`admit_anonymous`]).
+    pub fn with_anonymous_limit(mut self, limiter: Option<RateLimiter>) -> Self {
+        self.anonymous = limiter.map(|limiter| Anonymous {
+            limiter,
+            refused: Arc::default(),
+        });
+        self
     }
 }
 
@@ -340,6 +451,7 @@ impl<S> tower_layer::Layer<S> for AuditLayer {
             inner,
             sink: self.sink.clone(),
             limiter: self.limiter.clone(),
+            anonymous: self.anonymous.clone(),
         }
     }
 }
@@ -350,6 +462,7 @@ pub struct Audited<S> {
     inner: S,
     sink: AuditSink,
     limiter: Option<RateLimiter>,
+    anonymous: Option<Anonymous>,
 }
 
 /// A call under way: what the entry needs besides the outcome.
@@ -373,22 +486,26 @@ impl Pending {
         };
         let state = self.call.state();
         let refused = matches!(code, Code::PermissionDenied | Code::Unauthenticated);
-        if !(refused || state.rate_limited || AUDITED_METHODS.contains(&self.method.as_str())) {
+        if state.unrecorded
+            || !(refused || state.rate_limited || AUDITED_METHODS.contains(&self.method.as_str()))
+        {
             return None;
         }
         let (identity, role) = match &state.identity {
-            Some(id) => (id.name.clone(), id.role.to_string()),
+            Some(id) => (capped(&id.name, MAX_IDENTITY_LEN), id.role.to_string()),
             None => (UNAUTHENTICATED.to_string(), String::new()),
         };
+        // Every field is bounded: the entry of any call is a few KiB at
+        // most, whatever the caller sent.
         Some(pb::AuditEntry {
             time: Some(SystemTime::now().into()),
             identity,
             role,
-            method: self.method.trim_start_matches('/').to_string(),
+            method: capped(self.method.trim_start_matches('/'), MAX_METHOD_LEN),
             target: state.target.clone(),
             code: code_name(code).to_string(),
-            message,
-            source: self.source.clone(),
+            message: capped(&message, MAX_MESSAGE_LEN),
+            source: capped(&self.source, MAX_IDENTITY_LEN),
         })
     }
 }
@@ -416,13 +533,16 @@ where
         // The clone that was polled ready serves this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let source = req
+        let peer = req
             .extensions()
             .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        let call = Call::new(self.limiter.clone());
+            .and_then(TcpConnectInfo::remote_addr);
+        let source = peer.map(|a| a.to_string()).unwrap_or_default();
+        let call = Call::new(
+            self.limiter.clone(),
+            self.anonymous.clone(),
+            peer.map(|a| a.ip()),
+        );
         req.extensions_mut().insert(call.clone());
         let pending = Pending {
             sink: self.sink.clone(),
@@ -631,7 +751,7 @@ impl audit_service_server::AuditService for AuditApi {
             .map_err(|_| Status::invalid_argument("since: not a valid time"))?;
         let mut reader = self
             .bus
-            .read_audit(since)
+            .read_audit(since, u64::from(r.last))
             .await
             .map_err(|e| Status::unavailable(format!("reading the audit log: {e}")))?;
         let (tx, rx) = mpsc::channel(64);
@@ -649,6 +769,14 @@ impl audit_service_server::AuditService for AuditApi {
                 let item = match next {
                     None => break,
                     Some(Ok(e)) if !r.identity.is_empty() && e.identity != r.identity => continue,
+                    // Read from the newest `last`: skip those before `since`.
+                    Some(Ok(e))
+                        if since.is_some_and(|s| {
+                            e.time.and_then(|t| SystemTime::try_from(t).ok()) < Some(s)
+                        }) =>
+                    {
+                        continue;
+                    }
                     Some(Ok(e)) => Ok(e),
                     Some(Err(e)) => Err(Status::unavailable(e.to_string())),
                 };
@@ -897,10 +1025,43 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_calls_are_limited_per_source_and_not_recorded() {
+        let limit = crate::ratelimit::Limit::new(0.001, 2).unwrap();
+        let layer =
+            AuditLayer::new(sink(1).0, None).with_anonymous_limit(Some(RateLimiter::new(limit)));
+        let call_from = |ip: &str| {
+            let mut req = Request::new(());
+            req.extensions_mut().insert(Call::new(
+                None,
+                layer.anonymous.clone(),
+                Some(ip.parse().unwrap()),
+            ));
+            req
+        };
+        for _ in 0..2 {
+            admit_anonymous(&call_from("10.0.0.1")).unwrap();
+        }
+        let req = call_from("10.0.0.1");
+        let refused = admit_anonymous(&req).unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert!(refused.metadata().get(RETRY_AFTER_MS).is_some());
+        assert!(super::call(&req).unwrap().state().unrecorded);
+        // Another address has its own allowance.
+        admit_anonymous(&call_from("10.0.0.2")).unwrap();
+    }
+
+    #[test]
+    fn capped_cuts_at_a_character_boundary() {
+        assert_eq!(capped("héllo", 2), "h");
+        assert_eq!(capped("abc", 10), "abc");
+    }
+
+    #[test]
     fn admit_refuses_over_the_limit_with_a_retry_hint() {
         let limiter = RateLimiter::new(crate::ratelimit::Limit::new(0.5, 1).unwrap());
         let mut req = Request::new(());
-        req.extensions_mut().insert(Call::new(Some(limiter)));
+        req.extensions_mut()
+            .insert(Call::new(Some(limiter), None, None));
         admit(&req, &alice()).unwrap();
         let refused = admit(&req, &alice()).unwrap_err();
         assert_eq!(refused.code(), Code::ResourceExhausted);

@@ -87,7 +87,9 @@ impl Authenticator {
     /// The interceptor: stores the caller's identity in the request.
     /// Agents may not use the API.
     pub fn authenticate(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        let identity = self.identify(&req)?;
+        let identity = self
+            .identify(&req)
+            .map_err(|e| refused_anonymous(&req, e))?;
         super::audit::admit(&req, &identity)?;
         if identity.role == Role::Agent {
             return Err(Status::permission_denied(
@@ -96,6 +98,14 @@ impl Authenticator {
         }
         req.extensions_mut().insert(identity);
         Ok(req)
+    }
+
+    /// The caller of `req` by its client certificate alone (as
+    /// [`Authenticator::identify_certificate`]); a caller without one is
+    /// held to the per-source limit of calls without credentials.
+    pub fn identify_certificate_or_limit<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        self.identify_certificate(req)
+            .map_err(|e| refused_anonymous(req, e))
     }
 
     /// The caller of `req`: its API token if it sends one, else its client
@@ -411,5 +421,14 @@ pub fn may_write(id: &Identity, method: &str) -> Result<(), Status> {
             "{id} may not call {method}: the {} role is read-only",
             id.role
         ))),
+    }
+}
+
+/// `e` (a call without usable credentials), or RESOURCE_EXHAUSTED if its
+/// source address is over the limit of such calls.
+fn refused_anonymous<T>(req: &Request<T>, e: Status) -> Status {
+    match super::audit::admit_anonymous(req) {
+        Ok(()) => e,
+        Err(limited) => limited,
     }
 }

@@ -14,7 +14,10 @@ use devctl_proto::{
 use tonic::{Request, Response, Status};
 
 use super::auth::Authenticator;
-use crate::{datadir::DataDir, store::Store};
+use crate::{
+    datadir::DataDir,
+    store::{Claim, IdentityKind, JoinOutcome, Store},
+};
 
 /// How long the certificates the scheduler signs are valid.
 #[derive(Debug, Clone, Copy)]
@@ -113,13 +116,10 @@ impl EnrollApi {
         Ok(issued)
     }
 
-    /// Whether `name` is an identity already: it joined before, owns a
-    /// container, an API token acts as it, or it is the first admin.
+    /// Whether `name` is used without being in the registry: it owns a
+    /// container, or an API token acts as it.
     fn name_in_use(&self, name: &str) -> Result<bool, Status> {
         let internal = |e: crate::store::StoreError| Status::internal(e.to_string());
-        if name == "admin" || self.store.name_joined(name).map_err(internal)? {
-            return Ok(true);
-        }
         let filter = crate::store::ContainerFilter {
             owner: Some(name.to_string()),
             ..Default::default()
@@ -137,6 +137,51 @@ impl EnrollApi {
     }
 }
 
+/// Records in the registry every identity made before it existed, or by
+/// `issue-cert` while the store was held: the scheduler itself, admitted
+/// agents, `issue-cert`'s pending ones, then (as people) the first admin,
+/// the client bundles under `DIR/clients`, names join tokens were used for,
+/// API tokens' identities and container owners. A name already recorded
+/// keeps its kind.
+pub async fn import_identities(
+    data_dir: &DataDir,
+    store: &Store,
+    tokens: &crate::tokens::ApiTokens,
+) -> Result<(), crate::store::StoreError> {
+    let pending = data_dir.pending_identities();
+    let mut names = vec![(
+        devctl_proto::pki::SCHEDULER_BUS_NAME.to_string(),
+        IdentityKind::Scheduler,
+    )];
+    names.extend(
+        data_dir
+            .admitted_agents()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| (n, IdentityKind::Agent)),
+    );
+    names.extend(pending.iter().cloned());
+    let people = std::iter::once("admin".to_string())
+        .chain(data_dir.client_bundle_names())
+        .chain(store.joined_names()?)
+        .chain(
+            tokens
+                .list()
+                .into_iter()
+                .filter_map(|t| Some(t.token?.identity)),
+        )
+        .chain(store.owners())
+        .filter(|n| !n.is_empty());
+    names.extend(people.map(|n| (n, IdentityKind::Person)));
+    let added = store.import_identities(names).await?;
+    if !added.is_empty() {
+        tracing::info!(count = added.len(), "identities recorded in the registry");
+    }
+    let recorded: Vec<String> = pending.into_iter().map(|(n, _)| n).collect();
+    data_dir.remove_pending_identities(&recorded);
+    Ok(())
+}
+
 fn join_status(e: JoinError) -> Status {
     match e {
         JoinError::Malformed => Status::invalid_argument(format!("token: {e}")),
@@ -151,6 +196,9 @@ impl EnrollService for EnrollApi {
         req: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         super::audit::target(&req, &req.get_ref().name);
+        // The token is not checked yet: held to the per-source limit of
+        // calls without credentials.
+        super::audit::admit_anonymous(&req)?;
         let r = req.get_ref();
         for (field, value, max) in [
             ("token", &r.token, validate::limits::MAX_TOKEN_LEN),
@@ -201,26 +249,47 @@ impl EnrollService for EnrollApi {
                 expires_at: 0,
             },
         )?;
-        if claims.name.is_none() && self.name_in_use(&name)? {
-            return Err(Status::already_exists(format!(
-                "name: {name:?} is already an identity of this cluster; a token that names nobody cannot join as an existing identity (pick another name, or ask for a token made with --name {name})"
-            )));
+        let claim = if claims.name.is_some() {
+            Claim::Named
+        } else {
+            Claim::New
+        };
+        let taken = |kind: &dyn std::fmt::Display| {
+            Status::already_exists(format!(
+                "name: {name:?} is already an identity of this cluster ({kind}); a token that names nobody cannot join as an existing identity (pick another name, or ask for a token made with --name {name})"
+            ))
+        };
+        if claim == Claim::New && self.name_in_use(&name)? {
+            return Err(taken(&"it owns containers or API tokens act as it"));
         }
-        // Sign first (a bad request must not use the token up), then mark
-        // the token used, and only then hand the certificate out.
+        // Sign first (a bad request must not use the token up), then, in
+        // one transaction, check the name is free (for a token that names
+        // nobody), mark the token used and record the name; only then hand
+        // the certificate out.
         let issued = self.sign(&r.csr_pem, &name, claims.role)?;
-        if !self
+        let dir = self.data_dir.clone();
+        let outcome = self
             .store
-            .use_join_token(&claims.id, &name)
+            .join(
+                &claims.id,
+                &name,
+                IdentityKind::of(claims.role),
+                claim,
+                move || dir.pending_identities(),
+            )
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "recording a join token");
-                Status::unavailable("the scheduler could not record the token's use; retry")
-            })?
-        {
-            return Err(Status::unauthenticated(
-                "this join token has already been used; each token works once: create another with `devctl-scheduler token create`",
-            ));
+                tracing::error!(error = %e, "recording a join");
+                Status::unavailable("the scheduler could not record the join; retry")
+            })?;
+        match outcome {
+            JoinOutcome::Joined => {}
+            JoinOutcome::TokenUsed => {
+                return Err(Status::unauthenticated(
+                    "this join token has already been used; each token works once: create another with `devctl-scheduler token create`",
+                ));
+            }
+            JoinOutcome::NameTaken(kind) => return Err(taken(&kind)),
         }
         if claims.role == Role::Agent {
             // Let the node onto the bus (its user and permissions).
@@ -247,7 +316,7 @@ impl EnrollService for EnrollApi {
         &self,
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
-        let id = self.auth.identify_certificate(&req)?;
+        let id = self.auth.identify_certificate_or_limit(&req)?;
         super::audit::admit(&req, &id)?;
         let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
         tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");

@@ -27,38 +27,6 @@ pub struct StoredToken {
 }
 
 impl Store {
-    /// Marks join token `id` used (for `name`), durably. `false`: it had
-    /// been used already, and nothing changed.
-    pub async fn use_join_token(&self, id: &str, name: &str) -> Result<bool, StoreError> {
-        let (id, name) = (id.to_string(), name.to_string());
-        self.write(move |db, _| {
-            let txn = db.begin_write()?;
-            {
-                let mut used = txn.open_table(JOIN_TOKENS_USED)?;
-                if used.get(id.as_str())?.is_some() {
-                    return Ok(false);
-                }
-                used.insert(id.as_str(), name.as_str())?;
-            }
-            txn.commit()?;
-            Ok(true)
-        })
-        .await
-    }
-
-    /// Whether some join token was already used for `name`.
-    pub fn name_joined(&self, name: &str) -> Result<bool, StoreError> {
-        let txn = self.db().begin_read()?;
-        let table = txn.open_table(JOIN_TOKENS_USED)?;
-        for entry in table.range::<&str>(..)? {
-            let (_, v) = entry?;
-            if v.value() == name {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-
     /// Records a new API token. Fails with [`StoreError::NameTaken`] if a
     /// token of that name exists (revoked ones too: names are not reused).
     pub async fn insert_api_token(&self, t: StoredToken) -> Result<(), StoreError> {

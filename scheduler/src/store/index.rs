@@ -156,6 +156,11 @@ impl Index {
         }
     }
 
+    /// Every owner of a container.
+    pub(crate) fn owners(&self) -> Vec<String> {
+        self.by_owner.keys().cloned().collect()
+    }
+
     /// What `owner` holds: its containers (running or not) and the CPU and
     /// memory they ask for.
     pub(crate) fn owned(&self, owner: &str) -> NodeUsage {

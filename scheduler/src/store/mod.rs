@@ -14,6 +14,7 @@
 //!   liveness is kept in memory)
 //! - `create_requests`: client request id → container id
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
+//! - `identities`: see [`identities`]
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
@@ -21,9 +22,11 @@
 //! after their commit, in commit order.
 
 mod access;
+mod identities;
 mod index;
 
 pub use access::StoredToken;
+pub use identities::{Claim, IdentityKind, JoinOutcome};
 
 use std::{
     collections::BTreeMap,
@@ -65,6 +68,13 @@ pub enum StoreError {
     /// A blocking task failed.
     #[error("store task: {0}")]
     Task(String),
+}
+
+impl StoreError {
+    /// Whether another process (a running scheduler) holds the database.
+    pub fn is_held_elsewhere(&self) -> bool {
+        matches!(self, StoreError::Db(redb::Error::DatabaseAlreadyOpen))
+    }
 }
 
 macro_rules! from_redb {
@@ -148,6 +158,7 @@ impl Store {
         txn.open_table(REQUESTS)?;
         txn.open_table(access::JOIN_TOKENS_USED)?;
         txn.open_table(access::API_TOKENS)?;
+        txn.open_table(identities::IDENTITIES)?;
         txn.commit()?;
         let mut index = Index::default();
         {
