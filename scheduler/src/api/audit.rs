@@ -739,6 +739,7 @@ mod tests {
             serial: "01".into(),
             issued_at: 0,
             expires_at: 0,
+            own_only: false,
         }
     }
 

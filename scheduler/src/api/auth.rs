@@ -299,7 +299,7 @@ pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
 }
 
 /// Which containers an identity may see: admins and viewers all of them,
-/// a developer only their own.
+/// a developer (and a viewer token made by a non-admin) only their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every container.
@@ -313,6 +313,7 @@ impl Scope {
     pub fn of(id: &Identity) -> Self {
         match id.role {
             Role::Developer => Scope::Owner(id.name.clone()),
+            _ if id.own_only => Scope::Owner(id.name.clone()),
             _ => Scope::All,
         }
     }

@@ -199,6 +199,7 @@ impl EnrollService for EnrollApi {
                 serial: format!("join-token:{}", claims.id),
                 issued_at: 0,
                 expires_at: 0,
+                own_only: false,
             },
         )?;
         if claims.name.is_none() && self.name_in_use(&name)? {
