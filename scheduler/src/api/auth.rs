@@ -393,13 +393,13 @@ pub fn may_operate(id: &Identity, method: &str, c: &pb::Container) -> Result<(),
     may_see(id, method, c)
 }
 
-/// Refuses every identity but an admin (cluster-wide changes such as
-/// cordoning a node).
-pub fn must_be_admin(id: &Identity, method: &str) -> Result<(), Status> {
+/// Refuses every identity but an admin `what` (what the call does, e.g.
+/// "cordoning a node", "reading the audit log") to it.
+pub fn must_be_admin(id: &Identity, method: &str, what: &str) -> Result<(), Status> {
     match id.role {
         Role::Admin => Ok(()),
         _ => Err(Status::permission_denied(format!(
-            "{id} may not call {method}: it changes the cluster and needs the admin role"
+            "{id} may not call {method}: {what} needs the admin role"
         ))),
     }
 }

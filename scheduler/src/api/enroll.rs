@@ -250,6 +250,11 @@ impl EnrollService for EnrollApi {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let id = self.auth.identify_certificate(&req)?;
         super::audit::admit(&req, &id)?;
+        if id.role == devctl_proto::identity::Role::Agent {
+            return Err(Status::permission_denied(format!(
+                "{id} may not call RenewCertificate: agents renew their certificate over the bus (devctl-agent does so by itself), not over the API"
+            )));
+        }
         let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
         tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");
         Ok(Response::new(issued))
