@@ -117,8 +117,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             match e.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!("devctl: {}", describe(status)),
-                None => eprintln!("devctl: {e:#}"),
+                Some(status) => {
+                    eprintln!("devctl: {}", output::escape_text(&describe(status)))
+                }
+                None => eprintln!("devctl: {}", output::escape_text(&format!("{e:#}"))),
             }
             ExitCode::FAILURE
         }

@@ -303,9 +303,60 @@ pub(crate) fn table(header: &[&str]) -> Table {
     t
 }
 
+/// `s` with every control character but those in `keep` written as an
+/// escape (`\x1b`, `\u{9b}`): what is printed to a terminal must not drive
+/// it (titles, screen clears, clipboard writes, erased lines).
+fn escape_but<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    if !s.chars().any(|c| c.is_control() && !keep.contains(&c)) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| match c {
+            c if !c.is_control() || keep.contains(&c) => c.to_string(),
+            c if (c as u32) < 0x80 => format!("\\x{:02x}", c as u32),
+            c => format!("\\u{{{:x}}}", c as u32),
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// `s` as one line for a terminal: every control character escaped (a
+/// newline too, so a value cannot forge a row).
+pub(crate) fn escape_line(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_but(s, &[])
+}
+
+/// Text for a terminal: control characters escaped but newline and tab.
+pub(crate) fn escape_text(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_but(s, &['\n', '\t'])
+}
+
 /// Columns separated by three spaces, no borders, no leading space (as
-/// kubectl and docker print).
-pub(crate) fn render(mut t: Table) -> String {
+/// kubectl and docker print). Every cell is escaped (`escape_line`).
+pub(crate) fn render(t: Table) -> String {
+    let header: Vec<String> = t
+        .header()
+        .map(|h| {
+            h.cell_iter()
+                .map(|c| escape_line(&c.content()).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut t = {
+        let rows: Vec<Vec<String>> = t
+            .row_iter()
+            .map(|r| {
+                r.cell_iter()
+                    .map(|c| escape_line(&c.content()).into_owned())
+                    .collect()
+            })
+            .collect();
+        let mut clean = table(&header.iter().map(String::as_str).collect::<Vec<_>>());
+        for row in rows {
+            clean.add_row(row);
+        }
+        clean
+    };
     for col in t.column_iter_mut() {
         col.set_padding((0, 3));
     }
@@ -433,7 +484,7 @@ pub fn container(format: Format, c: &pb::Container) -> Result<()> {
     }
     rows.push(("Engine ID", c.runtime_id.chars().take(12).collect()));
     for (k, v) in rows {
-        println!("{:<11} {v}", format!("{k}:"));
+        println!("{:<11} {}", format!("{k}:"), escape_line(&v));
     }
     Ok(())
 }
@@ -507,11 +558,11 @@ pub fn drained(format: Format, r: &pb::DrainNodeResponse) -> Result<()> {
         r.stopped.len()
     );
     for name in &r.stopped {
-        println!("  stopped {name}");
+        println!("  stopped {}", escape_line(name));
     }
     let failed: BTreeMap<_, _> = r.failed.iter().collect();
     for (name, why) in &failed {
-        println!("  NOT stopped {name}: {why}");
+        println!("  NOT stopped {}: {}", escape_line(name), escape_line(why));
     }
     if !failed.is_empty() {
         anyhow::bail!("{} container(s) could not be stopped", failed.len());
@@ -615,8 +666,7 @@ impl EventPrinter {
                     )?;
                     self.header = true;
                 }
-                writeln!(
-                    out,
+                let line = format!(
                     "{:<24}  {:<21}  {:<16}  {:<14}  {:<10}  {:<17}  {}",
                     view.time.as_deref().unwrap_or("-"),
                     view.kind,
@@ -629,7 +679,8 @@ impl EventPrinter {
                     view.actor,
                     view.reason,
                     view.message
-                )?;
+                );
+                writeln!(out, "{}", escape_line(&line))?;
             }
         }
         out.flush()?;
@@ -807,4 +858,31 @@ pub fn top(
     clear(redraw);
     println!("{}\n", render(t));
     container_stats(format, busiest, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_a_terminal() {
+        let hostile = "a\u{1b}]52;c;ZXZpbA==\u{7}\r\n\u{9b}2J\tz";
+        assert_eq!(
+            escape_line(hostile),
+            "a\\x1b]52;c;ZXZpbA==\\x07\\x0d\\x0a\\u{9b}2J\\x09z"
+        );
+        assert_eq!(
+            escape_text(hostile),
+            "a\\x1b]52;c;ZXZpbA==\\x07\\x0d\n\\u{9b}2J\tz"
+        );
+        assert!(matches!(
+            escape_line("plain"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        let mut t = table(&["NAME", "LABELS"]);
+        t.add_row(vec!["box".to_string(), "x\u{1b}[2J\nfake row".to_string()]);
+        let out = render(t);
+        assert!(out.contains("x\\x1b[2J\\x0afake row"), "{out}");
+        assert_eq!(out.lines().count(), 2, "{out}");
+    }
 }

@@ -72,6 +72,9 @@ pub struct Identity {
     /// When the credential runs out (seconds since the Unix epoch; 0: not
     /// known): streams opened with it end then.
     pub expires_at: i64,
+    /// The credential reads only the containers of `name` (a viewer API
+    /// token made by a non-admin: it carries no more than its creator).
+    pub own_only: bool,
 }
 
 impl fmt::Display for Identity {
@@ -133,6 +136,7 @@ impl Identity {
             issued_at: cert.validity().not_before.timestamp()
                 + crate::pki::CLOCK_SKEW.as_secs() as i64,
             expires_at: cert.validity().not_after.timestamp(),
+            own_only: false,
         })
     }
 }

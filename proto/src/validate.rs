@@ -131,6 +131,25 @@ pub fn max_len(field: &str, value: &str, max: usize) -> Result<(), InvalidField>
     Ok(())
 }
 
+/// Refuses control characters in `value` of `field` (C0, DEL and C1:
+/// NUL, and ESC, CR or BEL that would drive a terminal that prints it);
+/// tab and newline are allowed.
+pub fn no_control(field: &str, value: &str) -> Result<(), InvalidField> {
+    match value
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && c != '\t' && c != '\n')
+    {
+        Some((at, c)) => Err(InvalidField::new(
+            field,
+            format!(
+                "holds the control character U+{:04X} at byte {at}; only tab and newline are allowed (no ESC, CR, BEL or NUL)",
+                c as u32
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a number of `field` outside `0..=max`.
 pub fn in_range<T: PartialOrd + Default + std::fmt::Display>(
     field: &str,
@@ -302,6 +321,15 @@ mod tests {
         for bad in ["a b", "-x", &"a".repeat(64), "x/y"] {
             let e = label_value("container.labels", "k", bad).unwrap_err();
             assert_eq!(e.field, "container.labels[\"k\"]");
+        }
+    }
+
+    #[test]
+    fn control_characters_but_tab_and_newline_are_refused() {
+        assert!(no_control("f", "a\tb\nc").is_ok());
+        for bad in ["\x1b]0;pwned\x07", "a\rb", "\0", "\u{9b}2J", "\x7f"] {
+            let e = no_control("f", bad).unwrap_err();
+            assert_eq!(e.field, "f");
         }
     }
 

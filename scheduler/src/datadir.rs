@@ -88,6 +88,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataDirError + '_ {
 
 /// Validity of the scheduler's bus certificate.
 pub const BUS_CERT_VALIDITY: Duration = SERVER_CERT_VALIDITY;
+/// The longest a join token may be valid.
+pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -259,8 +261,12 @@ impl DataDir {
             )
             .into());
         }
-        if ttl.is_zero() {
-            return Err(InvalidField::new("--ttl", "must be more than zero (e.g. 1h)").into());
+        if ttl.is_zero() || ttl > MAX_JOIN_TOKEN_TTL {
+            return Err(InvalidField::new(
+                "--ttl",
+                "must be more than zero and at most 30d (e.g. 1h): a join token is a one-time credential, made shortly before it is used",
+            )
+            .into());
         }
         // The pin needs the CA certificate only, not its key.
         let ca_file = self.ca_dir().join(pki::CA_FILE);

@@ -207,6 +207,7 @@ mod tests {
             serial: serial.into(),
             issued_at,
             expires_at: 0,
+            own_only: false,
         }
     }
 

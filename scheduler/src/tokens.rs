@@ -71,6 +71,13 @@ pub fn mint(mut record: pb::ApiToken) -> NewToken {
     }
 }
 
+/// Whether `t` reads only its identity's containers: marked so at
+/// creation, and any viewer token acting as its own creator (records made
+/// before the mark existed: a developer could only make those).
+pub fn own_containers_only(t: &pb::ApiToken) -> bool {
+    t.own_containers_only || (t.role == Role::Viewer.as_str() && t.identity == t.created_by)
+}
+
 /// Seconds since the Unix epoch (0: unset).
 fn unix(t: &Option<prost_types::Timestamp>) -> i64 {
     system_time(t)
@@ -187,6 +194,7 @@ impl ApiTokens {
             serial: format!("token:{}", record.id),
             issued_at: unix(&record.create_time),
             expires_at: unix(&record.expire_time),
+            own_only: own_containers_only(record),
         })
     }
 }

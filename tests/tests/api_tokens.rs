@@ -211,3 +211,101 @@ fn bearer_tokens_work_from_the_cli_and_a_generated_python_client() {
         "{err}"
     );
 }
+
+/// A token never carries more than its creator: a developer's viewer token
+/// reads the developer's own containers and tokens, nothing of anyone
+/// else's, and changes nothing.
+#[test]
+fn a_developers_viewer_token_reads_only_the_developers_own_containers() {
+    let c = TestCluster::start(&["a"]);
+    let alice = c.issue_cert("alice", "developer");
+    let bob = c.issue_cert("bob", "developer");
+    for (tls, name) in [(&alice, "a-box"), (&bob, "b-box")] {
+        c.devctl_as(
+            tls,
+            &[
+                "create",
+                name,
+                "--image",
+                IMAGE,
+                "--env",
+                "SECRET=s3",
+                "--",
+                "sh",
+                "-c",
+                "echo hello; sleep 3600",
+            ],
+        )
+        .ok();
+    }
+    c.devctl_as(&bob, &["tokens", "create", "--name", "bob-ci"])
+        .ok();
+    let made = c
+        .devctl_as(
+            &alice,
+            &[
+                "tokens",
+                "create",
+                "--name",
+                "alice-view",
+                "--role",
+                "viewer",
+                "-o",
+                "json",
+            ],
+        )
+        .json();
+    assert_eq!(made["own_containers_only"], true, "{made}");
+    let secret = made["secret"].as_str().unwrap().to_string();
+    let ca = c.admin_tls().join("ca.pem");
+    let env = [
+        ("DEVCTL_SERVER", c.server.as_str()),
+        ("DEVCTL_API_TOKEN", secret.as_str()),
+        ("DEVCTL_CA_FILE", ca.to_str().unwrap()),
+    ];
+
+    // Bob's container, its logs, events, stats and tokens are out of reach.
+    for args in [&["get", "b-box"][..], &["logs", "b-box"]] {
+        let err = c.devctl_env(&env, args).err();
+        assert!(
+            err.contains("PermissionDenied") || err.contains("belongs to bob"),
+            "{args:?}: {err}"
+        );
+    }
+    let listed = c.devctl_env(&env, &["ls", "-o", "json"]).json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a-box"]);
+    let events = c.devctl_env(&env, &["events", "-o", "json"]).ok().stdout;
+    assert!(
+        events.contains("a-box") && !events.contains("b-box"),
+        "{events}"
+    );
+    let stats = c
+        .devctl_env(&env, &["stats", "--no-stream", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(!stats.contains("b-box"), "{stats}");
+    let tokens = c
+        .devctl_env(&env, &["tokens", "ls", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        tokens.contains("alice-view") && !tokens.contains("bob-ci"),
+        "{tokens}"
+    );
+
+    // Alice's own: readable, not changeable.
+    let mine = c.devctl_env(&env, &["get", "a-box", "-o", "json"]).json();
+    assert_eq!(mine["owner"], "alice");
+    let err = c.devctl_env(&env, &["stop", "a-box"]).err();
+    assert!(err.contains("read-only"), "{err}");
+
+    for (tls, name) in [(&alice, "a-box"), (&bob, "b-box")] {
+        c.devctl_as(tls, &["rm", "--force", name]).ok();
+    }
+}

@@ -110,8 +110,7 @@ pub async fn run(
                 }
                 // The method without its package and service: CreateContainer.
                 let method = view.method.rsplit('/').next().unwrap_or(&view.method);
-                writeln!(
-                    out,
+                let line = format!(
                     "{:<24}  {:<14}  {:<9}  {:<18}  {:<16}  {:<18}  {}",
                     view.time.as_deref().unwrap_or("-"),
                     view.identity,
@@ -120,7 +119,10 @@ pub async fn run(
                     dash(&view.target),
                     view.code,
                     dash(&view.source)
-                )?;
+                );
+                // Written by callers without credentials too (Join): never
+                // raw to a terminal.
+                writeln!(out, "{}", crate::output::escape_line(&line))?;
             }
         }
         out.flush()?;

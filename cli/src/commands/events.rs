@@ -38,7 +38,9 @@ pub fn parse_since(s: &str) -> Result<SystemTime> {
             "--since {s:?}: use a duration (10m, 2h) or an RFC 3339 time (2026-11-22T10:00:00Z)"
         )
     })?;
-    Ok(SystemTime::now() - ago)
+    SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| anyhow!("--since {s:?}: that is too long ago; use a shorter duration"))
 }
 
 impl Args {

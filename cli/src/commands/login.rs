@@ -110,11 +110,16 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
     if claims.role == devctl_proto::identity::Role::Agent {
         bail!("--token: this is an agent token; agents join with `devctl-agent join`");
     }
+    // Local arguments first: a join token works once, so nothing may fail
+    // after it is redeemed that could have been seen before.
+    let context = flags.context.unwrap_or_else(|| default_context(&server));
+    config::check_context_name(&context)?;
+    if let Some(name) = args.name.as_deref().filter(|n| !n.is_empty()) {
+        devctl_proto::validate::dns_label("--name", name)?;
+    }
     let joined = enroll::join(&server, &token, args.name.as_deref().unwrap_or(""))
         .await
         .with_context(|| format!("logging in to {server}"))?;
-    let context = flags.context.unwrap_or_else(|| default_context(&server));
-    config::check_context_name(&context)?;
     let dir = config::context_tls_dir(&path, &context);
     joined.bundle.replace(&dir)?;
     file.contexts.insert(

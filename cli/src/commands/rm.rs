@@ -28,7 +28,11 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
         .into_inner();
     match (format, removed.container) {
         (output::Format::Table, Some(c)) if removed.pending => {
-            println!("{}: {}", args.name, c.last_error)
+            println!(
+                "{}: {}",
+                args.name,
+                crate::output::escape_line(&c.last_error)
+            )
         }
         (output::Format::Table, _) | (_, None) => println!("{}", args.name),
         (format, Some(c)) => output::container(format, &c)?,

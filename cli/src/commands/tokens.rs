@@ -50,6 +50,8 @@ struct TokenView {
     id: String,
     identity: String,
     role: String,
+    /// Reads only its identity's containers and tokens.
+    own_containers_only: bool,
     created_by: String,
     created: Option<String>,
     expires: Option<String>,
@@ -66,6 +68,7 @@ impl TokenView {
             id: t.id.clone(),
             identity: t.identity.clone(),
             role: t.role.clone(),
+            own_containers_only: t.own_containers_only,
             created_by: t.created_by.clone(),
             created: output::time(t.create_time),
             expires: output::time(t.expire_time),
@@ -84,7 +87,11 @@ fn print(format: output::Format, list: &[TokenView]) -> Result<()> {
         t.add_row(vec![
             v.name.clone(),
             v.identity.clone(),
-            v.role.clone(),
+            if v.own_containers_only {
+                format!("{} (own containers)", v.role)
+            } else {
+                v.role.clone()
+            },
             v.created_by.clone(),
             v.expires.clone().unwrap_or_else(|| "-".into()),
             if v.revoked.is_some() {

@@ -738,17 +738,13 @@ impl audit_service_server::AuditService for AuditApi {
     ) -> Result<Response<Self::ListAuditEntriesStream>, Status> {
         let id = caller(&req)?;
         target(&req, &req.get_ref().identity);
-        must_be_admin(&id, "ListAuditEntries")?;
+        must_be_admin(&id, "ListAuditEntries", "reading the audit log")?;
         let r = req.into_inner();
         if !r.identity.is_empty() {
             devctl_proto::validate::dns_label("identity", &r.identity)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
         }
-        let since = r
-            .since
-            .map(SystemTime::try_from)
-            .transpose()
-            .map_err(|_| Status::invalid_argument("since: not a valid time"))?;
+        let since = r.since.map(|t| super::start_time("since", t)).transpose()?;
         let mut reader = self
             .bus
             .read_audit(since, u64::from(r.last))
@@ -867,6 +863,7 @@ mod tests {
             serial: "01".into(),
             issued_at: 0,
             expires_at: 0,
+            own_only: false,
         }
     }
 

@@ -309,7 +309,7 @@ pub fn caller<T>(req: &Request<T>) -> Result<Identity, Status> {
 }
 
 /// Which containers an identity may see: admins and viewers all of them,
-/// a developer only their own.
+/// a developer (and a viewer token made by a non-admin) only their own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Every container.
@@ -323,6 +323,7 @@ impl Scope {
     pub fn of(id: &Identity) -> Self {
         match id.role {
             Role::Developer => Scope::Owner(id.name.clone()),
+            _ if id.own_only => Scope::Owner(id.name.clone()),
             _ => Scope::All,
         }
     }
@@ -402,13 +403,13 @@ pub fn may_operate(id: &Identity, method: &str, c: &pb::Container) -> Result<(),
     may_see(id, method, c)
 }
 
-/// Refuses every identity but an admin (cluster-wide changes such as
-/// cordoning a node).
-pub fn must_be_admin(id: &Identity, method: &str) -> Result<(), Status> {
+/// Refuses every identity but an admin `what` (what the call does, e.g.
+/// "cordoning a node", "reading the audit log") to it.
+pub fn must_be_admin(id: &Identity, method: &str, what: &str) -> Result<(), Status> {
     match id.role {
         Role::Admin => Ok(()),
         _ => Err(Status::permission_denied(format!(
-            "{id} may not call {method}: it changes the cluster and needs the admin role"
+            "{id} may not call {method}: {what} needs the admin role"
         ))),
     }
 }

@@ -247,6 +247,7 @@ impl EnrollService for EnrollApi {
                 serial: format!("join-token:{}", claims.id),
                 issued_at: 0,
                 expires_at: 0,
+                own_only: false,
             },
         )?;
         let claim = if claims.name.is_some() {
@@ -318,6 +319,11 @@ impl EnrollService for EnrollApi {
     ) -> Result<Response<pb::IssuedCertificate>, Status> {
         let id = self.auth.identify_certificate_or_limit(&req)?;
         super::audit::admit(&req, &id)?;
+        if id.role == devctl_proto::identity::Role::Agent {
+            return Err(Status::permission_denied(format!(
+                "{id} may not call RenewCertificate: agents renew their certificate over the bus (devctl-agent does so by itself), not over the API"
+            )));
+        }
         let issued = self.sign(&req.get_ref().csr_pem, &id.name, id.role)?;
         tracing::info!(name = %id.name, role = %id.role, serial = %issued.serial, "certificate renewed");
         Ok(Response::new(issued))

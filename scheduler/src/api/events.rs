@@ -42,10 +42,7 @@ impl EventService for StreamApi {
         }
         let start = match (r.since_sequence, r.since_time) {
             (0, None) => EventStart::All,
-            (0, Some(t)) => EventStart::Time(
-                std::time::SystemTime::try_from(t)
-                    .map_err(|_| Status::invalid_argument("since_time: not a valid time"))?,
-            ),
+            (0, Some(t)) => EventStart::Time(super::start_time("since_time", t)?),
             (seq, _) => EventStart::Sequence(seq),
         };
         let mut reader = self

@@ -34,6 +34,26 @@ impl From<Error> for Status {
     }
 }
 
+/// The latest time a stream may start from: 9999-12-31T23:59:59Z (the
+/// event store's calendar ends there).
+const LATEST_START: i64 = 253_402_300_799;
+
+/// A request's start time `field`, refused with INVALID_ARGUMENT unless it
+/// lies between 1970 and the end of year 9999.
+pub(crate) fn start_time(
+    field: &str,
+    t: prost_types::Timestamp,
+) -> Result<std::time::SystemTime, Status> {
+    if !(0..=LATEST_START).contains(&t.seconds) {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {}s since 1970 is out of range; give a time between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z (e.g. --since 10m)",
+            t.seconds
+        )));
+    }
+    std::time::SystemTime::try_from(t)
+        .map_err(|_| Status::invalid_argument(format!("{field}: not a valid time")))
+}
+
 /// Sends `item` to a client stream, unless the server stops first (a client
 /// that has stopped reading must not hold shutdown open). `false`: the
 /// stream should end.

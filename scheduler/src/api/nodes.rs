@@ -48,7 +48,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::Node>, Status> {
         let id = caller(&req)?;
         audit::target(&req, &req.get_ref().name);
-        must_be_admin(&id, "CordonNode")?;
+        must_be_admin(&id, "CordonNode", "cordoning a node")?;
         let node = self
             .cluster
             .set_cordoned(&req.get_ref().name, true, &id.name);
@@ -61,7 +61,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::Node>, Status> {
         let id = caller(&req)?;
         audit::target(&req, &req.get_ref().name);
-        must_be_admin(&id, "UncordonNode")?;
+        must_be_admin(&id, "UncordonNode", "uncordoning a node")?;
         let node = self
             .cluster
             .set_cordoned(&req.get_ref().name, false, &id.name);
@@ -74,7 +74,7 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
         let id = caller(&req)?;
         audit::target(&req, &req.get_ref().name);
-        must_be_admin(&id, "DrainNode")?;
+        must_be_admin(&id, "DrainNode", "draining a node")?;
         let r = req.into_inner();
         let drained = self.cluster.drain(&r.name, r.timeout_seconds, &id.name);
         Ok(Response::new(drained.await?))

@@ -115,11 +115,16 @@ impl TokenService for TokenApi {
                 "ttl_seconds: at most 365 days; tokens must expire",
             ));
         }
+        // A token never carries more than its creator: a non-admin's
+        // viewer token reads only its creator's containers.
+        let own_containers_only =
+            role == Role::Viewer && (me.role != Role::Admin || identity == me.name);
         let now = SystemTime::now();
         let new = tokens::mint(pb::ApiToken {
             name: r.name.clone(),
             identity,
             role: role.to_string(),
+            own_containers_only,
             created_by: me.name.clone(),
             create_time: Some(now.into()),
             expire_time: Some((now + ttl).into()),
@@ -149,7 +154,11 @@ impl TokenService for TokenApi {
             .list()
             .into_iter()
             .filter_map(|t| t.token)
-            .filter(|t| mine(&me, t) || me.role == Role::Viewer)
+            .filter(|t| mine(&me, t) || (me.role == Role::Viewer && !me.own_only))
+            .map(|mut t| {
+                t.own_containers_only = tokens::own_containers_only(&t);
+                t
+            })
             .collect();
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }

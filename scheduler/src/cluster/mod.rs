@@ -1179,6 +1179,13 @@ impl Cluster {
         if start.workdir.contains('\0') {
             return Err(InvalidField::new("start.workdir", "must not contain NUL").into());
         }
+        validate::no_control("start.workdir", &start.workdir)?;
+        for (i, a) in start.command.iter().enumerate() {
+            validate::no_control(&format!("start.command[{i}]"), a)?;
+        }
+        for (i, e) in start.env.iter().enumerate() {
+            validate::no_control(&format!("start.env[{i}]"), e)?;
+        }
         let total: usize = start
             .command
             .iter()
@@ -1662,9 +1669,14 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
         spec.constraints.len(),
         limits::MAX_CONSTRAINTS,
     )?;
+    for (i, a) in spec.command.iter().enumerate() {
+        validate::no_control(&format!("container.command[{i}]"), a)?;
+    }
     for (k, v) in &spec.env {
         validate::env_key("container.env", k)?;
+        validate::no_control("container.env", k)?;
         validate::max_len(&format!("container.env[{k:?}]"), v, limits::MAX_SPEC_BYTES)?;
+        validate::no_control(&format!("container.env[{k:?}]"), v)?;
     }
     for (field, map) in [
         ("container.env", &spec.env),
@@ -1699,6 +1711,9 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
         validate::max_count(field, h.command.len(), limits::MAX_ARGS)?;
         if h.command.iter().any(|a| a.contains('\0')) {
             return Err(InvalidField::new(field, "arguments must not contain NUL"));
+        }
+        for (i, a) in h.command.iter().enumerate() {
+            validate::no_control(&format!("{field}[{i}]"), a)?;
         }
         for (name, value, max) in [
             (
