@@ -338,7 +338,7 @@ async fn stats_loop(cluster: Cluster, mut reports: StatsReports, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => break,
             r = reports.next() => match r {
-                Some(r) => cluster.ingest_stats(r),
+                Some((node, r)) => cluster.ingest_stats(&node, r),
                 None => break,
             },
         }
