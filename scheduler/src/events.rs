@@ -444,6 +444,7 @@ pub fn node_event(node: &str, ty: EventType, reason: &str) -> pb::Event {
         EventType::NodeJoined => "joined the cluster",
         EventType::NodeReady => "is ready",
         EventType::NodeResynced => "was re-read (engine events were lost)",
+        EventType::NodeCapacityChanged => "claims another capacity",
         _ => "is down",
     };
     pb::Event {

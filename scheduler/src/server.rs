@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub nats: String,
     /// A node without a heartbeat for this long is down.
     pub node_timeout: Duration,
+    /// Caps on the capacity placement counts for a node.
+    pub node_caps: crate::nodes::Caps,
     /// Container operation settings.
     pub settings: Settings,
     /// How long events are kept.
@@ -124,7 +126,7 @@ pub async fn serve(
     let renew_requests = bus.renew_requests().await?;
     // Once heartbeats are received: known nodes are unknown (not down)
     // for one node timeout from now.
-    let registry = Registry::new(store.nodes()?, config.node_timeout);
+    let registry = Registry::new(store.nodes()?, config.node_timeout, config.node_caps);
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();

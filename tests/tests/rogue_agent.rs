@@ -188,3 +188,54 @@ fn forged_stats_about_another_nodes_container_are_ignored() {
     });
     c.devctl(&["rm", "--force", "victim"]).ok();
 }
+
+#[test]
+fn a_claim_of_4096_cpus_does_not_win_placement_and_is_an_event() {
+    let mut c = TestCluster::start_opts(&["a", "b"], &[], &["--node-timeout", "60s"]).unwrap();
+    let (a, b) = (c.node("a"), c.node("b"));
+    // a holds one container, b none: spread placement prefers b, unless
+    // a's claim makes it look nearly empty.
+    c.devctl(&[
+        "create", "on-a", "--image", IMAGE, "--node", &a, "--cpus", "0.5",
+    ])
+    .ok();
+    // The real agent stops: only the rogue's heartbeats come from a now.
+    c.agent("a").signal(nix::sys::signal::Signal::SIGSTOP);
+    let rogue = Rogue::connect(&c, "a");
+    let claim = pb::Heartbeat {
+        node: a.clone(),
+        boot_id: "rogue".into(),
+        cpus: 4096,
+        memory_bytes: 1 << 50,
+        time: Some(std::time::SystemTime::now().into()),
+        ..Default::default()
+    };
+    wait_until("a's claim seen", Duration::from_secs(15), || {
+        rogue.publish(bus::heartbeat_subject(&a), &claim);
+        let n = c.devctl(&["nodes", &a, "-o", "json"]).json();
+        (n["cpus"] == 4096).then_some(())
+    });
+    let out = c
+        .devctl(&[
+            "create",
+            "next",
+            "--image",
+            IMAGE,
+            "--cpus",
+            "1",
+            "--dry-run",
+            "-o",
+            "json",
+        ])
+        .json();
+    assert_eq!(out["node"], b.as_str(), "the claim won placement: {out}");
+    let grew = wait_until("a capacity event for a", Duration::from_secs(15), || {
+        c.events(&["--node", &a])
+            .into_iter()
+            .find(|e| e["type"] == "node.capacity_changed")
+    });
+    assert_eq!(grew["actor"], "system", "{grew}");
+    assert!(grew["message"].as_str().unwrap().contains("4096"), "{grew}");
+    c.agent("a").signal(nix::sys::signal::Signal::SIGCONT);
+    c.devctl(&["rm", "--force", "on-a"]).ok();
+}

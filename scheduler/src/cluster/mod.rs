@@ -990,6 +990,15 @@ impl Cluster {
             let ev = events::node_event(&hb.node, pb::EventType::NodeJoined, "first_heartbeat");
             let _ = self.emit(ev, format!("joined-{}", hb.node)).await;
         }
+        if let Some(change) = observed.capacity
+            && self.shared.refused.allow(&hb.node).is_some()
+        {
+            tracing::warn!(node = %hb.node, reason = change.reason, "{}", change.message);
+            let mut ev =
+                events::node_event(&hb.node, pb::EventType::NodeCapacityChanged, change.reason);
+            ev.message = change.message;
+            let _ = self.emit(ev, uuid::Uuid::new_v4().to_string()).await;
+        }
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
         }
