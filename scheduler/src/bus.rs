@@ -540,6 +540,9 @@ impl std::fmt::Debug for EngineEvents {
 /// One engine event and its acknowledgement handle.
 #[derive(Debug)]
 pub struct EngineEventMsg {
+    /// The node it is about: the one of the subject it came on (the bus
+    /// lets an agent publish only on its own node's subjects).
+    pub node: String,
     /// The event, or why it could not be decoded.
     pub event: Result<pb::EngineEvent, prost::DecodeError>,
     msg: jetstream::Message,
@@ -586,9 +589,16 @@ impl EngineEvents {
                 Ok(msg) => msg,
                 Err(e) => return Some(Err(BusError::Nats(e.to_string()))),
             };
+            let Some(node) = bus::node_of_subject(&msg.subject).map(str::to_string) else {
+                tracing::warn!(subject = %msg.subject, "engine event on a subject without a node dropped");
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "dropped engine event not acknowledged");
+                }
+                continue;
+            };
             let event = pb::EngineEvent::decode(msg.payload.clone());
             if let Ok(ev) = &event
-                && bus::node_of_subject(&msg.subject) != Some(ev.node.as_str())
+                && ev.node != node
             {
                 tracing::warn!(subject = %msg.subject, claimed = %ev.node, "engine event for another node dropped");
                 if let Err(e) = msg.ack().await {
@@ -596,7 +606,7 @@ impl EngineEvents {
                 }
                 continue;
             }
-            return Some(Ok(EngineEventMsg { event, msg }));
+            return Some(Ok(EngineEventMsg { node, event, msg }));
         }
     }
 }
@@ -659,20 +669,22 @@ pub struct StatsReports {
 }
 
 impl StatsReports {
-    /// The next report whose contents are all about the node whose subject
-    /// it came on; `None` once the subscription ends.
-    pub async fn next(&mut self) -> Option<pb::StatsReport> {
+    /// The next report with the node of the subject it came on (which
+    /// its contents must name, if they name one); `None` once the
+    /// subscription ends.
+    pub async fn next(&mut self) -> Option<(String, pb::StatsReport)> {
         loop {
             let msg = self.sub.next().await?;
             let Some(node) = bus::node_of_subject(&msg.subject) else {
                 continue;
             };
+            let about = |n: &str| n.is_empty() || n == node;
             match pb::StatsReport::decode(msg.payload) {
                 Ok(r)
-                    if r.node.as_ref().is_some_and(|n| n.node == node)
-                        && r.containers.iter().all(|c| c.node == node) =>
+                    if r.node.as_ref().is_some_and(|n| about(&n.node))
+                        && r.containers.iter().all(|c| about(&c.node)) =>
                 {
-                    return Some(r);
+                    return Some((node.to_string(), r));
                 }
                 Ok(_) => tracing::warn!(node, "stats report about another node ignored"),
                 Err(e) => tracing::warn!(node, error = %e, "undecodable stats report"),

@@ -128,6 +128,14 @@ pub struct ServeArgs {
     /// Memory a container without --memory gets (and reserves): 512m; 0: none.
     #[arg(long, env = "DEVCTL_DEFAULT_MEMORY", default_value = "0", value_parser = parse_memory_or_zero)]
     pub default_memory: i64,
+    /// Most CPUs placement counts for any node, whatever its agent claims;
+    /// 0: no cap, and a node's first heartbeat bounds it instead (set this
+    /// to let nodes grow).
+    #[arg(long, env = "DEVCTL_MAX_NODE_CPUS", default_value = "0", value_parser = parse_cpus_or_zero)]
+    pub max_node_cpus: i64,
+    /// Most memory placement counts for any node (as --max-node-cpus).
+    #[arg(long, env = "DEVCTL_MAX_NODE_MEMORY", default_value = "0", value_parser = parse_memory_or_zero)]
+    pub max_node_memory: i64,
     /// Lease of a container created without --ttl ("0": no lease).
     #[arg(long, env = "DEVCTL_DEFAULT_TTL", default_value = "8h", value_parser = parse_duration_or_zero)]
     pub default_ttl: Duration,

@@ -18,6 +18,7 @@
 //!
 //! ```text
 //! JetStream --pull--> reader --(node, shard)--> worker --> Cluster::engine_event
+//!                                                       (node: the subject's)
 //!     ^                                           |
 //!     +------------- ack / nak(backoff) / term ---+
 //! ```
@@ -93,15 +94,15 @@ pub async fn run(cluster: Cluster, bus: Bus, mut events: EngineEvents, stop: Can
         backoff = Duration::from_millis(100);
         let key = match &msg.event {
             Ok(ev)
-                if validate::dns_label("node", &ev.node).is_ok()
+                if validate::dns_label("node", &msg.node).is_ok()
                     // A resync is about the node, not one container.
                     && (ev.action == devctl_proto::bus::RESYNC_ACTION
                         || validate::dns_label("name", &ev.name).is_ok()) =>
             {
-                shard_of(&ev.node, &ev.id)
+                shard_of(&msg.node, &ev.id)
             }
             Ok(ev) => {
-                tracing::warn!(node = %ev.node, name = %ev.name, "engine event with invalid names dropped");
+                tracing::warn!(node = %msg.node, name = %ev.name, "engine event with invalid names dropped");
                 ack(&msg).await;
                 continue;
             }
@@ -153,18 +154,18 @@ async fn worker(
         let Ok(ev) = &msg.event else {
             continue; // the reader only queues decoded events
         };
-        match cluster.engine_event(ev).await {
+        match cluster.engine_event(&msg.node, ev).await {
             Ok(()) => ack(&msg).await,
             Err(e) => {
                 let n = msg.deliveries();
                 if n >= bus::ENGINE_EVENT_MAX_DELIVER {
-                    tracing::error!(error = %e, node = %ev.node, name = %ev.name, action = %ev.action, deliveries = n, "engine event given up; the next inventory sync of its node reconciles the container");
+                    tracing::error!(error = %e, node = %msg.node, name = %ev.name, action = %ev.action, deliveries = n, "engine event given up; the next inventory sync of its node reconciles the container");
                     if let Err(e) = msg.give_up().await {
                         tracing::warn!(error = %e, "engine event not given up");
                     }
                 } else {
                     let delay = retry_delay(n);
-                    tracing::warn!(error = %e, node = %ev.node, name = %ev.name, deliveries = n, ?delay, "engine event not handled; it comes again");
+                    tracing::warn!(error = %e, node = %msg.node, name = %ev.name, deliveries = n, ?delay, "engine event not handled; it comes again");
                     if let Err(e) = msg.retry_after(delay).await {
                         tracing::warn!(error = %e, "engine event not sent back");
                     }

@@ -140,6 +140,86 @@ impl Intents {
     }
 }
 
+/// How long [`Whereabouts`] remembers where a container was.
+const WHEREABOUTS_KEPT: Duration = Duration::from_secs(600);
+/// Containers [`Whereabouts`] remembers at most (the oldest go first).
+const WHEREABOUTS_MAX: usize = 10_000;
+
+/// Nodes a container was on besides the one its record names now (removed
+/// containers, containers moving to another node), for a while: engine
+/// events about them, delivered late, are still about a container the
+/// scheduler placed there. Memory only: after a restart, only the records
+/// count.
+#[derive(Debug, Default)]
+pub struct Whereabouts {
+    // std lock: map operations only. (id, node) -> (name, when noted).
+    entries: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+impl Whereabouts {
+    /// Notes that container `id`, named `name`, is or was on `node`.
+    pub fn note(&self, id: &str, node: &str, name: &str) {
+        let mut entries = self.entries.lock().expect("whereabouts poisoned");
+        let now = Instant::now();
+        entries.retain(|_, (_, at)| now.duration_since(*at) < WHEREABOUTS_KEPT);
+        if entries.len() >= WHEREABOUTS_MAX
+            && let Some(oldest) = entries
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone())
+        {
+            entries.remove(&oldest);
+        }
+        entries.insert((id.to_string(), node.to_string()), (name.to_string(), now));
+    }
+
+    /// The name of container `id` if it was on `node` lately.
+    pub fn name_on(&self, id: &str, node: &str) -> Option<String> {
+        let entries = self.entries.lock().expect("whereabouts poisoned");
+        entries
+            .get(&(id.to_string(), node.to_string()))
+            .filter(|(_, at)| at.elapsed() < WHEREABOUTS_KEPT)
+            .map(|(name, _)| name.clone())
+    }
+}
+
+/// Warnings one node may cause per [`WARN_WINDOW`] before they are
+/// counted instead (and the count said with the next one).
+const WARNINGS_PER_WINDOW: u64 = 10;
+const WARN_WINDOW: Duration = Duration::from_secs(60);
+
+/// Rate-limits a warning per node: a node that floods the scheduler with
+/// refused messages fills the log at a bounded rate.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    // std lock: map operations only. node -> (window start, warnings in
+    // it, suppressed since the last one logged).
+    nodes: Mutex<HashMap<String, (Instant, u64, u64)>>,
+}
+
+impl Throttle {
+    /// Whether to log a warning about `node` now: `Some(n)` with the
+    /// number of warnings suppressed before it, `None` to suppress this
+    /// one.
+    pub fn allow(&self, node: &str) -> Option<u64> {
+        let mut nodes = self.nodes.lock().expect("throttle poisoned");
+        let now = Instant::now();
+        if nodes.len() > 10_000 {
+            nodes.retain(|_, (start, _, _)| now.duration_since(*start) < WARN_WINDOW);
+        }
+        let (start, count, suppressed) = nodes.entry(node.to_string()).or_insert((now, 0, 0));
+        if now.duration_since(*start) >= WARN_WINDOW {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= WARNINGS_PER_WINDOW {
+            *suppressed += 1;
+            return None;
+        }
+        *count += 1;
+        Some(std::mem::take(suppressed))
+    }
+}
+
 /// How an engine event from outside devctl changes the recorded container.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateChange {
@@ -364,6 +444,7 @@ pub fn node_event(node: &str, ty: EventType, reason: &str) -> pb::Event {
         EventType::NodeJoined => "joined the cluster",
         EventType::NodeReady => "is ready",
         EventType::NodeResynced => "was re-read (engine events were lost)",
+        EventType::NodeCapacityChanged => "claims another capacity",
         _ => "is down",
     };
     pb::Event {
@@ -399,6 +480,25 @@ mod tests {
             op,
             reason: "manual",
         }
+    }
+
+    #[test]
+    fn whereabouts_are_by_id_and_node() {
+        let w = Whereabouts::default();
+        w.note("id1", "a", "web");
+        assert_eq!(w.name_on("id1", "a").as_deref(), Some("web"));
+        assert_eq!(w.name_on("id1", "b"), None);
+        assert_eq!(w.name_on("id2", "a"), None);
+    }
+
+    #[test]
+    fn warnings_per_node_are_bounded() {
+        let t = Throttle::default();
+        for _ in 0..WARNINGS_PER_WINDOW {
+            assert_eq!(t.allow("a"), Some(0));
+        }
+        assert_eq!(t.allow("a"), None);
+        assert_eq!(t.allow("b"), Some(0), "another node has its own bound");
     }
 
     #[test]

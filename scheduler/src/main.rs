@@ -165,6 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen: args.listen,
                 nats: args.nats,
                 node_timeout: args.node_timeout,
+                node_caps: devctl_scheduler::nodes::Caps {
+                    milli_cpus: args.max_node_cpus,
+                    memory_bytes: args.max_node_memory,
+                },
                 event_retention: args.event_retention,
                 audit_retention: args.audit_retention,
                 audit_max_bytes: args.audit_max_size,

@@ -23,8 +23,86 @@ use crate::{placement, store::NodeUsage};
 /// reporting).
 const MEMORY_FRESH: Duration = Duration::from_secs(10);
 
-fn capacity(n: &pb::Node) -> (i64, i64, bool) {
-    (i64::from(n.cpus) * 1000, n.memory_bytes, n.cordoned)
+/// Admin-set caps on the capacity placement counts for any node
+/// (--max-node-cpus, --max-node-memory); 0: none, and a node's first
+/// heartbeat bounds it instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caps {
+    /// CPUs, thousandths.
+    pub milli_cpus: i64,
+    /// Memory, bytes.
+    pub memory_bytes: i64,
+}
+
+/// What placement counts of `claim`: no more than the cap, or (without
+/// one) than the first report.
+fn bounded(claim: i64, first: i64, cap: i64) -> i64 {
+    match (cap, first) {
+        (c, _) if c > 0 => claim.min(c),
+        (_, f) if f > 0 => claim.min(f),
+        _ => claim,
+    }
+}
+
+/// Bounds `n`'s claimed capacity (setting its placement fields) and
+/// returns what placement reads: CPUs (thousandths), memory, cordon.
+fn capacity(n: &mut pb::Node, caps: Caps) -> (i64, i64, bool) {
+    n.placement_milli_cpus = bounded(
+        i64::from(n.cpus) * 1000,
+        i64::from(n.first_cpus) * 1000,
+        caps.milli_cpus,
+    );
+    n.placement_memory_bytes = bounded(n.memory_bytes, n.first_memory_bytes, caps.memory_bytes);
+    (n.placement_milli_cpus, n.placement_memory_bytes, n.cordoned)
+}
+
+/// A capacity claim worth an event: beyond what placement counts, or
+/// more than twice or under half the previous claim.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityChange {
+    /// "beyond_cap", "beyond_first_report" or "sharp_change".
+    pub reason: &'static str,
+    /// The claim and what placement counts, in words.
+    pub message: String,
+}
+
+fn capacity_change(n: &pb::Node, before: (i32, i64), caps: Caps) -> Option<CapacityChange> {
+    let claim = (i64::from(n.cpus) * 1000, n.memory_bytes);
+    let placed = (n.placement_milli_cpus, n.placement_memory_bytes);
+    let before = (i64::from(before.0) * 1000, before.1);
+    if claim == before {
+        return None;
+    }
+    let sharp = |now: i64, was: i64| was > 0 && (now > 2 * was || 2 * now < was);
+    let reason = if placed.0 < claim.0 || placed.1 < claim.1 {
+        let capped = (placed.0 < claim.0 && caps.milli_cpus > 0)
+            || (placed.1 < claim.1 && caps.memory_bytes > 0);
+        if capped {
+            "beyond_cap"
+        } else {
+            "beyond_first_report"
+        }
+    } else if sharp(claim.0, before.0) || sharp(claim.1, before.1) {
+        "sharp_change"
+    } else {
+        return None;
+    };
+    use devctl_proto::units::{format_bytes, format_cpus};
+    Some(CapacityChange {
+        reason,
+        message: format!(
+            "node {} claims {} CPUs and {} of memory (before: {} CPUs, {}; first report: {} CPUs, {}); placement counts {} CPUs and {}",
+            n.name,
+            n.cpus,
+            format_bytes(claim.1),
+            format_cpus(before.0),
+            format_bytes(before.1),
+            n.first_cpus,
+            format_bytes(n.first_memory_bytes),
+            format_cpus(placed.0),
+            format_bytes(placed.1),
+        ),
+    })
 }
 
 fn sorted(labels: &std::collections::HashMap<String, String>) -> Vec<(String, String)> {
@@ -45,6 +123,8 @@ pub struct Observed {
     pub needs_sync: bool,
     /// First heartbeat of a node this cluster never saw before.
     pub joined: bool,
+    /// The node's capacity claim changed in a way worth an event.
+    pub capacity: Option<CapacityChange>,
 }
 
 #[derive(Debug)]
@@ -85,6 +165,7 @@ pub struct Registry {
     /// Bumped whenever a node becomes ready: waiters for an unknown node
     /// re-check then.
     became_ready: tokio::sync::watch::Sender<u64>,
+    caps: Caps,
 }
 
 impl Registry {
@@ -92,15 +173,22 @@ impl Registry {
     /// first heartbeat, or down once `timeout` passes without one), where a
     /// node is down once `timeout` passes without a heartbeat. Make it once
     /// heartbeats are being received: the grace period starts now.
-    pub fn new(nodes: Vec<pb::Node>, timeout: Duration) -> Self {
+    /// Placement counts no more of a node's claimed capacity than `caps`
+    /// (where set) or its first heartbeat's.
+    pub fn new(nodes: Vec<pb::Node>, timeout: Duration, caps: Caps) -> Self {
         let entries = nodes
             .into_iter()
-            .map(|node| {
+            .map(|mut node| {
+                // Recorded before first reports were kept: the last claim
+                // known is the baseline.
+                if node.first_cpus == 0 && node.first_memory_bytes == 0 {
+                    (node.first_cpus, node.first_memory_bytes) = (node.cpus, node.memory_bytes);
+                }
                 (
                     node.name.clone(),
                     Entry {
                         labels: sorted(&node.labels),
-                        capacity: capacity(&node),
+                        capacity: capacity(&mut node, caps),
                         node: Box::new(node),
                         last_seen: None,
                         memory_used: None,
@@ -120,6 +208,7 @@ impl Registry {
             timeout,
             grace_until: Instant::now() + timeout,
             became_ready: tokio::sync::watch::Sender::new(0),
+            caps,
         }
     }
 
@@ -169,6 +258,10 @@ impl Registry {
             entry.node.labels = hb.labels.clone();
             entry.labels = sorted(&hb.labels);
         }
+        let claimed_before = (entry.node.cpus, entry.node.memory_bytes);
+        if entry.node.first_cpus == 0 && entry.node.first_memory_bytes == 0 {
+            (entry.node.first_cpus, entry.node.first_memory_bytes) = (hb.cpus, hb.memory_bytes);
+        }
         entry.node.cpus = hb.cpus;
         entry.node.memory_bytes = hb.memory_bytes;
         entry.node.docker_version = hb.docker_version.clone();
@@ -176,7 +269,10 @@ impl Registry {
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
         entry.node.open_streams = hb.open_streams;
-        entry.capacity = capacity(&entry.node);
+        entry.capacity = capacity(&mut entry.node, self.caps);
+        let capacity = (!first)
+            .then(|| capacity_change(&entry.node, claimed_before, self.caps))
+            .flatten();
         let changed = first || before != durable(&entry.node);
         let needs_sync = !hb.leaving && !entry.syncing && entry.synced_boot != hb.boot_id;
         entry.syncing |= needs_sync;
@@ -190,6 +286,7 @@ impl Registry {
             persist: changed.then(|| (*entry.node).clone()),
             needs_sync,
             joined: first && entry.reported.is_none(),
+            capacity,
         }
     }
 
@@ -243,7 +340,7 @@ impl Registry {
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let e = entries.get_mut(node)?;
         e.node.cordoned = cordoned;
-        e.capacity = capacity(&e.node);
+        e.capacity = capacity(&mut e.node, self.caps);
         Some(pb::Node {
             state: pb::NodeState::Unspecified as i32,
             ..(*e.node).clone()
@@ -434,8 +531,57 @@ mod tests {
     }
 
     #[test]
+    fn placement_counts_no_more_than_the_first_report_or_the_cap() {
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
+        assert_eq!(reg.observe(&hb("a", "b1")).capacity, None);
+        let claim = pb::Heartbeat {
+            cpus: 4096,
+            memory_bytes: 1 << 50,
+            ..hb("a", "b1")
+        };
+        let o = reg.observe(&claim);
+        assert_eq!(o.capacity.unwrap().reason, "beyond_first_report");
+        assert_eq!(
+            reg.observe(&claim).capacity,
+            None,
+            "only a change is an event"
+        );
+        let n = reg.get("a").unwrap();
+        assert_eq!((n.cpus, n.first_cpus), (4096, 2));
+        assert_eq!(
+            (n.placement_milli_cpus, n.placement_memory_bytes),
+            (2000, 1 << 30)
+        );
+        reg.with_views(&BTreeMap::new(), |v| assert_eq!(v[0].milli_cpus, 2000));
+        // Shrinking is counted as claimed, and a sharp drop is an event.
+        let small = pb::Heartbeat {
+            cpus: 1,
+            ..hb("a", "b1")
+        };
+        assert_eq!(reg.observe(&small).capacity.unwrap().reason, "sharp_change");
+        assert_eq!(reg.get("a").unwrap().placement_milli_cpus, 1000);
+
+        // With an admin cap, growth up to the cap counts.
+        let caps = Caps {
+            milli_cpus: 8000,
+            memory_bytes: 0,
+        };
+        let reg = Registry::new(vec![], Duration::from_secs(10), caps);
+        reg.observe(&hb("a", "b1"));
+        let grown = pb::Heartbeat {
+            cpus: 5,
+            ..hb("a", "b1")
+        };
+        assert_eq!(reg.observe(&grown).capacity.unwrap().reason, "sharp_change");
+        assert_eq!(reg.get("a").unwrap().placement_milli_cpus, 5000);
+        let o = reg.observe(&claim);
+        assert_eq!(o.capacity.unwrap().reason, "beyond_cap");
+        assert_eq!(reg.get("a").unwrap().placement_milli_cpus, 8000);
+    }
+
+    #[test]
     fn inventory_is_synced_once_per_agent_boot_and_retried_after_failure() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         let o = reg.observe(&hb("a", "boot1"));
         assert!(o.persist.is_some());
         assert!(o.needs_sync);
@@ -453,6 +599,7 @@ mod tests {
                 persist: None,
                 needs_sync: false,
                 joined: false,
+                capacity: None,
             }
         );
         // A restarted agent is synced again.
@@ -462,7 +609,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_node_back_after_silence_is_synced_again() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         assert!(reg.observe(&hb("a", "boot1")).needs_sync);
         reg.sync_done("a", "boot1", true);
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -474,7 +621,7 @@ mod tests {
 
     #[test]
     fn cordon_is_kept_across_heartbeats() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         assert!(reg.set_cordoned("a", true).is_none());
         reg.observe(&hb("a", "b"));
         assert!(reg.set_cordoned("a", true).unwrap().cordoned);
@@ -485,7 +632,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn transitions_are_reported_once_each() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         assert!(reg.observe(&hb("a", "b")).joined);
         assert_eq!(
             reg.transitions_of(None),
@@ -515,13 +662,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn leaving_or_silent_nodes_are_down() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         reg.observe(&hb("a", "b"));
         tokio::time::advance(Duration::from_secs(9)).await;
         assert!(reg.is_ready("a"));
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(!reg.is_ready("a"));
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         let mut leaving = hb("a", "b");
         leaving.leaving = true;
         reg.observe(&leaving);
@@ -530,7 +677,7 @@ mod tests {
 
     #[test]
     fn placement_views_are_by_name_with_usage_and_fresh_memory() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         let mut b = hb("b", "1");
         b.labels.insert("zone".into(), "eu".into());
         reg.observe(&b);
@@ -563,7 +710,7 @@ mod tests {
 
     #[test]
     fn a_memory_figure_before_the_first_heartbeat_is_kept() {
-        let reg = Registry::new(vec![], Duration::from_secs(10));
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
         reg.set_memory_used("a", Some(95.0));
         reg.observe(&hb("a", "1"));
         reg.with_views(&BTreeMap::new(), |v| {
@@ -573,7 +720,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stale_memory_figure_is_not_used() {
-        let reg = Registry::new(vec![], Duration::from_secs(3600));
+        let reg = Registry::new(vec![], Duration::from_secs(3600), Caps::default());
         reg.observe(&hb("a", "1"));
         reg.set_memory_used("a", Some(95.0));
         tokio::time::advance(MEMORY_FRESH + Duration::from_secs(1)).await;
@@ -588,7 +735,11 @@ mod tests {
             name: n.into(),
             ..Default::default()
         };
-        let reg = Registry::new(vec![known("a"), known("b")], Duration::from_secs(10));
+        let reg = Registry::new(
+            vec![known("a"), known("b")],
+            Duration::from_secs(10),
+            Caps::default(),
+        );
         assert_eq!(reg.state_of("a"), Some(pb::NodeState::Unknown));
         assert!(reg.any_unknown() && !reg.is_ready("a"));
         assert!(reg.transitions_of(None).is_empty(), "no event for unknown");

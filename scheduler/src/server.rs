@@ -53,6 +53,8 @@ pub struct ServeConfig {
     pub nats: String,
     /// A node without a heartbeat for this long is down.
     pub node_timeout: Duration,
+    /// Caps on the capacity placement counts for a node.
+    pub node_caps: crate::nodes::Caps,
     /// Container operation settings.
     pub settings: Settings,
     /// How long events are kept.
@@ -129,7 +131,7 @@ pub async fn serve(
     let renew_requests = bus.renew_requests().await?;
     // Once heartbeats are received: known nodes are unknown (not down)
     // for one node timeout from now.
-    let registry = Registry::new(store.nodes()?, config.node_timeout);
+    let registry = Registry::new(store.nodes()?, config.node_timeout, config.node_caps);
     let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -344,7 +346,7 @@ async fn stats_loop(cluster: Cluster, mut reports: StatsReports, stop: Cancellat
         tokio::select! {
             _ = stop.cancelled() => break,
             r = reports.next() => match r {
-                Some(r) => cluster.ingest_stats(r),
+                Some((node, r)) => cluster.ingest_stats(&node, r),
                 None => break,
             },
         }

@@ -216,7 +216,11 @@ fn decisions(what: &str, store: &Store, registry: &Registry, req: &Request, n: u
 
 fn decisions_per_second(state: &Path) -> Vec<pb::Container> {
     let (store, containers) = fill_store(state);
-    let registry = Registry::new(store.nodes().unwrap(), Duration::from_secs(3600));
+    let registry = Registry::new(
+        store.nodes().unwrap(),
+        Duration::from_secs(3600),
+        Default::default(),
+    );
     for i in 0..NODES {
         registry.observe(&heartbeat(i));
         // As `Cluster::ingest_stats` records each node's report.

@@ -73,7 +73,7 @@ fn ingest(nats: &Nats, data: &std::path::Path, containers: usize, reports: usize
             // count what arrives until the stream goes quiet.
             while n < reports {
                 match tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
-                    Ok(Some(r)) => {
+                    Ok(Some((_, r))) => {
                         first.get_or_insert_with(Instant::now);
                         cache.ingest(r);
                         n += 1;

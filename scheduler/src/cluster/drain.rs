@@ -159,6 +159,9 @@ impl Cluster {
             tracing::warn!(name = %c.name, node = %c.node, "re-placing a container whose cordoned node is down; its old copy is removed when the node is back");
         }
         tracing::info!(name = %c.name, from = %c.node, to = %target, "re-placing a container whose node is cordoned");
+        // Engine events of both copies are about this container.
+        self.shared.whereabouts.note(&c.id, &c.node, &c.name);
+        self.shared.whereabouts.note(&c.id, &target, &c.name);
         let old_node = std::mem::replace(&mut c.node, target);
         c.runtime_id.clear();
         let create = Command::Create(pb::CreateCommand {

@@ -211,6 +211,10 @@ struct Shared {
     retry_after: Arc<Mutex<HashMap<String, tokio::time::Instant>>>,
     // Unknown devctl containers by (node, engine id): when first seen.
     orphans: Mutex<HashMap<(String, String), tokio::time::Instant>>,
+    // Nodes containers were on besides their records' (engine events).
+    whereabouts: crate::events::Whereabouts,
+    // Warnings about what a node sent and was refused, per node.
+    refused: crate::events::Throttle,
 }
 
 fn now() -> Option<prost_types::Timestamp> {
@@ -245,6 +249,8 @@ impl Cluster {
                 busy: Arc::default(),
                 retry_after: Arc::default(),
                 orphans: Mutex::default(),
+                whereabouts: Default::default(),
+                refused: Default::default(),
                 settings,
             }),
         }
@@ -319,14 +325,65 @@ impl Cluster {
         })
     }
 
-    /// Records a node's usage report: the samples, and its memory use for
-    /// admission.
-    pub fn ingest_stats(&self, report: pb::StatsReport) {
-        if let Some(node) = &report.node {
-            let percent = placement::memory_used_percent(node);
-            self.shared.nodes.set_memory_used(&node.node, percent);
+    /// Records `node`'s usage report (`node` is the one of the subject it
+    /// came on): the node's sample and its memory use for admission, and
+    /// the samples of the containers recorded on `node` (by id, under
+    /// their recorded names); samples of any other container are dropped.
+    pub fn ingest_stats(&self, node: &str, mut report: pb::StatsReport) {
+        let Some(sample) = report.node.as_mut() else {
+            return;
+        };
+        sample.node = node.to_string();
+        let percent = placement::memory_used_percent(sample);
+        self.shared.nodes.set_memory_used(node, percent);
+        let sent = report.containers.len();
+        report
+            .containers
+            .retain_mut(|c| match self.recorded_on(node, &c.id) {
+                Some(r) => {
+                    (c.name, c.node) = (r.name, node.to_string());
+                    true
+                }
+                None => false,
+            });
+        if report.containers.len() < sent
+            && let Some(suppressed) = self.shared.refused.allow(node)
+        {
+            tracing::warn!(
+                node,
+                dropped = sent - report.containers.len(),
+                suppressed,
+                "stats of a container not on the node ignored"
+            );
         }
         self.shared.stats.ingest(report);
+    }
+
+    /// The record of container `id` if it is on `node`.
+    fn recorded_on(&self, node: &str, id: &str) -> Option<pb::Container> {
+        let name = self.store().container_name_by_id(id).ok()??;
+        self.store()
+            .container(&name)
+            .ok()?
+            .filter(|c| c.id == id && c.node == node)
+    }
+
+    /// The name of container `id` if the scheduler placed it on `node`:
+    /// its record says so, or it was there lately (removed since, or
+    /// moving).
+    fn placed_on(&self, node: &str, id: &str) -> Option<String> {
+        self.recorded_on(node, id)
+            .map(|c| c.name)
+            .or_else(|| self.shared.whereabouts.name_on(id, node))
+    }
+
+    /// Deletes `c`'s record and its samples; engine events about it that
+    /// are still on their way are accepted for a while.
+    async fn forget_record(&self, c: &pb::Container) -> Result<(), Error> {
+        self.shared.whereabouts.note(&c.id, &c.node, &c.name);
+        self.store().delete_container(&c.name).await?;
+        self.shared.stats.forget(&c.id);
+        Ok(())
     }
 
     async fn create_now(
@@ -458,12 +515,12 @@ impl Cluster {
             // Any refusal but ENGINE guarantees the agent left nothing behind
             // (it reports ENGINE when it could not clean up after itself).
             Ok(Reply::Error(e)) if e.code != pb::AgentErrorCode::Engine as i32 && e.code != 0 => {
-                self.store().delete_container(&record.name).await?;
+                self.forget_record(&record).await?;
                 Err(agent_error(Reply::Error(e), &record))
             }
             Err(BusError::NoResponders(node)) => {
                 // Nobody received the command: nothing was created.
-                self.store().delete_container(&record.name).await?;
+                self.forget_record(&record).await?;
                 Err(BusError::NoResponders(node).into())
             }
             Ok(reply) => {
@@ -494,7 +551,7 @@ impl Cluster {
             _ => false,
         };
         if gone {
-            self.store().delete_container(&record.name).await?;
+            self.forget_record(&record).await?;
             return Err(err);
         }
         record.state = pb::ContainerState::Failed as i32;
@@ -806,9 +863,8 @@ impl Cluster {
             return self.record_removal(c, actor, cause).await;
         }
         self.remove_on_node(&c, force).await?;
-        self.store().delete_container(name).await?;
+        self.forget_record(&c).await?;
         self.shared.activity.forget(name);
-        self.shared.stats.forget(&c.id);
         tracing::info!(name, reason = cause.word(), "container removed");
         Ok(c)
     }
@@ -875,8 +931,7 @@ impl Cluster {
                 continue;
             }
             self.remove_on_node(&c, true).await?;
-            self.store().delete_container(&name).await?;
-            self.shared.stats.forget(&c.id);
+            self.forget_record(&c).await?;
             tracing::info!(name, node, "recorded removal carried out: the node is back");
         }
         Ok(())
@@ -934,6 +989,15 @@ impl Cluster {
         if observed.joined {
             let ev = events::node_event(&hb.node, pb::EventType::NodeJoined, "first_heartbeat");
             let _ = self.emit(ev, format!("joined-{}", hb.node)).await;
+        }
+        if let Some(change) = observed.capacity
+            && self.shared.refused.allow(&hb.node).is_some()
+        {
+            tracing::warn!(node = %hb.node, reason = change.reason, "{}", change.message);
+            let mut ev =
+                events::node_event(&hb.node, pb::EventType::NodeCapacityChanged, change.reason);
+            ev.message = change.message;
+            let _ = self.emit(ev, uuid::Uuid::new_v4().to_string()).await;
         }
         if hb.leaving {
             tracing::info!(node = %hb.node, "node is leaving");
@@ -999,27 +1063,41 @@ impl Cluster {
         published.map(|_| ())
     }
 
-    /// Handles one engine event: records the cluster event it stands for
-    /// and, for a change devctl did not request, updates the container's
-    /// observed state. Idempotent (a redelivered event changes nothing
-    /// more and is de-duplicated in the history).
-    pub async fn engine_event(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
+    /// Handles one engine event from `node` (the node of the subject it
+    /// came on; the bus lets an agent publish only on its own): records
+    /// the cluster event it stands for and, for a change devctl did not
+    /// request, updates the container's observed state. An event about a
+    /// container the scheduler did not place on `node` is dropped: a node
+    /// speaks only for its own containers. Idempotent (a redelivered event
+    /// changes nothing more and is de-duplicated in the history).
+    pub async fn engine_event(&self, node: &str, ev: &pb::EngineEvent) -> Result<(), Error> {
         if ev.action == devctl_proto::bus::RESYNC_ACTION {
-            return self.resync(ev).await;
+            return self.resync(node, ev).await;
         }
+        let Some(name) = self.placed_on(node, &ev.id) else {
+            if let Some(suppressed) = self.shared.refused.allow(node) {
+                tracing::warn!(node, id = %ev.id, claimed_name = %ev.name, action = %ev.action, suppressed,
+                    "engine event dropped: no such container was placed on the node");
+            }
+            return Ok(());
+        };
+        // Who it is about comes from the record, not from the event.
+        let ev = &pb::EngineEvent {
+            node: node.to_string(),
+            name,
+            ..ev.clone()
+        };
         let intent = self.shared.intents.get(&ev.id);
         if ev.action == "oom" {
             self.shared.intents.oom(&ev.id);
         }
         let oom = ev.action == "die" && self.shared.intents.take_oom(&ev.id);
         let t = events::translate(ev, intent.as_ref(), oom);
-        if let Some(change) = t.change
-            && let Some(name) = self.store().container_name_by_id(&ev.id)?
-        {
+        if let Some(change) = t.change {
             let unhealthy = change == StateChange::Health(pb::HealthStatus::Unhealthy);
-            self.follow_engine(&name, ev, change).await?;
+            self.follow_engine(&ev.name, ev, change).await?;
             if unhealthy {
-                self.heal(&name);
+                self.heal(&ev.name);
             }
         }
         if let Some(event) = t.event {
@@ -1030,19 +1108,23 @@ impl Cluster {
         Ok(())
     }
 
-    /// The node's agent dropped engine events: re-read its inventory (the
+    /// `node`'s agent dropped engine events: re-read its inventory (the
     /// records follow the engine again) and say so in the history.
-    async fn resync(&self, ev: &pb::EngineEvent) -> Result<(), Error> {
-        tracing::warn!(node = %ev.node, dropped = ev.dropped, "the node's agent dropped engine events; re-reading its inventory");
-        self.sync_inventory(&ev.node).await?;
+    async fn resync(&self, node: &str, ev: &pb::EngineEvent) -> Result<(), Error> {
+        tracing::warn!(
+            node,
+            dropped = ev.dropped,
+            "the node's agent dropped engine events; re-reading its inventory"
+        );
+        self.sync_inventory(node).await?;
         let mut event = events::node_event(
-            &ev.node,
+            node,
             pb::EventType::NodeResynced,
             devctl_proto::bus::RESYNC_REASON,
         );
         event.message = format!(
-            "node {} dropped {} engine events (its agent could not store them in time); its inventory was re-read, and changes in that time may be missing from the history",
-            ev.node, ev.dropped
+            "node {node} dropped {} engine events (its agent could not store them in time); its inventory was re-read, and changes in that time may be missing from the history",
+            ev.dropped
         );
         self.emit(event, format!("engine-{}", ev.event_id))
             .await

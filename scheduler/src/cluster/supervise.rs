@@ -464,7 +464,18 @@ impl Cluster {
                         pb::EventType::ContainerRemoved,
                         "unknown_container",
                     );
-                    event.container = s.name.clone();
+                    // The name is the node's claim: one that is not a
+                    // name, or is another container's (not this copy's),
+                    // does not put the event in a container's history.
+                    let anothers = self
+                        .store()
+                        .container(&s.name)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| c.id != s.id);
+                    if !anothers && devctl_proto::validate::dns_label("name", &s.name).is_ok() {
+                        event.container = s.name.clone();
+                    }
                     event.container_id = s.id.clone();
                     event.message = format!(
                         "container {} on node {node} was unknown to the scheduler for {} and was removed",
