@@ -1,6 +1,10 @@
 //! How results are printed: a table for people, JSON or YAML for scripts.
 //! The JSON/YAML views use lowercase state words (`running`, `ready`) and
 //! RFC 3339 times.
+//!
+//! One file on purpose: every view the CLI prints goes through it, so the
+//! escaping of control characters and the table/JSON/YAML formats cannot
+//! drift between subcommands.
 
 use std::{collections::BTreeMap, time::SystemTime};
 

@@ -3,6 +3,9 @@
 //!
 //! Keys are ECDSA P-256. Private keys are written with mode 0600 and never
 //! logged.
+//!
+//! One file on purpose: the CA, CSRs and certificate checks share one set
+//! of key and name rules.
 
 use std::{
     fs,

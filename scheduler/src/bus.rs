@@ -1,6 +1,10 @@
 //! The scheduler's side of the bus: the only file of the scheduler that
 //! speaks NATS. Commands go out as requests on `devctl.node.<node>.cmd`;
 //! heartbeats come in on `devctl.node.*.heartbeat`.
+//!
+//! One file on purpose: it is the only module that speaks NATS (the house
+//! rule for outside systems): subjects, JetStream streams and consumers,
+//! and the request/stream plumbing live together.
 
 use std::{
     path::Path,

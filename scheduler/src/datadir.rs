@@ -24,6 +24,9 @@
 //! (`verify_and_map`): the scheduler's, and one per admitted agent, each
 //! confined by [`bus::agent_permissions`]. Certificates of any other
 //! subject (API users, unknown nodes) cannot log in.
+//!
+//! One file on purpose: nothing else reads or writes the data directory's
+//! files (keys, certificates, the bus configuration).
 
 use std::{
     fmt::Write as _,

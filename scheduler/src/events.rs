@@ -8,6 +8,9 @@
 //! intent come from outside devctl (a process that exited, `docker kill`):
 //! their actor is `system`, and they change the recorded state, since no
 //! operation will.
+//!
+//! One concern: turning engine events into recorded state and history;
+//! its size is the table of engine actions and its tests.
 
 use std::{
     collections::HashMap,

@@ -6,6 +6,9 @@
 //! its first heartbeat (usually within a second), and is `down` only if the
 //! grace period passes without one. Nothing treats an unknown node as down:
 //! operations on it wait (bounded by the grace period) for it to report.
+//!
+//! One concern: the node registry's liveness states (ready, unknown, down)
+//! and capacity bounds; most of its length is unit tests of those rules.
 
 use std::{
     collections::BTreeMap,

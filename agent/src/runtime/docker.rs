@@ -5,6 +5,10 @@
 //! labelled with [`devctl_proto::labels`]; lookups always filter on this
 //! node's label, so several agents may share one engine without touching
 //! each other's containers.
+//!
+//! One file on purpose: it is the only module that imports bollard (the
+//! house rule for outside systems), so every engine call and its error
+//! mapping stay in one place.
 
 use std::{collections::HashMap, time::SystemTime};
 
