@@ -8,7 +8,7 @@
 //! operations on it wait (bounded by the grace period) for it to report.
 //!
 //! One concern: the node registry's liveness states (ready, unknown, down)
-//! and capacity bounds; most of its length is unit tests of those rules.
+//! and capacity bounds; a third of its length is unit tests of those rules.
 
 use std::{
     collections::BTreeMap,
