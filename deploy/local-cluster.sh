@@ -201,8 +201,10 @@ purge() {
   local ids
   ids=$(docker ps -aq --filter "label=io.devctl.node=$node")
   [ -z "$ids" ] || docker rm -f $ids >/dev/null
+  ids=$(docker network ls -q --filter "label=io.devctl.node=$node")
+  [ -z "$ids" ] || docker network rm $ids >/dev/null
   rm -rf "$home"
-  say "removed the containers of node $node and $home"
+  say "removed the containers and networks of node $node and $home"
 }
 
 case "${1:-up}" in

@@ -1,4 +1,4 @@
-//! Labels devctl puts on every engine container it creates. The `io.devctl.`
+//! Labels devctl puts on every engine container and network it creates. The `io.devctl.`
 //! prefix is reserved: users cannot set labels under it.
 
 /// Reserved prefix.
@@ -14,3 +14,6 @@ pub const OWNER: &str = "io.devctl.owner";
 /// The node (agent) the container belongs to: an agent only ever touches
 /// containers carrying its own node name here.
 pub const NODE: &str = "io.devctl.node";
+/// On an engine network devctl manages: what it is for (`owner`: the
+/// network of one owner's containers on one node).
+pub const NETWORK: &str = "io.devctl.network";

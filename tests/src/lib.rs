@@ -865,6 +865,7 @@ impl Drop for TestCluster {
         self.scheduler = None;
         for node in nodes {
             remove_by_label(&format!("io.devctl.node={node}"));
+            remove_networks_by_label(&format!("io.devctl.node={node}"));
         }
     }
 }
@@ -911,6 +912,31 @@ pub fn remove_by_label(label: &str) {
             let _ = docker(&args);
         }
     }
+}
+
+/// Removes every engine network with `label` (after its containers).
+pub fn remove_networks_by_label(label: &str) {
+    if let Ok(ids) = docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]) {
+        for id in ids.split_whitespace() {
+            let _ = docker(&["network", "rm", id]);
+        }
+    }
+}
+
+/// The names of the engine networks with `label`, sorted.
+pub fn network_names_by_label(label: &str) -> Vec<String> {
+    let out = docker(&[
+        "network",
+        "ls",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Name}}",
+    ])
+    .expect("docker network ls");
+    let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
+    names.sort();
+    names
 }
 
 /// The engine's status word (`running`, `exited`) of an inspected container.

@@ -37,7 +37,11 @@ fn created_containers_are_hardened_as_docker_inspect_shows() {
     assert_eq!(hc["Privileged"], false);
     assert_eq!(hc["Memory"], 64 << 20);
     assert_eq!(hc["MemorySwap"], hc["Memory"]);
-    assert_eq!(hc["NetworkMode"], "default");
+    // The owner's own network, not the engine's shared bridge.
+    assert_eq!(
+        hc["NetworkMode"],
+        format!("devctl-admin.{}", c.node("a")).as_str()
+    );
 
     // A dev container still works: files, processes, users.
     let out = c

@@ -6,9 +6,11 @@
 //! node's label, so several agents may share one engine without touching
 //! each other's containers.
 //!
-//! One file on purpose: it is the only module that imports bollard (the
-//! house rule for outside systems), so every engine call and its error
-//! mapping stay in one place.
+//! Containers join their owner's network on this node (`networks.rs`),
+//! never the default bridge.
+//!
+//! The only module that imports bollard (the house rule for outside
+//! systems), so every engine call and its error mapping stay in one place.
 
 use std::{collections::HashMap, time::SystemTime};
 
@@ -19,8 +21,8 @@ use bollard::{
     exec::{ResizeExecOptions, StartExecOptions, StartExecResults},
     models::{
         ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum,
-        ContainerStatsResponse, ContainerSummary, EventMessage, ExecConfig, HealthConfig,
-        HealthStatusEnum, HostConfig, HostConfigLogConfig,
+        ContainerStatsResponse, ContainerSummary, EndpointSettings, EventMessage, ExecConfig,
+        HealthConfig, HealthStatusEnum, HostConfig, HostConfigLogConfig, NetworkingConfig,
     },
     query_parameters::{
         CreateContainerOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
@@ -33,6 +35,9 @@ use futures::StreamExt;
 
 use super::{ContainerRuntime, EngineInfo, RuntimeError};
 
+mod networks;
+use networks::OwnerNetworks;
+
 /// A Docker engine, seen from one node.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
@@ -40,6 +45,7 @@ pub struct DockerRuntime {
     node: String,
     log_policy: Option<HostConfigLogConfig>,
     pids_limit: Option<i64>,
+    networks: OwnerNetworks,
 }
 
 /// Capabilities a dev container keeps; every other one is dropped. Enough
@@ -98,6 +104,7 @@ impl DockerRuntime {
             ])),
         });
         Ok(Self {
+            networks: OwnerNetworks::new(docker.clone(), node),
             docker,
             node: node.to_string(),
             log_policy,
@@ -143,6 +150,15 @@ impl DockerRuntime {
         Ok(list.into_iter().find_map(|c| c.id))
     }
 
+    /// The engine id and owner of the devctl container `id`, if any.
+    async fn find_with_owner(&self, id: &str) -> Result<Option<(String, String)>, RuntimeError> {
+        let list = self.list(true, &[(labels::ID, id)]).await?;
+        Ok(list.into_iter().find_map(|c| {
+            let owner = c.labels?.get(labels::OWNER).cloned().unwrap_or_default();
+            Some((c.id?, owner))
+        }))
+    }
+
     async fn find_required(&self, id: &str) -> Result<String, RuntimeError> {
         self.find(id)
             .await?
@@ -183,6 +199,9 @@ impl DockerRuntime {
         env.sort();
         let res = spec.resources.unwrap_or_default();
         let memory = (res.memory_bytes > 0).then_some(res.memory_bytes);
+        // The owner's network, held until the container exists (see
+        // networks.rs); the container's devctl name resolves there.
+        let (network, _network_lock) = self.networks.ensure(&spec.owner).await?;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -206,7 +225,19 @@ impl DockerRuntime {
                 cap_add: Some(CAPABILITIES.map(String::from).to_vec()),
                 pids_limit: self.pids_limit,
                 log_config: self.log_policy.clone(),
+                // The owner's network only: never the default bridge that
+                // every container of the engine shares.
+                network_mode: Some(network.clone()),
                 ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    network,
+                    EndpointSettings {
+                        aliases: Some(vec![spec.name.clone()]),
+                        ..Default::default()
+                    },
+                )])),
             }),
             ..Default::default()
         };
@@ -223,6 +254,16 @@ impl DockerRuntime {
             .await
             .map_err(|e| map_err(e, &spec.id))?;
         Ok(created.id)
+    }
+}
+
+impl DockerRuntime {
+    /// Removes `owner`'s network if it is no longer used. A failure only
+    /// leaves the network for the next inventory to collect.
+    async fn collect_network(&self, owner: &str) {
+        if let Err(e) = self.networks.collect(owner).await {
+            tracing::warn!(error = %e, owner, "removing the owner's network; the next inventory retries");
+        }
     }
 }
 
@@ -273,7 +314,10 @@ impl ContainerRuntime for DockerRuntime {
             )
             .await;
         match removed {
-            Ok(()) => Err(err),
+            Ok(()) => {
+                self.collect_network(&spec.owner).await;
+                Err(err)
+            }
             Err(e) => Err(RuntimeError::Engine(format!(
                 "{err}; removing the container afterwards also failed: {e}"
             ))),
@@ -353,7 +397,10 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn remove(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
-        let runtime_id = self.find_required(id).await?;
+        let (runtime_id, owner) = self
+            .find_with_owner(id)
+            .await?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_string()))?;
         if !force {
             let status = self.status(&runtime_id).await?;
             if status.state == pb::ContainerState::Running as i32 {
@@ -372,10 +419,16 @@ impl ContainerRuntime for DockerRuntime {
                 }),
             )
             .await
-            .map_err(|e| map_err(e, id))
+            .map_err(|e| map_err(e, id))?;
+        self.collect_network(&owner).await;
+        Ok(())
     }
 
     async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
+        // Networks whose last container went while nobody looked.
+        if let Err(e) = self.networks.collect_all().await {
+            tracing::warn!(error = %e, "collecting unused owner networks");
+        }
         let list = self.list(true, &[]).await?;
         let mut out = Vec::with_capacity(list.len());
         for c in list {
