@@ -122,12 +122,20 @@ pub struct ServeArgs {
     /// Live memory use (percent) above which a node takes no new container.
     #[arg(long, env = "DEVCTL_MEMORY_THRESHOLD", default_value_t = 90.0)]
     pub memory_threshold: f64,
-    /// CPUs a container without --cpus gets (and reserves): 0.5, 500m; 0: none.
-    #[arg(long, env = "DEVCTL_DEFAULT_CPUS", default_value = "0", value_parser = parse_cpus_or_zero)]
+    /// CPUs a container without --cpus gets as its limit (and reserves):
+    /// 0.5, 500m; 0: no limit.
+    #[arg(long, env = "DEVCTL_DEFAULT_CPUS", default_value = "1", value_parser = parse_cpus_or_zero)]
     pub default_cpus: i64,
-    /// Memory a container without --memory gets (and reserves): 512m; 0: none.
-    #[arg(long, env = "DEVCTL_DEFAULT_MEMORY", default_value = "0", value_parser = parse_memory_or_zero)]
+    /// Memory a container without --memory gets as its limit (and
+    /// reserves): 512m, 4g; 0: no limit (a container may then use all of
+    /// its host's memory).
+    #[arg(long, env = "DEVCTL_DEFAULT_MEMORY", default_value = "2g", value_parser = parse_memory_or_zero)]
     pub default_memory: i64,
+    /// How many times its CPUs a node's CPU reservations may add up to
+    /// (1: no overcommit). CPU is shared in time, and dev containers are
+    /// idle most of the day; memory is never overcommitted.
+    #[arg(long, env = "DEVCTL_CPU_OVERCOMMIT", default_value_t = 4.0, value_parser = parse_overcommit)]
+    pub cpu_overcommit: f64,
     /// Most CPUs placement counts for any node, whatever its agent claims;
     /// 0: no cap, and a node's first heartbeat bounds it instead (set this
     /// to let nodes grow).
@@ -166,9 +174,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DEVCTL_ORPHAN_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub orphan_grace: Duration,
     /// Quota of a role: ROLE:containers=N,cpus=X,memory=SIZE (any subset;
-    /// repeatable), e.g. developer:containers=10,cpus=8,memory=32g. Counts
-    /// every container an identity owns, running or stopped.
-    #[arg(long = "role-quota", env = "DEVCTL_ROLE_QUOTAS", value_delimiter = ';', value_parser = parse_role_quota)]
+    /// repeatable). Counts every container an identity owns, running or
+    /// stopped. Setting any role quota replaces the default one;
+    /// `developer:` (nothing after the colon) means no quota.
+    #[arg(long = "role-quota", env = "DEVCTL_ROLE_QUOTAS", value_delimiter = ';', value_parser = parse_role_quota, default_value = DEFAULT_ROLE_QUOTA)]
     pub role_quotas: Vec<(devctl_proto::identity::Role, crate::quota::Limits)>,
     /// Quota of one user, replacing their role's: NAME:containers=N,...
     /// (repeatable).
@@ -220,6 +229,19 @@ pub struct ServeArgs {
     /// `devctl login --renew`).
     #[arg(long, env = "DEVCTL_USER_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub user_cert_ttl: Duration,
+}
+
+/// The quota of a developer unless the cluster sets role quotas: room for
+/// ten containers with the default limits, and for a few larger ones.
+pub const DEFAULT_ROLE_QUOTA: &str = "developer:containers=10,cpus=16,memory=32g";
+
+fn parse_overcommit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (1.0..=100.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: use a number from 1 (no overcommit) to 100, e.g. 4"
+        )),
+    }
 }
 
 fn parse_role_quota(

@@ -190,6 +190,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         Strategy::Spread
                     },
                     memory_threshold_percent: args.memory_threshold,
+                    cpu_overcommit: args.cpu_overcommit,
                     default_milli_cpus: args.default_cpus,
                     default_memory_bytes: args.default_memory,
                     leases: LeasePolicy {

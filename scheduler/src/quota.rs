@@ -144,7 +144,7 @@ impl Quotas {
             return Err(exceeded(
                 "CPUs",
                 format_cpus(max),
-                format_cpus(held.milli_cpus),
+                zero_or(held.milli_cpus, format_cpus),
                 format_cpus(milli_cpus),
             ));
         }
@@ -154,12 +154,17 @@ impl Quotas {
             return Err(exceeded(
                 "memory",
                 format_bytes(max),
-                format_bytes(held.memory_bytes),
+                zero_or(held.memory_bytes, format_bytes),
                 format_bytes(memory_bytes),
             ));
         }
         Ok(())
     }
+}
+
+/// "0" for nothing held (the table formatters print "-").
+fn zero_or(v: i64, format: fn(i64) -> String) -> String {
+    if v <= 0 { "0".into() } else { format(v) }
 }
 
 #[cfg(test)]

@@ -131,6 +131,9 @@ fn quotas_per_role_and_user_refuse_creates_with_the_numbers() {
             "developer:containers=2,cpus=1",
             "--user-quota",
             "alice:containers=3",
+            // A create without --cpus counts its default toward the quota.
+            "--default-cpus",
+            "0.5",
         ],
     )
     .unwrap();

@@ -23,10 +23,16 @@ fn logged_peak(log: &str) -> Option<usize> {
         .max()
 }
 
+/// Scheduler flags for containers without limits, so a test host of two
+/// cores takes more than the eight the default CPU limit allows.
+const NO_DEFAULT_LIMITS: &[&str] = &["--default-cpus", "0", "--default-memory", "0"];
+
 #[test]
 fn a_hundred_concurrent_removes_reach_the_engine_at_most_eight_at_a_time() {
-    // No settle wait: this test is about removals, and creates are many.
-    let mut c = TestCluster::start_with(&["a"], &["--create-settle", "0s"]).expect("cluster");
+    // No settle wait: this test is about removals, and creates are many
+    // (more than this 2-core host may reserve with the default limits).
+    let mut c = TestCluster::start_opts(&["a"], &["--create-settle", "0s"], NO_DEFAULT_LIMITS)
+        .expect("cluster");
     let names: Vec<String> = (0..MANY).map(|i| format!("many-{i:03}")).collect();
 
     let started = Instant::now();
@@ -80,9 +86,12 @@ fn a_hundred_concurrent_removes_reach_the_engine_at_most_eight_at_a_time() {
 
 #[test]
 fn the_engine_operation_limit_is_configurable() {
-    let mut c =
-        TestCluster::start_with(&["a"], &["--max-engine-ops", "2", "--create-settle", "0s"])
-            .expect("cluster");
+    let mut c = TestCluster::start_opts(
+        &["a"],
+        &["--max-engine-ops", "2", "--create-settle", "0s"],
+        NO_DEFAULT_LIMITS,
+    )
+    .expect("cluster");
     let names: Vec<String> = (0..12).map(|i| format!("few-{i:02}")).collect();
     std::thread::scope(|s| {
         for name in &names {

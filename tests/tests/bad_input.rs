@@ -85,5 +85,6 @@ fn bad_input_is_refused_with_the_right_code_and_leaves_nothing() {
     let engine = c.engine_containers();
     assert_eq!(engine.len(), 1);
     assert_eq!(engine[0]["Config"]["Labels"]["io.devctl.id"], first["id"]);
-    assert_eq!(engine[0]["HostConfig"]["Memory"], 0);
+    // The first create's (default) limit, not the refused one's.
+    assert_eq!(engine[0]["HostConfig"]["Memory"], 2i64 << 30);
 }

@@ -83,7 +83,10 @@ fn constraints_reservations_strategies_and_dry_runs() {
     let cpus = c.devctl(&["nodes", &a, "-o", "json"]).json()["cpus"]
         .as_i64()
         .unwrap();
-    let too_big = format!("{}", cpus as f64 - 0.5);
+    // CPU is overcommitted four times by default: a's reservations may
+    // add up to four times its CPUs.
+    let schedulable = cpus as f64 * 4.0;
+    let too_big = format!("{}", schedulable - 0.5);
     let err = c
         .devctl(&[
             "create",
@@ -99,8 +102,8 @@ fn constraints_reservations_strategies_and_dry_runs() {
     assert!(err.contains("ResourceExhausted"), "{err}");
     assert!(
         err.contains(&format!(
-            "{a}: needs {too_big} CPUs, {} free of {cpus}",
-            cpus as f64 - 1.0
+            "{a}: needs {too_big} CPUs, {} free of {schedulable} ({cpus} CPUs x 4 overcommit)",
+            schedulable - 1.0
         )),
         "{err}"
     );

@@ -130,6 +130,7 @@ impl Cluster {
             constraints: c.constraints.clone(),
             strategy: self.shared.settings.strategy,
             memory_threshold_percent: self.shared.settings.memory_threshold_percent,
+            cpu_overcommit: self.shared.settings.cpu_overcommit,
         };
         let _placing = self.shared.placement.lock().await;
         // Its own reservation is on the old node: it does not count there.

@@ -125,6 +125,8 @@ pub struct Settings {
     pub strategy: placement::Strategy,
     /// Live memory use (percent) above which a node takes no new container.
     pub memory_threshold_percent: f64,
+    /// How many times its CPUs a node's CPU reservations may add up to.
+    pub cpu_overcommit: f64,
     /// CPU (thousandths) a container without a CPU limit gets (0: none).
     pub default_milli_cpus: i64,
     /// Memory a container without a memory limit gets (0: none).
@@ -162,6 +164,7 @@ impl Default for Settings {
             default_stop_timeout: 10,
             strategy: placement::Strategy::Spread,
             memory_threshold_percent: 90.0,
+            cpu_overcommit: 1.0,
             default_milli_cpus: 0,
             default_memory_bytes: 0,
             leases: LeasePolicy::default(),
@@ -426,6 +429,7 @@ impl Cluster {
             constraints: spec.constraints.clone(),
             strategy: options.strategy.unwrap_or(settings.strategy),
             memory_threshold_percent: settings.memory_threshold_percent,
+            cpu_overcommit: settings.cpu_overcommit,
         };
         let mut record = pb::Container {
             name: spec.name,

@@ -66,6 +66,22 @@ pub struct Request {
     pub strategy: Strategy,
     /// Live memory use above which a node takes no new container (percent).
     pub memory_threshold_percent: f64,
+    /// How many times its CPUs a node's CPU reservations may add up to
+    /// (CPU is shared in time, so dev containers that are idle most of the
+    /// day can hold more than the node has); 1 or less: none. Memory is
+    /// never overcommitted.
+    pub cpu_overcommit: f64,
+}
+
+impl Request {
+    /// The CPU (thousandths) `node`'s reservations may add up to.
+    fn schedulable_cpus(&self, node: &NodeView<'_>) -> i64 {
+        if self.cpu_overcommit > 1.0 {
+            (node.milli_cpus as f64 * self.cpu_overcommit) as i64
+        } else {
+            node.milli_cpus
+        }
+    }
 }
 
 /// Why one node cannot take the container.
@@ -178,7 +194,7 @@ fn check<'a>(
             }
         }
     }
-    if req.milli_cpus > node.milli_cpus - node.reserved_milli_cpus {
+    if req.milli_cpus > req.schedulable_cpus(node) - node.reserved_milli_cpus {
         return Some(Unfit::Cpu);
     }
     if req.memory_bytes > node.memory_bytes - node.reserved_memory_bytes {
@@ -214,15 +230,27 @@ fn reason(unfit: Unfit<'_>, node: &NodeView<'_>, req: &Request) -> (String, bool
             format!("label {k}={v} required, node has no {k} label"),
             false,
         ),
-        Unfit::Cpu => (
-            format!(
-                "needs {} CPUs, {} free of {}",
-                cpus(req.milli_cpus),
-                cpus(node.milli_cpus - node.reserved_milli_cpus),
-                cpus(node.milli_cpus)
-            ),
-            true,
-        ),
+        Unfit::Cpu => {
+            let total = req.schedulable_cpus(node);
+            let of = if total == node.milli_cpus {
+                cpus(total)
+            } else {
+                format!(
+                    "{} ({} CPUs x {} overcommit)",
+                    cpus(total),
+                    cpus(node.milli_cpus),
+                    req.cpu_overcommit
+                )
+            };
+            (
+                format!(
+                    "needs {} CPUs, {} free of {of}",
+                    cpus(req.milli_cpus),
+                    cpus(total - node.reserved_milli_cpus),
+                ),
+                true,
+            )
+        }
         Unfit::Memory => (
             format!(
                 "needs {} of memory, {} free of {}",
@@ -252,7 +280,12 @@ fn load_after(node: &NodeView<'_>, req: &Request) -> f64 {
             (reserved + asked) as f64 / total as f64
         }
     };
-    share(node.reserved_milli_cpus, req.milli_cpus, node.milli_cpus).max(share(
+    share(
+        node.reserved_milli_cpus,
+        req.milli_cpus,
+        req.schedulable_cpus(node),
+    )
+    .max(share(
         node.reserved_memory_bytes,
         req.memory_bytes,
         node.memory_bytes,
@@ -375,6 +408,44 @@ mod tests {
             ..r
         };
         assert_eq!(place(&nodes, &r).unwrap().name, "b");
+    }
+
+    #[test]
+    fn cpu_is_overcommitted_by_the_ratio_and_memory_never() {
+        let mut a = node("a", 3);
+        a.reserved_milli_cpus = 7000;
+        a.reserved_memory_bytes = 3 << 30;
+        let nodes = [a];
+        let r = Request {
+            milli_cpus: 1000,
+            cpu_overcommit: 4.0,
+            ..req()
+        };
+        // 2 CPUs x 4: 8 schedulable, 7 reserved, 1 more fits.
+        assert_eq!(place(&nodes, &r).unwrap().name, "a");
+        let more = Request {
+            milli_cpus: 1500,
+            ..r.clone()
+        };
+        let err = place(&nodes, &more).unwrap_err().to_string();
+        assert!(
+            err.contains("a: needs 1.5 CPUs, 1 free of 8 (2 CPUs x 4 overcommit)"),
+            "{err}"
+        );
+        // Without overcommit the same node is full.
+        let none = Request {
+            cpu_overcommit: 1.0,
+            ..r.clone()
+        };
+        let err = place(&nodes, &none).unwrap_err().to_string();
+        assert!(err.contains("a: needs 1 CPUs, 0 free of 2"), "{err}");
+        // Memory: 4 GiB, 3 reserved; 1.5 does not fit whatever the ratio.
+        let big = Request {
+            memory_bytes: 3 << 29,
+            ..r
+        };
+        let err = place(&nodes, &big).unwrap_err().to_string();
+        assert!(err.contains("1.00 GiB free of 4.00 GiB"), "{err}");
     }
 
     #[test]
