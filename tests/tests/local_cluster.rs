@@ -3,7 +3,9 @@
 
 use std::process::Command;
 
-use devctl_tests::{bin_dir, docker_inspect_by_label, engine_status, repo_root};
+use devctl_tests::{
+    bin_dir, docker_inspect_by_label, engine_status, network_names_by_label, repo_root,
+};
 
 struct Purge<'a>(&'a dyn Fn(&str) -> std::process::Output);
 
@@ -48,6 +50,11 @@ fn local_cluster_script_launches_a_dev_container_and_purges() {
     assert_eq!(on_engine[0]["Config"]["Labels"]["io.devctl.name"], "hello");
     assert_eq!(engine_status(&on_engine[0]), "running");
     assert_eq!(on_engine[0]["HostConfig"]["Memory"], 256i64 << 20);
+    let label = format!("io.devctl.node={node}");
+    assert_eq!(
+        network_names_by_label(&label),
+        [format!("devctl-admin.{node}")]
+    );
 
     // A second `up` is harmless: same container, nothing duplicated.
     assert!(script("up").status.success());
@@ -62,4 +69,5 @@ fn local_cluster_script_launches_a_dev_container_and_purges() {
     let status = String::from_utf8_lossy(&script("status").stdout).into_owned();
     assert_eq!(status.matches("stopped").count(), 3, "{status}");
     assert!(docker_inspect_by_label(&format!("io.devctl.node={node}")).is_empty());
+    assert!(network_names_by_label(&label).is_empty());
 }
