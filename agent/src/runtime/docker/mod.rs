@@ -9,8 +9,10 @@
 //! Containers join their owner's network on this node (`networks.rs`),
 //! never the default bridge.
 //!
-//! The only module that imports bollard (the house rule for outside
-//! systems), so every engine call and its error mapping stay in one place.
+//! One piece on purpose: it is the only module that imports bollard (the
+//! house rule for outside systems), so every engine call and its error
+//! mapping stay in one place; only the owner networks, a concern of their
+//! own, live beside it in `networks.rs`.
 
 use std::{collections::HashMap, time::SystemTime};
 
@@ -146,8 +148,10 @@ impl DockerRuntime {
 
     /// The engine id of the devctl container `id` of this node, if any.
     async fn find(&self, id: &str) -> Result<Option<String>, RuntimeError> {
-        let list = self.list(true, &[(labels::ID, id)]).await?;
-        Ok(list.into_iter().find_map(|c| c.id))
+        Ok(self
+            .find_with_owner(id)
+            .await?
+            .map(|(runtime_id, _)| runtime_id))
     }
 
     /// The engine id and owner of the devctl container `id`, if any.
