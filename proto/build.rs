@@ -22,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/stats.proto",
         "devctl/v1/access.proto",
         "devctl/v1/audit.proto",
+        "devctl/v1/watch.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))

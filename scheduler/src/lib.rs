@@ -12,6 +12,7 @@
 //! - [`nodes`]: the node registry (heartbeats, liveness).
 //! - [`stats`]: the latest usage samples (memory only).
 //! - [`store`]: the embedded store; nothing else touches its file.
+//! - [`feed`]: the change feed of every committed record change.
 //! - [`revocation`]: revoked certificates (`revoke`, checked on every call).
 //! - [`tokens`]: API tokens (bearer credentials).
 //! - [`bus`]: the only module that speaks NATS.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod datadir;
 pub mod event_workers;
 pub mod events;
+pub mod feed;
 pub mod nodes;
 pub mod placement;
 pub mod quota;

@@ -27,6 +27,7 @@ use crate::{
         enroll::{CertPolicy, EnrollApi},
         nodes::NodeApi,
         tokens::TokenApi,
+        watch::WatchApi,
     },
     bus::{Bus, BusError, Heartbeats, StatsReports},
     cluster::{Cluster, Settings},
@@ -37,6 +38,7 @@ use crate::{
     tokens::ApiTokens,
 };
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
+use devctl_proto::pb::watch_service_server::WatchServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
 };
@@ -132,7 +134,12 @@ pub async fn serve(
     // Once heartbeats are received: known nodes are unknown (not down)
     // for one node timeout from now.
     let registry = Registry::new(store.nodes()?, config.node_timeout, config.node_caps);
-    let cluster = Cluster::new(store, registry, bus.clone(), config.settings.clone());
+    let cluster = Cluster::new(
+        store.clone(),
+        registry,
+        bus.clone(),
+        config.settings.clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -146,6 +153,7 @@ pub async fn serve(
     health.set_serving::<EnrollServiceServer<EnrollApi>>().await;
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health.set_serving::<WatchServiceServer<WatchApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -245,6 +253,10 @@ pub async fn serve(
         .add_service(authenticated!(
             AuditServiceServer,
             AuditApi::new(bus.clone(), streaming.clone())
+        ))
+        .add_service(authenticated!(
+            WatchServiceServer,
+            WatchApi::new(store, streaming.clone())
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.

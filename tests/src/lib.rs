@@ -644,6 +644,19 @@ impl TestCluster {
         });
     }
 
+    /// A gRPC channel to the scheduler with the certificate in `tls`.
+    pub async fn grpc_channel(&self, tls: &Path) -> tonic::transport::Channel {
+        devctl_proto::pki::install_crypto_provider();
+        let bundle = devctl_proto::pki::Bundle::load(tls).expect("certificate bundle");
+        tonic::transport::Endpoint::from_shared(self.server.clone())
+            .expect("scheduler address")
+            .tls_config(bundle.client_tls())
+            .expect("client TLS")
+            .connect()
+            .await
+            .expect("connect to the scheduler")
+    }
+
     /// Runs the CLI as admin.
     pub fn devctl(&self, args: &[&str]) -> CliResult {
         self.devctl_as(&self.admin_tls(), args)

@@ -1,29 +1,14 @@
 //! The gRPC surface as a generated client sees it: health, reflection,
 //! pagination and status codes (not the CLI's rendering of them).
 
-use devctl_proto::{
-    pb::{
-        self, container_service_client::ContainerServiceClient,
-        node_service_client::NodeServiceClient,
-    },
-    pki::Bundle,
+use devctl_proto::pb::{
+    self, container_service_client::ContainerServiceClient, node_service_client::NodeServiceClient,
 };
 use devctl_tests::{IMAGE, TestCluster};
-use tonic::{
-    Code,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, transport::Channel};
 
 async fn channel(c: &TestCluster) -> Channel {
-    devctl_proto::pki::install_crypto_provider();
-    let bundle = Bundle::load(&c.admin_tls()).unwrap();
-    Endpoint::from_shared(c.server.clone())
-        .unwrap()
-        .tls_config(bundle.client_tls())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    c.grpc_channel(&c.admin_tls()).await
 }
 
 fn spec(name: &str) -> pb::CreateContainerRequest {

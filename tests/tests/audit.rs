@@ -177,15 +177,7 @@ fn mutating_and_refused_calls_are_audited_durably_for_admins() {
 
 /// One call as `tls` over gRPC: ListNodes.
 async fn list_nodes(c: &TestCluster, tls: &std::path::Path) -> Result<(), tonic::Status> {
-    devctl_proto::pki::install_crypto_provider();
-    let bundle = devctl_proto::pki::Bundle::load(tls).expect("bundle");
-    let channel = tonic::transport::Endpoint::from_shared(c.server.clone())
-        .unwrap()
-        .tls_config(bundle.client_tls())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let channel = c.grpc_channel(tls).await;
     pb::node_service_client::NodeServiceClient::new(channel)
         .list_nodes(pb::ListNodesRequest {})
         .await

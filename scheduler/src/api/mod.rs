@@ -11,6 +11,7 @@ pub mod logs;
 pub mod nodes;
 pub mod stats;
 pub mod tokens;
+pub mod watch;
 
 use tonic::Status;
 

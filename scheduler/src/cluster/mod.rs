@@ -1037,6 +1037,7 @@ impl Cluster {
                 _ => pb::EventType::NodeDown,
             };
             tracing::info!(node, state = ?state, reason, "node state changed");
+            self.store().feed().node_state(&node, state);
             if state == pb::NodeState::Down {
                 let (this, node) = (self.clone(), node.clone());
                 self.shared

@@ -15,11 +15,13 @@
 //! - `create_requests`: client request id → container id
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
+//! - `meta`: the change feed's epoch (see [`crate::feed`])
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
 //! and the lease and idle checks never scan the records. Writes update it
-//! after their commit, in commit order.
+//! after their commit, in commit order, and publish the change (the record
+//! before and after) on the [`Feed`], in the same order.
 
 mod access;
 mod identities;
@@ -38,6 +40,7 @@ use std::{
 pub use index::NodeUsage;
 use index::{Index, Summary};
 
+use crate::feed::{Change, Diff, Feed};
 use devctl_proto::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -47,6 +50,8 @@ const CONTAINERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("conta
 const CONTAINER_IDS: TableDefinition<'_, &str, &str> = TableDefinition::new("container_ids");
 const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const REQUESTS: TableDefinition<'_, &str, &str> = TableDefinition::new("create_requests");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const FEED_EPOCH: &str = "feed_epoch";
 
 /// A store failure.
 #[derive(Debug, Error)]
@@ -124,10 +129,41 @@ struct Inner {
     // order; readers take `index` briefly.
     write_order: Mutex<()>,
     index: RwLock<Index>,
+    feed: Feed,
 }
 
-/// Index changes a write makes once it has committed.
-type Changes = Vec<(String, Option<Summary>)>;
+/// What a write changed, applied once it has committed: the index entries
+/// and the feed's changes.
+#[derive(Default)]
+struct Changes {
+    index: Vec<(String, Option<Summary>)>,
+    feed: Vec<Change>,
+    nodes: Vec<pb::Node>,
+}
+
+impl Changes {
+    /// Container `name` went from `before` to `after`.
+    fn container(&mut self, before: Option<pb::Container>, after: Option<pb::Container>) {
+        let name = after.as_ref().or(before.as_ref()).map(|c| c.name.clone());
+        if let Some(name) = name {
+            self.index.push((name, after.as_ref().map(Summary::of)));
+            if before != after {
+                self.feed.push(Change::Container(Diff { before, after }));
+            }
+        }
+    }
+}
+
+/// Everything the store holds of containers and nodes at one feed revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The feed revision the snapshot is at: changes after it follow.
+    pub revision: u64,
+    /// Every container, by name.
+    pub containers: Vec<pb::Container>,
+    /// Every node as the feed shows it (record and state), by name.
+    pub nodes: Vec<pb::Node>,
+}
 
 fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Corrupt {
@@ -159,7 +195,14 @@ impl Store {
         txn.open_table(access::JOIN_TOKENS_USED)?;
         txn.open_table(access::API_TOKENS)?;
         txn.open_table(identities::IDENTITIES)?;
+        let epoch = {
+            let mut meta = txn.open_table(META)?;
+            let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
+            meta.insert(FEED_EPOCH, epoch)?;
+            epoch
+        };
         txn.commit()?;
+        let feed = Feed::new(epoch, crate::feed::RETAINED);
         let mut index = Index::default();
         {
             let txn = db.begin_read()?;
@@ -170,13 +213,46 @@ impl Store {
                 index.set(&c.name, Some(Summary::of(&c)));
             }
         }
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 write_order: Mutex::new(()),
                 index: RwLock::new(index),
+                feed,
             }),
+        };
+        store.inner.feed.seed_nodes(store.nodes()?);
+        Ok(store)
+    }
+
+    /// The change feed of this store's commits.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// Every container and node at one feed revision: no commit lands
+    /// between reading the containers and taking the revision.
+    pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _order = this
+                .inner
+                .write_order
+                .lock()
+                .expect("store write lock poisoned");
+            let (containers, _) =
+                this.list_containers(None, usize::MAX, &ContainerFilter::default())?;
+            // Node states change outside the write lock; the feed reads
+            // them and its revision together.
+            let (revision, nodes) = this.inner.feed.nodes_at();
+            Ok(Snapshot {
+                revision,
+                containers,
+                nodes,
+            })
         })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     fn db(&self) -> &Database {
@@ -196,11 +272,17 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let _order = inner.write_order.lock().expect("store write lock poisoned");
-            let mut changes = Changes::new();
+            let mut changes = Changes::default();
             let out = f(&inner.db, &mut changes)?;
-            let mut index = inner.index.write().expect("store index poisoned");
-            for (name, summary) in changes {
-                index.set(&name, summary);
+            {
+                let mut index = inner.index.write().expect("store index poisoned");
+                for (name, summary) in changes.index {
+                    index.set(&name, summary);
+                }
+            }
+            inner.feed.publish(changes.feed);
+            for n in &changes.nodes {
+                inner.feed.node_record(n);
             }
             Ok(out)
         })
@@ -231,7 +313,7 @@ impl Store {
                 }
             }
             txn.commit()?;
-            changes.push((c.name.clone(), Some(Summary::of(&c))));
+            changes.container(None, Some(c));
             Ok(())
         })
         .await
@@ -241,10 +323,14 @@ impl Store {
     pub async fn update_container(&self, c: pb::Container) -> Result<(), StoreError> {
         self.write(move |db, changes| {
             let txn = db.begin_write()?;
-            txn.open_table(CONTAINERS)?
-                .insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
+            let before = {
+                let mut containers = txn.open_table(CONTAINERS)?;
+                let old = containers.insert(c.name.as_str(), c.encode_to_vec().as_slice())?;
+                old.map(|v| decode::<pb::Container>(&c.name, v.value()))
+                    .transpose()?
+            };
             txn.commit()?;
-            changes.push((c.name.clone(), Some(Summary::of(&c))));
+            changes.container(before, Some(c));
             Ok(())
         })
         .await
@@ -267,16 +353,17 @@ impl Store {
                     Some(v) => decode::<pb::Container>(&name, v.value())?,
                     None => return Ok(None),
                 };
-                let mut c = current;
+                let mut c = current.clone();
                 if !f(&mut c) {
                     return Ok(Some(c));
                 }
                 containers.insert(name.as_str(), c.encode_to_vec().as_slice())?;
-                c
+                (current, c)
             };
             txn.commit()?;
-            changes.push((name, Some(Summary::of(&updated))));
-            Ok(Some(updated))
+            let (before, after) = updated;
+            changes.container(Some(before), Some(after.clone()));
+            Ok(Some(after))
         })
         .await
     }
@@ -286,16 +373,17 @@ impl Store {
         let name = name.to_string();
         self.write(move |db, changes| {
             let txn = db.begin_write()?;
-            {
+            let before = {
                 let mut containers = txn.open_table(CONTAINERS)?;
-                let id = match containers.remove(name.as_str())? {
-                    Some(old) => decode::<pb::Container>(&name, old.value())?.id,
+                let old = match containers.remove(name.as_str())? {
+                    Some(old) => decode::<pb::Container>(&name, old.value())?,
                     None => return Ok(()),
                 };
-                txn.open_table(CONTAINER_IDS)?.remove(id.as_str())?;
-            }
+                txn.open_table(CONTAINER_IDS)?.remove(old.id.as_str())?;
+                old
+            };
             txn.commit()?;
-            changes.push((name, None));
+            changes.container(Some(before), None);
             Ok(())
         })
         .await
@@ -393,11 +481,12 @@ impl Store {
 
     /// Records a node (capacity, labels, cordon, first seen).
     pub async fn put_node(&self, n: pb::Node) -> Result<(), StoreError> {
-        self.write(move |db, _| {
+        self.write(move |db, changes| {
             let txn = db.begin_write()?;
             txn.open_table(NODES)?
                 .insert(n.name.as_str(), n.encode_to_vec().as_slice())?;
             txn.commit()?;
+            changes.nodes.push(n);
             Ok(())
         })
         .await
