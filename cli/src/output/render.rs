@@ -302,7 +302,8 @@ pub(super) fn nodes(list: &[pb::Node]) -> String {
 pub(super) fn drained(r: &pb::DrainNodeResponse) -> String {
     let node = r.node.as_ref().map_or("", |n| n.name.as_str());
     let mut out = format!(
-        "node {node} cordoned; {} container(s) stopped\n",
+        "node {} cordoned; {} container(s) stopped\n",
+        escape_line(node),
         r.stopped.len()
     );
     for name in &r.stopped {
@@ -388,4 +389,27 @@ pub(super) fn top_nodes(nodes: &[pb::Node]) -> String {
         ]);
     }
     render(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_node_name_is_escaped() {
+        let r = pb::DrainNodeResponse {
+            node: Some(pb::Node {
+                name: "n1\u{1b}]0;owned\u{7}\nnode n2".into(),
+                ..Default::default()
+            }),
+            stopped: vec!["box\u{1b}[2J".into()],
+            failed: [("web".to_string(), "gone\r".to_string())].into(),
+        };
+        assert_eq!(
+            drained(&r),
+            "node n1\\x1b]0;owned\\x07\\x0anode n2 cordoned; 1 container(s) stopped\n\
+             \x20 stopped box\\x1b[2J\n\
+             \x20 NOT stopped web: gone\\x0d\n"
+        );
+    }
 }
