@@ -4,7 +4,8 @@
 //! - [`commands`]: one thin file per subcommand (parse, call, print);
 //! - [`client`]: the TLS connection to the scheduler and its credentials;
 //! - [`config`]: `~/.config/devctl/config.toml` and its contexts;
-//! - [`output`]: tables, JSON and YAML (sizes and CPUs: `devctl_proto::units`).
+//! - [`output`]: tables, JSON and YAML (sizes and CPUs: `devctl_proto::units`);
+//!   [`output::view`] holds the view models they print.
 
 pub mod client;
 pub mod commands;

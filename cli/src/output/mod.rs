@@ -1,0 +1,184 @@
+//! How results are printed: a table for people, JSON or YAML for scripts.
+//! Every view the CLI prints goes through here, so the escaping of control
+//! characters and the table/JSON/YAML formats cannot drift between
+//! subcommands.
+//!
+//! - this file: the [`Format`] (`-o`) and the entry points the commands call;
+//! - [`view`]: the view models built from the API's objects (what -o
+//!   json/yaml prints, and what a terminal UI reads);
+//! - `render`: the tables and text lines for people;
+//! - `escape`: untrusted strings made safe for a terminal.
+
+mod escape;
+mod render;
+pub mod view;
+
+use anyhow::Result;
+use clap::ValueEnum;
+use devctl_proto::pb;
+use serde::Serialize;
+
+pub(crate) use escape::{escape_line, escape_text};
+pub(crate) use render::{render, table};
+pub(crate) use view::time;
+use view::{ContainerStatsView, ContainerView, DrainView, EventView, NodeView, TopView};
+
+/// Output format (`-o`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    /// Aligned columns.
+    #[default]
+    Table,
+    /// JSON: an object, or an array for lists.
+    Json,
+    /// YAML.
+    Yaml,
+}
+
+/// Prints `value` as pretty JSON or as YAML (not for [`Format::Table`]).
+pub(crate) fn print_serialized<T: Serialize + ?Sized>(format: Format, value: &T) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
+        Format::Table => unreachable!("tables are printed by the caller"),
+    }
+    Ok(())
+}
+
+/// Prints one value of a stream: a JSON object on one line, or a YAML
+/// document (not for [`Format::Table`]).
+fn print_streamed<T: Serialize>(format: Format, value: &T) -> Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(value)?),
+        Format::Yaml => print!("---\n{}", serde_yaml_ng::to_string(value)?),
+        Format::Table => unreachable!("tables are printed by the caller"),
+    }
+    Ok(())
+}
+
+/// Prints containers: a table, or a JSON/YAML array.
+pub fn containers(format: Format, list: &[pb::Container]) -> Result<()> {
+    if format != Format::Table {
+        let views: Vec<ContainerView> = list.iter().map(ContainerView::from).collect();
+        return print_serialized(format, &views);
+    }
+    println!("{}", render::containers(list));
+    Ok(())
+}
+
+/// Prints one container: details, or a JSON/YAML object.
+pub fn container(format: Format, c: &pb::Container) -> Result<()> {
+    if format != Format::Table {
+        return print_serialized(format, &ContainerView::from(c));
+    }
+    print!("{}", render::container(c));
+    Ok(())
+}
+
+/// Prints nodes.
+pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
+    if format != Format::Table {
+        let views: Vec<NodeView> = list.iter().map(NodeView::from).collect();
+        return print_serialized(format, &views);
+    }
+    println!("{}", render::nodes(list));
+    Ok(())
+}
+
+/// Prints the outcome of a drain; an error when containers were left
+/// running.
+pub fn drained(format: Format, r: &pb::DrainNodeResponse) -> Result<()> {
+    if format != Format::Table {
+        return print_serialized(format, &DrainView::from(r));
+    }
+    print!("{}", render::drained(r));
+    if !r.failed.is_empty() {
+        anyhow::bail!("{} container(s) could not be stopped", r.failed.len());
+    }
+    Ok(())
+}
+
+/// Prints one node.
+pub fn node(format: Format, n: &pb::Node) -> Result<()> {
+    if format != Format::Table {
+        return print_serialized(format, &NodeView::from(n));
+    }
+    nodes(format, std::slice::from_ref(n))
+}
+
+/// Prints a stream of events: one line each (a header first), one JSON
+/// object per line with -o json, YAML documents with -o yaml.
+#[derive(Debug)]
+pub struct EventPrinter {
+    format: Format,
+    header: bool,
+}
+
+impl EventPrinter {
+    /// A printer for `format`.
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            header: false,
+        }
+    }
+
+    /// Prints one event.
+    pub fn print(&mut self, e: &pb::Event) -> Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let view = EventView::from(e);
+        match self.format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&view)?)?,
+            Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
+            Format::Table => {
+                if !self.header {
+                    writeln!(out, "{}", render::event_header())?;
+                    self.header = true;
+                }
+                writeln!(out, "{}", render::event(&view))?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Clears the terminal before a redraw.
+fn clear(tty: bool) {
+    if tty {
+        print!("\x1b[2J\x1b[H");
+    }
+}
+
+/// Prints container usage: a table like `docker stats` (cleared first when
+/// `redraw`), or one JSON object per line with -o json.
+pub fn container_stats(format: Format, list: &[pb::ContainerStats], redraw: bool) -> Result<()> {
+    if format != Format::Table {
+        for s in list {
+            print_streamed(format, &ContainerStatsView::from(s))?;
+        }
+        return Ok(());
+    }
+    let table = render::container_stats(list);
+    clear(redraw);
+    println!("{table}");
+    Ok(())
+}
+
+/// Prints the cluster at a glance: nodes with usage, then the busiest
+/// containers.
+pub fn top(
+    format: Format,
+    nodes: &[pb::Node],
+    busiest: &[pb::ContainerStats],
+    redraw: bool,
+) -> Result<()> {
+    if format != Format::Table {
+        return print_streamed(format, &TopView::new(nodes, busiest));
+    }
+    let table = render::top_nodes(nodes);
+    clear(redraw);
+    println!("{table}\n");
+    container_stats(format, busiest, false)
+}

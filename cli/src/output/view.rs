@@ -1,0 +1,339 @@
+//! View models: what the CLI shows of the API's objects, built from the
+//! `pb` types. Plain structs with public fields, so a terminal UI can read
+//! them; -o json/yaml serializes them as they are (lowercase state words,
+//! RFC 3339 times).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use devctl_proto::pb;
+use serde::Serialize;
+
+/// A container as printed.
+#[derive(Debug, Serialize)]
+pub struct ContainerView {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    pub state: String,
+    pub desired_state: String,
+    pub node: String,
+    /// CPU limit in CPUs; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in bytes; absent when unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    pub env: BTreeMap<String, String>,
+    /// The env values were withheld (only the owner and admins see them).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub env_redacted: bool,
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub constraints: BTreeMap<String, String>,
+    pub owner: String,
+    pub created: Option<String>,
+    pub updated: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    pub runtime_id: String,
+    /// Why it is not running (`lease_expired`, `inactivity`, ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub stop_reason: String,
+    /// Lease length in seconds (0: no lease).
+    pub ttl_seconds: i64,
+    /// When the lease runs out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expires: Option<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub health: String,
+    pub health_restarts: i32,
+    /// Seconds since it was last in use (while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_seconds: Option<u64>,
+    /// The cluster's idle window (0: inactivity stop off).
+    pub idle_timeout_seconds: i64,
+}
+
+impl From<&pb::Container> for ContainerView {
+    fn from(c: &pb::Container) -> Self {
+        let r = c.resources.unwrap_or_default();
+        Self {
+            name: c.name.clone(),
+            id: c.id.clone(),
+            image: c.image.clone(),
+            command: c.command.clone(),
+            state: state_word(c.state()),
+            desired_state: desired_word(c.desired_state()),
+            node: c.node.clone(),
+            cpus: (r.milli_cpus > 0).then(|| r.milli_cpus as f64 / 1000.0),
+            memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
+            env: c.env.clone().into_iter().collect(),
+            env_redacted: c.env_redacted,
+            labels: c.labels.clone().into_iter().collect(),
+            constraints: c.constraints.clone().into_iter().collect(),
+            owner: c.owner.clone(),
+            created: time(c.create_time),
+            updated: time(c.update_time),
+            started: time(c.start_time),
+            exit_code: c.exit_code,
+            last_error: c.last_error.clone(),
+            runtime_id: c.runtime_id.clone(),
+            stop_reason: stop_reason_word(c.stop_reason()),
+            ttl_seconds: c.ttl_seconds.unwrap_or(0),
+            lease_expires: time(c.lease_expire_time),
+            health: health_word(c.health()),
+            health_restarts: c.health_restarts,
+            idle_seconds: idle_seconds(c),
+            idle_timeout_seconds: c.idle_timeout_seconds,
+        }
+    }
+}
+
+/// A node as printed.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub state: String,
+    pub cpus: i32,
+    pub memory_bytes: i64,
+    pub containers: i32,
+    pub reserved_milli_cpus: i64,
+    pub reserved_memory_bytes: i64,
+    pub open_streams: i32,
+    pub cordoned: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub docker_version: String,
+    pub agent_version: String,
+    pub platform: String,
+    pub last_seen: Option<String>,
+    pub created: Option<String>,
+}
+
+impl From<&pb::Node> for NodeView {
+    fn from(n: &pb::Node) -> Self {
+        Self {
+            name: n.name.clone(),
+            state: node_state_word(n.state()),
+            cpus: n.cpus,
+            memory_bytes: n.memory_bytes,
+            containers: n.container_count,
+            reserved_milli_cpus: n.reserved_milli_cpus,
+            reserved_memory_bytes: n.reserved_memory_bytes,
+            open_streams: n.open_streams,
+            cordoned: n.cordoned,
+            cpu_percent: n
+                .usage
+                .as_ref()
+                .map(|u| (u.cpu_percent * 10.0).round() / 10.0),
+            memory_used_bytes: n.usage.as_ref().map(|u| u.memory_used_bytes),
+            labels: n.labels.clone().into_iter().collect(),
+            docker_version: n.docker_version.clone(),
+            agent_version: n.agent_version.clone(),
+            platform: n.platform.clone(),
+            last_seen: time(n.last_seen),
+            created: time(n.create_time),
+        }
+    }
+}
+
+/// The outcome of a drain as printed.
+#[derive(Debug, Serialize)]
+pub struct DrainView<'a> {
+    pub node: Option<NodeView>,
+    pub stopped: &'a [String],
+    /// Containers that could not be stopped, with the reason each.
+    pub failed: BTreeMap<&'a String, &'a String>,
+}
+
+impl<'a> From<&'a pb::DrainNodeResponse> for DrainView<'a> {
+    fn from(r: &'a pb::DrainNodeResponse) -> Self {
+        Self {
+            node: r.node.as_ref().map(NodeView::from),
+            stopped: &r.stopped,
+            failed: r.failed.iter().collect(),
+        }
+    }
+}
+
+/// An event as printed.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub sequence: u64,
+    pub time: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub container_id: String,
+    pub node: String,
+    pub actor: String,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub message: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
+}
+
+impl From<&pb::Event> for EventView {
+    fn from(e: &pb::Event) -> Self {
+        Self {
+            sequence: e.sequence,
+            time: time_millis(e.time),
+            kind: event_word(e.r#type()),
+            container: e.container.clone(),
+            container_id: e.container_id.clone(),
+            node: e.node.clone(),
+            actor: e.actor.clone(),
+            reason: e.reason.clone(),
+            exit_code: e.exit_code,
+            message: e.message.clone(),
+            session: e.session.clone(),
+        }
+    }
+}
+
+/// A container's usage as printed.
+#[derive(Debug, Serialize)]
+pub struct ContainerStatsView {
+    pub name: String,
+    pub id: String,
+    pub node: String,
+    pub time: Option<String>,
+    pub cpu_percent: f64,
+    pub memory_bytes: i64,
+    pub memory_limit_bytes: i64,
+    pub network_rx_bytes: i64,
+    pub network_tx_bytes: i64,
+    pub block_read_bytes: i64,
+    pub block_write_bytes: i64,
+    pub pids: i64,
+}
+
+impl From<&pb::ContainerStats> for ContainerStatsView {
+    fn from(s: &pb::ContainerStats) -> Self {
+        Self {
+            name: s.name.clone(),
+            id: s.id.clone(),
+            node: s.node.clone(),
+            time: time_millis(s.time),
+            cpu_percent: (s.cpu_percent * 100.0).round() / 100.0,
+            memory_bytes: s.memory_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+            network_rx_bytes: s.network_rx_bytes,
+            network_tx_bytes: s.network_tx_bytes,
+            block_read_bytes: s.block_read_bytes,
+            block_write_bytes: s.block_write_bytes,
+            pids: s.pids,
+        }
+    }
+}
+
+/// The cluster at a glance: nodes with usage, then the busiest containers.
+#[derive(Debug, Serialize)]
+pub struct TopView {
+    pub nodes: Vec<NodeView>,
+    pub containers: Vec<ContainerStatsView>,
+}
+
+impl TopView {
+    /// The view of `nodes` and the `busiest` containers.
+    pub fn new(nodes: &[pb::Node], busiest: &[pb::ContainerStats]) -> Self {
+        Self {
+            nodes: nodes.iter().map(NodeView::from).collect(),
+            containers: busiest.iter().map(ContainerStatsView::from).collect(),
+        }
+    }
+}
+
+/// A time as RFC 3339 in seconds.
+pub(crate) fn time(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let st = SystemTime::try_from(t?).ok()?;
+    Some(humantime::format_rfc3339_seconds(st).to_string())
+}
+
+/// A time as RFC 3339 in milliseconds (events and usage samples).
+fn time_millis(t: Option<prost_types::Timestamp>) -> Option<String> {
+    let st = SystemTime::try_from(t?).ok()?;
+    Some(humantime::format_rfc3339_millis(st).to_string())
+}
+
+/// Seconds from now until `t` (negative: past).
+pub(super) fn until(t: Option<prost_types::Timestamp>) -> Option<i64> {
+    let t = SystemTime::try_from(t?).ok()?;
+    Some(match t.duration_since(SystemTime::now()) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    })
+}
+
+/// Seconds since the container was last in use.
+pub(super) fn idle_seconds(c: &pb::Container) -> Option<u64> {
+    until(c.last_active_time).map(|s| (-s).max(0) as u64)
+}
+
+/// `CONTAINER_STATE_RUNNING` → `running`.
+pub fn state_word(s: pb::ContainerState) -> String {
+    s.as_str_name()
+        .trim_start_matches("CONTAINER_STATE_")
+        .to_lowercase()
+}
+
+/// `DESIRED_STATE_RUNNING` → `running`.
+pub(super) fn desired_word(s: pb::DesiredState) -> String {
+    s.as_str_name()
+        .trim_start_matches("DESIRED_STATE_")
+        .to_lowercase()
+}
+
+/// `NODE_STATE_READY` → `ready`.
+pub(super) fn node_state_word(s: pb::NodeState) -> String {
+    s.as_str_name()
+        .trim_start_matches("NODE_STATE_")
+        .to_lowercase()
+}
+
+/// `STOP_REASON_LEASE_EXPIRED` → `lease_expired` (empty when unset).
+pub fn stop_reason_word(r: pb::StopReason) -> String {
+    match r {
+        pb::StopReason::Unspecified => String::new(),
+        r => r
+            .as_str_name()
+            .trim_start_matches("STOP_REASON_")
+            .to_lowercase(),
+    }
+}
+
+/// `HEALTH_STATUS_UNHEALTHY` → `unhealthy` (empty when unset).
+pub(super) fn health_word(h: pb::HealthStatus) -> String {
+    match h {
+        pb::HealthStatus::Unspecified => String::new(),
+        h => h
+            .as_str_name()
+            .trim_start_matches("HEALTH_STATUS_")
+            .to_lowercase(),
+    }
+}
+
+/// `EVENT_TYPE_CONTAINER_STARTED` → `container.started`.
+pub fn event_word(t: pb::EventType) -> String {
+    let s = t
+        .as_str_name()
+        .trim_start_matches("EVENT_TYPE_")
+        .to_lowercase();
+    match s.split_once('_') {
+        Some((kind, what)) => format!("{kind}.{what}"),
+        None => s,
+    }
+}
