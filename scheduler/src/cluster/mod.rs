@@ -14,9 +14,17 @@
 //! drain, re-placement on start).
 
 mod drain;
+mod error;
+mod settings;
 mod spec;
 mod supervise;
 
+pub use error::Error;
+use error::{agent_error, not_found};
+pub use settings::{
+    CreateOptions, DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MIN_MEMORY_BYTES,
+    MIN_MILLI_CPUS, Settings,
+};
 pub use spec::validate_spec;
 
 pub use supervise::{ExpiryAction, LeasePolicy};
@@ -33,160 +41,16 @@ use devctl_proto::{
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
     validate::{self, InvalidField, limits},
 };
-use thiserror::Error;
 use tokio_util::task::TaskTracker;
 
 use crate::{
-    activity::{Activity, IdlePolicy, SessionKind},
+    activity::{Activity, SessionKind},
     bus::{Bus, BusError},
     events::{self, Intents, Op, StateChange},
     nodes::Registry,
     placement,
-    store::{ContainerFilter, Store, StoreError},
+    store::{ContainerFilter, Store},
 };
-
-/// Why an operation failed. Each variant maps to one gRPC status code.
-#[derive(Debug, Error)]
-pub enum Error {
-    /// INVALID_ARGUMENT: a field is malformed.
-    #[error("{0}")]
-    Invalid(#[from] InvalidField),
-    /// INVALID_ARGUMENT: the engine refused the container's settings.
-    #[error("{0}")]
-    Rejected(String),
-    /// NOT_FOUND: no such container or node (in the cluster's records).
-    #[error("{0}")]
-    NotFound(String),
-    /// ALREADY_EXISTS: the name is taken.
-    #[error(
-        "a container named {0:?} already exists; choose another name or remove it first (devctl rm {0})"
-    )]
-    AlreadyExists(String),
-    /// FAILED_PRECONDITION: the cluster's state does not allow the call.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// RESOURCE_EXHAUSTED: no node has the capacity now.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// UNAVAILABLE: a node's agent did not answer; retrying may help.
-    #[error("{0}")]
-    Unavailable(String),
-    /// INTERNAL: the store or the engine failed.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl Error {
-    /// The same error with `note` appended to its message.
-    fn annotate(self, note: &str) -> Self {
-        let with = |m: String| format!("{m}; {note}");
-        match self {
-            Error::Invalid(f) => Error::Rejected(with(f.to_string())),
-            Error::Rejected(m) => Error::Rejected(with(m)),
-            Error::NotFound(m) => Error::NotFound(with(m)),
-            Error::AlreadyExists(m) => Error::AlreadyExists(m),
-            Error::FailedPrecondition(m) => Error::FailedPrecondition(with(m)),
-            Error::ResourceExhausted(m) => Error::ResourceExhausted(with(m)),
-            Error::Unavailable(m) => Error::Unavailable(with(m)),
-            Error::Internal(m) => Error::Internal(with(m)),
-        }
-    }
-}
-
-impl From<StoreError> for Error {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NameTaken(name) => Error::AlreadyExists(name),
-            other => Error::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<BusError> for Error {
-    fn from(e: BusError) -> Self {
-        match e {
-            BusError::NoResponders(_) | BusError::Timeout { .. } => {
-                Error::Unavailable(e.to_string())
-            }
-            other => Error::Internal(other.to_string()),
-        }
-    }
-}
-
-/// Settings of the container operations.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// How long an agent may take for a command, on top of any stop timeout
-    /// the command carries.
-    pub command_timeout: Duration,
-    /// Stop timeout when a request sets none.
-    pub default_stop_timeout: i32,
-    /// Placement strategy when a request sets none.
-    pub strategy: placement::Strategy,
-    /// Live memory use (percent) above which a node takes no new container.
-    pub memory_threshold_percent: f64,
-    /// How many times its CPUs a node's CPU reservations may add up to.
-    pub cpu_overcommit: f64,
-    /// CPU (thousandths) a container without a CPU limit gets (0: none).
-    pub default_milli_cpus: i64,
-    /// Memory a container without a memory limit gets (0: none).
-    pub default_memory_bytes: i64,
-    /// Lease lengths and what expiry does.
-    pub leases: LeasePolicy,
-    /// When unused containers are stopped.
-    pub idle: IdlePolicy,
-    /// How often every ready node's inventory is compared with the records.
-    pub reconcile_interval: Duration,
-    /// How long a devctl-labelled container the scheduler does not know is
-    /// left on its node before it is removed.
-    pub orphan_grace: Duration,
-    /// Per-role and per-user quotas.
-    pub quotas: crate::quota::Quotas,
-}
-
-/// Options of one create.
-#[derive(Debug, Clone, Default)]
-pub struct CreateOptions {
-    /// Only decide the placement.
-    pub dry_run: bool,
-    /// Placement strategy; `None`: the cluster's.
-    pub strategy: Option<placement::Strategy>,
-    /// The client's id for this create (retries carry the same).
-    pub request_id: Option<String>,
-    /// The creator's role, for quotas (`None`: no quota applies).
-    pub role: Option<devctl_proto::identity::Role>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            command_timeout: Duration::from_secs(30),
-            default_stop_timeout: 10,
-            strategy: placement::Strategy::Spread,
-            memory_threshold_percent: 90.0,
-            cpu_overcommit: 1.0,
-            default_milli_cpus: 0,
-            default_memory_bytes: 0,
-            leases: LeasePolicy::default(),
-            idle: IdlePolicy::default(),
-            reconcile_interval: Duration::from_secs(30),
-            orphan_grace: Duration::from_secs(300),
-            quotas: crate::quota::Quotas::default(),
-        }
-    }
-}
-
-/// Page size when a request sets none.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
-/// Largest page.
-pub const MAX_PAGE_SIZE: usize = 1000;
-/// Encoded size after which a page ends (it may hold fewer containers than
-/// asked for, with `next_page_token` set).
-pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
-/// Smallest memory limit the engine accepts.
-pub const MIN_MEMORY_BYTES: i64 = 6 << 20;
-/// Smallest CPU limit the engine accepts (0.01 CPU).
-pub const MIN_MILLI_CPUS: i64 = 10;
 
 /// The cluster: a cheap clone handle over shared state.
 #[derive(Debug, Clone)]
@@ -230,12 +94,6 @@ fn now() -> Option<prost_types::Timestamp> {
 /// The expiry of a lease of `ttl` seconds taken now (`None`: no lease).
 fn lease_from_now(ttl: i64) -> Option<prost_types::Timestamp> {
     (ttl > 0).then(|| (SystemTime::now() + Duration::from_secs(ttl as u64)).into())
-}
-
-fn not_found(name: &str) -> Error {
-    Error::NotFound(format!(
-        "container {name:?} not found; `devctl ls` lists containers"
-    ))
 }
 
 impl Cluster {
@@ -1666,32 +1524,4 @@ fn apply_status(c: &mut pb::Container, s: &pb::ContainerStatus) {
     }
     c.last_error.clear();
     c.update_time = now();
-}
-
-/// The error an unexpected or failed reply stands for.
-fn agent_error(reply: Reply, c: &pb::Container) -> Error {
-    let e = match reply {
-        Reply::Error(e) => e,
-        other => {
-            return Error::Internal(format!(
-                "the agent of node {:?} sent an unexpected reply: {other:?}",
-                c.node
-            ));
-        }
-    };
-    match pb::AgentErrorCode::try_from(e.code).unwrap_or_default() {
-        pb::AgentErrorCode::ImageNotFound | pb::AgentErrorCode::Conflict => {
-            Error::FailedPrecondition(e.message)
-        }
-        pb::AgentErrorCode::ContainerNotFound => Error::FailedPrecondition(format!(
-            "container {:?} is missing on node {:?} (removed outside devctl?); remove it with `devctl rm {}`",
-            c.name, c.node, c.name
-        )),
-        pb::AgentErrorCode::Invalid => Error::Rejected(e.message),
-        pb::AgentErrorCode::ShuttingDown => Error::Unavailable(format!(
-            "the agent of node {:?} is shutting down; retry when it is back",
-            c.node
-        )),
-        _ => Error::Internal(format!("node {:?}: {}", c.node, e.message)),
-    }
 }
