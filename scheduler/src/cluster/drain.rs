@@ -6,7 +6,13 @@ use std::{collections::HashMap, time::SystemTime};
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 use futures::future::join_all;
 
-use super::{Cause, Cluster, Error, after_lifecycle, agent_error, apply_status, now};
+use super::{
+    Cluster, Error,
+    error::agent_error,
+    lifecycle::{Cause, after_lifecycle},
+    now,
+    observe::apply_status,
+};
 use crate::bus::BusError;
 use crate::{
     events::{self, Op},

@@ -16,7 +16,7 @@ use devctl_proto::{
     validate::InvalidField,
 };
 
-use super::{Cause, Cluster, Error, lease_from_now, now};
+use super::{Cluster, Error, error::not_found, lease_from_now, lifecycle::Cause, now};
 use crate::events::{self, Op};
 
 /// What happens to a container whose lease runs out.
@@ -158,7 +158,7 @@ impl Cluster {
                     true
                 })
                 .await?
-                .ok_or_else(|| super::not_found(&name))?;
+                .ok_or_else(|| not_found(&name))?;
             tracing::info!(name, actor, ttl, "lease extended");
             let event = pb::Event {
                 time: now(),
