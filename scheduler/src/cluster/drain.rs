@@ -9,7 +9,7 @@ use futures::future::join_all;
 use super::{
     Cluster, Error,
     error::agent_error,
-    lifecycle::{Cause, after_lifecycle},
+    lifecycle::{Cause, Lifecycle, after_lifecycle},
     now,
     observe::apply_status,
 };
@@ -94,7 +94,7 @@ impl Cluster {
             };
             self.lifecycle(
                 name,
-                Op::Stop,
+                Lifecycle::Stop,
                 t,
                 actor,
                 Cause::Drain,
@@ -182,7 +182,7 @@ impl Cluster {
                 c.desired_state = pb::DesiredState::Running as i32;
                 apply_status(&mut c, &status);
                 let default_ttl = self.shared.settings.leases.default_seconds();
-                after_lifecycle(&mut c, Op::Start, Cause::User, false, default_ttl);
+                after_lifecycle(&mut c, Lifecycle::Start, Cause::User, false, default_ttl);
                 self.store().update_container(c.clone()).await?;
                 self.shared.activity.touch(&c.name, SystemTime::now());
                 Ok(self.decorate(c))

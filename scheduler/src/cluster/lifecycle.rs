@@ -54,6 +54,52 @@ impl Cause {
     }
 }
 
+/// Which lifecycle change is asked for. Each is matched exhaustively: no
+/// other operation can reach [`Cluster::lifecycle`] and become a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lifecycle {
+    /// StartContainer (or a re-placement when the node is cordoned).
+    Start,
+    /// StopContainer.
+    Stop,
+    /// RestartContainer.
+    Restart,
+}
+
+impl Lifecycle {
+    /// The operation its intent records (what its engine events mean).
+    fn op(self) -> Op {
+        match self {
+            Lifecycle::Start => Op::Start,
+            Lifecycle::Stop => Op::Stop,
+            Lifecycle::Restart => Op::Restart,
+        }
+    }
+
+    /// The agent command that carries it out on container `id`.
+    fn command(self, id: String, stop_timeout: i32) -> Command {
+        match self {
+            Lifecycle::Start => Command::Start(pb::StartCommand { id }),
+            Lifecycle::Stop => Command::Stop(pb::StopCommand {
+                id,
+                timeout_seconds: stop_timeout,
+            }),
+            Lifecycle::Restart => Command::Restart(pb::RestartCommand {
+                id,
+                timeout_seconds: stop_timeout,
+            }),
+        }
+    }
+
+    /// The desired state it records once the node confirmed it.
+    fn desired(self) -> pb::DesiredState {
+        match self {
+            Lifecycle::Stop => pb::DesiredState::Stopped,
+            Lifecycle::Start | Lifecycle::Restart => pb::DesiredState::Running,
+        }
+    }
+}
+
 /// A check that the reason for an action still holds, made under the
 /// container's lock.
 pub(super) type Precheck = Box<dyn FnOnce(&pb::Container) -> bool + Send>;
@@ -80,7 +126,7 @@ impl Cluster {
     pub(super) async fn lifecycle(
         &self,
         name: &str,
-        op: Op,
+        op: Lifecycle,
         stop_timeout: i32,
         actor: &str,
         cause: Cause,
@@ -95,7 +141,7 @@ impl Cluster {
             }
             // A stopped container whose node is cordoned (drained, maybe
             // powered off since) starts elsewhere; a running one stays.
-            if op == Op::Start
+            if op == Lifecycle::Start
                 && c.state != pb::ContainerState::Running as i32
                 && this.shared.nodes.get(&c.node).is_some_and(|n| n.cordoned)
             {
@@ -105,28 +151,13 @@ impl Cluster {
             let _intent = this
                 .shared
                 .intents
-                .begin_for(&c.id, &actor, op, cause.word());
-            let id = c.id.clone();
-            let command = match op {
-                Op::Start => Command::Start(pb::StartCommand { id }),
-                Op::Stop => Command::Stop(pb::StopCommand {
-                    id,
-                    timeout_seconds: stop_timeout,
-                }),
-                _ => Command::Restart(pb::RestartCommand {
-                    id,
-                    timeout_seconds: stop_timeout,
-                }),
-            };
+                .begin_for(&c.id, &actor, op.op(), cause.word());
+            let command = op.command(c.id.clone(), stop_timeout);
             let was_running = c.state == pb::ContainerState::Running as i32;
             let result = this.send(&c.node, command, stop_timeout).await;
             // Only an outcome the node confirmed changes the desired state:
             // a stop that timed out still reserves, and is retried.
-            let desired = if op == Op::Stop {
-                pb::DesiredState::Stopped
-            } else {
-                pb::DesiredState::Running
-            } as i32;
+            let desired = op.desired() as i32;
             c.update_time = now();
             let default_ttl = this.shared.settings.leases.default_seconds();
             let outcome = match result {
@@ -152,9 +183,11 @@ impl Cluster {
             this.store().update_container(c.clone()).await?;
             match (&outcome, op) {
                 // Stopped: its next start opens a fresh idle window.
-                (Ok(()), Op::Stop) => this.shared.activity.forget(&c.name),
-                (Ok(()), _) => this.shared.activity.touch(&c.name, SystemTime::now()),
-                _ => {}
+                (Ok(()), Lifecycle::Stop) => this.shared.activity.forget(&c.name),
+                (Ok(()), Lifecycle::Start | Lifecycle::Restart) => {
+                    this.shared.activity.touch(&c.name, SystemTime::now())
+                }
+                (Err(_), _) => {}
             }
             outcome.map(|()| this.decorate(c))
         })
@@ -164,7 +197,7 @@ impl Cluster {
     /// Starts a container (on another node if its own is cordoned).
     pub async fn start(&self, name: &str, actor: &str) -> Result<pb::Container, Error> {
         tracing::info!(name, actor, "start");
-        self.lifecycle(name, Op::Start, 0, actor, Cause::User, None)
+        self.lifecycle(name, Lifecycle::Start, 0, actor, Cause::User, None)
             .await
     }
 
@@ -177,7 +210,7 @@ impl Cluster {
     ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
         tracing::info!(name, actor, timeout = t, "stop");
-        self.lifecycle(name, Op::Stop, t, actor, Cause::User, None)
+        self.lifecycle(name, Lifecycle::Stop, t, actor, Cause::User, None)
             .await
     }
 
@@ -190,7 +223,7 @@ impl Cluster {
     ) -> Result<pb::Container, Error> {
         let t = self.stop_timeout(timeout)?;
         tracing::info!(name, actor, timeout = t, "restart");
-        self.lifecycle(name, Op::Restart, t, actor, Cause::User, None)
+        self.lifecycle(name, Lifecycle::Restart, t, actor, Cause::User, None)
             .await
     }
 
@@ -221,13 +254,13 @@ fn must_not_be_removing(c: &pb::Container) -> Result<(), Error> {
 /// What a successful start/stop/restart changes beyond the observed state.
 pub(super) fn after_lifecycle(
     c: &mut pb::Container,
-    op: Op,
+    op: Lifecycle,
     cause: Cause,
     was_running: bool,
     default_ttl: i64,
 ) {
     match op {
-        Op::Stop => {
+        Lifecycle::Stop => {
             // A container that had already stopped keeps its own reason.
             if was_running || c.stop_reason == pb::StopReason::Unspecified as i32 {
                 c.stop_reason = cause.stop_reason() as i32;
@@ -239,7 +272,7 @@ pub(super) fn after_lifecycle(
                 c.last_error = "the health check kept failing after an automatic restart; the container is left stopped for inspection (devctl logs, then devctl start)".into();
             }
         }
-        _ => {
+        Lifecycle::Start | Lifecycle::Restart => {
             if c.state == pb::ContainerState::Running as i32 {
                 c.stop_reason = pb::StopReason::Unspecified as i32;
             }
@@ -249,7 +282,7 @@ pub(super) fn after_lifecycle(
             // A user's start renews the lease and the health restart.
             if cause == Cause::User {
                 c.health_restarts = 0;
-                if op == Op::Start || c.lease_expire_time.is_none() {
+                if op == Lifecycle::Start || c.lease_expire_time.is_none() {
                     // Records from before leases existed get the default.
                     let ttl = *c.ttl_seconds.get_or_insert(default_ttl);
                     c.lease_expire_time = lease_from_now(ttl);
