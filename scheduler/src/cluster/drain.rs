@@ -6,7 +6,13 @@ use std::{collections::HashMap, time::SystemTime};
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 use futures::future::join_all;
 
-use super::{Cause, Cluster, Error, after_lifecycle, agent_error, apply_status, now};
+use super::{
+    Cluster, Error,
+    error::agent_error,
+    lifecycle::{Cause, Lifecycle, after_lifecycle},
+    now,
+    observe::apply_status,
+};
 use crate::bus::BusError;
 use crate::{
     events::{self, Op},
@@ -88,7 +94,7 @@ impl Cluster {
             };
             self.lifecycle(
                 name,
-                Op::Stop,
+                Lifecycle::Stop,
                 t,
                 actor,
                 Cause::Drain,
@@ -176,7 +182,7 @@ impl Cluster {
                 c.desired_state = pb::DesiredState::Running as i32;
                 apply_status(&mut c, &status);
                 let default_ttl = self.shared.settings.leases.default_seconds();
-                after_lifecycle(&mut c, Op::Start, Cause::User, false, default_ttl);
+                after_lifecycle(&mut c, Lifecycle::Start, Cause::User, false, default_ttl);
                 self.store().update_container(c.clone()).await?;
                 self.shared.activity.touch(&c.name, SystemTime::now());
                 Ok(self.decorate(c))

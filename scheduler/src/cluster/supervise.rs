@@ -16,8 +16,14 @@ use devctl_proto::{
     validate::InvalidField,
 };
 
-use super::{Cause, Cluster, Error, lease_from_now, now};
-use crate::events::{self, Op};
+use super::{
+    Cluster, Error,
+    error::not_found,
+    lease_from_now,
+    lifecycle::{Cause, Lifecycle},
+    now,
+};
+use crate::events;
 
 /// What happens to a container whose lease runs out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,7 +164,7 @@ impl Cluster {
                     true
                 })
                 .await?
-                .ok_or_else(|| super::not_found(&name))?;
+                .ok_or_else(|| not_found(&name))?;
             tracing::info!(name, actor, ttl, "lease extended");
             let event = pb::Event {
                 time: now(),
@@ -260,7 +266,7 @@ impl Cluster {
                 tracing::info!(name, "lease expired: stopping");
                 self.lifecycle(
                     name,
-                    Op::Stop,
+                    Lifecycle::Stop,
                     timeout,
                     SYSTEM,
                     Cause::Lease,
@@ -289,7 +295,7 @@ impl Cluster {
         let timeout = self.shared.settings.default_stop_timeout;
         self.lifecycle(
             name,
-            Op::Stop,
+            Lifecycle::Stop,
             timeout,
             SYSTEM,
             Cause::Idle,
@@ -319,7 +325,7 @@ impl Cluster {
                 tracing::warn!(name, "health check failing: restarting once");
                 this.lifecycle(
                     &name,
-                    Op::Restart,
+                    Lifecycle::Restart,
                     timeout,
                     SYSTEM,
                     Cause::Health,
@@ -333,7 +339,7 @@ impl Cluster {
                 );
                 this.lifecycle(
                     &name,
-                    Op::Stop,
+                    Lifecycle::Stop,
                     timeout,
                     SYSTEM,
                     Cause::Health,
