@@ -5,6 +5,7 @@
 //! - [`datadir`]: the data directory; `init` and `issue-cert`.
 //! - [`server`]: `serve`: wiring and shutdown.
 //! - [`api`]: the gRPC services (decode, authorize, call, encode).
+//! - [`audit`]: the audit log's recording layer around every call.
 //! - [`cluster`]: the operations on containers and nodes.
 //! - [`placement`]: pure placement decisions.
 //! - [`events`]: what engine events mean (pure).
@@ -26,6 +27,7 @@
 
 pub mod activity;
 pub mod api;
+pub(crate) mod audit;
 pub mod bus;
 pub mod cluster;
 pub mod config;

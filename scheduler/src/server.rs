@@ -16,7 +16,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::audit::{AuditApi, AuditLayer, AuditWriter},
+    api::audit::AuditApi,
+    audit::{AuditLayer, AuditWriter},
     ratelimit::RateLimiter,
 };
 use crate::{
