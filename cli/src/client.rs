@@ -72,6 +72,8 @@ pub struct Client {
     pub enroll: EnrollServiceClient<Svc>,
     /// AuditService.
     pub audit: devctl_proto::pb::audit_service_client::AuditServiceClient<Svc>,
+    /// WatchService (the change feed).
+    pub watch: devctl_proto::pb::watch_service_client::WatchServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -194,7 +196,8 @@ impl Client {
             exec: ExecServiceClient::new(svc.clone()),
             tokens: TokenServiceClient::new(svc.clone()),
             enroll: EnrollServiceClient::new(svc.clone()),
-            audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc),
+            audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc.clone()),
+            watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc),
         })
     }
 }

@@ -71,6 +71,9 @@ pub enum Command {
     Nodes(commands::nodes::Args),
     /// Show the cluster's events (-f to follow).
     Events(commands::events::Args),
+    /// Follow every change to containers and nodes: a snapshot, then each
+    /// change as it is committed (like `kubectl get -w`).
+    Watch(commands::watch::Args),
     /// Print a container's output (-f to follow).
     Logs(commands::logs::Args),
     /// Run a command in a running container (-it for a shell).

@@ -9,7 +9,7 @@ use std::{path::Path, time::Duration};
 use devctl_proto::pb::{
     self, ChangeType, watch_changes_response::Object, watch_service_client::WatchServiceClient,
 };
-use devctl_tests::{IMAGE, TestCluster};
+use devctl_tests::{IMAGE, TestCluster, wait_until};
 use nix::sys::signal::Signal;
 use tokio::runtime::Runtime;
 use tonic::{Code, Streaming};
@@ -247,6 +247,46 @@ fn a_developer_watches_only_their_own_containers() {
             assert_eq!(c.owner, "alice", "alice saw {:?}", summary(&seen));
         }
     }
+
+    // `devctl watch` shows the same feed, one JSON object per line.
+    let mut cli = c.spawn_devctl_as(
+        &alice,
+        &["watch", "-o", "json", "--kind", "container"],
+        c.scratch().join("watch.log"),
+    );
+    let lines = |cli: &devctl_tests::Proc| -> Vec<serde_json::Value> {
+        cli.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_until("devctl watch's snapshot", NEXT, || {
+        lines(&cli)
+            .iter()
+            .any(|v| v["type"] == "snapshot-end")
+            .then_some(())
+    });
+    c.devctl_as(&alice, &["create", "alice-cli", "--image", IMAGE])
+        .ok();
+    let printed = wait_until("devctl watch to print alice-cli", NEXT, || {
+        let all = lines(&cli);
+        all.iter()
+            .any(|v| v["type"] == "added" && v["container"]["name"] == "alice-cli")
+            .then_some(all)
+    });
+    assert!(cli.is_running(), "devctl watch follows until interrupted");
+    let names: Vec<&str> = printed
+        .iter()
+        .filter_map(|v| v["container"]["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("alice-")) && names.contains(&"alice-old"),
+        "{names:?}"
+    );
+    assert!(
+        printed.iter().all(|v| v["node"].is_null()),
+        "--kind container: no nodes"
+    );
 
     // The admin sees both, with bob's environment values.
     let mut all = rt.block_on(watch(&c, &c.admin_tls(), 0)).unwrap();

@@ -18,6 +18,7 @@ pub mod stats;
 pub mod stop;
 pub mod tokens;
 pub mod top;
+pub mod watch;
 
 use anyhow::Result;
 
@@ -79,5 +80,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Top(args) => top::run(&mut client, o, args).await,
         Command::Audit(_) => audit::run(&mut client, o, audit.expect("built above")).await,
+        Command::Watch(args) => watch::run(&mut client, o, args).await,
     }
 }

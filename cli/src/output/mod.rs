@@ -21,7 +21,9 @@ use serde::Serialize;
 pub(crate) use escape::{escape_line, escape_text};
 pub(crate) use render::{render, table};
 pub(crate) use view::time;
-use view::{ContainerStatsView, ContainerView, DrainView, EventView, NodeView, TopView};
+use view::{
+    ChangeView, ContainerStatsView, ContainerView, DrainView, EventView, NodeView, TopView,
+};
 
 /// Output format (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -106,8 +108,9 @@ pub fn node(format: Format, n: &pb::Node) -> Result<()> {
     nodes(format, std::slice::from_ref(n))
 }
 
-/// Prints a stream of events: one line each (a header first), one JSON
-/// object per line with -o json, YAML documents with -o yaml.
+/// Prints a stream of events or feed changes: one line each (a header
+/// first), one JSON object per line with -o json, YAML documents with
+/// -o yaml.
 #[derive(Debug)]
 pub struct EventPrinter {
     format: Format,
@@ -125,23 +128,46 @@ impl EventPrinter {
 
     /// Prints one event.
     pub fn print(&mut self, e: &pb::Event) -> Result<()> {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
         let view = EventView::from(e);
-        match self.format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(&view)?)?,
-            Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
-            Format::Table => {
-                if !self.header {
-                    writeln!(out, "{}", render::event_header())?;
-                    self.header = true;
-                }
-                writeln!(out, "{}", render::event(&view))?;
-            }
-        }
-        out.flush()?;
-        Ok(())
+        print_item(self.format, &mut self.header, &view, || {
+            (render::event_header(), render::event(&view))
+        })
     }
+
+    /// Prints one change of the change feed (`devctl watch`).
+    pub fn print_change(&mut self, r: &pb::WatchChangesResponse) -> Result<()> {
+        let view = ChangeView::from(r);
+        print_item(self.format, &mut self.header, &view, || {
+            (render::change_header(), render::change(&view))
+        })
+    }
+}
+
+/// Prints one item of a stream: a JSON line, a YAML document, or a table
+/// line (`lines` gives the header and the line; the header once) — flushed
+/// at once, so a pipe sees each item as it arrives.
+fn print_item<V: Serialize>(
+    format: Format,
+    header: &mut bool,
+    view: &V,
+    lines: impl FnOnce() -> (String, String),
+) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string(view)?)?,
+        Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(view)?)?,
+        Format::Table => {
+            let (head, line) = lines();
+            if !*header {
+                writeln!(out, "{head}")?;
+                *header = true;
+            }
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// Clears the terminal before a redraw.

@@ -13,8 +13,8 @@ use devctl_proto::{
 use super::{
     escape::escape_line,
     view::{
-        EventView, desired_word, health_word, idle_seconds, node_state_word, state_word,
-        stop_reason_word, time, until,
+        ChangeView, EventView, desired_word, health_word, idle_seconds, node_state_word,
+        state_word, stop_reason_word, time, until,
     },
 };
 
@@ -318,6 +318,33 @@ pub(super) fn drained(r: &pb::DrainNodeResponse) -> String {
         );
     }
     out
+}
+
+/// The header over [`change`] lines.
+pub(super) fn change_header() -> String {
+    format!(
+        "{:<16}  {:<12}  {:<9}  {:<24}  {:<12}  NODE",
+        "REVISION", "TYPE", "KIND", "NAME", "STATE"
+    )
+}
+
+/// One change of the feed as a line (escaped as a whole).
+pub(super) fn change(view: &ChangeView) -> String {
+    let (kind, name, state, node) = match (&view.container, &view.node) {
+        (Some(c), _) => ("container", &c.name[..], &c.state[..], &c.node[..]),
+        (None, Some(n)) => ("node", &n.name[..], &n.state[..], ""),
+        (None, None) => ("-", "-", "-", "-"),
+    };
+    let line = format!(
+        "{:<16}  {:<12}  {:<9}  {:<24}  {:<12}  {}",
+        view.revision,
+        view.kind,
+        kind,
+        name,
+        state,
+        if node.is_empty() { "-" } else { node }
+    );
+    escape_line(&line).into_owned()
 }
 
 /// The header over [`event`] lines.

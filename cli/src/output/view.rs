@@ -146,6 +146,49 @@ impl From<&pb::Node> for NodeView {
     }
 }
 
+/// One change of the change feed as printed (`devctl watch`).
+#[derive(Debug, Serialize)]
+pub struct ChangeView {
+    /// The revision the change brings the watch to (resume with
+    /// --after-revision).
+    pub revision: u64,
+    /// snapshot, snapshot-end, added, modified or deleted.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The container, for a container's change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerView>,
+    /// The node, for a node's change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeView>,
+}
+
+impl From<&pb::WatchChangesResponse> for ChangeView {
+    fn from(r: &pb::WatchChangesResponse) -> Self {
+        use pb::watch_changes_response::Object;
+        let kind = match r.r#type() {
+            pb::ChangeType::Snapshot => "snapshot",
+            pb::ChangeType::SnapshotEnd => "snapshot-end",
+            pb::ChangeType::Added => "added",
+            pb::ChangeType::Modified => "modified",
+            pb::ChangeType::Deleted => "deleted",
+            pb::ChangeType::Unspecified => "unknown",
+        };
+        Self {
+            revision: r.revision,
+            kind: kind.to_string(),
+            container: match &r.object {
+                Some(Object::Container(c)) => Some(c.into()),
+                _ => None,
+            },
+            node: match &r.object {
+                Some(Object::Node(n)) => Some(n.into()),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The outcome of a drain as printed.
 #[derive(Debug, Serialize)]
 pub struct DrainView<'a> {
