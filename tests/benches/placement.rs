@@ -13,6 +13,10 @@
 //!    and answers inventory requests for all 1,000 nodes, after `devctl ls`
 //!    and `devctl nodes` read everything; VmRSS and VmHWM from
 //!    /proc/PID/status, next to the same for an empty store.
+//!
+//! One file on purpose: both parts build on the same fixture (the 1,000
+//! nodes and the 10,000-container store); a bench binary per part would
+//! each need all of it.
 
 use std::{
     collections::HashMap,

@@ -24,8 +24,11 @@
 //! before and after) on the [`Feed`], in the same order.
 
 mod access;
+mod error;
 mod identities;
 mod index;
+
+pub use error::StoreError;
 
 pub use access::StoredToken;
 pub use identities::{Claim, IdentityKind, JoinOutcome};
@@ -44,7 +47,6 @@ use crate::feed::{Change, Diff, Feed};
 use devctl_proto::pb;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use thiserror::Error;
 
 const CONTAINERS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("containers");
 const CONTAINER_IDS: TableDefinition<'_, &str, &str> = TableDefinition::new("container_ids");
@@ -52,52 +54,6 @@ const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const REQUESTS: TableDefinition<'_, &str, &str> = TableDefinition::new("create_requests");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FEED_EPOCH: &str = "feed_epoch";
-
-/// A store failure.
-#[derive(Debug, Error)]
-pub enum StoreError {
-    /// The database failed.
-    #[error("store: {0}")]
-    Db(#[from] redb::Error),
-    /// A record could not be decoded (a corrupt or foreign file).
-    #[error("store: corrupt record {key:?}: {source}")]
-    Corrupt {
-        /// The record's key.
-        key: String,
-        /// The decoding error.
-        source: prost::DecodeError,
-    },
-    /// A container of that name exists.
-    #[error("a container named {0:?} already exists")]
-    NameTaken(String),
-    /// A blocking task failed.
-    #[error("store task: {0}")]
-    Task(String),
-}
-
-impl StoreError {
-    /// Whether another process (a running scheduler) holds the database.
-    pub fn is_held_elsewhere(&self) -> bool {
-        matches!(self, StoreError::Db(redb::Error::DatabaseAlreadyOpen))
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Db(e.into())
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
 
 /// Which containers a listing returns.
 #[derive(Debug, Clone, Default)]
