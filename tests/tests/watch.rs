@@ -157,6 +157,14 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
         summary(&changes)
     );
     assert_eq!(container(&changes[added]).unwrap().node, a);
+    // As Get shows it (the cluster's idle window included).
+    let get = c.devctl(&["get", "web", "-o", "json"]).json();
+    assert_eq!(
+        container(&changes[added]).unwrap().idle_timeout_seconds,
+        get["idle_timeout_seconds"]
+            .as_i64()
+            .expect("idle window in get"),
+    );
 
     // Resumed from the snapshot's revision: the very same changes.
     let mut resumed = rt.block_on(watch(&c, &admin, start)).unwrap();

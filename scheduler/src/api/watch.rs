@@ -40,7 +40,9 @@ pub struct WatchApi {
 }
 
 impl WatchApi {
-    /// The service over `store`, its streams run and ended by `streams`.
+    /// The service over `store`'s feed, its streams run and ended by
+    /// `streams` (which also holds the cluster the records are completed
+    /// from).
     pub fn new(store: Store, streams: StreamApi) -> Self {
         Self { store, streams }
     }
@@ -53,12 +55,15 @@ struct View {
     scope: Scope,
     containers: bool,
     nodes: bool,
+    /// The cluster's idle window, set on every container sent.
+    idle_timeout_seconds: i64,
 }
 
 impl View {
     fn new(id: Identity, kinds: &[i32]) -> Result<Self, Status> {
         let mut view = View {
             scope: Scope::of(&id),
+            idle_timeout_seconds: 0,
             id,
             containers: kinds.is_empty(),
             nodes: kinds.is_empty(),
@@ -79,8 +84,11 @@ impl View {
 
     /// The container as the caller may see it, if they may.
     fn container(&self, c: &pb::Container) -> Option<Object> {
-        (self.containers && self.scope.allows(&c.owner))
-            .then(|| Object::Container(redacted(&self.id, c.clone())))
+        (self.containers && self.scope.allows(&c.owner)).then(|| {
+            let mut c = redacted(&self.id, c.clone());
+            c.idle_timeout_seconds = self.idle_timeout_seconds;
+            Object::Container(c)
+        })
     }
 
     fn node(&self, n: &pb::Node) -> Option<Object> {
@@ -139,7 +147,9 @@ impl WatchService for WatchApi {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let id = caller(&req)?;
         let r = req.into_inner();
-        let view = View::new(id.clone(), &r.kinds)?;
+        let mut view = View::new(id.clone(), &r.kinds)?;
+        // Containers are sent as Get shows them, but for the last use.
+        view.idle_timeout_seconds = self.streams.cluster.idle_timeout_seconds();
         let feed_store = self.store.clone();
         let (snapshot, mut revision) = if r.after_revision == 0 {
             let s = self

@@ -33,11 +33,16 @@ impl Cluster {
     /// the container runs, when it was last in use.
     pub(super) fn decorate(&self, mut c: pb::Container) -> pb::Container {
         let activity = &self.shared.activity;
-        c.idle_timeout_seconds = activity.policy().timeout.as_secs() as i64;
+        c.idle_timeout_seconds = self.idle_timeout_seconds();
         if c.state == pb::ContainerState::Running as i32 {
             c.last_active_time = activity.last_active(&c.name).map(Into::into);
         }
         c
+    }
+
+    /// The cluster's idle window in seconds (0: off), as containers show it.
+    pub fn idle_timeout_seconds(&self) -> i64 {
+        self.shared.activity.policy().timeout.as_secs() as i64
     }
 
     /// A page of containers.
