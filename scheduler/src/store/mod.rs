@@ -25,6 +25,8 @@
 
 mod access;
 mod error;
+#[cfg(test)]
+mod feed_tests;
 mod identities;
 mod index;
 
