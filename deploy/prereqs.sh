@@ -7,9 +7,12 @@
 #   need_cargo         a Rust toolchain
 #   need_python_grpc   a Python with grpcio and grpcio-tools (for the
 #                      generated-client test); exports DEVCTL_PYTHON
+#   need_buf           buf (PyPI's buf-bin) for the proto lint and
+#                      breaking-change check; exports BUF
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
 GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
+BUF_PIN=${BUF_PIN:-1.75.0}
 DEVCTL_IMAGE=${DEVCTL_IMAGE:-devctl/busybox:latest}
 DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 
@@ -77,4 +80,19 @@ need_python_grpc() {
   "$venv/bin/pip" install -q "grpcio==${GRPCIO_PIN}" "grpcio-tools==${GRPCIO_PIN}" >&2 \
     || die "pip could not install grpcio==${GRPCIO_PIN} grpcio-tools==${GRPCIO_PIN}"
   export DEVCTL_PYTHON=$venv/bin/python
+}
+
+need_buf() {
+  local venv=${XDG_CACHE_HOME:-$HOME/.cache}/devctl/buf-venv
+  if [ -x "$venv/bin/buf" ] && [ "$("$venv/bin/buf" --version 2>/dev/null)" = "$BUF_PIN" ]; then
+    export BUF=$venv/bin/buf
+    return
+  fi
+  command -v python3 >/dev/null || die "python3 is needed to install buf from PyPI"
+  say "installing buf ${BUF_PIN} (PyPI buf-bin) into $venv"
+  python3 -m venv "$venv" >&2 || die "cannot create a Python virtualenv (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install -q "buf-bin==${BUF_PIN}" >&2 \
+    || die "pip could not install buf-bin==${BUF_PIN}"
+  [ -x "$venv/bin/buf" ] || die "buf-bin==${BUF_PIN} was installed but $venv/bin/buf is missing"
+  export BUF=$venv/bin/buf
 }

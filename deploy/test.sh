@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on this machine: installs what is missing
 # (nats-server, busybox-static for the test image, grpcio for the Python
-# client test), builds the test image, checks formatting and lints
-# (`cargo fmt --check`, `cargo clippy -D warnings`), then
-# `cargo test --workspace`. Extra arguments go to cargo test.
+# client test, buf for the proto checks), builds the test image, checks
+# formatting and lints (`cargo fmt --check`, `cargo clippy -D warnings`),
+# lints the proto files and checks them for breaking changes against the
+# previous commit (deploy/proto-check.sh), then `cargo test --workspace`.
+# Extra arguments go to cargo test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/deploy/prereqs.sh"
@@ -17,4 +19,6 @@ cd "$root"
 # Main carries no unformatted code and no warnings.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# devctl.v1 is stable: lint it and refuse breaking changes.
+deploy/proto-check.sh
 exec cargo test --workspace --locked "$@"
