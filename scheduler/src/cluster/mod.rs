@@ -23,8 +23,10 @@
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
-//! - `link`: [`AgentLink`](link::AgentLink), what the cluster sends over
-//!   the bus (the [`Bus`] implements it; unit tests use `fake_link`).
+//! - `link`: `AgentLink`, what the cluster sends over
+//!   the bus (the [`Bus`] implements it);
+//! - tests only: `fake_link` (scripted agents, the fixture cluster),
+//!   `create_tests`, `inventory_tests`.
 
 mod create;
 #[cfg(test)]
