@@ -22,13 +22,24 @@
 //! - `streams`: logs, exec sessions, the event history;
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
-//! - `drain`: cordon, drain, re-placement on start.
+//! - `drain`: cordon, drain, re-placement on start;
+//! - `link`: `AgentLink`, what the cluster sends over
+//!   the bus (the [`Bus`] implements it);
+//! - tests only: `fake_link` (scripted agents, the fixture cluster),
+//!   `create_tests`, `inventory_tests`.
 
 mod create;
+#[cfg(test)]
+mod create_tests;
 mod delete;
 mod drain;
 mod error;
+#[cfg(test)]
+mod fake_link;
+#[cfg(test)]
+mod inventory_tests;
 mod lifecycle;
+mod link;
 mod nodes;
 mod observe;
 mod query;
@@ -76,7 +87,8 @@ pub struct Cluster {
 struct Shared {
     store: Store,
     nodes: Registry,
-    bus: Bus,
+    // Agents and the event history: the bus, or a fake in unit tests.
+    link: Arc<dyn link::AgentLink>,
     settings: Settings,
     locks: Arc<KeyedLocks>,
     intents: Arc<Intents>,
@@ -113,11 +125,22 @@ fn lease_from_now(ttl: i64) -> Option<prost_types::Timestamp> {
 impl Cluster {
     /// A cluster over `store`, `nodes` and `bus`.
     pub fn new(store: Store, nodes: Registry, bus: Bus, settings: Settings) -> Self {
+        Self::with_link(store, nodes, Arc::new(bus), settings)
+    }
+
+    /// A cluster that reaches its agents and the event history through
+    /// `link`.
+    fn with_link(
+        store: Store,
+        nodes: Registry,
+        link: Arc<dyn link::AgentLink>,
+        settings: Settings,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
                 nodes,
-                bus,
+                link,
                 locks: KeyedLocks::new(),
                 intents: Arc::default(),
                 stats: crate::stats::StatsCache::default(),
@@ -143,7 +166,7 @@ impl Cluster {
     async fn send_raw(&self, node: &str, command: Command, extra: i32) -> Result<Reply, BusError> {
         let timeout =
             self.shared.settings.command_timeout + Duration::from_secs(extra.max(0) as u64);
-        self.shared.bus.command(node, command, timeout).await
+        self.shared.link.command(node, command, timeout).await
     }
 
     async fn send(&self, node: &str, command: Command, extra: i32) -> Result<Reply, Error> {
@@ -177,7 +200,7 @@ impl Cluster {
         } else {
             devctl_proto::bus::container_event_subject(&event.node, &event.container)
         };
-        let published = self.shared.bus.publish_event(subject, &event, &id).await;
+        let published = self.shared.link.publish_event(subject, &event, &id).await;
         if let Err(e) = &published {
             tracing::error!(error = %e, event = %event.message, "event not recorded");
         }

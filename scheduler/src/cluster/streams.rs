@@ -43,7 +43,12 @@ impl Cluster {
                 ..cmd
             })
         };
-        match self.shared.bus.open_stream(&c.node, build, timeout).await {
+        match self
+            .shared
+            .link
+            .open_stream(&c.node, Box::new(build), timeout)
+            .await
+        {
             Ok(reader) => Ok(reader),
             Err(Ok(reply)) => Err(agent_error(reply, &c)),
             Err(Err(e)) => Err(e.into()),
@@ -147,8 +152,13 @@ impl Cluster {
             build(setup, id)
         };
         let timeout = self.shared.settings.command_timeout;
-        let reader = match self.shared.bus.open_stream(&c.node, build, timeout).await {
-            Ok(reader) => reader,
+        let opened = self
+            .shared
+            .link
+            .open_exec(&c.node, Box::new(build), timeout)
+            .await;
+        let (reader, input) = match opened {
+            Ok(opened) => opened,
             Err(Ok(reply)) => return Err(agent_error(reply, &c)),
             Err(Err(e)) => return Err(e.into()),
         };
@@ -159,7 +169,6 @@ impl Cluster {
         tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
         self.record_session(&session, pb::EventType::ExecStarted, None)
             .await;
-        let input = self.shared.bus.exec_input(&session.node, &session.id);
         Ok((reader, input, session))
     }
 
@@ -191,7 +200,7 @@ impl Cluster {
         start: crate::bus::EventStart,
     ) -> Result<crate::bus::EventReader, Error> {
         self.shared
-            .bus
+            .link
             .watch_events(filter, start)
             .await
             .map_err(|e| Error::Unavailable(format!("event history: {e}")))

@@ -1,0 +1,131 @@
+//! [`AgentLink`]: everything the cluster sends over the bus, behind one
+//! trait, and its implementation by [`Bus`]. Unit tests put a scripted fake
+//! (`fake_link`) in its place; the end-to-end tests use the real bus.
+//!
+//! The trait lives here, in `cluster/`, rather than in `bus/`: it is the
+//! cluster's view of its agents (the calls its operations make, in their
+//! terms), and `bus/` stays the NATS code that one implementation wraps.
+//!
+//! It covers agent talk (commands with a deadline, output streams, exec
+//! sessions) and the event history the operations append to and read.
+//! The history is not agent talk, but it is the one other thing the cluster
+//! uses the bus for: on the same seam, a [`super::Cluster`] can be built
+//! without NATS. What the server alone uses the bus for (heartbeat, stats,
+//! engine-event and renewal subscriptions, the audit stream) stays on
+//! [`Bus`].
+
+use std::time::Duration;
+
+use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use futures::future::BoxFuture;
+
+use crate::bus::{Bus, BusError, EventReader, EventStart, ExecInputSender, StreamReader};
+
+/// Makes a stream's opening command from the stream's setup and id.
+pub(crate) type StreamBuild<'a> = Box<dyn FnOnce(pb::StreamSetup, &str) -> Command + Send + 'a>;
+
+/// Why a stream was not opened: `Ok(reply)`, the agent refused with
+/// `reply`; `Err`, no usable reply.
+pub(crate) type NotOpened = Result<Reply, BusError>;
+
+/// What the cluster needs from the bus: its agents, and the event history.
+pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
+    /// Sends `command` to `node`'s agent and waits up to `timeout` for the
+    /// reply.
+    fn command<'a>(
+        &'a self,
+        node: &'a str,
+        command: Command,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Reply, BusError>>;
+
+    /// Opens a flow-controlled output stream from `node` (logs): `build`
+    /// makes the command from the stream's setup and id.
+    fn open_stream<'a>(
+        &'a self,
+        node: &'a str,
+        build: StreamBuild<'a>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<StreamReader, NotOpened>>;
+
+    /// Opens an exec session on `node`: its output stream, as
+    /// [`AgentLink::open_stream`], and the sender of its input. One call
+    /// gives both: an input sender exists only for a session its agent
+    /// opened.
+    fn open_exec<'a>(
+        &'a self,
+        node: &'a str,
+        build: StreamBuild<'a>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(StreamReader, ExecInputSender), NotOpened>>;
+
+    /// Appends `event` to the history on `subject`; `id` de-duplicates
+    /// retries. The event's sequence number.
+    fn publish_event<'a>(
+        &'a self,
+        subject: String,
+        event: &'a pb::Event,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BusError>>;
+
+    /// Reads the event history matching `filter` from `start`.
+    fn watch_events(
+        &self,
+        filter: String,
+        start: EventStart,
+    ) -> BoxFuture<'_, Result<EventReader, BusError>>;
+}
+
+impl AgentLink for Bus {
+    fn command<'a>(
+        &'a self,
+        node: &'a str,
+        command: Command,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Reply, BusError>> {
+        Box::pin(Bus::command(self, node, command, timeout))
+    }
+
+    fn open_stream<'a>(
+        &'a self,
+        node: &'a str,
+        build: StreamBuild<'a>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<StreamReader, NotOpened>> {
+        Box::pin(Bus::open_stream(self, node, build, timeout))
+    }
+
+    fn open_exec<'a>(
+        &'a self,
+        node: &'a str,
+        build: StreamBuild<'a>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<(StreamReader, ExecInputSender), NotOpened>> {
+        Box::pin(async move {
+            let mut id = String::new();
+            let build = |setup, stream_id: &str| {
+                id = stream_id.to_string();
+                build(setup, stream_id)
+            };
+            let reader = Bus::open_stream(self, node, build, timeout).await?;
+            Ok((reader, self.exec_input(node, &id)))
+        })
+    }
+
+    fn publish_event<'a>(
+        &'a self,
+        subject: String,
+        event: &'a pb::Event,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(Bus::publish_event(self, subject, event, id))
+    }
+
+    fn watch_events(
+        &self,
+        filter: String,
+        start: EventStart,
+    ) -> BoxFuture<'_, Result<EventReader, BusError>> {
+        Box::pin(Bus::watch_events(self, filter, start))
+    }
+}
