@@ -209,12 +209,11 @@ impl From<PlacementError> for Error {
 
 /// The kind a placement failure stands for.
 pub(super) fn placement_kind(e: PlacementError) -> ErrorKind {
+    let capacity = e.is_capacity();
     match e {
         PlacementError::UnknownNode(name) => ErrorKind::NotFound { what: "node", name },
         PlacementError::NoNodes => ErrorKind::NoNodes,
-        PlacementError::NoFit(rejections) if rejections.iter().any(|r| r.capacity) => {
-            ErrorKind::NoCapacity { rejections }
-        }
+        PlacementError::NoFit(rejections) if capacity => ErrorKind::NoCapacity { rejections },
         PlacementError::NoFit(rejections) => ErrorKind::NoSuitableNode { rejections },
     }
 }
