@@ -18,7 +18,7 @@ Prints one JSON object per call: the result, or on an RPC error what the
 details say ({"code", "reason", "metadata", ...}); exits 2 on an error.
 `ls --repeat N` makes up to N calls and stops at the first that is not
 UNAUTHENTICATED (so, without credentials, it shows the per-address rate
-limit).
+limit). Connects as devctl_client.py (beside it) does.
 """
 
 import argparse
@@ -30,24 +30,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from devctl.v1 import container_pb2, container_pb2_grpc
-
-
-def channel(args):
-    ca = open(args.ca, "rb").read()
-    if args.token:
-        creds = grpc.composite_channel_credentials(
-            grpc.ssl_channel_credentials(root_certificates=ca),
-            grpc.access_token_call_credentials(args.token),
-        )
-    elif args.cert and args.key:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=ca,
-            private_key=open(args.key, "rb").read(),
-            certificate_chain=open(args.cert, "rb").read(),
-        )
-    else:
-        creds = grpc.ssl_channel_credentials(root_certificates=ca)
-    return grpc.secure_channel(args.server, creds)
+from devctl_client import add_connection_args, channel
 
 
 def explain(error):
@@ -99,11 +82,7 @@ def advice(e):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", required=True, help="HOST:PORT of the scheduler")
-    p.add_argument("--ca", required=True, help="the cluster CA certificate (ca.pem)")
-    p.add_argument("--token", help="an API token (dvt_...)")
-    p.add_argument("--cert", help="client certificate (cert.pem)")
-    p.add_argument("--key", help="its private key (key.pem)")
+    add_connection_args(p)
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("ls", help="list containers")
     ls.add_argument("--repeat", type=int, default=1, help="calls to make at most")

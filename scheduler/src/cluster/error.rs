@@ -303,3 +303,73 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
         _ => Error::internal(format!("node {:?}: {}", c.node, e.message)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: pb::AgentErrorCode) -> Reply {
+        Reply::Error(pb::AgentError {
+            code: code as i32,
+            message: "engine says no".into(),
+        })
+    }
+
+    #[test]
+    fn agent_refusals_have_kinds_and_the_same_messages() {
+        let c = pb::Container {
+            name: "web".into(),
+            node: "n1".into(),
+            ..Default::default()
+        };
+        let e = agent_error(refusal(pb::AgentErrorCode::ContainerNotFound), &c);
+        assert_eq!(
+            e.kind(),
+            &ErrorKind::MissingOnNode {
+                node: "n1".into(),
+                name: "web".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "container \"web\" is missing on node \"n1\" (removed outside devctl?); remove it with `devctl rm web`"
+        );
+        let node = || "n1".to_string();
+        let cases = [
+            (
+                pb::AgentErrorCode::ImageNotFound,
+                ErrorKind::ImageNotFound { node: node() },
+            ),
+            (
+                pb::AgentErrorCode::Conflict,
+                ErrorKind::EngineConflict { node: node() },
+            ),
+            (
+                pb::AgentErrorCode::Invalid,
+                ErrorKind::EngineRejected { node: node() },
+            ),
+            (pb::AgentErrorCode::Engine, ErrorKind::Internal),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(agent_error(refusal(code), &c).kind(), &kind, "{code:?}");
+        }
+        let e = agent_error(refusal(pb::AgentErrorCode::ShuttingDown), &c);
+        assert_eq!(e.kind(), &ErrorKind::AgentShuttingDown { node: node() });
+    }
+
+    #[test]
+    fn an_annotated_error_keeps_its_kind() {
+        let e = not_found("web").annotate("note");
+        assert_eq!(
+            e.to_string(),
+            "container \"web\" not found; `devctl ls` lists containers; note"
+        );
+        assert!(matches!(
+            e.kind(),
+            ErrorKind::NotFound {
+                what: "container",
+                ..
+            }
+        ));
+    }
+}
