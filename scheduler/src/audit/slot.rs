@@ -14,7 +14,10 @@ use devctl_proto::identity::Identity;
 use tonic::{Request, Status};
 
 use super::capped;
-use crate::ratelimit::RateLimiter;
+use crate::{
+    cluster::{Error, ErrorKind},
+    ratelimit::RateLimiter,
+};
 
 /// The response metadata key of a rate-limited call: milliseconds until
 /// the caller may call again.
@@ -113,8 +116,9 @@ pub(crate) fn target<T>(req: &Request<T>, name: &str) {
 
 /// Called by authentication once the caller is known: records the identity
 /// for the audit log and takes one call of its rate limit. Refused:
-/// RESOURCE_EXHAUSTED with the time to wait in the message and in the
-/// `retry-after-ms` metadata.
+/// RESOURCE_EXHAUSTED with the time to wait in the message, in the
+/// `retry-after-ms` metadata and in the details (`RetryInfo`, reason
+/// `RATE_LIMITED`).
 pub(crate) fn admit<T>(req: &Request<T>, id: &Identity) -> Result<(), Status> {
     let Some(call) = req.extensions().get::<Call>() else {
         return Ok(());
@@ -162,11 +166,15 @@ pub(crate) fn admit_anonymous<T>(req: &Request<T>) -> Result<(), Status> {
     ))
 }
 
-/// RESOURCE_EXHAUSTED: `what`, then the wait in the message and in the
-/// `retry-after-ms` metadata.
+/// RESOURCE_EXHAUSTED: `what`, then the wait in the message, in the
+/// `retry-after-ms` metadata and in the details.
 fn limited(what: String, wait: Duration) -> Status {
     let ms = wait.as_millis().max(1);
-    let mut status = Status::resource_exhausted(format!("{what}; retry in {ms} ms"));
+    let retry_after = Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
+    let mut status = Status::from(Error::new(
+        ErrorKind::RateLimited { retry_after },
+        format!("{what}; retry in {ms} ms"),
+    ));
     if let Ok(v) = ms.to_string().parse() {
         status.metadata_mut().insert(RETRY_AFTER_MS, v);
     }
@@ -203,6 +211,10 @@ mod tests {
             .parse()
             .unwrap();
         assert!((1900..=2000).contains(&ms), "{ms}");
+        let details = tonic_types::StatusExt::get_error_details(&refused);
+        assert_eq!(details.error_info().unwrap().reason, "RATE_LIMITED");
+        let delay = details.retry_info().unwrap().retry_delay.unwrap();
+        assert_eq!(delay.as_millis(), u128::from(ms));
         assert!(super::call(&req).unwrap().state().rate_limited);
     }
 }

@@ -8,7 +8,10 @@ use std::time::SystemTime;
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 
 use super::{
-    Cluster, CreateOptions, Error, error::agent_error, lease_from_now, now, observe::apply_status,
+    Cluster, CreateOptions, Error,
+    error::{self, agent_error},
+    lease_from_now, now,
+    observe::apply_status,
     validate_spec,
 };
 use crate::{bus::BusError, events::Op, placement};
@@ -66,7 +69,7 @@ impl Cluster {
                 tracing::info!(name = %existing.name, "create retried with the same request id");
                 return Ok(existing);
             }
-            return Err(Error::AlreadyExists(spec.name));
+            return Err(error::name_taken(spec.name));
         }
         let settings = &self.shared.settings;
         let ttl = settings.leases.ttl_for_create(spec.ttl_seconds)?;
@@ -115,16 +118,13 @@ impl Cluster {
                     milli_cpus: held.milli_cpus,
                     memory_bytes: held.memory_bytes,
                 };
-                settings
-                    .quotas
-                    .check(
-                        owner,
-                        role,
-                        held,
-                        resources.milli_cpus,
-                        resources.memory_bytes,
-                    )
-                    .map_err(|e| Error::ResourceExhausted(e.to_string()))?;
+                settings.quotas.check(
+                    owner,
+                    role,
+                    held,
+                    resources.milli_cpus,
+                    resources.memory_bytes,
+                )?;
             }
             record.node = match self.place(&request, None) {
                 Ok(node) => node,
@@ -139,11 +139,7 @@ impl Cluster {
                     self.shared.nodes.node_change_or_grace_end().await;
                     continue;
                 }
-                Err(e @ placement::PlacementError::UnknownNode(_)) => {
-                    return Err(Error::NotFound(e.to_string()));
-                }
-                Err(e) if e.is_capacity() => return Err(Error::ResourceExhausted(e.to_string())),
-                Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
+                Err(e) => return Err(e.into()),
             };
             if options.dry_run {
                 return Ok(record);

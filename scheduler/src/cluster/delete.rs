@@ -6,7 +6,7 @@ use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Repl
 
 use super::{
     Cluster, Error,
-    error::agent_error,
+    error::{self, agent_error},
     lifecycle::{Cause, Precheck},
     now,
 };
@@ -50,16 +50,22 @@ impl Cluster {
             return Ok(c);
         }
         if !force && c.state == pb::ContainerState::Running as i32 {
-            return Err(Error::FailedPrecondition(format!(
-                "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
-            )));
+            return Err(error::wrong_state(
+                name,
+                format!(
+                    "container {name:?} is running; stop it first (devctl stop {name}) or remove it with --force"
+                ),
+            ));
         }
         if !self.settles_ready(&c.node).await {
             if !force {
-                return Err(Error::FailedPrecondition(format!(
-                    "node {:?} of container {name:?} is down; retry when it is back, or use --force to remove it from the node as soon as the node returns",
-                    c.node
-                )));
+                return Err(error::node_not_ready(
+                    &c.node,
+                    format!(
+                        "node {:?} of container {name:?} is down; retry when it is back, or use --force to remove it from the node as soon as the node returns",
+                        c.node
+                    ),
+                ));
             }
             return self.record_removal(c, actor, cause).await;
         }

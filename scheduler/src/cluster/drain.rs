@@ -8,7 +8,7 @@ use futures::future::join_all;
 
 use super::{
     Cluster, Error,
-    error::agent_error,
+    error::{self, agent_error},
     lifecycle::{Cause, Lifecycle, after_lifecycle},
     now,
     observe::apply_status,
@@ -45,11 +45,7 @@ impl Cluster {
             .shared
             .nodes
             .set_cordoned(node, cordoned)
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "node {node:?} not found; `devctl nodes` lists nodes"
-                ))
-            })?;
+            .ok_or_else(|| error::node_not_found(node))?;
         self.store().put_node(record).await?;
         let (ty, what) = if cordoned {
             (pb::EventType::NodeCordoned, "cordoned")
@@ -144,17 +140,12 @@ impl Cluster {
             (c.desired_state == pb::DesiredState::Running as i32).then_some((c.node.as_str(), res));
         let target = match self.place(&request, release) {
             Ok(n) => n,
-            Err(e) if e.is_capacity() => {
-                return Err(Error::ResourceExhausted(format!(
-                    "node {:?} of container {:?} is cordoned and {e}",
-                    c.node, c.name
-                )));
-            }
             Err(e) => {
-                return Err(Error::FailedPrecondition(format!(
+                let message = format!(
                     "node {:?} of container {:?} is cordoned and {e}",
                     c.node, c.name
-                )));
+                );
+                return Err(Error::new(error::placement_kind(e), message));
             }
         };
         let _intent = self.shared.intents.begin(&c.id, actor, Op::Create);

@@ -10,7 +10,10 @@ use devctl_proto::{
 };
 
 use super::{
-    Cluster, Error, delete::removal_pending_message, error::agent_error, lease_from_now, now,
+    Cluster, Error, ErrorKind,
+    delete::removal_pending_message,
+    error::{self, agent_error},
+    lease_from_now, now,
     observe::apply_status,
 };
 use crate::events::Op;
@@ -110,10 +113,13 @@ impl Cluster {
     async fn node_must_be_ready(&self, c: &pb::Container) -> Result<(), Error> {
         must_not_be_removing(c)?;
         if !self.settles_ready(&c.node).await {
-            return Err(Error::FailedPrecondition(format!(
-                "node {:?} of container {:?} is down; retry when it is back (`devctl nodes`)",
-                c.node, c.name
-            )));
+            return Err(error::node_not_ready(
+                &c.node,
+                format!(
+                    "node {:?} of container {:?} is down; retry when it is back (`devctl nodes`)",
+                    c.node, c.name
+                ),
+            ));
         }
         Ok(())
     }
@@ -169,7 +175,7 @@ impl Cluster {
                 }
                 Ok(reply) => {
                     let err = agent_error(reply, &c);
-                    if matches!(err, Error::FailedPrecondition(ref m) if m.contains("missing on node")) {
+                    if matches!(err.kind(), ErrorKind::MissingOnNode { .. }) {
                         c.desired_state = desired;
                         c.state = pb::ContainerState::Failed as i32;
                         // Nothing left to stop when the lease runs out.
@@ -242,11 +248,14 @@ impl Cluster {
 /// reached any more).
 fn must_not_be_removing(c: &pb::Container) -> Result<(), Error> {
     if c.desired_state == pb::DesiredState::Removed as i32 {
-        return Err(Error::FailedPrecondition(format!(
-            "container {:?} is being removed ({}); create a new one with another name",
-            c.name,
-            removal_pending_message(c)
-        )));
+        return Err(error::wrong_state(
+            &c.name,
+            format!(
+                "container {:?} is being removed ({}); create a new one with another name",
+                c.name,
+                removal_pending_message(c)
+            ),
+        ));
     }
     Ok(())
 }

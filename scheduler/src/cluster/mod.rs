@@ -48,7 +48,7 @@ mod spec;
 mod streams;
 mod supervise;
 
-pub use error::Error;
+pub use error::{Error, ErrorKind};
 pub use settings::{
     CreateOptions, DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MIN_MEMORY_BYTES,
     MIN_MILLI_CPUS, Settings,
@@ -183,7 +183,7 @@ impl Cluster {
             .tasks
             .spawn(op)
             .await
-            .unwrap_or_else(|e| Err(Error::Internal(format!("operation task failed: {e}"))))
+            .unwrap_or_else(|e| Err(Error::internal(format!("operation task failed: {e}"))))
     }
 
     /// Waits for every operation in flight to finish (at shutdown).

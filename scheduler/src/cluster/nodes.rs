@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use devctl_proto::{pb, validate};
 
-use super::{Cluster, Error};
+use super::{Cluster, Error, error};
 use crate::{events, store::NodeUsage};
 
 impl Cluster {
@@ -24,11 +24,11 @@ impl Cluster {
 
     /// One node.
     pub fn node(&self, name: &str) -> Result<pb::Node, Error> {
-        let n = self.shared.nodes.get(name).ok_or_else(|| {
-            Error::NotFound(format!(
-                "node {name:?} not found; `devctl nodes` lists nodes"
-            ))
-        })?;
+        let n = self
+            .shared
+            .nodes
+            .get(name)
+            .ok_or_else(|| error::node_not_found(name))?;
         Ok(self.with_usage(n, &self.store().node_usage()))
     }
 

@@ -7,7 +7,11 @@ use std::{collections::HashMap, time::SystemTime};
 
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 
-use super::{Cluster, Error, error::agent_error, now};
+use super::{
+    Cluster, Error,
+    error::{self, agent_error},
+    now,
+};
 use crate::{
     events::{self, StateChange},
     placement,
@@ -111,7 +115,7 @@ impl Cluster {
         if let Some(event) = t.event {
             self.emit(event, format!("engine-{}", ev.event_id))
                 .await
-                .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))?;
+                .map_err(|e| error::history_unavailable("event not recorded", e))?;
         }
         Ok(())
     }
@@ -136,7 +140,7 @@ impl Cluster {
         );
         self.emit(event, format!("engine-{}", ev.event_id))
             .await
-            .map_err(|e| Error::Unavailable(format!("event not recorded: {e}")))
+            .map_err(|e| error::history_unavailable("event not recorded", e))
     }
 
     /// Brings `name`'s record in line with its engine after a change devctl

@@ -8,7 +8,11 @@ use devctl_proto::{
     validate::{self, InvalidField, limits},
 };
 
-use super::{Cluster, Error, error::agent_error, now};
+use super::{
+    Cluster, Error,
+    error::{self, agent_error},
+    now,
+};
 use crate::activity::SessionKind;
 
 impl Cluster {
@@ -23,10 +27,13 @@ impl Cluster {
         }
         let c = self.record(name)?;
         if !self.settles_ready(&c.node).await {
-            return Err(Error::FailedPrecondition(format!(
-                "node {:?} of container {name:?} is down; its output cannot be read now",
-                c.node
-            )));
+            return Err(error::node_not_ready(
+                &c.node,
+                format!(
+                    "node {:?} of container {name:?} is down; its output cannot be read now",
+                    c.node
+                ),
+            ));
         }
         let cmd = pb::LogsCommand {
             id: c.id.clone(),
@@ -116,16 +123,19 @@ impl Cluster {
         }
         let c = self.record(&start.name)?;
         if c.state != pb::ContainerState::Running as i32 {
-            return Err(Error::FailedPrecondition(format!(
-                "container {:?} is not running; start it first (devctl start {})",
-                c.name, c.name
-            )));
+            return Err(error::wrong_state(
+                &c.name,
+                format!(
+                    "container {:?} is not running; start it first (devctl start {})",
+                    c.name, c.name
+                ),
+            ));
         }
         if !self.settles_ready(&c.node).await {
-            return Err(Error::FailedPrecondition(format!(
-                "node {:?} of container {:?} is down",
-                c.node, c.name
-            )));
+            return Err(error::node_not_ready(
+                &c.node,
+                format!("node {:?} of container {:?} is down", c.node, c.name),
+            ));
         }
         let command_line = start.command.join(" ");
         let session = Session {
@@ -203,7 +213,7 @@ impl Cluster {
             .link
             .watch_events(filter, start)
             .await
-            .map_err(|e| Error::Unavailable(format!("event history: {e}")))
+            .map_err(|e| error::history_unavailable("event history", e))
     }
 }
 

@@ -18,7 +18,7 @@ use devctl_proto::{
 
 use super::{
     Cluster, Error,
-    error::not_found,
+    error::{self, not_found},
     lease_from_now,
     lifecycle::{Cause, Lifecycle},
     now,
@@ -151,9 +151,12 @@ impl Cluster {
             let _lock = this.shared.locks.lock(&name).await;
             let c = this.record(&name)?;
             if c.desired_state != pb::DesiredState::Running as i32 {
-                return Err(Error::FailedPrecondition(format!(
-                    "container {name:?} is stopped; `devctl start {name}` starts it with a new lease"
-                )));
+                return Err(error::wrong_state(
+                    &name,
+                    format!(
+                        "container {name:?} is stopped; `devctl start {name}` starts it with a new lease"
+                    ),
+                ));
             }
             let expiry = lease_from_now(ttl);
             let updated = this
