@@ -30,6 +30,15 @@ async fn watch(c: &TestCluster, tls: &Path, after_revision: u64) -> Result<Chang
         .map(tonic::Response::into_inner)
 }
 
+/// The `ErrorInfo.reason` of a refusal.
+fn reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_else(|| panic!("no ErrorInfo in {s:?}"))
+}
+
 async fn next(s: &mut Changes) -> pb::WatchChangesResponse {
     tokio::time::timeout(NEXT, s.message())
         .await
@@ -183,6 +192,7 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
     let latest = *revisions.last().unwrap();
     let err = rt.block_on(watch(&c, &admin, latest + 1_000)).unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert_eq!(reason(&err), "REVISION_AHEAD");
     assert!(
         err.message().contains("after_revision"),
         "{}",
@@ -199,6 +209,7 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
     let err = rt.block_on(watch(&c, &admin, latest)).unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert!(err.message().contains("snapshot"), "{}", err.message());
+    assert_eq!(reason(&err), "REVISION_COMPACTED");
     let mut fresh = rt.block_on(watch(&c, &admin, 0)).unwrap();
     let (records, after_restart) = rt.block_on(snapshot(&mut fresh));
     assert!(after_restart > latest, "{after_restart} after {latest}");

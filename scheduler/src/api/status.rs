@@ -93,6 +93,23 @@ impl From<Error> for Status {
     }
 }
 
+/// A refusal made outside the cluster's operations (by an API handler),
+/// with an `ErrorInfo` of `reason` and `metadata`, as every refusal has.
+pub(crate) fn refusal(
+    code: Code,
+    msg: String,
+    reason: &str,
+    metadata: &[(&str, String)],
+) -> Status {
+    let mut details = ErrorDetails::new();
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect::<HashMap<_, _>>();
+    details.set_error_info(reason, ERROR_DOMAIN, meta);
+    Status::with_error_details(code, msg, details)
+}
+
 /// The gRPC code and the `ErrorInfo.reason` of `kind`.
 fn code_and_reason(kind: &ErrorKind) -> (Code, &'static str) {
     match kind {

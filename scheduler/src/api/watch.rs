@@ -133,8 +133,30 @@ fn response(ty: pb::ChangeType, revision: u64, object: Option<Object>) -> pb::Wa
     }
 }
 
+/// A revision the feed cannot serve: OUT_OF_RANGE, reason
+/// `REVISION_COMPACTED` (watch again from 0) or `REVISION_AHEAD`.
 fn out_of_range(e: FeedError) -> Status {
-    Status::out_of_range(format!("after_revision: {e}"))
+    let msg = format!("after_revision: {e}");
+    match e {
+        FeedError::Compacted { revision, oldest } => super::status::refusal(
+            tonic::Code::OutOfRange,
+            msg,
+            "REVISION_COMPACTED",
+            &[
+                ("revision", revision.to_string()),
+                ("oldest", oldest.to_string()),
+            ],
+        ),
+        FeedError::Future { revision, latest } => super::status::refusal(
+            tonic::Code::OutOfRange,
+            msg,
+            "REVISION_AHEAD",
+            &[
+                ("revision", revision.to_string()),
+                ("latest", latest.to_string()),
+            ],
+        ),
+    }
 }
 
 #[tonic::async_trait]
@@ -299,6 +321,26 @@ mod tests {
             after: Some(pb::Node::default()),
         }));
         assert!(view.change(&node).is_none());
+    }
+
+    #[test]
+    fn revisions_out_of_range_say_which_with_a_reason() {
+        use tonic_types::StatusExt;
+        let s = out_of_range(FeedError::Compacted {
+            revision: 3,
+            oldest: 9,
+        });
+        assert_eq!(s.code(), tonic::Code::OutOfRange);
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "REVISION_COMPACTED");
+        assert_eq!(info.metadata["oldest"], "9");
+        let s = out_of_range(FeedError::Future {
+            revision: 12,
+            latest: 10,
+        });
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(info.reason, "REVISION_AHEAD");
+        assert_eq!(info.metadata["latest"], "10");
     }
 
     #[test]
