@@ -22,8 +22,9 @@ use devctl_proto::{
     pb,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
+use super::status::refusal;
 use crate::{revocation::Revocations, tokens::ApiTokens};
 
 const NEED_CREDENTIALS: &str = "a client certificate issued by the cluster CA, or an API token (authorization: Bearer dvt_...), is required; get one with `devctl login` or `devctl tokens create`";
@@ -92,8 +93,11 @@ impl Authenticator {
             .map_err(|e| refused_anonymous(&req, e))?;
         super::audit::admit(&req, &identity)?;
         if identity.role == Role::Agent {
-            return Err(Status::permission_denied(
-                "agent certificates may use the bus only, not the API; use an admin or developer certificate",
+            return Err(refusal(
+                Code::PermissionDenied,
+                "agent certificates may use the bus only, not the API; use an admin or developer certificate".into(),
+                "ROLE_NOT_ALLOWED",
+                &[("role", identity.role.to_string())],
             ));
         }
         req.extensions_mut().insert(identity);
@@ -273,10 +277,15 @@ impl Sessions {
                     .filter(|(i, _)| i.name == identity.name)
                     .count();
                 if mine >= self.cap {
-                    return Err(Status::resource_exhausted(format!(
-                        "{identity} has {mine} streams open, the most one identity may (--max-streams-per-identity {}); close one (logs -f, exec, events -f, stats -w) and retry",
-                        self.cap
-                    )));
+                    return Err(refusal(
+                        Code::ResourceExhausted,
+                        format!(
+                            "{identity} has {mine} streams open, the most one identity may (--max-streams-per-identity {}); close one (logs -f, exec, events -f, stats -w) and retry",
+                            self.cap
+                        ),
+                        "TOO_MANY_STREAMS",
+                        &[("limit", self.cap.to_string()), ("open", mine.to_string())],
+                    ));
                 }
             }
             open.insert(id, (identity.clone(), stop.clone()));
@@ -370,10 +379,18 @@ impl ScopeFilter {
 }
 
 fn not_yours(id: &Identity, method: &str, c: &pb::Container) -> Status {
-    Status::permission_denied(format!(
-        "{id} may not call {method} on container {:?}: it belongs to {}; developers act on their own containers (an admin can act for anyone)",
-        c.name, c.owner
-    ))
+    refusal(
+        Code::PermissionDenied,
+        format!(
+            "{id} may not call {method} on container {:?}: it belongs to {}; developers act on their own containers (an admin can act for anyone)",
+            c.name, c.owner
+        ),
+        "NOT_OWNER",
+        &[
+            ("container", c.name.clone()),
+            ("method", method.to_string()),
+        ],
+    )
 }
 
 /// Refuses `id` reading container `c` (a developer reading another's).
@@ -408,9 +425,15 @@ pub fn may_operate(id: &Identity, method: &str, c: &pb::Container) -> Result<(),
 pub fn must_be_admin(id: &Identity, method: &str, what: &str) -> Result<(), Status> {
     match id.role {
         Role::Admin => Ok(()),
-        _ => Err(Status::permission_denied(format!(
-            "{id} may not call {method}: {what} needs the admin role"
-        ))),
+        _ => Err(refusal(
+            Code::PermissionDenied,
+            format!("{id} may not call {method}: {what} needs the admin role"),
+            "ROLE_NOT_ALLOWED",
+            &[
+                ("role", id.role.to_string()),
+                ("method", method.to_string()),
+            ],
+        )),
     }
 }
 
@@ -418,10 +441,18 @@ pub fn must_be_admin(id: &Identity, method: &str, what: &str) -> Result<(), Stat
 pub fn may_write(id: &Identity, method: &str) -> Result<(), Status> {
     match id.role {
         Role::Admin | Role::Developer => Ok(()),
-        Role::Viewer | Role::Agent => Err(Status::permission_denied(format!(
-            "{id} may not call {method}: the {} role is read-only",
-            id.role
-        ))),
+        Role::Viewer | Role::Agent => Err(refusal(
+            Code::PermissionDenied,
+            format!(
+                "{id} may not call {method}: the {} role is read-only",
+                id.role
+            ),
+            "ROLE_NOT_ALLOWED",
+            &[
+                ("role", id.role.to_string()),
+                ("method", method.to_string()),
+            ],
+        )),
     }
 }
 
@@ -431,5 +462,77 @@ fn refused_anonymous<T>(req: &Request<T>, e: Status) -> Status {
     match super::audit::admit_anonymous(req) {
         Ok(()) => e,
         Err(limited) => limited,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    fn identity(name: &str, role: Role) -> Identity {
+        Identity {
+            name: name.into(),
+            role,
+            serial: "1".into(),
+            issued_at: 0,
+            expires_at: 0,
+            own_only: false,
+        }
+    }
+
+    fn reason(s: &Status) -> (Code, String) {
+        let info = s
+            .get_error_details()
+            .error_info()
+            .cloned()
+            .expect("ErrorInfo");
+        (s.code(), info.reason)
+    }
+
+    #[test]
+    fn refusals_say_why_in_error_info() {
+        let viewer = identity("val", Role::Viewer);
+        let bob = identity("bob", Role::Developer);
+        let alices = pb::Container {
+            name: "web".into(),
+            owner: "alice".into(),
+            ..Default::default()
+        };
+        let e = may_write(&viewer, "StopContainer").unwrap_err();
+        assert_eq!(
+            reason(&e),
+            (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+        );
+        let e = may_see(&bob, "GetContainer", &alices).unwrap_err();
+        assert_eq!(reason(&e), (Code::PermissionDenied, "NOT_OWNER".into()));
+        assert_eq!(
+            e.get_error_details().error_info().unwrap().metadata["container"],
+            "web"
+        );
+        let e = must_be_admin(&bob, "DrainNode", "draining a node").unwrap_err();
+        assert_eq!(
+            reason(&e),
+            (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+        );
+    }
+
+    #[test]
+    fn the_stream_cap_is_its_own_reason() {
+        let sessions = Sessions {
+            cap: 1,
+            ..Sessions::default()
+        };
+        let stop = CancellationToken::new();
+        let bob = identity("bob", Role::Developer);
+        let _first = sessions.open(&bob, &stop).unwrap();
+        let e = sessions.open(&bob, &stop).unwrap_err();
+        assert_eq!(
+            reason(&e),
+            (Code::ResourceExhausted, "TOO_MANY_STREAMS".into())
+        );
+        let meta = e.get_error_details().error_info().unwrap().metadata.clone();
+        assert_eq!((meta["limit"].as_str(), meta["open"].as_str()), ("1", "1"));
     }
 }
