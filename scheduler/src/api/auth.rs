@@ -465,22 +465,24 @@ fn refused_anonymous<T>(req: &Request<T>, e: Status) -> Status {
     }
 }
 
+/// An identity of `name` and `role` for unit tests.
+#[cfg(test)]
+pub(crate) fn test_identity(name: &str, role: Role) -> Identity {
+    Identity {
+        name: name.into(),
+        role,
+        serial: "1".into(),
+        issued_at: 0,
+        expires_at: 0,
+        own_only: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tonic_types::StatusExt;
 
-    use super::*;
-
-    fn identity(name: &str, role: Role) -> Identity {
-        Identity {
-            name: name.into(),
-            role,
-            serial: "1".into(),
-            issued_at: 0,
-            expires_at: 0,
-            own_only: false,
-        }
-    }
+    use super::{test_identity as identity, *};
 
     fn reason(s: &Status) -> (Code, String) {
         let info = s

@@ -245,20 +245,10 @@ impl WatchService for WatchApi {
 
 #[cfg(test)]
 mod tests {
+    use super::super::auth::test_identity as identity;
     use super::*;
     use crate::feed::Diff;
     use devctl_proto::identity::Role;
-
-    fn identity(name: &str, role: Role) -> Identity {
-        Identity {
-            name: name.into(),
-            role,
-            serial: "1".into(),
-            issued_at: 0,
-            expires_at: 0,
-            own_only: false,
-        }
-    }
 
     fn container(owner: &str) -> pb::Container {
         pb::Container {
