@@ -1,11 +1,11 @@
 //! The cluster's certificate authority and the three-file bundles
 //! (`ca.pem`, `cert.pem`, `key.pem`) every participant holds.
 //!
-//! Keys are ECDSA P-256. Private keys are written with mode 0600 and never
-//! logged.
-//!
 //! One file on purpose: the CA, CSRs and certificate checks share one set
 //! of key and name rules.
+//!
+//! Keys are ECDSA P-256. Private keys are written with mode 0600 and never
+//! logged.
 
 use std::{
     fs,

@@ -1,6 +1,9 @@
 //! The scheduler's data directory and what `init` and `issue-cert` write
 //! into it.
 //!
+//! One file on purpose: nothing else reads or writes the data directory's
+//! files (keys, certificates, the bus configuration).
+//!
 //! ```text
 //! DIR/ca/ca.pem, ca-key.pem          the cluster CA (key 0600, dir 0700)
 //! DIR/server/{ca,cert,key}.pem       the scheduler's server certificate
@@ -24,9 +27,6 @@
 //! (`verify_and_map`): the scheduler's, and one per admitted agent, each
 //! confined by [`bus::agent_permissions`]. Certificates of any other
 //! subject (API users, unknown nodes) cannot log in.
-//!
-//! One file on purpose: nothing else reads or writes the data directory's
-//! files (keys, certificates, the bus configuration).
 
 use std::{
     fmt::Write as _,

@@ -2,15 +2,15 @@
 //! who caused it, and how a change devctl did not request changes the
 //! container's observed state. Pure, apart from the clock in [`Intents`].
 //!
+//! One file on purpose (one concern): turning engine events into recorded
+//! state and history; its size is the table of engine actions and its tests.
+//!
 //! Every devctl operation registers an *intent* (who asked for what) for
 //! its container while it runs and a few seconds after, so the engine events
 //! it causes are attributed to that identity. Engine events without an
 //! intent come from outside devctl (a process that exited, `docker kill`):
 //! their actor is `system`, and they change the recorded state, since no
 //! operation will.
-//!
-//! One concern: turning engine events into recorded state and history;
-//! its size is the table of engine actions and its tests.
 
 use std::{
     collections::HashMap,

@@ -7,8 +7,9 @@
 //! grace period passes without one. Nothing treats an unknown node as down:
 //! operations on it wait (bounded by the grace period) for it to report.
 //!
-//! One concern: the node registry's liveness states (ready, unknown, down)
-//! and capacity bounds; a third of its length is unit tests of those rules.
+//! One file on purpose (one concern): the node registry's liveness states
+//! (ready, unknown, down) and capacity bounds; a third of its length is unit
+//! tests of those rules.
 
 use std::{
     collections::BTreeMap,

@@ -1,6 +1,11 @@
 //! The Docker engine, through bollard. The only file of the agent that
 //! speaks to Docker.
 //!
+//! One piece on purpose: it is the only module that imports bollard (the
+//! house rule for outside systems), so every engine call and its error
+//! mapping stay in one place; only the owner networks, a concern of their
+//! own, live beside it in `networks.rs`.
+//!
 //! Each engine container devctl creates is named `devctl-<name>-<id8>` and
 //! labelled with [`devctl_proto::labels`]; lookups always filter on this
 //! node's label, so several agents may share one engine without touching
@@ -8,11 +13,6 @@
 //!
 //! Containers join their owner's network on this node (`networks.rs`),
 //! never the default bridge.
-//!
-//! One piece on purpose: it is the only module that imports bollard (the
-//! house rule for outside systems), so every engine call and its error
-//! mapping stay in one place; only the owner networks, a concern of their
-//! own, live beside it in `networks.rs`.
 
 use std::{collections::HashMap, time::SystemTime};
 
