@@ -60,10 +60,10 @@ struct View {
 }
 
 impl View {
-    fn new(id: Identity, kinds: &[i32]) -> Result<Self, Status> {
+    fn new(id: Identity, kinds: &[i32], idle_timeout_seconds: i64) -> Result<Self, Status> {
         let mut view = View {
             scope: Scope::of(&id),
-            idle_timeout_seconds: 0,
+            idle_timeout_seconds,
             id,
             containers: kinds.is_empty(),
             nodes: kinds.is_empty(),
@@ -169,9 +169,9 @@ impl WatchService for WatchApi {
     ) -> Result<Response<Self::WatchChangesStream>, Status> {
         let id = caller(&req)?;
         let r = req.into_inner();
-        let mut view = View::new(id.clone(), &r.kinds)?;
         // Containers are sent as Get shows them, but for the last use.
-        view.idle_timeout_seconds = self.streams.cluster.idle_timeout_seconds();
+        let idle = self.streams.cluster.idle_timeout_seconds();
+        let view = View::new(id.clone(), &r.kinds, idle)?;
         let feed_store = self.store.clone();
         let (snapshot, mut revision) = if r.after_revision == 0 {
             let s = self
@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn a_developer_sees_only_their_own_containers_and_every_node() {
-        let view = View::new(identity("alice", Role::Developer), &[]).unwrap();
+        let view = View::new(identity("alice", Role::Developer), &[], 0).unwrap();
         let mine = entry(Change::Container(Diff {
             before: None,
             after: Some(container("alice")),
@@ -293,6 +293,7 @@ mod tests {
         let view = View::new(
             identity("val", Role::Viewer),
             &[pb::ResourceKind::Container as i32],
+            0,
         )
         .unwrap();
         let gone = entry(Change::Container(Diff {
@@ -335,7 +336,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_refused_by_name() {
-        let err = View::new(identity("a", Role::Admin), &[0]).unwrap_err();
+        let err = View::new(identity("a", Role::Admin), &[0], 0).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().starts_with("kinds:"), "{}", err.message());
     }
