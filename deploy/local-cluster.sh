@@ -100,7 +100,7 @@ nats_url() {
 
 node_ready() {
   pid_alive agent || die "the agent exited: $(tail -n 1 "$logs/agent.log")"
-  "$bin/devctl" nodes "$node" -o json 2>/dev/null | grep -q '"state": "ready"'
+  "$bin/devctl" nodes "$node" -o json 2>/dev/null | grep -q '"state": "NODE_STATE_READY"'
 }
 
 write_env() {

@@ -24,9 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/audit.proto",
         "devctl/v1/watch.proto",
     ];
+    // Type names (`prost::Name`) let code find a message's descriptor, e.g.
+    // to print it as canonical proto JSON (devctl_proto::json).
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))
-        .compile_protos(&protos, &["."])?;
+        .compile_with_config(config, &protos, &["."])?;
     // tonic-prost-build does not emit this; without it edits to .proto files
     // would be ignored once any other rerun line exists.
     println!("cargo:rerun-if-changed=devctl");

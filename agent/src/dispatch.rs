@@ -196,7 +196,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
     /// After a create: waits (holding no engine permit) until the container
     /// has stayed up for the settle time, so a command that exits at once is
     /// reported as stopped with its exit code, not as running.
-    async fn settle(&self, s: pb::ContainerStatus) -> Result<pb::ContainerStatus, RuntimeError> {
+    async fn settle(&self, s: pb::EngineContainer) -> Result<pb::EngineContainer, RuntimeError> {
         if self.settle.is_zero() || s.state != pb::ContainerState::Running as i32 {
             return Ok(s);
         }
@@ -255,12 +255,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
 /// The container a command is about; `None` for node-wide commands.
 fn container_id(cmd: &Command) -> Option<String> {
     match cmd {
-        Command::Create(c) => Some(
-            c.container
-                .as_ref()
-                .map(|c| c.id.clone())
-                .unwrap_or_default(),
-        ),
+        Command::Create(c) => Some(c.id.clone()),
         Command::Start(c) => Some(c.id.clone()),
         Command::Stop(c) => Some(c.id.clone()),
         Command::Restart(c) => Some(c.id.clone()),
@@ -275,9 +270,13 @@ fn container_id(cmd: &Command) -> Option<String> {
 async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply, RuntimeError> {
     Ok(match cmd {
         Command::Create(c) => {
-            let spec = c.container.unwrap_or_default();
-            tracing::info!(id = %spec.id, name = %spec.name, image = %spec.image, "create");
-            Reply::Status(runtime.create_and_start(&spec).await?)
+            let image = c
+                .spec
+                .as_ref()
+                .map(|s| s.image.as_str())
+                .unwrap_or_default();
+            tracing::info!(id = %c.id, name = %c.name, image, "create");
+            Reply::Status(runtime.create_and_start(&c).await?)
         }
         Command::Start(c) => {
             tracing::info!(id = %c.id, "start");
@@ -325,9 +324,9 @@ mod tests {
     }
 
     impl Gated {
-        fn log(&self, s: String) -> Result<pb::ContainerStatus, RuntimeError> {
+        fn log(&self, s: String) -> Result<pb::EngineContainer, RuntimeError> {
             self.log.lock().unwrap().push(s);
-            Ok(pb::ContainerStatus::default())
+            Ok(pb::EngineContainer::default())
         }
         fn calls(&self) -> Vec<String> {
             self.log.lock().unwrap().clone()
@@ -340,27 +339,27 @@ mod tests {
         }
         async fn create_and_start(
             &self,
-            spec: &pb::Container,
-        ) -> Result<pb::ContainerStatus, RuntimeError> {
+            spec: &pb::CreateCommand,
+        ) -> Result<pb::EngineContainer, RuntimeError> {
             self.gate.notified().await;
             self.log(format!("create {}", spec.id))
         }
-        async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+        async fn start(&self, id: &str) -> Result<pb::EngineContainer, RuntimeError> {
             self.log(format!("start {id}"))
         }
-        async fn inspect(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+        async fn inspect(&self, id: &str) -> Result<pb::EngineContainer, RuntimeError> {
             self.log(format!("inspect {id}"))
         }
-        async fn stop(&self, id: &str, _: i32) -> Result<pb::ContainerStatus, RuntimeError> {
+        async fn stop(&self, id: &str, _: i32) -> Result<pb::EngineContainer, RuntimeError> {
             self.log(format!("stop {id}"))
         }
-        async fn restart(&self, id: &str, _: i32) -> Result<pb::ContainerStatus, RuntimeError> {
+        async fn restart(&self, id: &str, _: i32) -> Result<pb::EngineContainer, RuntimeError> {
             self.log(format!("restart {id}"))
         }
         async fn remove(&self, id: &str, _: bool) -> Result<(), RuntimeError> {
             self.log(format!("remove {id}")).map(|_| ())
         }
-        async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
+        async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
             self.log("inventory".into()).map(|_| vec![])
         }
         async fn running_count(&self) -> Result<i32, RuntimeError> {
@@ -370,7 +369,7 @@ mod tests {
             &self,
             id: &str,
             _: Duration,
-        ) -> Result<Option<pb::ContainerStatus>, RuntimeError> {
+        ) -> Result<Option<pb::EngineContainer>, RuntimeError> {
             self.log(format!("wait {id}")).map(Some)
         }
         fn engine_events(&self, _: i64) -> crate::runtime::EngineEvents {
@@ -405,10 +404,8 @@ mod tests {
 
     fn create(id: &str) -> Command {
         Command::Create(pb::CreateCommand {
-            container: Some(pb::Container {
-                id: id.into(),
-                ..Default::default()
-            }),
+            id: id.into(),
+            ..Default::default()
         })
     }
 

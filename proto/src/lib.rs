@@ -2,10 +2,13 @@
 //!
 //! - [`pb`]: the generated `devctl.v1` API (gRPC services and messages, bus
 //!   messages), and its descriptor set for server reflection.
+//! - [`container`]: [`container::ContainerExt`], a container's spec and
+//!   status without unwrapping.
 //! - [`bus`]: NATS subject names and encoding helpers for the scheduler ↔
 //!   agent bus.
 //! - [`enroll`]: join tokens, and how a joining machine learns the CA it
 //!   pins.
+//! - [`json`]: the API's messages as canonical proto JSON (`-o json`).
 //! - [`identity`]: who a caller is, read from its client certificate.
 //! - [`pki`]: the cluster CA: creating it, issuing certificates, writing and
 //!   loading three-file bundles, and building TLS configurations.
@@ -16,8 +19,10 @@
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod bus;
+pub mod container;
 pub mod enroll;
 pub mod identity;
+pub mod json;
 pub mod keyed;
 pub mod labels;
 pub mod pki;

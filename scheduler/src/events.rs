@@ -12,6 +12,7 @@
 //! their actor is `system`, and they change the recorded state, since no
 //! operation will.
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -251,30 +252,30 @@ impl StateChange {
     pub fn apply(&self, c: &mut pb::Container) {
         match self {
             StateChange::Running { at } => {
-                c.state = pb::ContainerState::Running as i32;
-                c.exit_code = None;
-                c.start_time = at.or(c.start_time);
-                c.stop_reason = pb::StopReason::Unspecified as i32;
-                c.last_error.clear();
+                c.status_mut().state = pb::ContainerState::Running as i32;
+                c.status_mut().exit_code = None;
+                c.status_mut().start_time = at.or(c.status().start_time);
+                c.status_mut().stop_reason = pb::StopReason::Unspecified as i32;
+                c.status_mut().last_error.clear();
             }
             StateChange::Health(status) => {
-                c.health = *status as i32;
+                c.status_mut().health = *status as i32;
             }
             StateChange::Exited { code, oom } => {
-                c.exit_code = *code;
-                c.health = pb::HealthStatus::Unspecified as i32;
-                c.stop_reason = if *oom {
+                c.status_mut().exit_code = *code;
+                c.status_mut().health = pb::HealthStatus::Unspecified as i32;
+                c.status_mut().stop_reason = if *oom {
                     pb::StopReason::Oom
                 } else {
                     pb::StopReason::Exited
                 } as i32;
                 let clean = *code == Some(0) && !oom;
-                c.state = if clean {
+                c.status_mut().state = if clean {
                     pb::ContainerState::Stopped
                 } else {
                     pb::ContainerState::Failed
                 } as i32;
-                c.last_error = match (oom, code) {
+                c.status_mut().last_error = match (oom, code) {
                     (true, _) => "killed for lack of memory (OOM); raise --memory".into(),
                     (false, Some(0)) => String::new(),
                     (false, Some(code)) => {
@@ -284,15 +285,16 @@ impl StateChange {
                 };
             }
             StateChange::StoppedOutside => {
-                c.state = pb::ContainerState::Stopped as i32;
-                c.stop_reason = pb::StopReason::Manual as i32;
-                c.last_error = "stopped on its node outside devctl".into();
+                c.status_mut().state = pb::ContainerState::Stopped as i32;
+                c.status_mut().stop_reason = pb::StopReason::Manual as i32;
+                c.status_mut().last_error = "stopped on its node outside devctl".into();
             }
             StateChange::Removed => {
-                c.state = pb::ContainerState::Failed as i32;
-                c.last_error = format!(
+                c.status_mut().state = pb::ContainerState::Failed as i32;
+                c.status_mut().last_error = format!(
                     "the container was removed from node {:?} outside devctl; remove it with `devctl rm {}`",
-                    c.node, c.name
+                    c.status().node,
+                    c.name
                 );
             }
         }
@@ -535,9 +537,9 @@ mod tests {
             oom: true,
         }
         .apply(&mut c);
-        assert_eq!(c.stop_reason(), pb::StopReason::Oom);
+        assert_eq!(c.status().stop_reason(), pb::StopReason::Oom);
         StateChange::Running { at: None }.apply(&mut c);
-        assert_eq!(c.stop_reason(), pb::StopReason::Unspecified);
+        assert_eq!(c.status().stop_reason(), pb::StopReason::Unspecified);
     }
 
     #[test]
@@ -591,33 +593,36 @@ mod tests {
         assert_eq!(e.r#type(), EventType::ContainerDied);
         assert_eq!((e.actor.as_str(), e.reason.as_str()), ("system", "exited"));
         let mut c = pb::Container {
-            state: pb::ContainerState::Running as i32,
+            status: Some(pb::ContainerStatus {
+                state: pb::ContainerState::Running as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         t.change.unwrap().apply(&mut c);
-        assert_eq!(c.state(), pb::ContainerState::Failed);
-        assert_eq!(c.exit_code, Some(137));
-        assert!(c.last_error.contains("137"));
+        assert_eq!(c.status().state(), pb::ContainerState::Failed);
+        assert_eq!(c.status().exit_code, Some(137));
+        assert!(c.status().last_error.contains("137"));
 
         let mut c = pb::Container::default();
         translate(&ev("die", Some(0)), None, false)
             .change
             .unwrap()
             .apply(&mut c);
-        assert_eq!(c.state(), pb::ContainerState::Stopped);
+        assert_eq!(c.status().state(), pb::ContainerState::Stopped);
 
         let t = translate(&ev("die", Some(137)), None, true);
         assert_eq!(t.event.as_ref().unwrap().reason, "oom");
         let mut c = pb::Container::default();
         t.change.unwrap().apply(&mut c);
-        assert!(c.last_error.contains("OOM"));
+        assert!(c.status().last_error.contains("OOM"));
 
         // `docker stop` by hand: die, then the engine's stop.
         let t = translate(&ev("stop", None), None, false);
         assert_eq!(t.event, None);
         let mut c = pb::Container::default();
         t.change.unwrap().apply(&mut c);
-        assert_eq!(c.state(), pb::ContainerState::Stopped);
+        assert_eq!(c.status().state(), pb::ContainerState::Stopped);
         assert_eq!(
             translate(&ev("stop", None), Some(&intent(Op::Stop)), false),
             Translation::default()

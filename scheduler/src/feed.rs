@@ -274,7 +274,10 @@ mod tests {
     fn c(name: &str, state: pb::ContainerState) -> pb::Container {
         pb::Container {
             name: name.into(),
-            state: state as i32,
+            status: Some(pb::ContainerStatus {
+                state: state as i32,
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }

@@ -18,6 +18,7 @@
 //! nodes and the 10,000-container store); a bench binary per part would
 //! each need all of it.
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -105,51 +106,57 @@ fn container(i: usize) -> pb::Container {
     let id = uuid::Uuid::new_v4().to_string();
     pb::Container {
         name: format!("ws-{i:05}"),
-        runtime_id: format!("{}{}", id.replace('-', ""), id.replace('-', "")),
-        id,
-        image: "registry.example.com/dev/rust-toolchain:1.83".into(),
-        command: vec!["sleep".into(), "infinity".into()],
-        state: if stopped {
-            pb::ContainerState::Stopped
-        } else {
-            pb::ContainerState::Running
-        } as i32,
-        desired_state: if stopped {
-            pb::DesiredState::Stopped
-        } else {
-            pb::DesiredState::Running
-        } as i32,
-        exit_code: stopped.then_some(0),
-        node: node_name(i % NODES),
-        resources: Some(pb::Resources {
-            milli_cpus: 500 * (1 + (i as i64 * 7) % 4),
-            memory_bytes: GIB * (1 + (i as i64 * 3) % 4),
-        }),
-        env: HashMap::from([
-            ("RUST_LOG".into(), "info".into()),
-            ("HOME".into(), "/home/dev".into()),
-            ("PROJECT".into(), format!("project-{}", i % 97)),
-        ]),
-        labels: HashMap::from([
-            ("team".into(), format!("team-{}", i % 13)),
-            ("purpose".into(), "dev".into()),
-        ]),
+        id: id.clone(),
         owner: format!("user-{}", i % 300),
         create_time: t(7200),
         update_time: t(3600),
-        start_time: if stopped { None } else { t(3600) },
-        ttl_seconds: Some(8 * 3600),
-        lease_expire_time: if stopped {
-            None
-        } else {
-            Some((SystemTime::now() + Duration::from_secs(4 * 3600)).into())
-        },
-        idle_timeout_seconds: 1800,
-        stop_reason: if stopped {
-            pb::StopReason::Manual as i32
-        } else {
-            0
-        },
+        spec: Some(pb::ContainerSpec {
+            image: "registry.example.com/dev/rust-toolchain:1.83".into(),
+            command: vec!["sleep".into(), "infinity".into()],
+            desired_state: if stopped {
+                pb::DesiredState::Stopped
+            } else {
+                pb::DesiredState::Running
+            } as i32,
+            resources: Some(pb::Resources {
+                milli_cpus: 500 * (1 + (i as i64 * 7) % 4),
+                memory_bytes: GIB * (1 + (i as i64 * 3) % 4),
+            }),
+            env: HashMap::from([
+                ("RUST_LOG".into(), "info".into()),
+                ("HOME".into(), "/home/dev".into()),
+                ("PROJECT".into(), format!("project-{}", i % 97)),
+            ]),
+            labels: HashMap::from([
+                ("team".into(), format!("team-{}", i % 13)),
+                ("purpose".into(), "dev".into()),
+            ]),
+            ttl_seconds: Some(8 * 3600),
+            ..Default::default()
+        }),
+        status: Some(pb::ContainerStatus {
+            node: node_name(i % NODES),
+            runtime_id: format!("{}{}", id.replace('-', ""), id.replace('-', "")),
+            state: if stopped {
+                pb::ContainerState::Stopped
+            } else {
+                pb::ContainerState::Running
+            } as i32,
+            exit_code: stopped.then_some(0),
+            start_time: if stopped { None } else { t(3600) },
+            lease_expire_time: if stopped {
+                None
+            } else {
+                Some((SystemTime::now() + Duration::from_secs(4 * 3600)).into())
+            },
+            idle_timeout_seconds: 1800,
+            stop_reason: if stopped {
+                pb::StopReason::Manual as i32
+            } else {
+                0
+            },
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -432,7 +439,7 @@ fn fleet(
                 .unwrap();
             let mut by_node: HashMap<String, Vec<pb::Container>> = HashMap::new();
             for c in containers {
-                by_node.entry(c.node.clone()).or_default().push(c);
+                by_node.entry(c.status().node.clone()).or_default().push(c);
             }
             let mut commands = client
                 .subscribe(format!("{}.node.*.cmd", bus::ROOT))
@@ -451,15 +458,15 @@ fn fleet(
                                 node: Some(node_stats(i, SystemTime::now())),
                                 containers: on_node
                                     .iter()
-                                    .filter(|c| c.state == pb::ContainerState::Running as i32)
+                                    .filter(|c| c.status().state == pb::ContainerState::Running as i32)
                                     .map(|c| pb::ContainerStats {
                                         name: c.name.clone(),
                                         id: c.id.clone(),
-                                        node: c.node.clone(),
+                                        node: c.status().node.clone(),
                                         time: Some(SystemTime::now().into()),
                                         cpu_percent: 12.0,
                                         memory_bytes: 300 << 20,
-                                        memory_limit_bytes: c.resources.unwrap_or_default().memory_bytes,
+                                        memory_limit_bytes: c.spec().resources.unwrap_or_default().memory_bytes,
                                         pids: 12,
                                         ..Default::default()
                                     })
@@ -484,20 +491,20 @@ fn fleet(
                                 pb::agent_reply::Result::Inventory(pb::Inventory {
                                     containers: by_node[&node]
                                         .iter()
-                                        .map(|c| pb::ContainerStatus {
+                                        .map(|c| pb::EngineContainer {
                                             id: c.id.clone(),
                                             name: c.name.clone(),
-                                            runtime_id: c.runtime_id.clone(),
-                                            state: c.state,
-                                            exit_code: c.exit_code,
-                                            start_time: c.start_time,
-                                            engine_status: if c.state == pb::ContainerState::Running as i32 {
+                                            runtime_id: c.status().runtime_id.clone(),
+                                            state: c.status().state,
+                                            exit_code: c.status().exit_code,
+                                            start_time: c.status().start_time,
+                                            engine_status: if c.status().state == pb::ContainerState::Running as i32 {
                                                 "running"
                                             } else {
                                                 "exited"
                                             }
                                             .into(),
-                                            image: c.image.clone(),
+                                            image: c.spec().image.clone(),
                                             ..Default::default()
                                         })
                                         .collect(),
@@ -558,7 +565,7 @@ fn memory(scratch: &Path, full: &Path, containers: Vec<pb::Container>) {
             .as_array()
             .unwrap()
             .iter()
-            .all(|n| n["state"] == "ready")
+            .all(|n| n["state"] == "NODE_STATE_READY")
             .then_some(())
     });
     // Inventory syncs, the reconciliation round (30 s) and a full stats

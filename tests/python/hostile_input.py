@@ -39,18 +39,20 @@ TOO_BIG = (grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def spec(**kw):
-    c = container_pb2.Container(name=kw.pop("name", "hostile"), image=kw.pop("image", IMAGE))
+    c = container_pb2.Container(name=kw.pop("name", "hostile"))
+    s = c.spec
+    s.image = kw.pop("image", IMAGE)
     for k, v in kw.pop("env", {}).items():
-        c.env[k] = v
+        s.env[k] = v
     for k, v in kw.pop("labels", {}).items():
-        c.labels[k] = v
+        s.labels[k] = v
     for k, v in kw.pop("constraints", {}).items():
-        c.constraints[k] = v
-    c.command.extend(kw.pop("command", []))
+        s.constraints[k] = v
+    s.command.extend(kw.pop("command", []))
     if "resources" in kw:
-        c.resources.CopyFrom(container_pb2.Resources(**kw.pop("resources")))
+        s.resources.CopyFrom(container_pb2.Resources(**kw.pop("resources")))
     if "health_check" in kw:
-        c.health_check.CopyFrom(container_pb2.HealthCheck(**kw.pop("health_check")))
+        s.health_check.CopyFrom(container_pb2.HealthCheck(**kw.pop("health_check")))
     assert not kw, kw
     return container_pb2.CreateContainerRequest(container=c)
 
@@ -91,29 +93,29 @@ def main():
 
     # (case, call, expected codes, text the message must hold)
     cases = [
-        ("env value of 1 MiB", lambda: containers.CreateContainer(spec(env={"BIG": "x" * MIB})), INVALID, 'container.env["BIG"]'),
+        ("env value of 1 MiB", lambda: containers.CreateContainer(spec(env={"BIG": "x" * MIB})), INVALID, 'container.spec.env["BIG"]'),
         ("env adding up past 256 KiB", lambda: containers.CreateContainer(spec(env={f"V{i}": "x" * 60000 for i in range(5)})), INVALID, "256 KiB"),
-        ("10,000 labels", lambda: containers.CreateContainer(spec(labels={f"l{i}": "x" for i in range(10000)})), INVALID, "container.labels"),
-        ("100,000 command arguments", lambda: containers.CreateContainer(spec(command=["x"] * 100000)), INVALID, "container.command"),
-        ("2,000 env variables", lambda: containers.CreateContainer(spec(env={f"V{i}": "" for i in range(2000)})), INVALID, "container.env"),
-        ("label key of 64 characters", lambda: containers.CreateContainer(spec(labels={"a" * 64: "x"})), INVALID, "container.labels"),
-        ("label value with a space", lambda: containers.CreateContainer(spec(labels={"team": "a b"})), INVALID, 'container.labels["team"]'),
-        ("label value of 64 characters", lambda: containers.CreateContainer(spec(labels={"team": "a" * 64})), INVALID, 'container.labels["team"]'),
-        ("constraint with a bad key", lambda: containers.CreateContainer(spec(constraints={"-zone": "eu"})), INVALID, "container.constraints"),
-        ("100 constraints", lambda: containers.CreateContainer(spec(constraints={f"k{i}": "v" for i in range(100)})), INVALID, "container.constraints"),
-        ("env name with '='", lambda: containers.CreateContainer(spec(env={"A=B": "x"})), INVALID, "container.env"),
-        ("env name of 1000 characters", lambda: containers.CreateContainer(spec(env={"A" * 1000: "x"})), INVALID, "container.env"),
-        ("NUL in a command argument", lambda: containers.CreateContainer(spec(command=["sh", "a\0b"])), INVALID, "container.command"),
+        ("10,000 labels", lambda: containers.CreateContainer(spec(labels={f"l{i}": "x" for i in range(10000)})), INVALID, "container.spec.labels"),
+        ("100,000 command arguments", lambda: containers.CreateContainer(spec(command=["x"] * 100000)), INVALID, "container.spec.command"),
+        ("2,000 env variables", lambda: containers.CreateContainer(spec(env={f"V{i}": "" for i in range(2000)})), INVALID, "container.spec.env"),
+        ("label key of 64 characters", lambda: containers.CreateContainer(spec(labels={"a" * 64: "x"})), INVALID, "container.spec.labels"),
+        ("label value with a space", lambda: containers.CreateContainer(spec(labels={"team": "a b"})), INVALID, 'container.spec.labels["team"]'),
+        ("label value of 64 characters", lambda: containers.CreateContainer(spec(labels={"team": "a" * 64})), INVALID, 'container.spec.labels["team"]'),
+        ("constraint with a bad key", lambda: containers.CreateContainer(spec(constraints={"-zone": "eu"})), INVALID, "container.spec.constraints"),
+        ("100 constraints", lambda: containers.CreateContainer(spec(constraints={f"k{i}": "v" for i in range(100)})), INVALID, "container.spec.constraints"),
+        ("env name with '='", lambda: containers.CreateContainer(spec(env={"A=B": "x"})), INVALID, "container.spec.env"),
+        ("env name of 1000 characters", lambda: containers.CreateContainer(spec(env={"A" * 1000: "x"})), INVALID, "container.spec.env"),
+        ("NUL in a command argument", lambda: containers.CreateContainer(spec(command=["sh", "a\0b"])), INVALID, "container.spec.command"),
         ("name with capitals", lambda: containers.CreateContainer(spec(name="Bad_Name")), INVALID, "container.name"),
         ("name of 1000 characters", lambda: containers.CreateContainer(spec(name="a" * 1000)), INVALID, "container.name"),
-        ("missing image", lambda: containers.CreateContainer(spec(image="")), INVALID, "container.image"),
-        ("image of 1000 characters", lambda: containers.CreateContainer(spec(image="a" * 1000)), INVALID, "container.image"),
-        ("image with a newline", lambda: containers.CreateContainer(spec(image="busybox\n")), INVALID, "container.image"),
-        ("CPU limit of 2^62", lambda: containers.CreateContainer(spec(resources={"milli_cpus": 2**62})), INVALID, "container.resources.milli_cpus"),
-        ("negative memory", lambda: containers.CreateContainer(spec(resources={"memory_bytes": -1})), INVALID, "container.resources.memory_bytes"),
-        ("memory of 2^62 bytes", lambda: containers.CreateContainer(spec(resources={"memory_bytes": 2**62})), INVALID, "container.resources.memory_bytes"),
-        ("health interval of 2^31-1 s", lambda: containers.CreateContainer(spec(health_check={"command": ["true"], "interval_seconds": 2**31 - 1})), INVALID, "container.health_check.interval_seconds"),
-        ("health check of 10,000 arguments", lambda: containers.CreateContainer(spec(health_check={"command": ["true"] * 10000})), INVALID, "container.health_check.command"),
+        ("missing image", lambda: containers.CreateContainer(spec(image="")), INVALID, "container.spec.image"),
+        ("image of 1000 characters", lambda: containers.CreateContainer(spec(image="a" * 1000)), INVALID, "container.spec.image"),
+        ("image with a newline", lambda: containers.CreateContainer(spec(image="busybox\n")), INVALID, "container.spec.image"),
+        ("CPU limit of 2^62", lambda: containers.CreateContainer(spec(resources={"milli_cpus": 2**62})), INVALID, "container.spec.resources.milli_cpus"),
+        ("negative memory", lambda: containers.CreateContainer(spec(resources={"memory_bytes": -1})), INVALID, "container.spec.resources.memory_bytes"),
+        ("memory of 2^62 bytes", lambda: containers.CreateContainer(spec(resources={"memory_bytes": 2**62})), INVALID, "container.spec.resources.memory_bytes"),
+        ("health interval of 2^31-1 s", lambda: containers.CreateContainer(spec(health_check={"command": ["true"], "interval_seconds": 2**31 - 1})), INVALID, "container.spec.health_check.interval_seconds"),
+        ("health check of 10,000 arguments", lambda: containers.CreateContainer(spec(health_check={"command": ["true"] * 10000})), INVALID, "container.spec.health_check.command"),
         ("request id of 1000 characters", lambda: containers.CreateContainer(container_pb2.CreateContainerRequest(container=spec().container, request_id="r" * 1000)), INVALID, "request_id"),
         ("a 5 MiB message", lambda: containers.CreateContainer(spec(env={f"V{i}": "x" * MIB for i in range(5)})), TOO_BIG, ""),
         ("get by a name of 10,000 characters", lambda: containers.GetContainer(container_pb2.GetContainerRequest(name="a" * 10000)), INVALID, "name"),

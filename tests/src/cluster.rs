@@ -278,15 +278,17 @@ impl TestCluster {
             .1
     }
 
-    /// Waits until node `name` has `state` (`ready`, `down`).
+    /// Waits until node `name` has `state` (`ready`, `down`: the
+    /// NodeState value without its prefix, as `devctl nodes` shows it).
     pub fn wait_node_state(&self, name: &str, state: &str) {
+        let want = format!("NODE_STATE_{}", state.to_uppercase());
         wait_until(
             &format!("node {name} {state}"),
             Duration::from_secs(30),
             || {
                 let r = self.devctl(&["nodes", name, "-o", "json"]);
                 let n: Value = serde_json::from_str(&r.stdout).ok()?;
-                (n["state"] == state).then_some(())
+                (n["state"] == want.as_str()).then_some(())
             },
         );
     }
@@ -302,7 +304,7 @@ impl TestCluster {
             let ready = |name: &String| {
                 nodes.as_array().is_some_and(|a| {
                     a.iter()
-                        .any(|n| n["name"] == **name && n["state"] == "ready")
+                        .any(|n| n["name"] == **name && n["state"] == "NODE_STATE_READY")
                 })
             };
             names.iter().all(ready).then_some(())

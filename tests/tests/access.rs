@@ -91,7 +91,7 @@ fn every_call_checks_role_and_ownership() {
     assert!(err.contains("belongs to bob"), "{err}");
     // Nothing a denied call tried happened.
     let b = c.devctl(&["get", "b-box", "-o", "json"]).json();
-    assert_eq!(b["state"], "running", "{b}");
+    assert_eq!(b["status"]["state"], "CONTAINER_STATE_RUNNING", "{b}");
 
     // Listings: a developer sees their own; viewer and admin see all, and
     // can filter by owner.
@@ -203,16 +203,16 @@ fn environment_values_are_shown_only_to_the_owner_and_admins() {
     .ok();
     for (who, tls) in [("bob", &bob), ("admin", &c.admin_tls())] {
         let got = c.devctl_as(tls, &["get", "b-box", "-o", "json"]).json();
-        assert_eq!(got["env"]["DB_PASSWORD"], "hunter2", "{who}: {got}");
-        assert!(got.get("env_redacted").is_none(), "{who}: {got}");
+        assert_eq!(got["spec"]["env"]["DB_PASSWORD"], "hunter2", "{who}: {got}");
+        assert!(got.get("envRedacted").is_none(), "{who}: {got}");
     }
     // The viewer reads the container, the keys, and not one value.
     let got = c.devctl_as(&viewer, &["get", "b-box", "-o", "json"]);
     let shown = got.ok().stdout;
     assert!(!shown.contains("hunter2"), "{shown}");
     let got: Value = serde_json::from_str(&shown).unwrap();
-    assert_eq!(got["env"]["DB_PASSWORD"], "", "{got}");
-    assert_eq!(got["env_redacted"], true, "{got}");
+    assert_eq!(got["spec"]["env"]["DB_PASSWORD"], "", "{got}");
+    assert_eq!(got["envRedacted"], true, "{got}");
     let listed = c.devctl_as(&viewer, &["ls", "-o", "json"]).ok().stdout;
     assert!(!listed.contains("hunter2"), "{listed}");
     assert!(listed.contains("DB_PASSWORD"), "{listed}");

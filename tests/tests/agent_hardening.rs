@@ -5,6 +5,15 @@
 use std::time::{Duration, Instant};
 
 use devctl_tests::{IMAGE, TestCluster, wait_until};
+use serde_json::Value;
+
+/// A container's observed state (`status.state`, e.g.
+/// `CONTAINER_STATE_RUNNING`); always set on a recorded container.
+fn state(c: &Value) -> &str {
+    c["status"]["state"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no status.state: {c}"))
+}
 
 /// Containers of the load test.
 const MANY: usize = 100;
@@ -119,30 +128,34 @@ fn a_command_that_exits_at_once_is_not_reported_running() {
             "create", "quick", "--image", IMAGE, "-o", "json", "--", "false",
         ])
         .json();
-    assert_ne!(quick["state"], "running", "{quick}");
-    assert_eq!(quick["exit_code"], 1, "{quick}");
-    let why = quick["last_error"].as_str().unwrap_or_default();
+    assert_ne!(state(&quick), "CONTAINER_STATE_RUNNING", "{quick}");
+    assert_eq!(quick["status"]["exitCode"], 1, "{quick}");
+    let why = quick["status"]["lastError"].as_str().unwrap_or_default();
     assert!(why.contains("exited right after it started"), "{quick}");
     assert!(why.contains("exit code 1"), "{quick}");
 
     // Its record says the same afterwards, and the table shows it.
     let got = c.devctl(&["get", "quick", "-o", "json"]).json();
-    assert_ne!(got["state"], "running", "{got}");
+    assert_ne!(state(&got), "CONTAINER_STATE_RUNNING", "{got}");
 
     let code = c
         .devctl(&[
             "create", "three", "--image", IMAGE, "-o", "json", "--", "sh", "-c", "exit 3",
         ])
         .json();
-    assert_ne!(code["state"], "running", "{code}");
-    assert_eq!(code["exit_code"], 3, "{code}");
+    assert_ne!(state(&code), "CONTAINER_STATE_RUNNING", "{code}");
+    assert_eq!(code["status"]["exitCode"], 3, "{code}");
 
     // A command that stays up is running, and no error is recorded.
     let up = c
         .devctl(&["create", "up", "--image", IMAGE, "-o", "json"])
         .json();
-    assert_eq!(up["state"], "running", "{up}");
-    assert_eq!(up["last_error"].as_str().unwrap_or_default(), "", "{up}");
+    assert_eq!(state(&up), "CONTAINER_STATE_RUNNING", "{up}");
+    assert_eq!(
+        up["status"]["lastError"].as_str().unwrap_or_default(),
+        "",
+        "{up}"
+    );
 }
 
 fn docker(args: &[&str]) {
@@ -164,7 +177,7 @@ fn dropped_engine_events_resync_the_node_and_are_recorded() {
     let created = c
         .devctl(&["create", "box", "--image", IMAGE, "-o", "json"])
         .json();
-    let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
+    let runtime_id = created["status"]["runtimeId"].as_str().unwrap().to_string();
 
     // The bus stalls: the agent's publishes wait for their acknowledgement
     // while the engine's events go on (changes made outside devctl).
@@ -177,9 +190,9 @@ fn dropped_engine_events_resync_the_node_and_are_recorded() {
     c.nats.proc.signal(nix::sys::signal::Signal::SIGCONT);
 
     let resync = wait_until("a resync in the history", Duration::from_secs(45), || {
-        c.events(&[])
-            .into_iter()
-            .find(|e| e["type"] == "node.resynced" && e["reason"] == "events_dropped_resync")
+        c.events(&[]).into_iter().find(|e| {
+            e["type"] == "EVENT_TYPE_NODE_RESYNCED" && e["reason"] == "events_dropped_resync"
+        })
     });
     assert_eq!(resync["node"], c.node("a").as_str(), "{resync}");
     // The record follows the engine again.
@@ -189,11 +202,12 @@ fn dropped_engine_events_resync_the_node_and_are_recorded() {
         || {
             let engine = c.engine_container("box")?;
             let want = if devctl_tests::engine_status(&engine) == "running" {
-                "running"
+                "CONTAINER_STATE_RUNNING"
             } else {
-                "stopped"
+                "CONTAINER_STATE_STOPPED"
             };
-            (c.devctl(&["get", "box", "-o", "json"]).json()["state"] == want).then_some(())
+            (c.devctl(&["get", "box", "-o", "json"]).json()["status"]["state"] == want)
+                .then_some(())
         },
     );
 }

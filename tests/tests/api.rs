@@ -1,6 +1,7 @@
 //! The gRPC surface as a generated client sees it: health, reflection,
 //! pagination and status codes (not the CLI's rendering of them).
 
+use devctl_proto::container::ContainerExt;
 use devctl_proto::pb::{
     self, container_service_client::ContainerServiceClient, node_service_client::NodeServiceClient,
 };
@@ -15,7 +16,10 @@ fn spec(name: &str) -> pb::CreateContainerRequest {
     pb::CreateContainerRequest {
         container: Some(pb::Container {
             name: name.into(),
-            image: IMAGE.into(),
+            spec: Some(pb::ContainerSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -117,13 +121,13 @@ async fn exercise(c: &TestCluster) {
         Code::AlreadyExists
     );
     let mut missing_image = spec("img");
-    missing_image.container.as_mut().unwrap().image = "devctl/none:0".into();
+    missing_image.container.as_mut().unwrap().spec_mut().image = "devctl/none:0".into();
     assert_eq!(
         code(containers.create_container(missing_image).await),
         Code::FailedPrecondition
     );
     let mut unknown_node = spec("nodeless");
-    unknown_node.container.as_mut().unwrap().node = "nowhere".into();
+    unknown_node.container.as_mut().unwrap().spec_mut().node = "nowhere".into();
     assert_eq!(
         code(containers.create_container(unknown_node).await),
         Code::NotFound

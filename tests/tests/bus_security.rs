@@ -513,7 +513,7 @@ fn an_agent_with_its_certificate_joins_the_cluster() {
     let c = TestCluster::start(&["a"]);
     let node = c.node("a");
     let n = c.devctl(&["nodes", &node, "-o", "json"]).json();
-    assert_eq!(n["state"], "ready");
+    assert_eq!(n["state"], "NODE_STATE_READY");
     assert!(c.agent_tls("a").join("cert.pem").exists());
     assert!(c.nats_url().starts_with("tls://"));
 }

@@ -42,9 +42,18 @@ fn acknowledged_containers_survive_sigkill_with_their_state() {
     // Listed at once, from the store, before any node reports.
     let list = c.devctl(&["ls", "-o", "json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
-    assert_eq!(by_name(&list, "one")["state"], "running");
-    assert_eq!(by_name(&list, "two")["state"], "stopped");
-    assert_eq!(by_name(&list, "three")["state"], "running");
+    assert_eq!(
+        by_name(&list, "one")["status"]["state"],
+        "CONTAINER_STATE_RUNNING"
+    );
+    assert_eq!(
+        by_name(&list, "two")["status"]["state"],
+        "CONTAINER_STATE_STOPPED"
+    );
+    assert_eq!(
+        by_name(&list, "three")["status"]["state"],
+        "CONTAINER_STATE_RUNNING"
+    );
 
     // The node comes back and operations work again.
     c.wait_nodes_ready(&[c.node("a")]);
@@ -101,13 +110,13 @@ fn changes_made_while_the_scheduler_was_down_are_reconciled_not_destroyed() {
     c.start_scheduler().unwrap();
     wait_until("inventory reconciled", Duration::from_secs(30), || {
         let list = c.devctl(&["ls", "-o", "json"]).json();
-        (by_name(&list, "kept")["state"] == "stopped"
-            && by_name(&list, "gone")["state"] == "failed")
+        (by_name(&list, "kept")["status"]["state"] == "CONTAINER_STATE_STOPPED"
+            && by_name(&list, "gone")["status"]["state"] == "CONTAINER_STATE_FAILED")
             .then_some(())
     });
     let gone = c.devctl(&["get", "gone", "-o", "json"]).json();
     assert!(
-        gone["last_error"]
+        gone["status"]["lastError"]
             .as_str()
             .unwrap()
             .contains("outside devctl"),
@@ -180,14 +189,14 @@ fn sigkill_in_the_middle_of_concurrent_creates_loses_no_acknowledged_container()
         list.as_array()
             .unwrap()
             .iter()
-            .all(|x| x["state"] != "pending")
+            .all(|x| x["status"]["state"] != "CONTAINER_STATE_PENDING")
             .then_some(list)
     });
     for (name, ok) in &results {
         if *ok {
             assert_eq!(
-                by_name(&list, name)["state"],
-                "running",
+                by_name(&list, name)["status"]["state"],
+                "CONTAINER_STATE_RUNNING",
                 "acknowledged {name}"
             );
         }
@@ -209,15 +218,18 @@ fn sigkill_in_the_middle_of_concurrent_creates_loses_no_acknowledged_container()
     assert_eq!(before, names.len(), "duplicates on the engine: {names:?}");
     for name in &names {
         let rec = by_name(&list, name);
-        assert_eq!(rec["state"], "running", "{rec}");
+        assert_eq!(rec["status"]["state"], "CONTAINER_STATE_RUNNING", "{rec}");
     }
     // Every recorded container is on the engine, or marked failed with why.
     for rec in list.as_array().unwrap() {
         let name = rec["name"].as_str().unwrap();
         if !names.iter().any(|n| n == name) {
-            assert_eq!(rec["state"], "failed", "{rec}");
+            assert_eq!(rec["status"]["state"], "CONTAINER_STATE_FAILED", "{rec}");
             assert!(
-                rec["last_error"].as_str().unwrap().contains("interrupted"),
+                rec["status"]["lastError"]
+                    .as_str()
+                    .unwrap()
+                    .contains("interrupted"),
                 "{rec}"
             );
         }

@@ -314,7 +314,7 @@ fn an_agent_joins_with_a_token_runs_containers_renews_and_is_revoked_off_the_bus
             "3600",
         ])
         .json();
-    assert_eq!(made["state"], "running");
+    assert_eq!(made["status"]["state"], "CONTAINER_STATE_RUNNING");
 
     // It renews its certificate over the bus before it runs out.
     let first = serial_of(&tls);

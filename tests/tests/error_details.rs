@@ -137,10 +137,13 @@ fn quota_capacity_and_rate_limit_refusals_are_told_apart_by_their_details() {
     let create = |name: &str, milli_cpus, dry_run| pb::CreateContainerRequest {
         container: Some(pb::Container {
             name: name.into(),
-            image: IMAGE.into(),
-            resources: Some(pb::Resources {
-                milli_cpus,
-                memory_bytes: 0,
+            spec: Some(pb::ContainerSpec {
+                image: IMAGE.into(),
+                resources: Some(pb::Resources {
+                    milli_cpus,
+                    memory_bytes: 0,
+                }),
+                ..Default::default()
             }),
             ..Default::default()
         }),

@@ -17,6 +17,15 @@ fn events(c: &TestCluster, extra: &[&str]) -> Vec<Value> {
     c.events(extra)
 }
 
+/// An event's sequence number (a uint64: a JSON string).
+fn seq(e: &Value) -> u64 {
+    e["sequence"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sequence: {e}"))
+        .parse()
+        .unwrap_or_else(|err| panic!("{err}: {e}"))
+}
+
 fn has(evs: &[Value], kind: &str, container: &str) -> Option<Value> {
     evs.iter()
         .find(|e| e["type"] == kind && (container.is_empty() || e["container"] == container))
@@ -35,25 +44,22 @@ fn operations_and_outside_changes_are_events_and_state_follows_the_engine() {
     let evs = wait_until("lifecycle events", Duration::from_secs(10), || {
         let evs = events(&c, &["--container", "web"]);
         (evs.iter()
-            .filter(|e| e["type"] == "container.started")
+            .filter(|e| e["type"] == "EVENT_TYPE_CONTAINER_STARTED")
             .count()
             == 2)
             .then_some(evs)
     });
-    let created = has(&evs, "container.created", "web").expect("created");
+    let created = has(&evs, "EVENT_TYPE_CONTAINER_CREATED", "web").expect("created");
     assert_eq!(created["actor"], "admin");
     assert_eq!(created["node"], node.as_str());
-    let stopped = has(&evs, "container.stopped", "web").expect("stopped");
+    let stopped = has(&evs, "EVENT_TYPE_CONTAINER_STOPPED", "web").expect("stopped");
     assert_eq!(
         (stopped["actor"].as_str(), stopped["reason"].as_str()),
         (Some("admin"), Some("manual"))
     );
-    assert!(stopped["exit_code"].is_number());
+    assert!(stopped["exitCode"].is_number(), "{stopped}");
     // Sequence numbers increase.
-    let seqs: Vec<u64> = evs
-        .iter()
-        .map(|e| e["sequence"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = evs.iter().map(seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // Killed outside devctl: an event by `system`, and the state follows
@@ -70,21 +76,24 @@ fn operations_and_outside_changes_are_events_and_state_follows_the_engine() {
         Duration::from_secs(2),
         || {
             let g = c.devctl(&["get", "web", "-o", "json"]).json();
-            (g["state"] == "failed").then_some(g)
+            (g["status"]["state"] == "CONTAINER_STATE_FAILED").then_some(g)
         },
     );
     eprintln!("state followed docker kill after {:?}", killed_at.elapsed());
-    assert_eq!(got["exit_code"], 137);
-    assert!(got["last_error"].as_str().unwrap().contains("137"), "{got}");
+    assert_eq!(got["status"]["exitCode"], 137, "{got}");
+    assert!(
+        got["status"]["lastError"].as_str().unwrap().contains("137"),
+        "{got}"
+    );
     let died = wait_until("died event", Duration::from_secs(5), || {
         has(
             &events(&c, &["--container", "web"]),
-            "container.died",
+            "EVENT_TYPE_CONTAINER_DIED",
             "web",
         )
     });
     assert_eq!(
-        (died["actor"].as_str(), died["exit_code"].as_i64()),
+        (died["actor"].as_str(), died["exitCode"].as_i64()),
         (Some("system"), Some(137))
     );
 
@@ -93,7 +102,7 @@ fn operations_and_outside_changes_are_events_and_state_follows_the_engine() {
     let removed = wait_until("removed event", Duration::from_secs(5), || {
         has(
             &events(&c, &["--container", "web"]),
-            "container.removed",
+            "EVENT_TYPE_CONTAINER_REMOVED",
             "web",
         )
     });
@@ -101,8 +110,14 @@ fn operations_and_outside_changes_are_events_and_state_follows_the_engine() {
 
     // Node events: joined and ready at start, filtered by node.
     let node_evs = events(&c, &["--node", &node]);
-    assert!(has(&node_evs, "node.joined", "").is_some(), "{node_evs:?}");
-    assert!(has(&node_evs, "node.ready", "").is_some(), "{node_evs:?}");
+    assert!(
+        has(&node_evs, "EVENT_TYPE_NODE_JOINED", "").is_some(),
+        "{node_evs:?}"
+    );
+    assert!(
+        has(&node_evs, "EVENT_TYPE_NODE_READY", "").is_some(),
+        "{node_evs:?}"
+    );
     assert!(node_evs.iter().all(|e| e["node"] == node.as_str()));
 }
 
@@ -112,7 +127,7 @@ fn events_survive_a_scheduler_restart_and_replay_from_a_time_or_sequence() {
     c.devctl(&["create", "one", "--image", IMAGE]).ok();
     let first = wait_until("first container's events", Duration::from_secs(10), || {
         let evs = events(&c, &["--container", "one"]);
-        has(&evs, "container.started", "one").map(|_| evs)
+        has(&evs, "EVENT_TYPE_CONTAINER_STARTED", "one").map(|_| evs)
     });
     let mut s = c.scheduler.take().unwrap();
     s.signal(Signal::SIGKILL);
@@ -125,28 +140,24 @@ fn events_survive_a_scheduler_restart_and_replay_from_a_time_or_sequence() {
     assert_eq!(again, first);
 
     // --from-seq resumes after a known event; --since filters by time.
-    let last_seq = first.last().unwrap()["sequence"].as_u64().unwrap();
+    let last_seq = seq(first.last().unwrap());
     let marker = std::time::SystemTime::now();
     c.devctl(&["create", "two", "--image", IMAGE]).ok();
     wait_until("second container's events", Duration::from_secs(10), || {
         has(
             &events(&c, &["--container", "two"]),
-            "container.started",
+            "EVENT_TYPE_CONTAINER_STARTED",
             "two",
         )
     });
     let after = events(&c, &["--from-seq", &(last_seq + 1).to_string()]);
-    assert!(
-        after
-            .iter()
-            .all(|e| e["sequence"].as_u64().unwrap() > last_seq)
-    );
-    assert!(has(&after, "container.created", "two").is_some());
-    assert!(has(&after, "container.created", "one").is_none());
+    assert!(after.iter().all(|e| seq(e) > last_seq));
+    assert!(has(&after, "EVENT_TYPE_CONTAINER_CREATED", "two").is_some());
+    assert!(has(&after, "EVENT_TYPE_CONTAINER_CREATED", "one").is_none());
     let since = humantime::format_rfc3339_millis(marker).to_string();
     let recent = events(&c, &["--since", &since, "--container", "two"]);
     assert!(
-        has(&recent, "container.created", "two").is_some(),
+        has(&recent, "EVENT_TYPE_CONTAINER_CREATED", "two").is_some(),
         "{recent:?}"
     );
     assert!(events(&c, &["--since", &since, "--container", "one"]).is_empty());
@@ -181,7 +192,7 @@ fn follow_streams_new_events_and_nodes_going_down_are_events() {
             if let Some(e) = seen.iter().find(|e: &&Value| {
                 e["type"] == kind
                     && (e["container"] == subject || e["node"] == subject)
-                    && e["sequence"].as_u64().unwrap() > after
+                    && seq(e) > after
             }) {
                 return e.clone();
             }
@@ -194,14 +205,17 @@ fn follow_streams_new_events_and_nodes_going_down_are_events() {
     };
 
     c.devctl(&["create", "live", "--image", IMAGE]).ok();
-    assert_eq!(wait_for("container.started", "live", 0)["actor"], "admin");
+    assert_eq!(
+        wait_for("EVENT_TYPE_CONTAINER_STARTED", "live", 0)["actor"],
+        "admin"
+    );
 
     // An agent killed without a word: down after the node timeout.
     c.agent("b").signal(Signal::SIGKILL);
-    let down = wait_for("node.down", &b, 0);
+    let down = wait_for("EVENT_TYPE_NODE_DOWN", &b, 0);
     assert_eq!(down["reason"], "heartbeat_timeout");
     c.start_agent("b", &[]).unwrap();
-    let ready_again = wait_for("node.ready", &b, down["sequence"].as_u64().unwrap());
+    let ready_again = wait_for("EVENT_TYPE_NODE_READY", &b, seq(&down));
     assert_eq!(ready_again["reason"], "heartbeat");
 
     follower.kill().unwrap();
@@ -222,14 +236,14 @@ fn a_late_event_never_overwrites_newer_state() {
     wait_until("all lifecycle events", Duration::from_secs(15), || {
         let evs = events(&c, &["--container", "flip"]);
         (evs.iter()
-            .filter(|e| e["type"] == "container.started")
+            .filter(|e| e["type"] == "EVENT_TYPE_CONTAINER_STARTED")
             .count()
             == 4)
             .then_some(())
     });
     // ...the record still says what the engine says.
     let got = c.devctl(&["get", "flip", "-o", "json"]).json();
-    assert_eq!(got["state"], "running", "{got}");
+    assert_eq!(got["status"]["state"], "CONTAINER_STATE_RUNNING", "{got}");
     let engine = c.engine_container("flip").unwrap();
     assert_eq!(engine["State"]["Status"], "running");
 }
@@ -302,11 +316,15 @@ fn an_event_waiting_on_one_node_does_not_hold_up_another_nodes() {
     wait_until(
         "on-b's record to follow docker kill",
         Duration::from_secs(25),
-        || (c.devctl(&["get", "on-b", "-o", "json"]).json()["state"] == "failed").then_some(()),
+        || {
+            (c.devctl(&["get", "on-b", "-o", "json"]).json()["status"]["state"]
+                == "CONTAINER_STATE_FAILED")
+                .then_some(())
+        },
     );
     let still = c.devctl(&["get", "on-a", "-o", "json"]).json();
     assert_eq!(
-        still["state"], "running",
+        still["status"]["state"], "CONTAINER_STATE_RUNNING",
         "a's event was handled first: {still}"
     );
     c.agent("a").signal(Signal::SIGCONT);

@@ -88,18 +88,21 @@ fn exec_returns_output_and_exit_code_and_forwards_piped_stdin() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    let ended: Vec<&Value> = evs.iter().filter(|e| e["type"] == "exec.ended").collect();
+    let ended: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "EVENT_TYPE_EXEC_ENDED")
+        .collect();
     assert!(
         ended
             .iter()
-            .any(|e| e["exit_code"] == 3 && e["actor"] == "admin"),
+            .any(|e| e["exitCode"] == 3 && e["actor"] == "admin"),
         "{ended:?}"
     );
     for e in &ended {
         let session = e["session"].as_str().unwrap();
         assert!(
             evs.iter()
-                .any(|s| s["type"] == "exec.started" && s["session"] == session)
+                .any(|s| s["type"] == "EVENT_TYPE_EXEC_STARTED" && s["session"] == session)
         );
     }
 }

@@ -33,7 +33,7 @@ fn a_cancelled_exec_leaves_no_process_in_the_container() {
     let created = c
         .devctl(&["create", "box", "--image", IMAGE, "-o", "json"])
         .json();
-    let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
+    let runtime_id = created["status"]["runtimeId"].as_str().unwrap().to_string();
 
     for tty in [false, true] {
         let mut args = vec!["exec"];
@@ -65,8 +65,8 @@ fn a_cancelled_exec_leaves_no_process_in_the_container() {
     }
     // The container itself still runs.
     assert_eq!(
-        c.devctl(&["get", "box", "-o", "json"]).json()["state"],
-        "running"
+        c.devctl(&["get", "box", "-o", "json"]).json()["status"]["state"],
+        "CONTAINER_STATE_RUNNING"
     );
 }
 
@@ -107,7 +107,7 @@ fn input_waits_for_a_command_that_does_not_read_it() {
     let created = c
         .devctl(&["create", "box", "--image", IMAGE, "-o", "json"])
         .json();
-    let runtime_id = created["runtime_id"].as_str().unwrap().to_string();
+    let runtime_id = created["status"]["runtimeId"].as_str().unwrap().to_string();
     // Reads its stdin only once /tmp/go exists.
     let script = "while [ ! -e /tmp/go ]; do sleep 0.1; done; wc -c";
     let mut cli = c

@@ -8,7 +8,7 @@ use devctl_tests::{IMAGE, TestCluster, engine_status, wait_until};
 use serde_json::Value;
 
 fn expiry(c: &Value) -> SystemTime {
-    let text = c["lease_expires"]
+    let text = c["status"]["leaseExpireTime"]
         .as_str()
         .unwrap_or_else(|| panic!("no lease: {c}"));
     humantime::parse_rfc3339(text).unwrap()
@@ -24,7 +24,7 @@ fn finished_at(c: &TestCluster, name: &str) -> SystemTime {
 fn wait_state(c: &TestCluster, name: &str, state: &str) -> Value {
     wait_until(&format!("{name} {state}"), Duration::from_secs(30), || {
         let v = c.devctl(&["get", name, "-o", "json"]).json();
-        (v["state"] == state).then_some(v)
+        (v["status"]["state"] == state).then_some(v)
     })
 }
 
@@ -42,7 +42,7 @@ fn an_expired_lease_stops_its_container_on_time_and_extend_renews_it() {
             "create", "long", "--image", IMAGE, "--ttl", "3s", "-o", "json",
         ])
         .json();
-    assert_eq!(short["ttl_seconds"], 3);
+    assert_eq!(short["spec"]["ttlSeconds"], "3", "{short}");
     let expires = expiry(&short);
     // Renewed within the maximum: one hour from now.
     let extended = c.devctl(&["extend", "long", "1h", "-o", "json"]).json();
@@ -61,9 +61,15 @@ fn an_expired_lease_stops_its_container_on_time_and_extend_renews_it() {
     let table = c.devctl(&["ls"]).ok().stdout;
     assert!(table.contains("LEASE"), "{table}");
 
-    let stopped = wait_state(&c, "short", "stopped");
-    assert_eq!(stopped["stop_reason"], "lease_expired", "{stopped}");
-    assert!(stopped.get("lease_expires").is_none(), "{stopped}");
+    let stopped = wait_state(&c, "short", "CONTAINER_STATE_STOPPED");
+    assert_eq!(
+        stopped["status"]["stopReason"], "STOP_REASON_LEASE_EXPIRED",
+        "{stopped}"
+    );
+    assert!(
+        stopped["status"].get("leaseExpireTime").is_none(),
+        "{stopped}"
+    );
     // Never early, and within two seconds of the expiry.
     let ended = finished_at(&c, "short");
     assert!(
@@ -77,22 +83,29 @@ fn an_expired_lease_stops_its_container_on_time_and_extend_renews_it() {
     );
     let evs = c.events(&["--container", "short"]);
     assert!(
-        evs.iter().any(|e| e["type"] == "container.stopped"
-            && e["reason"] == "lease_expired"
-            && e["actor"] == "system"),
+        evs.iter()
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_STOPPED"
+                && e["reason"] == "lease_expired"
+                && e["actor"] == "system"),
         "{evs:?}"
     );
     // The extended one outlived the original expiry.
     let long = c.devctl(&["get", "long", "-o", "json"]).json();
-    assert_eq!(long["state"], "running", "{long}");
+    assert_eq!(long["status"]["state"], "CONTAINER_STATE_RUNNING", "{long}");
     let evs = c.events(&["--container", "long"]);
-    assert!(evs.iter().any(|e| e["type"] == "lease.extended"), "{evs:?}");
+    assert!(
+        evs.iter().any(|e| e["type"] == "EVENT_TYPE_LEASE_EXTENDED"),
+        "{evs:?}"
+    );
 
     // A start renews the lease for the container's TTL.
     let started = c.devctl(&["start", "short", "-o", "json"]).json();
     assert!(expiry(&started) > SystemTime::now(), "{started}");
-    assert_eq!(started["state"], "running");
-    assert!(started.get("stop_reason").is_none(), "{started}");
+    assert_eq!(
+        started["status"]["state"], "CONTAINER_STATE_RUNNING",
+        "{started}"
+    );
+    assert!(started["status"].get("stopReason").is_none(), "{started}");
 }
 
 #[test]
@@ -103,7 +116,7 @@ fn lease_requests_outside_the_policy_are_refused_by_field() {
         .devctl(&["create", "forever", "--image", IMAGE, "--ttl", "0"])
         .err();
     assert!(err.contains("InvalidArgument"), "{err}");
-    assert!(err.contains("container.ttl_seconds"), "{err}");
+    assert!(err.contains("container.spec.ttl_seconds"), "{err}");
     let err = c
         .devctl(&["create", "long", "--image", IMAGE, "--ttl", "2h"])
         .err();
@@ -117,7 +130,7 @@ fn lease_requests_outside_the_policy_are_refused_by_field() {
     let d = c
         .devctl(&["create", "dflt", "--image", IMAGE, "-o", "json"])
         .json();
-    assert_eq!(d["ttl_seconds"], 3600);
+    assert_eq!(d["spec"]["ttlSeconds"], "3600", "{d}");
     c.devctl(&["stop", "dflt", "-t", "0"]).ok();
     let err = c.devctl(&["extend", "dflt", "10m"]).err();
     assert!(
@@ -129,13 +142,16 @@ fn lease_requests_outside_the_policy_are_refused_by_field() {
 #[test]
 fn a_scheduler_down_across_an_expiry_acts_on_it_when_it_starts() {
     let mut c = TestCluster::start_opts(&["a"], &[], &["--allow-no-ttl"]).unwrap();
-    let lease = c
-        .devctl(&[
-            "create", "lapse", "--image", IMAGE, "--ttl", "3s", "-o", "json",
-        ])
-        .json();
+    // The container without a lease first: between the lease's create and
+    // the kill there is then nothing but reading its answer, so the lease
+    // runs out with the scheduler down even on a loaded machine.
     c.devctl(&["create", "keep", "--image", IMAGE, "--ttl", "0"])
         .ok();
+    let lease = c
+        .devctl(&[
+            "create", "lapse", "--image", IMAGE, "--ttl", "4s", "-o", "json",
+        ])
+        .json();
     let expires = expiry(&lease);
     c.scheduler
         .take()
@@ -149,16 +165,19 @@ fn a_scheduler_down_across_an_expiry_acts_on_it_when_it_starts() {
     assert_eq!(engine_status(&engine), "running");
 
     c.start_scheduler().unwrap();
-    let stopped = wait_state(&c, "lapse", "stopped");
-    assert_eq!(stopped["stop_reason"], "lease_expired", "{stopped}");
+    let stopped = wait_state(&c, "lapse", "CONTAINER_STATE_STOPPED");
+    assert_eq!(
+        stopped["status"]["stopReason"], "STOP_REASON_LEASE_EXPIRED",
+        "{stopped}"
+    );
     assert_eq!(
         engine_status(&c.engine_container("lapse").unwrap()),
         "exited"
     );
     // No lease: untouched.
     let keep = c.devctl(&["get", "keep", "-o", "json"]).json();
-    assert_eq!(keep["state"], "running", "{keep}");
-    assert_eq!(keep["ttl_seconds"], 0);
+    assert_eq!(keep["status"]["state"], "CONTAINER_STATE_RUNNING", "{keep}");
+    assert_eq!(keep["spec"]["ttlSeconds"], "0", "{keep}");
 }
 
 #[test]
@@ -180,9 +199,10 @@ fn with_the_remove_policy_an_expired_container_is_removed() {
     assert!(c.engine_container("temp").is_none());
     let evs = c.events(&["--container", "temp"]);
     assert!(
-        evs.iter().any(|e| e["type"] == "container.removed"
-            && e["reason"] == "lease_expired"
-            && e["actor"] == "system"),
+        evs.iter()
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_REMOVED"
+                && e["reason"] == "lease_expired"
+                && e["actor"] == "system"),
         "{evs:?}"
     );
 }

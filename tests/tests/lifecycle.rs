@@ -27,9 +27,9 @@ fn create_stop_start_restart_rm_drive_the_engine() {
         ])
         .json();
     assert_eq!(created["name"], "web");
-    assert_eq!(created["image"], IMAGE);
-    assert_eq!(created["state"], "running");
-    assert_eq!(created["node"], node.as_str());
+    assert_eq!(created["spec"]["image"], IMAGE);
+    assert_eq!(created["status"]["state"], "CONTAINER_STATE_RUNNING");
+    assert_eq!(created["status"]["node"], node.as_str());
     assert_eq!(created["owner"], "admin");
 
     // The engine's view, not only the scheduler's.
@@ -51,13 +51,13 @@ fn create_stop_start_restart_rm_drive_the_engine() {
             .iter()
             .any(|e| e == "EDITOR=vi")
     );
-    assert_eq!(created["runtime_id"], engine["Id"]);
+    assert_eq!(created["status"]["runtimeId"], engine["Id"]);
 
     // ls and get agree.
     let list = c.devctl(&["ls", "-o", "json"]).json();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["name"], "web");
-    assert_eq!(list[0]["state"], "running");
+    assert_eq!(list[0]["status"]["state"], "CONTAINER_STATE_RUNNING");
     let table = c.devctl(&["ls"]).ok().stdout;
     assert!(table.starts_with("NAME"), "{table}");
     assert!(
@@ -65,22 +65,22 @@ fn create_stop_start_restart_rm_drive_the_engine() {
         "{table}"
     );
     let yaml = c.devctl(&["get", "web", "-o", "yaml"]).ok().stdout;
-    assert!(yaml.contains("state: running"), "{yaml}");
+    assert!(yaml.contains("state: CONTAINER_STATE_RUNNING"), "{yaml}");
 
     // stop
     let stopped = c.devctl(&["stop", "web", "-o", "json"]).json();
-    assert_eq!(stopped["state"], "stopped");
-    assert_eq!(stopped["desired_state"], "stopped");
-    assert!(stopped["exit_code"].is_number(), "{stopped}");
+    assert_eq!(stopped["status"]["state"], "CONTAINER_STATE_STOPPED");
+    assert_eq!(stopped["spec"]["desiredState"], "DESIRED_STATE_STOPPED");
+    assert!(stopped["status"]["exitCode"].is_number(), "{stopped}");
     assert_eq!(engine_status(&c.engine_container("web").unwrap()), "exited");
     assert_eq!(
-        c.devctl(&["get", "web", "-o", "json"]).json()["state"],
-        "stopped"
+        c.devctl(&["get", "web", "-o", "json"]).json()["status"]["state"],
+        "CONTAINER_STATE_STOPPED"
     );
 
     // start
     let started = c.devctl(&["start", "web", "-o", "json"]).json();
-    assert_eq!(started["state"], "running");
+    assert_eq!(started["status"]["state"], "CONTAINER_STATE_RUNNING");
     let engine = c.engine_container("web").unwrap();
     assert_eq!(engine_status(&engine), "running");
     let first_start = engine["State"]["StartedAt"].as_str().unwrap().to_string();
@@ -89,7 +89,7 @@ fn create_stop_start_restart_rm_drive_the_engine() {
     let restarted = c
         .devctl(&["restart", "web", "-t", "1", "-o", "json"])
         .json();
-    assert_eq!(restarted["state"], "running");
+    assert_eq!(restarted["status"]["state"], "CONTAINER_STATE_RUNNING");
     let engine = c.engine_container("web").unwrap();
     assert_eq!(engine_status(&engine), "running");
     assert_ne!(engine["State"]["StartedAt"].as_str().unwrap(), first_start);
@@ -138,7 +138,7 @@ fn a_command_after_double_dash_runs_in_the_container() {
         ])
         .json();
     assert_eq!(
-        created["command"],
+        created["spec"]["command"],
         serde_json::json!(["sh", "-c", "sleep 3600"])
     );
     let engine = c.engine_container("job").unwrap();

@@ -29,13 +29,18 @@ fn a_lost_agent_makes_its_containers_lost_and_its_return_reconciles_them() {
     c.agent("a").signal(Signal::SIGKILL);
     c.wait_node_state(&node, "down");
     for name in ["alive", "gone"] {
-        let v = wait_for(&c, name, "lost", |v| v["state"] == "lost");
-        assert!(v["last_error"].as_str().unwrap().contains("down"), "{v}");
+        let v = wait_for(&c, name, "lost", |v| {
+            v["status"]["state"] == "CONTAINER_STATE_LOST"
+        });
+        assert!(
+            v["status"]["lastError"].as_str().unwrap().contains("down"),
+            "{v}"
+        );
     }
     let evs = c.events(&["--container", "alive"]);
     assert!(
         evs.iter()
-            .any(|e| e["type"] == "container.lost" && e["reason"] == "node_lost"),
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_LOST" && e["reason"] == "node_lost"),
         "{evs:?}"
     );
     // While the node is away, one of its containers disappears.
@@ -51,10 +56,17 @@ fn a_lost_agent_makes_its_containers_lost_and_its_return_reconciles_them() {
 
     c.start_agent("a", &[]).unwrap();
     c.wait_node_state(&node, "ready");
-    let alive = wait_for(&c, "alive", "running again", |v| v["state"] == "running");
-    assert!(alive.get("last_error").is_none(), "{alive}");
-    let gone = wait_for(&c, "gone", "failed", |v| v["state"] == "failed");
-    assert_eq!(gone["stop_reason"], "node_lost", "{gone}");
+    let alive = wait_for(&c, "alive", "running again", |v| {
+        v["status"]["state"] == "CONTAINER_STATE_RUNNING"
+    });
+    assert!(alive["status"].get("lastError").is_none(), "{alive}");
+    let gone = wait_for(&c, "gone", "failed", |v| {
+        v["status"]["state"] == "CONTAINER_STATE_FAILED"
+    });
+    assert_eq!(
+        gone["status"]["stopReason"], "STOP_REASON_NODE_LOST",
+        "{gone}"
+    );
     // Nothing was deleted: both records remain.
     assert_eq!(
         c.devctl(&["ls", "-o", "json"])
@@ -70,7 +82,12 @@ fn a_lost_agent_makes_its_containers_lost_and_its_return_reconciles_them() {
 fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
     let c = TestCluster::start(&["a", "b"]);
     let (a, b) = (c.node("a"), c.node("b"));
-    let node_of = |name: &str| get(&c, name)["node"].as_str().unwrap().to_string();
+    let node_of = |name: &str| {
+        get(&c, name)["status"]["node"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
 
     let n = c.devctl(&["nodes", "cordon", &a, "-o", "json"]).json();
     assert_eq!(n["cordoned"], true, "{n}");
@@ -96,21 +113,24 @@ fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
     assert_eq!(drained["stopped"], serde_json::json!(["w1"]), "{drained}");
     assert_eq!(drained["node"]["cordoned"], true, "{drained}");
     let w1 = get(&c, "w1");
-    assert_eq!(w1["state"], "stopped", "{w1}");
-    assert_eq!(w1["stop_reason"], "drained", "{w1}");
+    assert_eq!(w1["status"]["state"], "CONTAINER_STATE_STOPPED", "{w1}");
+    assert_eq!(w1["status"]["stopReason"], "STOP_REASON_DRAINED", "{w1}");
     // A container stopped before the drain keeps its own reason.
-    assert_eq!(get(&c, "w2")["stop_reason"], "manual");
+    assert_eq!(get(&c, "w2")["status"]["stopReason"], "STOP_REASON_MANUAL");
     let evs = c.events(&["--container", "w1"]);
     assert!(
         evs.iter()
-            .any(|e| e["type"] == "container.stopped" && e["reason"] == "drained"),
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_STOPPED" && e["reason"] == "drained"),
         "{evs:?}"
     );
 
     // Started again: b is cordoned, so it is placed on a, same definition.
     let started = c.devctl(&["start", "w1", "-o", "json"]).json();
-    assert_eq!(started["state"], "running", "{started}");
-    assert_eq!(started["node"], a.as_str(), "{started}");
+    assert_eq!(
+        started["status"]["state"], "CONTAINER_STATE_RUNNING",
+        "{started}"
+    );
+    assert_eq!(started["status"]["node"], a.as_str(), "{started}");
     assert_eq!(started["id"], w1["id"]);
     let engine = c.engine_container("w1").expect("on the engine once");
     assert_eq!(engine["Config"]["Labels"]["io.devctl.node"], a.as_str());
@@ -120,7 +140,7 @@ fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
     // one is a no-op: it is not moved.
     c.devctl(&["nodes", "cordon", &a]).ok();
     let again = c.devctl(&["start", "w1", "-o", "json"]).json();
-    assert_eq!(again["node"], a.as_str(), "{again}");
+    assert_eq!(again["status"]["node"], a.as_str(), "{again}");
     let same = c.engine_container("w1").expect("on the engine once");
     assert_eq!(same["Id"], engine["Id"]);
 }
@@ -135,7 +155,7 @@ fn a_node_over_the_memory_threshold_is_refused_with_that_reason() {
     // The usage report arrives with the stats, a moment after readiness.
     wait_until("hot node's usage", Duration::from_secs(20), || {
         let n = c.devctl(&["nodes", &hot, "-o", "json"]).json();
-        n.get("memory_used_bytes").map(|_| ())
+        n["usage"].get("memoryUsedBytes").map(|_| ())
     });
     let err = c
         .devctl(&["create", "x", "--image", IMAGE, "--node", &hot])
@@ -148,7 +168,7 @@ fn a_node_over_the_memory_threshold_is_refused_with_that_reason() {
     let placed = c
         .devctl(&["create", "x", "--image", IMAGE, "-o", "json"])
         .json();
-    assert_eq!(placed["node"], c.node("a").as_str());
+    assert_eq!(placed["status"]["node"], c.node("a").as_str());
 }
 
 #[test]
@@ -183,12 +203,16 @@ fn unknown_devctl_containers_are_reported_then_removed_after_the_grace_period() 
     );
     let evs = c.events(&["--node", &node]);
     assert!(
-        evs.iter().any(|e| e["type"] == "container.removed"
-            && e["reason"] == "unknown_container"
-            && e["container"] == "stray"),
+        evs.iter()
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_REMOVED"
+                && e["reason"] == "unknown_container"
+                && e["container"] == "stray"),
         "{evs:?}"
     );
-    assert_eq!(get(&c, "known")["state"], "running");
+    assert_eq!(
+        get(&c, "known")["status"]["state"],
+        "CONTAINER_STATE_RUNNING"
+    );
     assert_eq!(
         engine_status(&c.engine_container("known").unwrap()),
         "running"

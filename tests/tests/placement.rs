@@ -14,11 +14,11 @@ fn two_agents_on_one_engine_are_two_nodes_and_containers_spread() {
     let nodes = nodes.as_array().unwrap();
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     for n in nodes {
-        assert_eq!(n["state"], "ready");
+        assert_eq!(n["state"], "NODE_STATE_READY");
         assert!(n["cpus"].as_i64().unwrap() >= 1);
-        assert!(n["memory_bytes"].as_i64().unwrap() > 0);
+        assert!(n["memoryBytes"].as_str().unwrap().parse::<i64>().unwrap() > 0);
         assert_eq!(n["labels"]["zone"], "test");
-        assert!(!n["docker_version"].as_str().unwrap().is_empty());
+        assert!(!n["dockerVersion"].as_str().unwrap().is_empty());
     }
     let one = c.devctl(&["nodes", &b, "-o", "json"]).json();
     assert_eq!(one["name"], b.as_str());
@@ -31,7 +31,7 @@ fn two_agents_on_one_engine_are_two_nodes_and_containers_spread() {
                 "create", &name, "--image", IMAGE, "--node", &b, "-o", "json",
             ])
             .json();
-        assert_eq!(got["node"], b.as_str());
+        assert_eq!(got["status"]["node"], b.as_str());
         let engine = c.engine_container(&name).unwrap();
         assert_eq!(engine["Config"]["Labels"]["io.devctl.node"], b.as_str());
     }
@@ -51,7 +51,7 @@ fn two_agents_on_one_engine_are_two_nodes_and_containers_spread() {
             ])
             .json();
         *per_node
-            .entry(got["node"].as_str().unwrap().to_string())
+            .entry(got["status"]["node"].as_str().unwrap().to_string())
             .or_default() += 1;
     }
     assert_eq!(per_node[&a], 3, "{per_node:?}");
@@ -68,7 +68,7 @@ fn two_agents_on_one_engine_are_two_nodes_and_containers_spread() {
     assert_eq!((on(&a), on(&b)), (3, 3));
     let nodes = c.devctl(&["nodes", "-o", "json"]).json();
     for n in nodes.as_array().unwrap() {
-        assert_eq!(n["containers"], 3);
+        assert_eq!(n["containerCount"], 3);
     }
     // ls --node filters.
     let only_a = c.devctl(&["ls", "--node", &a, "-o", "json"]).json();
@@ -93,7 +93,7 @@ fn a_down_node_is_never_chosen_and_a_pinned_create_says_why() {
         let got = c
             .devctl(&["create", &format!("c{i}"), "--image", IMAGE, "-o", "json"])
             .json();
-        assert_eq!(got["node"], a.as_str());
+        assert_eq!(got["status"]["node"], a.as_str());
     }
     let err = c
         .devctl(&["create", "pinned", "--image", IMAGE, "--node", &b])

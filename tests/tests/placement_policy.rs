@@ -9,7 +9,7 @@ fn constraints_reservations_strategies_and_dry_runs() {
     c.start_agent("a", &["--label", "zone=eu"]).unwrap();
     c.wait_nodes_ready(&[c.node("a")]);
     let (a, b) = (c.node("a"), c.node("b"));
-    let node_of = |r: serde_json::Value| r["node"].as_str().unwrap().to_string();
+    let node_of = |r: serde_json::Value| r["status"]["node"].as_str().unwrap().to_string();
 
     // A constraint picks the labelled node; an impossible one says why for
     // every node.
@@ -45,7 +45,7 @@ fn constraints_reservations_strategies_and_dry_runs() {
 
     // Reservations: a now has 0.5 of its CPUs reserved.
     let nodes = c.devctl(&["nodes", &a, "-o", "json"]).json();
-    assert_eq!(nodes["reserved_milli_cpus"], 500);
+    assert_eq!(nodes["reservedMilliCpus"], "500");
 
     // binpack fills a (the fuller node that fits), spread prefers b.
     let packed = c
@@ -111,16 +111,16 @@ fn constraints_reservations_strategies_and_dry_runs() {
     // A stopped container gives its reservation back.
     c.devctl(&["stop", "packed", "-t", "0"]).ok();
     assert_eq!(
-        c.devctl(&["nodes", &a, "-o", "json"]).json()["reserved_milli_cpus"],
-        500
+        c.devctl(&["nodes", &a, "-o", "json"]).json()["reservedMilliCpus"],
+        "500"
     );
 
     // A dry run decides and creates nothing.
     let dry = c
         .devctl(&["create", "dry", "--image", IMAGE, "--dry-run", "-o", "json"])
         .json();
-    assert_eq!(dry["state"], "pending");
-    assert!(!dry["node"].as_str().unwrap().is_empty());
+    assert_eq!(dry["status"]["state"], "CONTAINER_STATE_PENDING");
+    assert!(!dry["status"]["node"].as_str().unwrap().is_empty());
     let err = c.devctl(&["get", "dry"]).err();
     assert!(err.contains("NotFound"), "{err}");
     assert!(c.engine_container("dry").is_none());

@@ -13,8 +13,13 @@ fn containers_get_default_limits_and_developers_a_default_quota() {
     let plain = c
         .devctl_as(&alice, &["create", "plain", "--image", IMAGE, "-o", "json"])
         .json();
-    assert_eq!(plain["cpus"], 1.0, "{plain}");
-    assert_eq!(plain["memory_bytes"], 2i64 << 30, "{plain}");
+    let resources = &plain["spec"]["resources"];
+    assert_eq!(resources["milliCpus"], "1000", "{plain}");
+    assert_eq!(
+        resources["memoryBytes"],
+        (2i64 << 30).to_string(),
+        "{plain}"
+    );
     let hc = &c.engine_container("plain").expect("on the engine")["HostConfig"];
     assert_eq!(hc["NanoCpus"], 1_000_000_000i64);
     assert_eq!(hc["Memory"], 2i64 << 30);

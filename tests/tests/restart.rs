@@ -17,7 +17,7 @@ fn kill_scheduler(c: &mut TestCluster) {
 }
 
 fn node_of(c: &TestCluster, name: &str) -> String {
-    c.devctl(&["get", name, "-o", "json"]).json()["node"]
+    c.devctl(&["get", name, "-o", "json"]).json()["status"]["node"]
         .as_str()
         .unwrap()
         .to_string()
@@ -40,7 +40,7 @@ fn right_after_a_scheduler_restart_creates_and_removals_reach_the_nodes() {
     let nodes = c.devctl(&["nodes", "-o", "json"]).json();
     for n in nodes.as_array().unwrap() {
         assert!(
-            n["state"] == "unknown" || n["state"] == "ready",
+            n["state"] == "NODE_STATE_UNKNOWN" || n["state"] == "NODE_STATE_READY",
             "a node heard from before the restart is not down: {n}"
         );
     }
@@ -50,7 +50,10 @@ fn right_after_a_scheduler_restart_creates_and_removals_reach_the_nodes() {
         ])
         .ok()
         .json();
-    assert_eq!(created["state"], "running", "{created}");
+    assert_eq!(
+        created["status"]["state"], "CONTAINER_STATE_RUNNING",
+        "{created}"
+    );
     c.devctl(&["rm", "on-a", "--force"]).ok();
     wait_until("on-a gone from the engine", Duration::from_secs(20), || {
         c.engine_container("on-a").is_none().then_some(())
@@ -60,12 +63,12 @@ fn right_after_a_scheduler_restart_creates_and_removals_reach_the_nodes() {
     let down: Vec<Value> = c
         .events(&[])
         .into_iter()
-        .filter(|e| e["type"] == "node.down" && (e["node"] == a || e["node"] == b))
+        .filter(|e| e["type"] == "EVENT_TYPE_NODE_DOWN" && (e["node"] == a || e["node"] == b))
         .collect();
     assert!(down.is_empty(), "{down:?}");
     assert_eq!(
-        c.devctl(&["get", "on-b", "-o", "json"]).json()["state"],
-        "running"
+        c.devctl(&["get", "on-b", "-o", "json"]).json()["status"]["state"],
+        "CONTAINER_STATE_RUNNING"
     );
     let log = c.scheduler.as_ref().unwrap().log();
     assert!(!log.contains("forgetting"), "{log}");
@@ -96,7 +99,7 @@ fn a_removal_on_a_down_node_is_carried_out_when_the_node_returns() {
     // Recorded, not forgotten: the engine still has it, the record says so.
     assert!(c.engine_container("box").is_some());
     let v = c.devctl(&["get", "box", "-o", "json"]).json();
-    assert_eq!(v["desired_state"], "removed", "{v}");
+    assert_eq!(v["spec"]["desiredState"], "DESIRED_STATE_REMOVED", "{v}");
     let ls = c.devctl(&["ls"]).ok().stdout;
     assert!(ls.contains("removing (node down)"), "{ls}");
     // Its name stays taken, and it cannot be started meanwhile.
@@ -109,7 +112,8 @@ fn a_removal_on_a_down_node_is_carried_out_when_the_node_returns() {
     let evs = c.events(&["--container", "box"]);
     assert!(
         evs.iter()
-            .any(|e| e["type"] == "container.removal_pending" && e["reason"] == "removal_pending"),
+            .any(|e| e["type"] == "EVENT_TYPE_CONTAINER_REMOVAL_PENDING"
+                && e["reason"] == "removal_pending"),
         "{evs:?}"
     );
 
@@ -146,9 +150,10 @@ fn a_bus_killed_and_restarted_keeps_nodes_commands_and_history() {
             let nodes = c.devctl(&["nodes", "-o", "json"]);
             let nodes: Value = serde_json::from_str(&nodes.stdout).ok()?;
             let ready = |n: &str| {
-                nodes
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|x| x["name"] == n && x["state"] == "ready"))
+                nodes.as_array().is_some_and(|l| {
+                    l.iter()
+                        .any(|x| x["name"] == n && x["state"] == "NODE_STATE_READY")
+                })
             };
             if !(ready(&a) && ready(&b)) {
                 return None;

@@ -96,7 +96,7 @@ fn forged_engine_events_about_another_nodes_container_are_dropped() {
     // says it dropped them (each of the first few is logged).
     let forged = |evs: &[Value]| {
         evs.iter()
-            .filter(|e| e["node"] == a.as_str() || e["type"] == "container.died")
+            .filter(|e| e["node"] == a.as_str() || e["type"] == "EVENT_TYPE_CONTAINER_DIED")
             .count()
     };
     wait_until(
@@ -111,9 +111,12 @@ fn forged_engine_events_about_another_nodes_container_are_dropped() {
     let evs = c.events(&["--container", "victim"]);
     assert_eq!(forged(&evs), 0, "forged events in the history: {evs:?}");
     let after = get(&c, "victim");
-    assert_eq!(after["state"], "running", "{after}");
-    assert_eq!(after["node"], b.as_str());
-    assert_eq!(after["last_error"], before["last_error"]);
+    assert_eq!(
+        after["status"]["state"], "CONTAINER_STATE_RUNNING",
+        "{after}"
+    );
+    assert_eq!(after["status"]["node"], b.as_str());
+    assert_eq!(after["status"]["lastError"], before["status"]["lastError"]);
     // The OOM claim does not colour the container's real death: b's own
     // die is recorded as an exit, not an OOM kill.
     let engine = c.engine_container("victim").unwrap();
@@ -125,7 +128,7 @@ fn forged_engine_events_about_another_nodes_container_are_dropped() {
     let died = wait_until("the real death recorded", Duration::from_secs(15), || {
         c.events(&["--container", "victim"])
             .into_iter()
-            .find(|e| e["type"] == "container.died")
+            .find(|e| e["type"] == "EVENT_TYPE_CONTAINER_DIED")
     });
     assert_eq!(died["node"], b.as_str());
     assert_eq!(died["reason"], "exited", "{died}");
@@ -169,7 +172,7 @@ fn forged_stats_about_another_nodes_container_are_ignored() {
             rogue.publish(bus::stats_subject(&a), &forged(&a));
             let sample = c.stats_sample("victim").unwrap_or_default();
             assert_ne!(
-                sample["cpu_percent"], 4242.0,
+                sample["cpuPercent"], 4242.0,
                 "forged sample served: {sample}"
             );
             assert_eq!(sample["node"], b.as_str(), "{sample}");
@@ -183,7 +186,7 @@ fn forged_stats_about_another_nodes_container_are_ignored() {
     rogue.publish(bus::stats_subject(&a), &forged(&b));
     wait_until("b's sample again", Duration::from_secs(15), || {
         let s = c.stats_sample("victim")?;
-        assert_ne!(s["cpu_percent"], 4242.0, "{s}");
+        assert_ne!(s["cpuPercent"], 4242.0, "{s}");
         (s["node"] == b.as_str()).then_some(())
     });
     c.devctl(&["rm", "--force", "victim"]).ok();
@@ -228,11 +231,15 @@ fn a_claim_of_4096_cpus_does_not_win_placement_and_is_an_event() {
             "json",
         ])
         .json();
-    assert_eq!(out["node"], b.as_str(), "the claim won placement: {out}");
+    assert_eq!(
+        out["status"]["node"],
+        b.as_str(),
+        "the claim won placement: {out}"
+    );
     let grew = wait_until("a capacity event for a", Duration::from_secs(15), || {
         c.events(&["--node", &a])
             .into_iter()
-            .find(|e| e["type"] == "node.capacity_changed")
+            .find(|e| e["type"] == "EVENT_TYPE_NODE_CAPACITY_CHANGED")
     });
     assert_eq!(grew["actor"], "system", "{grew}");
     assert!(grew["message"].as_str().unwrap().contains("4096"), "{grew}");

@@ -53,7 +53,7 @@ fn sigterm_stops_agent_and_scheduler_cleanly() {
         Duration::from_secs(10),
         || {
             let n = c.devctl(&["nodes", &c.node("a"), "-o", "json"]).json();
-            (n["open_streams"] == 1).then_some(())
+            (n["openStreams"] == 1).then_some(())
         },
     );
 

@@ -10,6 +10,13 @@ use std::{
 use devctl_tests::{IMAGE, TestCluster, bin, wait_until};
 use serde_json::Value;
 
+/// An int64 field of canonical proto JSON (a string there), as a number.
+fn int64(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an int64 in proto JSON: {v}"))
+}
+
 /// Bytes from docker's "1.5MiB" notation.
 fn docker_bytes(s: &str) -> f64 {
     let units = [
@@ -46,7 +53,8 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
         let s = c.stats_sample("burner")?;
         let t = s["time"].as_str()?.to_string();
         if cpu.last().map(|(lt, _)| lt) != Some(&t) {
-            cpu.push((t, s["cpu_percent"].as_f64()?));
+            // Proto JSON leaves out a field at its default: absent is 0%.
+            cpu.push((t, s.get("cpuPercent").map_or(Some(0.0), Value::as_f64)?));
         }
         (cpu.len() >= 6).then_some(())
     });
@@ -60,8 +68,8 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
 
     // Memory: the limit exactly, the usage close to the engine's figure.
     let s = c.stats_sample("burner").unwrap();
-    assert_eq!(s["memory_limit_bytes"], 64i64 << 20);
-    assert!(s["pids"].as_i64().unwrap() >= 1);
+    assert_eq!(int64(&s["memoryLimitBytes"]), 64i64 << 20, "{s}");
+    assert!(int64(&s["pids"]) >= 1, "{s}");
     let engine_id = c.engine_container("burner").unwrap()["Id"]
         .as_str()
         .unwrap()
@@ -83,9 +91,7 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
             .unwrap()
             .trim(),
     );
-    let ours = c.stats_sample("burner").unwrap()["memory_bytes"]
-        .as_f64()
-        .unwrap();
+    let ours = int64(&c.stats_sample("burner").unwrap()["memoryBytes"]) as f64;
     assert!(
         (ours - theirs).abs() <= (theirs * 0.25).max(512.0 * 1024.0),
         "ours {ours}, docker {theirs}"
@@ -93,8 +99,8 @@ fn cpu_and_memory_follow_the_engine_and_stop_with_the_container() {
 
     // Nodes report their own usage.
     let node = c.devctl(&["nodes", &c.node("a"), "-o", "json"]).json();
-    assert!(node["memory_used_bytes"].as_i64().unwrap() > 0, "{node}");
-    assert!(node["cpu_percent"].as_f64().is_some(), "{node}");
+    assert!(int64(&node["usage"]["memoryUsedBytes"]) > 0, "{node}");
+    assert!(node["usage"]["cpuPercent"].as_f64().is_some(), "{node}");
     let top = c.devctl(&["top", "--no-stream", "-o", "json"]).json();
     assert_eq!(top["containers"][0]["name"], "burner");
 

@@ -7,6 +7,14 @@
 use std::{fs, path::Path, time::Duration};
 
 use devctl_tests::{IMAGE, TestCluster, wait_until};
+use serde_json::Value;
+
+/// An int64 field of canonical proto JSON (a string there), as a number.
+fn int64(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an int64 in proto JSON: {v}"))
+}
 
 fn devctl_id(c: &TestCluster, name: &str) -> String {
     c.devctl(&["get", name, "-o", "json"]).json()["id"]
@@ -43,7 +51,7 @@ fn samples_come_from_the_cgroup_root_and_from_the_engine_where_it_has_no_files()
     let from_engine = wait_until("a sample from the engine", Duration::from_secs(20), || {
         c.stats_sample("sampled")
     });
-    let pids = from_engine["pids"].as_i64().unwrap();
+    let pids = int64(&from_engine["pids"]);
     assert!((1..100).contains(&pids), "{from_engine}");
     // Its files appear under the root: read from there from then on.
     let engine_id = c.engine_container("sampled").unwrap()["Id"]
@@ -54,17 +62,21 @@ fn samples_come_from_the_cgroup_root_and_from_the_engine_where_it_has_no_files()
     let from_files = wait_until(
         "a sample from the cgroup files",
         Duration::from_secs(20),
-        || c.stats_sample("sampled").filter(|s| s["pids"] == 4242),
+        || c.stats_sample("sampled").filter(|s| s["pids"] == "4242"),
     );
-    assert_eq!(from_files["memory_bytes"], 123456789 - 6789, "{from_files}");
+    assert_eq!(
+        int64(&from_files["memoryBytes"]),
+        123456789 - 6789,
+        "{from_files}"
+    );
     // No limit in the files: the node's memory, as the engine reports it.
     let node = c.devctl(&["nodes", &c.node("a"), "-o", "json"]).json();
     assert_eq!(
-        from_files["memory_limit_bytes"], node["memory_bytes"],
+        from_files["memoryLimitBytes"], node["memoryBytes"],
         "{from_files} {node}"
     );
     assert!(
-        from_engine["memory_bytes"].as_i64().unwrap() < 123456789 - 6789,
+        int64(&from_engine["memoryBytes"]) < 123456789 - 6789,
         "{from_engine}"
     );
 }

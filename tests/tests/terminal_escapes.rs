@@ -31,9 +31,12 @@ fn control_characters_are_refused_at_create_and_escaped_when_printed() {
     let cmd = format!("echo {HOSTILE}");
     let env = format!("GREETING={HOSTILE}");
     for (args, field) in [
-        (vec!["--label", label.as_str()], "container.labels"),
-        (vec!["--env", env.as_str()], "container.env"),
-        (vec!["--", "sh", "-c", cmd.as_str()], "container.command[2]"),
+        (vec!["--label", label.as_str()], "container.spec.labels"),
+        (vec!["--env", env.as_str()], "container.spec.env"),
+        (
+            vec!["--", "sh", "-c", cmd.as_str()],
+            "container.spec.command[2]",
+        ),
     ] {
         let mut all = vec!["create", "esc-box", "--image", IMAGE];
         all.extend(args);

@@ -4,6 +4,7 @@
 //! containers; revisions from the future or from an earlier scheduler
 //! process are refused with OUT_OF_RANGE.
 
+use devctl_proto::container::ContainerExt;
 use std::{path::Path, time::Duration};
 
 use devctl_proto::pb::{
@@ -96,7 +97,7 @@ fn summary(changes: &[pb::WatchChangesResponse]) -> Vec<(u64, ChangeType, String
         .iter()
         .map(|r| {
             let (name, state) = match &r.object {
-                Some(Object::Container(c)) => (c.name.clone(), c.state),
+                Some(Object::Container(c)) => (c.name.clone(), c.status().state),
                 Some(Object::Node(n)) => (n.name.clone(), n.state),
                 None => (String::new(), 0),
             };
@@ -154,10 +155,10 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
     });
     let running = position("web running", &|r| {
         r.r#type() == ChangeType::Modified
-            && container(r).is_some_and(|c| c.state() == pb::ContainerState::Running)
+            && container(r).is_some_and(|c| c.status().state() == pb::ContainerState::Running)
     });
     let stopped = position("web stopped", &|r| {
-        container(r).is_some_and(|c| c.state() == pb::ContainerState::Stopped)
+        container(r).is_some_and(|c| c.status().state() == pb::ContainerState::Stopped)
     });
     let down = changes.len() - 1;
     assert!(
@@ -165,13 +166,17 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
         "out of order: {:#?}",
         summary(&changes)
     );
-    assert_eq!(container(&changes[added]).unwrap().node, a);
+    assert_eq!(container(&changes[added]).unwrap().status().node, a);
     // As Get shows it (the cluster's idle window included).
     let get = c.devctl(&["get", "web", "-o", "json"]).json();
     assert_eq!(
-        container(&changes[added]).unwrap().idle_timeout_seconds,
-        get["idle_timeout_seconds"]
-            .as_i64()
+        container(&changes[added])
+            .unwrap()
+            .status()
+            .idle_timeout_seconds,
+        get["status"]["idleTimeoutSeconds"]
+            .as_str()
+            .and_then(|s| s.parse::<i64>().ok())
             .expect("idle window in get"),
     );
 
@@ -220,7 +225,7 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
             _ => None,
         })
         .expect("web in the new snapshot");
-    assert_eq!(web.state(), pb::ContainerState::Stopped);
+    assert_eq!(web.status().state(), pb::ContainerState::Stopped);
 }
 
 #[test]
@@ -282,7 +287,7 @@ fn a_developer_watches_only_their_own_containers() {
     wait_until("devctl watch's snapshot", NEXT, || {
         lines(&cli)
             .iter()
-            .any(|v| v["type"] == "snapshot-end")
+            .any(|v| v["type"] == "CHANGE_TYPE_SNAPSHOT_END")
             .then_some(())
     });
     c.devctl_as(&alice, &["create", "alice-cli", "--image", IMAGE])
@@ -290,7 +295,7 @@ fn a_developer_watches_only_their_own_containers() {
     let printed = wait_until("devctl watch to print alice-cli", NEXT, || {
         let all = lines(&cli);
         all.iter()
-            .any(|v| v["type"] == "added" && v["container"]["name"] == "alice-cli")
+            .any(|v| v["type"] == "CHANGE_TYPE_ADDED" && v["container"]["name"] == "alice-cli")
             .then_some(all)
     });
     assert!(cli.is_running(), "devctl watch follows until interrupted");
@@ -317,5 +322,5 @@ fn a_developer_watches_only_their_own_containers() {
             _ => None,
         })
         .expect("the admin sees bob's container");
-    assert_eq!(bob_old.env["K"], "bob-secret");
+    assert_eq!(bob_old.spec().env["K"], "bob-secret");
 }

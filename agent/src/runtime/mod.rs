@@ -84,40 +84,41 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Capacity and version of the engine.
     fn info(&self) -> impl Future<Output = Result<EngineInfo, RuntimeError>> + Send;
 
-    /// Creates and starts `spec`. Idempotent on `spec.id`: if the container
+    /// Creates and starts the container `spec` describes (its id, name,
+    /// owner and spec). Idempotent on `spec.id`: if the container
     /// already exists it is started and returned. If creation succeeds and
     /// start fails, the created container is removed before the error is
     /// returned.
     fn create_and_start(
         &self,
-        spec: &pb::Container,
-    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+        spec: &pb::CreateCommand,
+    ) -> impl Future<Output = Result<pb::EngineContainer, RuntimeError>> + Send;
 
     /// The current state of the container with devctl id `id`.
     fn inspect(
         &self,
         id: &str,
-    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<pb::EngineContainer, RuntimeError>> + Send;
 
     /// Starts the container with devctl id `id`.
     fn start(
         &self,
         id: &str,
-    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<pb::EngineContainer, RuntimeError>> + Send;
 
     /// Stops it, waiting `timeout_seconds` before killing.
     fn stop(
         &self,
         id: &str,
         timeout_seconds: i32,
-    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<pb::EngineContainer, RuntimeError>> + Send;
 
     /// Restarts it.
     fn restart(
         &self,
         id: &str,
         timeout_seconds: i32,
-    ) -> impl Future<Output = Result<pb::ContainerStatus, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<pb::EngineContainer, RuntimeError>> + Send;
 
     /// Waits up to `within` for the container with engine id `runtime_id`
     /// to stop running: its status once it has, `None` if it still runs.
@@ -125,7 +126,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         runtime_id: &str,
         within: std::time::Duration,
-    ) -> impl Future<Output = Result<Option<pb::ContainerStatus>, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<Option<pb::EngineContainer>, RuntimeError>> + Send;
 
     /// Removes it; a running container only with `force`.
     fn remove(
@@ -137,7 +138,7 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Every devctl container of this node.
     fn inventory(
         &self,
-    ) -> impl Future<Output = Result<Vec<pb::ContainerStatus>, RuntimeError>> + Send;
+    ) -> impl Future<Output = Result<Vec<pb::EngineContainer>, RuntimeError>> + Send;
 
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;

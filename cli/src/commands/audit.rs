@@ -4,7 +4,6 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use devctl_proto::pb;
-use serde::Serialize;
 
 use super::events::parse_since;
 use crate::{client::Client, output::Format};
@@ -48,37 +47,6 @@ impl Args {
     }
 }
 
-/// An audit entry as printed with -o json/yaml.
-#[derive(Debug, Serialize)]
-pub struct EntryView {
-    time: Option<String>,
-    identity: String,
-    role: String,
-    method: String,
-    target: String,
-    code: String,
-    message: String,
-    source: String,
-}
-
-impl From<&pb::AuditEntry> for EntryView {
-    fn from(e: &pb::AuditEntry) -> Self {
-        Self {
-            time: e
-                .time
-                .and_then(|t| SystemTime::try_from(t).ok())
-                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
-            identity: e.identity.clone(),
-            role: e.role.clone(),
-            method: e.method.clone(),
-            target: e.target.clone(),
-            code: e.code.clone(),
-            message: e.message.clone(),
-            source: e.source.clone(),
-        }
-    }
-}
-
 fn dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
@@ -90,42 +58,34 @@ pub async fn run(
     format: Format,
     request: pb::ListAuditEntriesRequest,
 ) -> Result<()> {
-    use std::io::Write;
     let mut stream = client.audit.list_audit_entries(request).await?.into_inner();
     let mut header = false;
     while let Some(entry) = stream.message().await? {
-        let view = EntryView::from(&entry);
-        let mut out = std::io::stdout().lock();
-        match format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(&view)?)?,
-            Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
-            Format::Table => {
-                if !header {
-                    writeln!(
-                        out,
-                        "{:<24}  {:<14}  {:<9}  {:<18}  {:<16}  {:<18}  SOURCE",
-                        "TIME", "IDENTITY", "ROLE", "METHOD", "TARGET", "RESULT"
-                    )?;
-                    header = true;
-                }
-                // The method without its package and service: CreateContainer.
-                let method = view.method.rsplit('/').next().unwrap_or(&view.method);
-                let line = format!(
-                    "{:<24}  {:<14}  {:<9}  {:<18}  {:<16}  {:<18}  {}",
-                    view.time.as_deref().unwrap_or("-"),
-                    view.identity,
-                    dash(&view.role),
-                    method,
-                    dash(&view.target),
-                    view.code,
-                    dash(&view.source)
-                );
-                // Written by callers without credentials too (Join): never
-                // raw to a terminal.
-                writeln!(out, "{}", crate::output::escape_line(&line))?;
-            }
-        }
-        out.flush()?;
+        crate::output::print_item(format, &mut header, &entry, || {
+            let head = format!(
+                "{:<24}  {:<14}  {:<9}  {:<18}  {:<16}  {:<18}  SOURCE",
+                "TIME", "IDENTITY", "ROLE", "METHOD", "TARGET", "RESULT"
+            );
+            // The method without its package and service: CreateContainer.
+            let method = entry.method.rsplit('/').next().unwrap_or(&entry.method);
+            let time = entry
+                .time
+                .and_then(|t| SystemTime::try_from(t).ok())
+                .map(|t| humantime::format_rfc3339_millis(t).to_string());
+            let line = format!(
+                "{:<24}  {:<14}  {:<9}  {:<18}  {:<16}  {:<18}  {}",
+                time.as_deref().unwrap_or("-"),
+                entry.identity,
+                dash(&entry.role),
+                method,
+                dash(&entry.target),
+                entry.code,
+                dash(&entry.source)
+            );
+            // Written by callers without credentials too (Join): never raw
+            // to a terminal.
+            (head, crate::output::escape_line(&line).into_owned())
+        })?;
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `devctl create NAME --image IMG [--cpus 0.5] [--memory 512m] [--env K=V]…
 //! [--label K=V]… [--node N] [--ttl 8h] [--health-cmd CMD] [-- COMMAND…]`
 
+use devctl_proto::container::ContainerExt;
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Result, anyhow};
@@ -111,35 +112,41 @@ impl Args {
         Ok(pb::CreateContainerRequest {
             container: Some(pb::Container {
                 name: self.name.clone(),
-                image: self.image.clone(),
-                command: self.command.clone(),
-                node: self.node.clone().unwrap_or_default(),
-                resources: Some(pb::Resources {
-                    milli_cpus,
-                    memory_bytes,
-                }),
-                env: pairs("--env", &self.env)?,
-                labels: pairs("--label", &self.labels)?,
-                constraints: pairs("--constraint", &self.constraints)?,
-                ttl_seconds: self.ttl.map(|d| d.as_secs() as i64),
-                health_check: match &self.health_cmd {
-                    None => None,
-                    Some(cmd) if cmd.trim().is_empty() => {
-                        return Err(anyhow!(
-                            "--health-cmd: give a command, e.g. 'pg_isready -q'"
-                        ));
-                    }
-                    Some(cmd) => Some(pb::HealthCheck {
-                        command: vec!["sh".into(), "-c".into(), cmd.clone()],
-                        interval_seconds: health_secs("--health-interval", self.health_interval)?,
-                        retries: self.health_retries.unwrap_or(0),
-                        timeout_seconds: health_secs("--health-timeout", self.health_timeout)?,
-                        start_period_seconds: health_secs(
-                            "--health-start-period",
-                            self.health_start_period,
-                        )?,
+                spec: Some(pb::ContainerSpec {
+                    image: self.image.clone(),
+                    command: self.command.clone(),
+                    node: self.node.clone().unwrap_or_default(),
+                    resources: Some(pb::Resources {
+                        milli_cpus,
+                        memory_bytes,
                     }),
-                },
+                    env: pairs("--env", &self.env)?,
+                    labels: pairs("--label", &self.labels)?,
+                    constraints: pairs("--constraint", &self.constraints)?,
+                    ttl_seconds: self.ttl.map(|d| d.as_secs() as i64),
+                    health_check: match &self.health_cmd {
+                        None => None,
+                        Some(cmd) if cmd.trim().is_empty() => {
+                            return Err(anyhow!(
+                                "--health-cmd: give a command, e.g. 'pg_isready -q'"
+                            ));
+                        }
+                        Some(cmd) => Some(pb::HealthCheck {
+                            command: vec!["sh".into(), "-c".into(), cmd.clone()],
+                            interval_seconds: health_secs(
+                                "--health-interval",
+                                self.health_interval,
+                            )?,
+                            retries: self.health_retries.unwrap_or(0),
+                            timeout_seconds: health_secs("--health-timeout", self.health_timeout)?,
+                            start_period_seconds: health_secs(
+                                "--health-start-period",
+                                self.health_start_period,
+                            )?,
+                        }),
+                    },
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             dry_run: self.dry_run,
@@ -168,7 +175,8 @@ pub async fn run(
     if dry_run && format == output::Format::Table {
         println!(
             "{} would run on node {} (dry run: nothing was created)",
-            c.name, c.node
+            c.name,
+            c.status().node
         );
         return Ok(());
     }

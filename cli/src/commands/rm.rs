@@ -1,6 +1,7 @@
 //! `devctl rm NAME [--force]`
 
 use anyhow::Result;
+use devctl_proto::container::ContainerExt;
 use devctl_proto::pb;
 
 use crate::{client::Client, output};
@@ -31,7 +32,7 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
             println!(
                 "{}: {}",
                 args.name,
-                crate::output::escape_line(&c.last_error)
+                crate::output::escape_line(&c.status().last_error)
             )
         }
         (output::Format::Table, _) | (_, None) => println!("{}", args.name),

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use devctl_proto::pb;
-use serde::Serialize;
 
 use crate::{client::Client, output};
 
@@ -44,43 +43,9 @@ pub enum TokensCommand {
     },
 }
 
-#[derive(Debug, Serialize)]
-struct TokenView {
-    name: String,
-    id: String,
-    identity: String,
-    role: String,
-    /// Reads only its identity's containers and tokens.
-    own_containers_only: bool,
-    created_by: String,
-    created: Option<String>,
-    expires: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revoked: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    secret: Option<String>,
-}
-
-impl TokenView {
-    fn of(t: &pb::ApiToken, secret: Option<String>) -> Self {
-        Self {
-            name: t.name.clone(),
-            id: t.id.clone(),
-            identity: t.identity.clone(),
-            role: t.role.clone(),
-            own_containers_only: t.own_containers_only,
-            created_by: t.created_by.clone(),
-            created: output::time(t.create_time),
-            expires: output::time(t.expire_time),
-            revoked: output::time(t.revoke_time),
-            secret,
-        }
-    }
-}
-
-fn print(format: output::Format, list: &[TokenView]) -> Result<()> {
+fn print(format: output::Format, list: &[pb::ApiToken]) -> Result<()> {
     if format != output::Format::Table {
-        return output::print_serialized(format, list);
+        return output::print_api_list(format, list);
     }
     let mut t = output::table(&["NAME", "IDENTITY", "ROLE", "CREATED BY", "EXPIRES", "STATE"]);
     for v in list {
@@ -93,8 +58,8 @@ fn print(format: output::Format, list: &[TokenView]) -> Result<()> {
                 v.role.clone()
             },
             v.created_by.clone(),
-            v.expires.clone().unwrap_or_else(|| "-".into()),
-            if v.revoked.is_some() {
+            output::time(v.expire_time).unwrap_or_else(|| "-".into()),
+            if v.revoke_time.is_some() {
                 "revoked".into()
             } else {
                 "active".into()
@@ -124,8 +89,8 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
                 })
                 .await?
                 .into_inner();
-            let token = r.token.unwrap_or_default();
             if format == output::Format::Table {
+                let token = r.token.unwrap_or_default();
                 // The secret alone on stdout, so `$(devctl tokens create …)`
                 // captures it; the rest on stderr.
                 println!("{}", r.secret);
@@ -138,7 +103,7 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
                 );
                 Ok(())
             } else {
-                output::print_serialized(format, &TokenView::of(&token, Some(r.secret)))
+                output::print_api(format, &r)
             }
         }
         TokensCommand::Ls => {
@@ -148,8 +113,7 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
                 .await?
                 .into_inner()
                 .tokens;
-            let views: Vec<TokenView> = list.iter().map(|t| TokenView::of(t, None)).collect();
-            print(format, &views)
+            print(format, &list)
         }
         TokensCommand::Revoke { name } => {
             let t = client
@@ -157,7 +121,7 @@ pub async fn run(client: &mut Client, format: output::Format, args: Args) -> Res
                 .revoke_token(pb::RevokeTokenRequest { name })
                 .await?
                 .into_inner();
-            print(format, &[TokenView::of(&t, None)])
+            print(format, &[t])
         }
     }
 }

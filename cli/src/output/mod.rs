@@ -3,9 +3,13 @@
 //! characters and the table/JSON/YAML formats cannot drift between
 //! subcommands.
 //!
+//! -o json and -o yaml print the API's objects themselves, as canonical
+//! proto JSON ([`devctl_proto::json`]): the shape a generated client sees,
+//! documented by the proto, never a second hand-kept one.
+//!
 //! - this file: the [`Format`] (`-o`) and the entry points the commands call;
-//! - [`view`]: the view models built from the API's objects (what -o
-//!   json/yaml prints, and what a terminal UI reads);
+//! - [`view`]: the view models built from the API's objects for people (the
+//!   tables here, and what a terminal UI reads);
 //! - `render`: the tables and text lines for people;
 //! - `escape`: untrusted strings made safe for a terminal.
 
@@ -15,15 +19,13 @@ pub mod view;
 
 use anyhow::Result;
 use clap::ValueEnum;
-use devctl_proto::pb;
+use devctl_proto::{json, pb};
 use serde::Serialize;
 
 pub(crate) use escape::{escape_line, escape_text};
 pub(crate) use render::{render, table};
 pub(crate) use view::time;
-use view::{
-    ChangeView, ContainerStatsView, ContainerView, DrainView, EventView, NodeView, TopView,
-};
+use view::{ChangeView, EventView};
 
 /// Output format (`-o`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -47,6 +49,25 @@ pub(crate) fn print_serialized<T: Serialize + ?Sized>(format: Format, value: &T)
     Ok(())
 }
 
+/// Prints API objects as a JSON/YAML array of canonical proto JSON objects
+/// (not for [`Format::Table`]).
+pub(crate) fn print_api_list<'a, M>(
+    format: Format,
+    list: impl IntoIterator<Item = &'a M>,
+) -> Result<()>
+where
+    M: prost::Message + prost::Name + 'a,
+{
+    let values: Vec<serde_json::Value> = list.into_iter().map(json::to_value).collect();
+    print_serialized(format, &values)
+}
+
+/// Prints one API object as canonical proto JSON, or YAML (not for
+/// [`Format::Table`]).
+pub(crate) fn print_api<M: prost::Message + prost::Name>(format: Format, m: &M) -> Result<()> {
+    print_serialized(format, &json::to_value(m))
+}
+
 /// Prints one value of a stream: a JSON object on one line, or a YAML
 /// document (not for [`Format::Table`]).
 fn print_streamed<T: Serialize>(format: Format, value: &T) -> Result<()> {
@@ -61,8 +82,7 @@ fn print_streamed<T: Serialize>(format: Format, value: &T) -> Result<()> {
 /// Prints containers: a table, or a JSON/YAML array.
 pub fn containers(format: Format, list: &[pb::Container]) -> Result<()> {
     if format != Format::Table {
-        let views: Vec<ContainerView> = list.iter().map(ContainerView::from).collect();
-        return print_serialized(format, &views);
+        return print_api_list(format, list);
     }
     println!("{}", render::containers(list));
     Ok(())
@@ -71,7 +91,7 @@ pub fn containers(format: Format, list: &[pb::Container]) -> Result<()> {
 /// Prints one container: details, or a JSON/YAML object.
 pub fn container(format: Format, c: &pb::Container) -> Result<()> {
     if format != Format::Table {
-        return print_serialized(format, &ContainerView::from(c));
+        return print_api(format, c);
     }
     print!("{}", render::container(c));
     Ok(())
@@ -80,8 +100,7 @@ pub fn container(format: Format, c: &pb::Container) -> Result<()> {
 /// Prints nodes.
 pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
     if format != Format::Table {
-        let views: Vec<NodeView> = list.iter().map(NodeView::from).collect();
-        return print_serialized(format, &views);
+        return print_api_list(format, list);
     }
     println!("{}", render::nodes(list));
     Ok(())
@@ -91,7 +110,7 @@ pub fn nodes(format: Format, list: &[pb::Node]) -> Result<()> {
 /// running.
 pub fn drained(format: Format, r: &pb::DrainNodeResponse) -> Result<()> {
     if format != Format::Table {
-        return print_serialized(format, &DrainView::from(r));
+        return print_api(format, r);
     }
     print!("{}", render::drained(r));
     if !r.failed.is_empty() {
@@ -103,7 +122,7 @@ pub fn drained(format: Format, r: &pb::DrainNodeResponse) -> Result<()> {
 /// Prints one node.
 pub fn node(format: Format, n: &pb::Node) -> Result<()> {
     if format != Format::Table {
-        return print_serialized(format, &NodeView::from(n));
+        return print_api(format, n);
     }
     nodes(format, std::slice::from_ref(n))
 }
@@ -128,35 +147,39 @@ impl EventPrinter {
 
     /// Prints one event.
     pub fn print(&mut self, e: &pb::Event) -> Result<()> {
-        let view = EventView::from(e);
-        print_item(self.format, &mut self.header, &view, || {
+        print_item(self.format, &mut self.header, e, || {
+            let view = EventView::from(e);
             (render::event_header(), render::event(&view))
         })
     }
 
     /// Prints one change of the change feed (`devctl watch`).
     pub fn print_change(&mut self, r: &pb::WatchChangesResponse) -> Result<()> {
-        let view = ChangeView::from(r);
-        print_item(self.format, &mut self.header, &view, || {
+        print_item(self.format, &mut self.header, r, || {
+            let view = ChangeView::from(r);
             (render::change_header(), render::change(&view))
         })
     }
 }
 
-/// Prints one item of a stream: a JSON line, a YAML document, or a table
-/// line (`lines` gives the header and the line; the header once) — flushed
-/// at once, so a pipe sees each item as it arrives.
-fn print_item<V: Serialize>(
+/// Prints one API object of a stream: a canonical proto JSON line, a YAML
+/// document, or a table line (`lines` gives the header and the line; the
+/// header once) — flushed at once, so a pipe sees each item as it arrives.
+pub(crate) fn print_item<M: prost::Message + prost::Name>(
     format: Format,
     header: &mut bool,
-    view: &V,
+    item: &M,
     lines: impl FnOnce() -> (String, String),
 ) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Json => writeln!(out, "{}", serde_json::to_string(view)?)?,
-        Format::Yaml => write!(out, "---\n{}", serde_yaml_ng::to_string(view)?)?,
+        Format::Json => writeln!(out, "{}", serde_json::to_string(&json::to_value(item))?)?,
+        Format::Yaml => write!(
+            out,
+            "---\n{}",
+            serde_yaml_ng::to_string(&json::to_value(item))?
+        )?,
         Format::Table => {
             let (head, line) = lines();
             if !*header {
@@ -182,7 +205,7 @@ fn clear(tty: bool) {
 pub fn container_stats(format: Format, list: &[pb::ContainerStats], redraw: bool) -> Result<()> {
     if format != Format::Table {
         for s in list {
-            print_streamed(format, &ContainerStatsView::from(s))?;
+            print_streamed(format, &json::to_value(s))?;
         }
         return Ok(());
     }
@@ -201,7 +224,13 @@ pub fn top(
     redraw: bool,
 ) -> Result<()> {
     if format != Format::Table {
-        return print_streamed(format, &TopView::new(nodes, busiest));
+        // Two lists of API objects: the nodes (Node, with their usage) and
+        // the busiest containers' samples (ContainerStats).
+        let value = serde_json::json!({
+            "nodes": nodes.iter().map(json::to_value).collect::<Vec<_>>(),
+            "containers": busiest.iter().map(json::to_value).collect::<Vec<_>>(),
+        });
+        return print_streamed(format, &value);
     }
     let table = render::top_nodes(nodes);
     clear(redraw);

@@ -2,6 +2,7 @@
 //! without -o, as strings (the caller prints them). Every untrusted value
 //! goes through [`escape_line`].
 
+use devctl_proto::container::ContainerExt;
 use std::collections::HashMap;
 
 use comfy_table::{ContentArrangement, Table, presets};
@@ -87,7 +88,7 @@ fn age(t: Option<prost_types::Timestamp>) -> String {
 
 /// Time left on the lease: `7h59m`, `expired`, or `-` without one.
 fn lease_left(c: &pb::Container) -> String {
-    match until(c.lease_expire_time) {
+    match until(c.status().lease_expire_time) {
         Some(s) if s > 0 => short(s as u64),
         Some(_) => "expired".into(),
         None => "-".into(),
@@ -97,15 +98,15 @@ fn lease_left(c: &pb::Container) -> String {
 /// The state with what qualifies it: `stopped (inactivity)`,
 /// `running (unhealthy)`, `removing (node down)`.
 fn state_text(c: &pb::Container) -> String {
-    if c.desired_state() == pb::DesiredState::Removed {
+    if c.spec().desired_state() == pb::DesiredState::Removed {
         return "removing (node down)".into();
     }
-    let state = state_word(c.state());
-    let why = stop_reason_word(c.stop_reason());
-    let health = health_word(c.health());
-    if c.state() != pb::ContainerState::Running && !why.is_empty() {
+    let state = state_word(c.status().state());
+    let why = stop_reason_word(c.status().stop_reason());
+    let health = health_word(c.status().health());
+    if c.status().state() != pb::ContainerState::Running && !why.is_empty() {
         format!("{state} ({why})")
-    } else if c.state() == pb::ContainerState::Running && !health.is_empty() {
+    } else if c.status().state() == pb::ContainerState::Running && !health.is_empty() {
         format!("{state} ({health})")
     } else {
         state
@@ -114,18 +115,18 @@ fn state_text(c: &pb::Container) -> String {
 
 /// "idle for 12m of 30m", "in use", or "off".
 fn idle_text(c: &pb::Container) -> String {
-    if c.idle_timeout_seconds == 0 {
+    if c.status().idle_timeout_seconds == 0 {
         return "inactivity stop off".into();
     }
     match idle_seconds(c) {
         Some(s) if s >= 1 => format!(
             "idle for {} of {}",
             short(s),
-            short(c.idle_timeout_seconds as u64)
+            short(c.status().idle_timeout_seconds as u64)
         ),
         Some(_) => format!(
             "in use (stops after {} idle)",
-            short(c.idle_timeout_seconds as u64)
+            short(c.status().idle_timeout_seconds as u64)
         ),
         None => "-".into(),
     }
@@ -165,12 +166,12 @@ pub(super) fn containers(list: &[pb::Container]) -> String {
         "NAME", "STATE", "NODE", "IMAGE", "CPUS", "MEMORY", "LEASE", "OWNER", "AGE",
     ]);
     for c in list {
-        let r = c.resources.unwrap_or_default();
+        let r = c.spec().resources.unwrap_or_default();
         t.add_row(vec![
             c.name.clone(),
             state_text(c),
-            c.node.clone(),
-            c.image.clone(),
+            c.status().node.clone(),
+            c.spec().image.clone(),
             format_cpus(r.milli_cpus),
             format_bytes(r.memory_bytes),
             lease_left(c),
@@ -183,28 +184,28 @@ pub(super) fn containers(list: &[pb::Container]) -> String {
 
 /// One container's details, a `Key:       value` line each.
 pub(super) fn container(c: &pb::Container) -> String {
-    let r = c.resources.unwrap_or_default();
+    let r = c.spec().resources.unwrap_or_default();
     let mut rows = vec![
         ("Name", c.name.clone()),
         ("ID", c.id.clone()),
         ("State", state_text(c)),
-        ("Desired", desired_word(c.desired_state())),
-        ("Node", c.node.clone()),
-        ("Image", c.image.clone()),
+        ("Desired", desired_word(c.spec().desired_state())),
+        ("Node", c.status().node.clone()),
+        ("Image", c.spec().image.clone()),
         (
             "Command",
-            if c.command.is_empty() {
+            if c.spec().command.is_empty() {
                 "(image default)".into()
             } else {
-                c.command.join(" ")
+                c.spec().command.join(" ")
             },
         ),
         ("CPUs", format_cpus(r.milli_cpus)),
         ("Memory", format_bytes(r.memory_bytes)),
         ("Owner", c.owner.clone()),
-        ("Labels", labels_text(&c.labels)),
+        ("Labels", labels_text(&c.spec().labels)),
         ("Env", {
-            let mut keys: Vec<&String> = c.env.keys().collect();
+            let mut keys: Vec<&String> = c.spec().env.keys().collect();
             keys.sort();
             if keys.is_empty() {
                 "-".into()
@@ -216,42 +217,51 @@ pub(super) fn container(c: &pb::Container) -> String {
             }
         }),
         ("Created", time(c.create_time).unwrap_or_else(|| "-".into())),
-        ("Started", time(c.start_time).unwrap_or_else(|| "-".into())),
+        (
+            "Started",
+            time(c.status().start_time).unwrap_or_else(|| "-".into()),
+        ),
         (
             "Lease",
-            match (c.ttl_seconds.unwrap_or(0), time(c.lease_expire_time)) {
+            match (
+                c.spec().ttl_seconds.unwrap_or(0),
+                time(c.status().lease_expire_time),
+            ) {
                 (0, _) => "none".into(),
                 (ttl, None) => format!("{} (renewed at start)", short(ttl as u64)),
                 (_, Some(at)) => format!("{} left (expires {at})", lease_left(c)),
             },
         ),
     ];
-    if c.state() == pb::ContainerState::Running {
+    if c.status().state() == pb::ContainerState::Running {
         rows.push(("Idle", idle_text(c)));
     }
-    if let Some(h) = &c.health_check {
+    if let Some(h) = &c.spec().health_check {
         rows.push((
             "Health",
             format!(
                 "{} (check: {}; automatic restarts: {})",
-                match health_word(c.health()) {
+                match health_word(c.status().health()) {
                     w if w.is_empty() => "-".to_string(),
                     w => w,
                 },
                 h.command.join(" "),
-                c.health_restarts,
+                c.status().health_restarts,
             ),
         ));
-    } else if c.health() != pb::HealthStatus::Unspecified {
-        rows.push(("Health", health_word(c.health())));
+    } else if c.status().health() != pb::HealthStatus::Unspecified {
+        rows.push(("Health", health_word(c.status().health())));
     }
-    if let Some(code) = c.exit_code {
+    if let Some(code) = c.status().exit_code {
         rows.push(("Exit code", code.to_string()));
     }
-    if !c.last_error.is_empty() {
-        rows.push(("Last error", c.last_error.clone()));
+    if !c.status().last_error.is_empty() {
+        rows.push(("Last error", c.status().last_error.clone()));
     }
-    rows.push(("Engine ID", c.runtime_id.chars().take(12).collect()));
+    rows.push((
+        "Engine ID",
+        c.status().runtime_id.chars().take(12).collect(),
+    ));
     rows.into_iter()
         .map(|(k, v)| format!("{:<11} {}\n", format!("{k}:"), escape_line(&v)))
         .collect()

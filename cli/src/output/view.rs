@@ -1,60 +1,49 @@
-//! View models: what the CLI shows of the API's objects, built from the
-//! `pb` types. Plain structs with public fields, so a terminal UI can read
-//! them; -o json/yaml serializes them as they are (lowercase state words,
-//! RFC 3339 times).
+//! View models: what the CLI shows people of the API's objects (lowercase
+//! state words, RFC 3339 times, CPUs rather than thousandths), built from
+//! the `pb` types. Plain structs with public fields, so a terminal UI can
+//! read them too. They are never what -o json/yaml prints: that is the API
+//! objects themselves (see [`devctl_proto::json`]).
 
+use devctl_proto::container::ContainerExt;
 use std::{collections::BTreeMap, time::SystemTime};
 
 use devctl_proto::pb;
-use serde::Serialize;
 
 /// A container as printed.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ContainerView {
     pub name: String,
     pub id: String,
     pub image: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     pub state: String,
     pub desired_state: String,
     pub node: String,
     /// CPU limit in CPUs; absent when unlimited.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<f64>,
     /// Memory limit in bytes; absent when unlimited.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<i64>,
     pub env: BTreeMap<String, String>,
     /// The env values were withheld (only the owner and admins see them).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub env_redacted: bool,
     pub labels: BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub constraints: BTreeMap<String, String>,
     pub owner: String,
     pub created: Option<String>,
     pub updated: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub last_error: String,
     pub runtime_id: String,
     /// Why it is not running (`lease_expired`, `inactivity`, ...).
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub stop_reason: String,
     /// Lease length in seconds (0: no lease).
     pub ttl_seconds: i64,
     /// When the lease runs out.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires: Option<String>,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub health: String,
     pub health_restarts: i32,
     /// Seconds since it was last in use (while it runs).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_seconds: Option<u64>,
     /// The cluster's idle window (0: inactivity stop off).
     pub idle_timeout_seconds: i64,
@@ -62,41 +51,41 @@ pub struct ContainerView {
 
 impl From<&pb::Container> for ContainerView {
     fn from(c: &pb::Container) -> Self {
-        let r = c.resources.unwrap_or_default();
+        let r = c.spec().resources.unwrap_or_default();
         Self {
             name: c.name.clone(),
             id: c.id.clone(),
-            image: c.image.clone(),
-            command: c.command.clone(),
-            state: state_word(c.state()),
-            desired_state: desired_word(c.desired_state()),
-            node: c.node.clone(),
+            image: c.spec().image.clone(),
+            command: c.spec().command.clone(),
+            state: state_word(c.status().state()),
+            desired_state: desired_word(c.spec().desired_state()),
+            node: c.status().node.clone(),
             cpus: (r.milli_cpus > 0).then(|| r.milli_cpus as f64 / 1000.0),
             memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
-            env: c.env.clone().into_iter().collect(),
+            env: c.spec().env.clone().into_iter().collect(),
             env_redacted: c.env_redacted,
-            labels: c.labels.clone().into_iter().collect(),
-            constraints: c.constraints.clone().into_iter().collect(),
+            labels: c.spec().labels.clone().into_iter().collect(),
+            constraints: c.spec().constraints.clone().into_iter().collect(),
             owner: c.owner.clone(),
             created: time(c.create_time),
             updated: time(c.update_time),
-            started: time(c.start_time),
-            exit_code: c.exit_code,
-            last_error: c.last_error.clone(),
-            runtime_id: c.runtime_id.clone(),
-            stop_reason: stop_reason_word(c.stop_reason()),
-            ttl_seconds: c.ttl_seconds.unwrap_or(0),
-            lease_expires: time(c.lease_expire_time),
-            health: health_word(c.health()),
-            health_restarts: c.health_restarts,
+            started: time(c.status().start_time),
+            exit_code: c.status().exit_code,
+            last_error: c.status().last_error.clone(),
+            runtime_id: c.status().runtime_id.clone(),
+            stop_reason: stop_reason_word(c.status().stop_reason()),
+            ttl_seconds: c.spec().ttl_seconds.unwrap_or(0),
+            lease_expires: time(c.status().lease_expire_time),
+            health: health_word(c.status().health()),
+            health_restarts: c.status().health_restarts,
             idle_seconds: idle_seconds(c),
-            idle_timeout_seconds: c.idle_timeout_seconds,
+            idle_timeout_seconds: c.status().idle_timeout_seconds,
         }
     }
 }
 
 /// A node as printed.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct NodeView {
     pub name: String,
     pub state: String,
@@ -107,9 +96,7 @@ pub struct NodeView {
     pub reserved_memory_bytes: i64,
     pub open_streams: i32,
     pub cordoned: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_percent: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_used_bytes: Option<i64>,
     pub labels: BTreeMap<String, String>,
     pub docker_version: String,
@@ -147,19 +134,16 @@ impl From<&pb::Node> for NodeView {
 }
 
 /// One change of the change feed as printed (`devctl watch`).
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ChangeView {
     /// The revision the change brings the watch to (resume with
     /// --after-revision).
     pub revision: u64,
     /// snapshot, snapshot-end, added, modified or deleted.
-    #[serde(rename = "type")]
     pub kind: String,
     /// The container, for a container's change.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerView>,
     /// The node, for a node's change.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeView>,
 }
 
@@ -189,43 +173,19 @@ impl From<&pb::WatchChangesResponse> for ChangeView {
     }
 }
 
-/// The outcome of a drain as printed.
-#[derive(Debug, Serialize)]
-pub struct DrainView<'a> {
-    pub node: Option<NodeView>,
-    pub stopped: &'a [String],
-    /// Containers that could not be stopped, with the reason each.
-    pub failed: BTreeMap<&'a String, &'a String>,
-}
-
-impl<'a> From<&'a pb::DrainNodeResponse> for DrainView<'a> {
-    fn from(r: &'a pb::DrainNodeResponse) -> Self {
-        Self {
-            node: r.node.as_ref().map(NodeView::from),
-            stopped: &r.stopped,
-            failed: r.failed.iter().collect(),
-        }
-    }
-}
-
 /// An event as printed.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct EventView {
     pub sequence: u64,
     pub time: Option<String>,
-    #[serde(rename = "type")]
     pub kind: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub container: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub container_id: String,
     pub node: String,
     pub actor: String,
     pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     pub message: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
     pub session: String,
 }
 
@@ -243,59 +203,6 @@ impl From<&pb::Event> for EventView {
             exit_code: e.exit_code,
             message: e.message.clone(),
             session: e.session.clone(),
-        }
-    }
-}
-
-/// A container's usage as printed.
-#[derive(Debug, Serialize)]
-pub struct ContainerStatsView {
-    pub name: String,
-    pub id: String,
-    pub node: String,
-    pub time: Option<String>,
-    pub cpu_percent: f64,
-    pub memory_bytes: i64,
-    pub memory_limit_bytes: i64,
-    pub network_rx_bytes: i64,
-    pub network_tx_bytes: i64,
-    pub block_read_bytes: i64,
-    pub block_write_bytes: i64,
-    pub pids: i64,
-}
-
-impl From<&pb::ContainerStats> for ContainerStatsView {
-    fn from(s: &pb::ContainerStats) -> Self {
-        Self {
-            name: s.name.clone(),
-            id: s.id.clone(),
-            node: s.node.clone(),
-            time: time_millis(s.time),
-            cpu_percent: (s.cpu_percent * 100.0).round() / 100.0,
-            memory_bytes: s.memory_bytes,
-            memory_limit_bytes: s.memory_limit_bytes,
-            network_rx_bytes: s.network_rx_bytes,
-            network_tx_bytes: s.network_tx_bytes,
-            block_read_bytes: s.block_read_bytes,
-            block_write_bytes: s.block_write_bytes,
-            pids: s.pids,
-        }
-    }
-}
-
-/// The cluster at a glance: nodes with usage, then the busiest containers.
-#[derive(Debug, Serialize)]
-pub struct TopView {
-    pub nodes: Vec<NodeView>,
-    pub containers: Vec<ContainerStatsView>,
-}
-
-impl TopView {
-    /// The view of `nodes` and the `busiest` containers.
-    pub fn new(nodes: &[pb::Node], busiest: &[pb::ContainerStats]) -> Self {
-        Self {
-            nodes: nodes.iter().map(NodeView::from).collect(),
-            containers: busiest.iter().map(ContainerStatsView::from).collect(),
         }
     }
 }
@@ -323,7 +230,7 @@ pub(super) fn until(t: Option<prost_types::Timestamp>) -> Option<i64> {
 
 /// Seconds since the container was last in use.
 pub(super) fn idle_seconds(c: &pb::Container) -> Option<u64> {
-    until(c.last_active_time).map(|s| (-s).max(0) as u64)
+    until(c.status().last_active_time).map(|s| (-s).max(0) as u64)
 }
 
 /// `CONTAINER_STATE_RUNNING` → `running`.

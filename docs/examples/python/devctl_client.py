@@ -66,9 +66,11 @@ def main():
             r = stub.ListContainers(container_pb2.ListContainersRequest(), timeout=30)
             out = [{"name": c.name, "owner": c.owner} for c in r.containers]
         else:
-            spec = container_pb2.Container(name=args.name, image=args.image, command=args.cmd)
-            c = stub.CreateContainer(container_pb2.CreateContainerRequest(container=spec), timeout=60)
-            out = {"name": c.name, "owner": c.owner, "node": c.node}
+            spec = container_pb2.ContainerSpec(image=args.image, command=args.cmd)
+            want = container_pb2.Container(name=args.name, spec=spec)
+            c = stub.CreateContainer(container_pb2.CreateContainerRequest(container=want), timeout=60)
+            state = container_pb2.ContainerState.Name(c.status.state)
+            out = {"name": c.name, "owner": c.owner, "node": c.status.node, "state": state}
     except grpc.RpcError as e:
         print(f"{e.code().name}: {e.details()}", file=sys.stderr)
         sys.exit(2)

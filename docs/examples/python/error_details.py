@@ -105,14 +105,14 @@ def main():
                         raise
             out = {"containers": [c.name for c in r.containers]}
         else:
-            spec = container_pb2.Container(
-                name=args.name,
+            spec = container_pb2.ContainerSpec(
                 image=args.image,
                 resources=container_pb2.Resources(milli_cpus=int(args.cpus * 1000)),
             )
-            req = container_pb2.CreateContainerRequest(container=spec, dry_run=args.dry_run)
+            want = container_pb2.Container(name=args.name, spec=spec)
+            req = container_pb2.CreateContainerRequest(container=want, dry_run=args.dry_run)
             c = stub.CreateContainer(req, timeout=60)
-            out = {"name": c.name, "node": c.node}
+            out = {"name": c.name, "node": c.status.node}
     except grpc.RpcError as e:
         err = explain(e)
         err["advice"] = advice(err)

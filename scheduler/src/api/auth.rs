@@ -8,6 +8,7 @@
 //! Streams register with [`Sessions`], so revoking an identity also ends
 //! the streams it has open.
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::HashMap,
     sync::{
@@ -406,8 +407,8 @@ pub fn may_see(id: &Identity, method: &str, c: &pb::Container) -> Result<(), Sta
 /// owner and admins; anyone else gets the keys with empty values.
 pub fn redacted(id: &Identity, mut c: pb::Container) -> pb::Container {
     let may_read_values = id.role == Role::Admin || id.name == c.owner;
-    if !may_read_values && !c.env.is_empty() {
-        c.env.values_mut().for_each(String::clear);
+    if !may_read_values && !c.spec().env.is_empty() {
+        c.spec_mut().env.values_mut().for_each(String::clear);
         c.env_redacted = true;
     }
     c

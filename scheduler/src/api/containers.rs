@@ -1,5 +1,6 @@
 //! `devctl.v1.ContainerService`.
 
+use devctl_proto::container::ContainerExt;
 use devctl_proto::pb::{self, container_service_server::ContainerService};
 use tonic::{Request, Response, Status};
 
@@ -173,7 +174,7 @@ impl ContainerService for ContainerApi {
         let r = req.into_inner();
         let container = self.cluster.delete(&r.name, r.force, &id.name).await?;
         Ok(Response::new(pb::DeleteContainerResponse {
-            pending: container.desired_state == pb::DesiredState::Removed as i32,
+            pending: container.spec().desired_state == pb::DesiredState::Removed as i32,
             container: Some(container),
         }))
     }

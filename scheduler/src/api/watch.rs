@@ -6,6 +6,7 @@
 //! slow that the feed drops the changes it still needs is told OUT_OF_RANGE
 //! and starts again from a snapshot.
 
+use devctl_proto::container::ContainerExt;
 use std::sync::Arc;
 
 use devctl_proto::{
@@ -86,7 +87,7 @@ impl View {
     fn container(&self, c: &pb::Container) -> Option<Object> {
         (self.containers && self.scope.allows(&c.owner)).then(|| {
             let mut c = redacted(&self.id, c.clone());
-            c.idle_timeout_seconds = self.idle_timeout_seconds;
+            c.status_mut().idle_timeout_seconds = self.idle_timeout_seconds;
             Object::Container(c)
         })
     }
@@ -254,7 +255,10 @@ mod tests {
         pb::Container {
             name: format!("{owner}-box"),
             owner: owner.into(),
-            env: [("TOKEN".to_string(), "s3cret".to_string())].into(),
+            spec: Some(pb::ContainerSpec {
+                env: [("TOKEN".to_string(), "s3cret".to_string())].into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -305,7 +309,7 @@ mod tests {
         let Some(Object::Container(c)) = r.object else {
             panic!("no container: {r:?}")
         };
-        assert_eq!(c.env["TOKEN"], "");
+        assert_eq!(c.spec().env["TOKEN"], "");
         assert!(c.env_redacted);
         let node = entry(Change::Node(Diff {
             before: Some(pb::Node::default()),

@@ -3,6 +3,7 @@
 //! committed (`PENDING`), then the agent asked; a failed create leaves
 //! neither a record nor an engine container behind.
 
+use devctl_proto::container::ContainerExt;
 use std::time::SystemTime;
 
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
@@ -72,14 +73,19 @@ impl Cluster {
             return Err(error::name_taken(spec.name));
         }
         let settings = &self.shared.settings;
+        let name = spec.name;
+        let mut spec = spec.spec.unwrap_or_default();
         let ttl = settings.leases.ttl_for_create(spec.ttl_seconds)?;
-        let mut resources = spec.resources.unwrap_or_default();
+        let resources = spec.resources.get_or_insert_default();
         if resources.milli_cpus == 0 {
             resources.milli_cpus = settings.default_milli_cpus;
         }
         if resources.memory_bytes == 0 {
             resources.memory_bytes = settings.default_memory_bytes;
         }
+        let resources = *resources;
+        spec.ttl_seconds = Some(ttl);
+        spec.set_desired_state(pb::DesiredState::Running);
         let request = placement::Request {
             node: (!spec.node.is_empty()).then(|| spec.node.clone()),
             milli_cpus: resources.milli_cpus,
@@ -90,23 +96,17 @@ impl Cluster {
             cpu_overcommit: settings.cpu_overcommit,
         };
         let mut record = pb::Container {
-            name: spec.name,
+            name,
             id: uuid::Uuid::new_v4().to_string(),
-            image: spec.image,
-            command: spec.command,
-            state: pb::ContainerState::Pending as i32,
-            desired_state: pb::DesiredState::Running as i32,
-            node: String::new(),
-            resources: Some(resources),
-            env: spec.env,
-            labels: spec.labels,
-            constraints: spec.constraints,
             owner: owner.to_string(),
             create_time: now(),
             update_time: now(),
-            ttl_seconds: Some(ttl),
-            lease_expire_time: lease_from_now(ttl),
-            health_check: spec.health_check,
+            spec: Some(spec),
+            status: Some(pb::ContainerStatus {
+                state: pb::ContainerState::Pending as i32,
+                lease_expire_time: lease_from_now(ttl),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         loop {
@@ -126,7 +126,7 @@ impl Cluster {
                     resources.memory_bytes,
                 )?;
             }
-            record.node = match self.place(&request, None) {
+            record.status_mut().node = match self.place(&request, None) {
                 Ok(node) => node,
                 // Just after a restart, a node not heard from yet may be
                 // the one that fits: wait for it (bounded by the grace
@@ -149,22 +149,20 @@ impl Cluster {
                 .await?;
             break;
         }
-        tracing::info!(name = %record.name, id = %record.id, node = %record.node, image = %record.image, owner, "creating container");
+        tracing::info!(name = %record.name, id = %record.id, node = %record.status().node, image = %record.spec().image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
 
-        let command = Command::Create(pb::CreateCommand {
-            container: Some(record.clone()),
-        });
-        match self.send_raw(&record.node, command, 0).await {
+        let command = Command::Create(create_command(&record));
+        match self.send_raw(&record.status().node, command, 0).await {
             Ok(Reply::Status(status)) => {
                 apply_status(&mut record, &status);
                 // The agent answers once the container stayed up briefly: a
                 // command that exits at once comes back stopped.
-                if record.state != pb::ContainerState::Running as i32 {
-                    record.last_error = exited_at_once(&record);
-                    tracing::warn!(name = %record.name, node = %record.node, exit_code = ?record.exit_code, "container exited right after it started");
+                if record.status().state != pb::ContainerState::Running as i32 {
+                    record.status_mut().last_error = exited_at_once(&record);
+                    tracing::warn!(name = %record.name, node = %record.status().node, exit_code = ?record.status().exit_code, "container exited right after it started");
                 } else {
-                    tracing::info!(name = %record.name, node = %record.node, "container running");
+                    tracing::info!(name = %record.name, node = %record.status().node, "container running");
                 }
                 self.store().update_container(record.clone()).await?;
                 self.shared.activity.touch(&record.name, SystemTime::now());
@@ -203,7 +201,7 @@ impl Cluster {
             id: record.id.clone(),
             force: true,
         });
-        let gone = match self.send_raw(&record.node, cleanup, 0).await {
+        let gone = match self.send_raw(&record.status().node, cleanup, 0).await {
             Ok(Reply::Removed(_)) => true,
             Ok(Reply::Error(e)) => e.code == pb::AgentErrorCode::ContainerNotFound as i32,
             _ => false,
@@ -212,8 +210,8 @@ impl Cluster {
             self.forget_record(&record).await?;
             return Err(err);
         }
-        record.state = pb::ContainerState::Failed as i32;
-        record.last_error = format!("create: {err}");
+        record.status_mut().state = pb::ContainerState::Failed as i32;
+        record.status_mut().last_error = format!("create: {err}");
         record.update_time = now();
         self.store().update_container(record.clone()).await?;
         Err(err.annotate(&format!(
@@ -223,9 +221,20 @@ impl Cluster {
     }
 }
 
+/// The agent's command to create and start `c`: its identity and spec.
+pub(super) fn create_command(c: &pb::Container) -> pb::CreateCommand {
+    pb::CreateCommand {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        owner: c.owner.clone(),
+        spec: c.spec.clone(),
+    }
+}
+
 /// What a container whose command exited right after its start says.
 fn exited_at_once(c: &pb::Container) -> String {
     let code = c
+        .status()
         .exit_code
         .map_or_else(|| "unknown".to_string(), |c| c.to_string());
     format!(

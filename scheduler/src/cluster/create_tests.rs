@@ -3,6 +3,7 @@
 //! (`forget_or_mark_failed`), against [`FakeLink`](super::fake_link)'s
 //! scripted agents.
 
+use devctl_proto::container::ContainerExt;
 use devctl_proto::pb::{self, AgentErrorCode, ContainerState, agent_reply::Result as Reply};
 
 use super::{
@@ -30,14 +31,14 @@ async fn create_the_agent_confirms_is_recorded_running() {
         Answer::Reply(status(ContainerState::Running, None)),
     );
     let c = f.create("web").await.expect("created");
-    assert_eq!(c.state(), ContainerState::Running);
-    assert_eq!(c.node, NODE);
+    assert_eq!(c.status().state(), ContainerState::Running);
+    assert_eq!(c.status().node, NODE);
     let r = f.record("web").expect("recorded");
     assert_eq!(
-        (r.state(), r.id.as_str()),
+        (r.status().state(), r.id.as_str()),
         (ContainerState::Running, c.id.as_str())
     );
-    assert_eq!(r.runtime_id, "engine-1");
+    assert_eq!(r.status().runtime_id, "engine-1");
     assert_eq!(f.link.kinds(), [Kind::Create]);
 }
 
@@ -49,13 +50,14 @@ async fn create_whose_command_exits_at_once_is_recorded_stopped_with_the_reason(
         Answer::Reply(status(ContainerState::Stopped, Some(3))),
     );
     let c = f.create("web").await.expect("created");
-    assert_eq!(c.state(), ContainerState::Stopped);
+    assert_eq!(c.status().state(), ContainerState::Stopped);
     let r = f.record("web").expect("recorded");
     assert!(
-        r.last_error
+        r.status()
+            .last_error
             .contains("exited right after it started (exit code 3)"),
         "{}",
-        r.last_error
+        r.status().last_error
     );
 }
 
@@ -189,14 +191,21 @@ async fn create_answered_late_whose_cleanup_went_unanswered_is_failed_then_adopt
         "{e:?}"
     );
     let failed = f.record("web").expect("kept");
-    assert_eq!(failed.state(), ContainerState::Failed);
+    assert_eq!(failed.status().state(), ContainerState::Failed);
 
     // The node has the container the late create made: the record takes
     // its state; nothing is duplicated or reported as unknown.
     f.cluster.sync_inventory(NODE).await.expect("synced");
     let r = f.record("web").expect("recorded");
-    assert_eq!((r.state(), r.id), (ContainerState::Running, failed.id));
-    assert!(r.last_error.is_empty(), "{}", r.last_error);
+    assert_eq!(
+        (r.status().state(), r.id.clone()),
+        (ContainerState::Running, failed.id)
+    );
+    assert!(
+        r.status().last_error.is_empty(),
+        "{}",
+        r.status().last_error
+    );
     assert_eq!(f.cluster.store().names_on_node(NODE), ["web"]);
     assert!(f.link.events().is_empty());
 }
@@ -230,11 +239,13 @@ async fn unknown_outcome_without_an_answer_to_the_cleanup_keeps_the_record_faile
         "{e:?}"
     );
     let r = f.record("web").expect("kept");
-    assert_eq!(r.state(), ContainerState::Failed);
+    assert_eq!(r.status().state(), ContainerState::Failed);
     assert!(
-        r.last_error.starts_with("create: the agent of node"),
+        r.status()
+            .last_error
+            .starts_with("create: the agent of node"),
         "{}",
-        r.last_error
+        r.status().last_error
     );
 }
 
@@ -255,6 +266,6 @@ async fn unknown_outcome_with_the_cleanup_refused_keeps_the_record_failed() {
         "{e:?}"
     );
     let r = f.record("web").expect("kept");
-    assert_eq!(r.state(), ContainerState::Failed);
+    assert_eq!(r.status().state(), ContainerState::Failed);
     assert_eq!(f.link.kinds(), [Kind::Create, Kind::Remove]);
 }

@@ -2,6 +2,7 @@
 //! node is ready, or recorded as pending while the node is down and carried
 //! out at the node's next inventory sync.
 
+use devctl_proto::container::ContainerExt;
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
 
 use super::{
@@ -45,11 +46,11 @@ impl Cluster {
             .shared
             .intents
             .begin_for(&c.id, actor, Op::Remove, cause.word());
-        if c.desired_state == pb::DesiredState::Removed as i32 {
+        if c.spec().desired_state == pb::DesiredState::Removed as i32 {
             // Already recorded; the node removes it when it reports.
             return Ok(c);
         }
-        if !force && c.state == pb::ContainerState::Running as i32 {
+        if !force && c.status().state == pb::ContainerState::Running as i32 {
             return Err(error::wrong_state(
                 name,
                 format!(
@@ -57,13 +58,13 @@ impl Cluster {
                 ),
             ));
         }
-        if !self.settles_ready(&c.node).await {
+        if !self.settles_ready(&c.status().node).await {
             if !force {
                 return Err(error::node_not_ready(
-                    &c.node,
+                    &c.status().node,
                     format!(
                         "node {:?} of container {name:?} is down; retry when it is back, or use --force to remove it from the node as soon as the node returns",
-                        c.node
+                        c.status().node
                     ),
                 ));
             }
@@ -82,7 +83,7 @@ impl Cluster {
             id: c.id.clone(),
             force,
         });
-        match self.send(&c.node, command, 0).await? {
+        match self.send(&c.status().node, command, 0).await? {
             Reply::Removed(_) => {}
             Reply::Error(e) if e.code == pb::AgentErrorCode::ContainerNotFound as i32 => {
                 tracing::info!(name = %c.name, "container was already gone from its node");
@@ -102,23 +103,23 @@ impl Cluster {
         actor: &str,
         cause: Cause,
     ) -> Result<pb::Container, Error> {
-        c.desired_state = pb::DesiredState::Removed as i32;
+        c.spec_mut().desired_state = pb::DesiredState::Removed as i32;
         // Nothing left to stop, restart or expire meanwhile.
-        c.lease_expire_time = None;
-        c.last_error = removal_pending_message(&c);
+        c.status_mut().lease_expire_time = None;
+        c.status_mut().last_error = removal_pending_message(&c);
         c.update_time = now();
         self.store().update_container(c.clone()).await?;
         self.shared.activity.forget(&c.name);
-        tracing::warn!(name = %c.name, node = %c.node, actor, reason = cause.word(), "node is down: removal recorded, carried out when the node returns");
+        tracing::warn!(name = %c.name, node = %c.status().node, actor, reason = cause.word(), "node is down: removal recorded, carried out when the node returns");
         let event = pb::Event {
             time: now(),
             r#type: pb::EventType::ContainerRemovalPending as i32,
             container: c.name.clone(),
             container_id: c.id.clone(),
-            node: c.node.clone(),
+            node: c.status().node.clone(),
             actor: actor.to_string(),
             reason: "removal_pending".into(),
-            message: c.last_error.clone(),
+            message: c.status().last_error.clone(),
             ..Default::default()
         };
         let _ = self.emit(event, format!("removal-pending-{}", c.id)).await;
@@ -134,7 +135,8 @@ impl Cluster {
             let Some(c) = self.store().container(&name)? else {
                 continue;
             };
-            if c.node != node || c.desired_state != pb::DesiredState::Removed as i32 {
+            if c.status().node != node || c.spec().desired_state != pb::DesiredState::Removed as i32
+            {
                 continue;
             }
             self.remove_on_node(&c, true).await?;
@@ -147,7 +149,9 @@ impl Cluster {
     /// Deletes `c`'s record and its samples; engine events about it that
     /// are still on their way are accepted for a while.
     pub(super) async fn forget_record(&self, c: &pb::Container) -> Result<(), Error> {
-        self.shared.whereabouts.note(&c.id, &c.node, &c.name);
+        self.shared
+            .whereabouts
+            .note(&c.id, &c.status().node, &c.name);
         self.store().delete_container(&c.name).await?;
         self.shared.stats.forget(&c.id);
         Ok(())
@@ -158,6 +162,6 @@ impl Cluster {
 pub(super) fn removal_pending_message(c: &pb::Container) -> String {
     format!(
         "node {} is down; the container will be removed when it returns",
-        c.node
+        c.status().node
     )
 }

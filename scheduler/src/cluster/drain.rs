@@ -1,6 +1,7 @@
 //! Cordon, uncordon and drain, and starting a container whose node is
 //! cordoned (it is placed again, on a node that allows it).
 
+use devctl_proto::container::ContainerExt;
 use std::{collections::HashMap, time::SystemTime};
 
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
@@ -8,6 +9,7 @@ use futures::future::join_all;
 
 use super::{
     Cluster, Error,
+    create::create_command,
     error::{self, agent_error},
     lifecycle::{Cause, Lifecycle, after_lifecycle},
     now,
@@ -79,14 +81,15 @@ impl Cluster {
                     .container(n)
                     .ok()
                     .flatten()
-                    .is_some_and(|c| c.desired_state == pb::DesiredState::Running as i32)
+                    .is_some_and(|c| c.spec().desired_state == pb::DesiredState::Running as i32)
             })
             .collect();
         tracing::info!(node, actor, containers = names.len(), "draining node");
         let stops = names.iter().map(|name| {
             let node = node.to_string();
             let still = move |c: &pb::Container| {
-                c.node == node && c.desired_state == pb::DesiredState::Running as i32
+                c.status().node == node
+                    && c.spec().desired_state == pb::DesiredState::Running as i32
             };
             self.lifecycle(
                 name,
@@ -124,53 +127,54 @@ impl Cluster {
         mut c: pb::Container,
         actor: &str,
     ) -> Result<pb::Container, Error> {
-        let res = c.resources.unwrap_or_default();
+        let res = c.spec().resources.unwrap_or_default();
         let request = placement::Request {
             node: None,
             milli_cpus: res.milli_cpus,
             memory_bytes: res.memory_bytes,
-            constraints: c.constraints.clone(),
+            constraints: c.spec().constraints.clone(),
             strategy: self.shared.settings.strategy,
             memory_threshold_percent: self.shared.settings.memory_threshold_percent,
             cpu_overcommit: self.shared.settings.cpu_overcommit,
         };
         let _placing = self.shared.placement.lock().await;
         // Its own reservation is on the old node: it does not count there.
-        let release =
-            (c.desired_state == pb::DesiredState::Running as i32).then_some((c.node.as_str(), res));
+        let release = (c.spec().desired_state == pb::DesiredState::Running as i32)
+            .then_some((c.status().node.as_str(), res));
         let target = match self.place(&request, release) {
             Ok(n) => n,
             Err(e) => {
                 let message = format!(
                     "node {:?} of container {:?} is cordoned and {e}",
-                    c.node, c.name
+                    c.status().node,
+                    c.name
                 );
                 return Err(Error::new(error::placement_kind(e), message));
             }
         };
         let _intent = self.shared.intents.begin(&c.id, actor, Op::Create);
-        if self.shared.nodes.is_ready(&c.node) {
-            self.remove_from(&c.node, &c).await?;
+        if self.shared.nodes.is_ready(&c.status().node) {
+            self.remove_from(&c.status().node, &c).await?;
         } else {
             // A drained node that was shut down: its copy, if it comes
             // back, is no longer the record's and is removed as unknown.
-            tracing::warn!(name = %c.name, node = %c.node, "re-placing a container whose cordoned node is down; its old copy is removed when the node is back");
+            tracing::warn!(name = %c.name, node = %c.status().node, "re-placing a container whose cordoned node is down; its old copy is removed when the node is back");
         }
-        tracing::info!(name = %c.name, from = %c.node, to = %target, "re-placing a container whose node is cordoned");
+        tracing::info!(name = %c.name, from = %c.status().node, to = %target, "re-placing a container whose node is cordoned");
         // Engine events of both copies are about this container.
-        self.shared.whereabouts.note(&c.id, &c.node, &c.name);
+        self.shared
+            .whereabouts
+            .note(&c.id, &c.status().node, &c.name);
         self.shared.whereabouts.note(&c.id, &target, &c.name);
-        let old_node = std::mem::replace(&mut c.node, target);
-        c.runtime_id.clear();
-        let create = Command::Create(pb::CreateCommand {
-            container: Some(c.clone()),
-        });
-        let result = self.send_raw(&c.node, create, 0).await;
+        let old_node = std::mem::replace(&mut c.status_mut().node, target);
+        c.status_mut().runtime_id.clear();
+        let create = Command::Create(create_command(&c));
+        let result = self.send_raw(&c.status().node, create, 0).await;
         c.update_time = now();
         match result {
             Ok(Reply::Status(status)) => {
                 // A user's start, on another node.
-                c.desired_state = pb::DesiredState::Running as i32;
+                c.spec_mut().desired_state = pb::DesiredState::Running as i32;
                 apply_status(&mut c, &status);
                 let default_ttl = self.shared.settings.leases.default_seconds();
                 after_lifecycle(&mut c, Lifecycle::Start, Cause::User, false, default_ttl);
@@ -188,15 +192,15 @@ impl Cluster {
                     Ok(reply) => agent_error(reply, &c),
                     Err(e) => e.into(),
                 };
-                if !clean && let Err(e) = self.remove_from(&c.node, &c).await {
-                    tracing::warn!(name = %c.name, node = %c.node, error = %e,
+                if !clean && let Err(e) = self.remove_from(&c.status().node, &c).await {
+                    tracing::warn!(name = %c.name, node = %c.status().node, error = %e,
                         "could not confirm that a failed re-placement left nothing behind; the reconciliation removes it as unknown");
                 }
                 // Gone from the old node, not made on the new one: record
                 // that, on the old node, so a later start tries again.
-                c.node = old_node;
-                c.state = pb::ContainerState::Failed as i32;
-                c.last_error = format!("re-placement on another node failed: {err}");
+                c.status_mut().node = old_node;
+                c.status_mut().state = pb::ContainerState::Failed as i32;
+                c.status_mut().last_error = format!("re-placement on another node failed: {err}");
                 self.store().update_container(c).await?;
                 Err(err)
             }

@@ -8,6 +8,7 @@
 //! machine-readable details; code matches on [`Error::kind`], never on the
 //! message.
 
+use devctl_proto::container::ContainerExt;
 use std::time::Duration;
 
 use devctl_proto::{
@@ -272,11 +273,11 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
         other => {
             return Error::internal(format!(
                 "the agent of node {:?} sent an unexpected reply: {other:?}",
-                c.node
+                c.status().node
             ));
         }
     };
-    let node = c.node.clone();
+    let node = c.status().node.clone();
     match pb::AgentErrorCode::try_from(e.code).unwrap_or_default() {
         pb::AgentErrorCode::ImageNotFound => {
             Error::new(ErrorKind::ImageNotFound { node }, e.message)
@@ -289,7 +290,9 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
             },
             format!(
                 "container {:?} is missing on node {:?} (removed outside devctl?); remove it with `devctl rm {}`",
-                c.name, c.node, c.name
+                c.name,
+                c.status().node,
+                c.name
             ),
         ),
         pb::AgentErrorCode::Invalid => Error::new(ErrorKind::EngineRejected { node }, e.message),
@@ -297,10 +300,10 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
             ErrorKind::AgentShuttingDown { node },
             format!(
                 "the agent of node {:?} is shutting down; retry when it is back",
-                c.node
+                c.status().node
             ),
         ),
-        _ => Error::internal(format!("node {:?}: {}", c.node, e.message)),
+        _ => Error::internal(format!("node {:?}: {}", c.status().node, e.message)),
     }
 }
 
@@ -319,7 +322,10 @@ mod tests {
     fn agent_refusals_have_kinds_and_the_same_messages() {
         let c = pb::Container {
             name: "web".into(),
-            node: "n1".into(),
+            status: Some(pb::ContainerStatus {
+                node: "n1".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let e = agent_error(refusal(pb::AgentErrorCode::ContainerNotFound), &c);

@@ -51,11 +51,7 @@ impl Kind {
 /// The container ids and names `command` is about.
 fn targets(command: &Command) -> Vec<&str> {
     match command {
-        Command::Create(c) => c
-            .container
-            .iter()
-            .flat_map(|c| [c.id.as_str(), c.name.as_str()])
-            .collect(),
+        Command::Create(c) => vec![&c.id, &c.name],
         Command::Start(c) => vec![&c.id],
         Command::Stop(c) => vec![&c.id],
         Command::Restart(c) => vec![&c.id],
@@ -82,7 +78,7 @@ pub(super) enum Answer {
 
 /// A status reply: the container in `state`.
 pub(super) fn status(state: pb::ContainerState, exit_code: Option<i32>) -> Reply {
-    Reply::Status(pb::ContainerStatus {
+    Reply::Status(pb::EngineContainer {
         state: state as i32,
         exit_code,
         runtime_id: "engine-1".into(),
@@ -116,7 +112,7 @@ struct Inner {
     script: Vec<Scripted>,
     commands: Vec<(String, Command)>,
     late: Vec<(String, Reply)>,
-    inventories: HashMap<String, Vec<pb::ContainerStatus>>,
+    inventories: HashMap<String, Vec<pb::EngineContainer>>,
     events: Vec<pb::Event>,
 }
 
@@ -152,12 +148,12 @@ impl FakeLink {
     }
 
     /// What `node`'s engine has (served to inventory commands).
-    pub(super) fn set_inventory(&self, node: &str, containers: Vec<pb::ContainerStatus>) {
+    pub(super) fn set_inventory(&self, node: &str, containers: Vec<pb::EngineContainer>) {
         self.inner().inventories.insert(node.into(), containers);
     }
 
     /// What `node`'s engine has now.
-    pub(super) fn inventory(&self, node: &str) -> Vec<pb::ContainerStatus> {
+    pub(super) fn inventory(&self, node: &str) -> Vec<pb::EngineContainer> {
         self.inner()
             .inventories
             .get(node)
@@ -235,11 +231,10 @@ impl Inner {
         let engine = self.inventories.entry(node.into()).or_default();
         match (command, reply) {
             (Command::Create(c), Reply::Status(s)) => {
-                let c = c.container.clone().unwrap_or_default();
-                engine.push(pb::ContainerStatus {
-                    id: c.id,
-                    name: c.name,
-                    image: c.image,
+                engine.push(pb::EngineContainer {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    image: c.spec.as_ref().map(|s| s.image.clone()).unwrap_or_default(),
                     ..s.clone()
                 });
             }
@@ -366,7 +361,10 @@ pub(super) fn cluster_with(settings: super::Settings) -> Fixture {
 pub(super) fn spec(name: &str) -> pb::Container {
     pb::Container {
         name: name.into(),
-        image: "devctl/dev:latest".into(),
+        spec: Some(pb::ContainerSpec {
+            image: "devctl/dev:latest".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

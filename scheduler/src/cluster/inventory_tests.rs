@@ -2,6 +2,7 @@
 //! table in docs/architecture.md ("Reconciliation and interrupted
 //! creates"), against [`FakeLink`](super::fake_link)'s scripted agents.
 
+use devctl_proto::container::ContainerExt;
 use std::time::{Duration, SystemTime};
 
 use devctl_proto::pb::{self, ContainerState, StopReason};
@@ -13,19 +14,25 @@ fn record(name: &str, state: ContainerState) -> pb::Container {
     pb::Container {
         name: name.into(),
         id: format!("id-{name}"),
-        image: "devctl/dev:latest".into(),
-        state: state as i32,
-        desired_state: pb::DesiredState::Running as i32,
-        node: NODE.into(),
         owner: "alice".into(),
         update_time: Some((SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000)).into()),
+        spec: Some(pb::ContainerSpec {
+            image: "devctl/dev:latest".into(),
+            desired_state: pb::DesiredState::Running as i32,
+            ..Default::default()
+        }),
+        status: Some(pb::ContainerStatus {
+            state: state as i32,
+            node: NODE.into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
 /// What the node's engine reports about `name`.
-fn on_node(name: &str, state: ContainerState, exit_code: Option<i32>) -> pb::ContainerStatus {
-    pb::ContainerStatus {
+fn on_node(name: &str, state: ContainerState, exit_code: Option<i32>) -> pb::EngineContainer {
+    pb::EngineContainer {
         id: format!("id-{name}"),
         name: name.into(),
         runtime_id: "engine-1".into(),
@@ -61,8 +68,8 @@ async fn inventory_adopts_a_pending_container_the_node_has() {
     f.link
         .set_inventory(NODE, vec![on_node("web", ContainerState::Running, None)]);
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Running);
-    assert_eq!(c.runtime_id, "engine-1");
+    assert_eq!(c.status().state(), ContainerState::Running);
+    assert_eq!(c.status().runtime_id, "engine-1");
 }
 
 #[tokio::test]
@@ -72,8 +79,8 @@ async fn inventory_finds_a_lost_container_again_with_the_state_it_has() {
     f.link
         .set_inventory(NODE, vec![on_node("web", ContainerState::Running, None)]);
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Running);
-    assert_eq!(c.stop_reason(), StopReason::Unspecified);
+    assert_eq!(c.status().state(), ContainerState::Running);
+    assert_eq!(c.status().stop_reason(), StopReason::Unspecified);
 }
 
 #[tokio::test]
@@ -85,9 +92,9 @@ async fn inventory_marks_a_lost_container_found_stopped_as_stopped_by_node_loss(
         vec![on_node("web", ContainerState::Stopped, Some(137))],
     );
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Stopped);
-    assert_eq!(c.exit_code, Some(137));
-    assert_eq!(c.stop_reason(), StopReason::NodeLost);
+    assert_eq!(c.status().state(), ContainerState::Stopped);
+    assert_eq!(c.status().exit_code, Some(137));
+    assert_eq!(c.status().stop_reason(), StopReason::NodeLost);
 }
 
 #[tokio::test]
@@ -97,16 +104,19 @@ async fn inventory_gives_a_record_the_state_that_changed_on_the_node() {
     f.link
         .set_inventory(NODE, vec![on_node("web", ContainerState::Stopped, Some(1))]);
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Stopped);
-    assert_eq!(c.exit_code, Some(1));
-    assert_eq!(c.stop_reason(), StopReason::Unspecified);
+    assert_eq!(c.status().state(), ContainerState::Stopped);
+    assert_eq!(c.status().exit_code, Some(1));
+    assert_eq!(c.status().stop_reason(), StopReason::Unspecified);
 }
 
 #[tokio::test]
 async fn inventory_leaves_a_record_alone_when_nothing_changed_on_the_node() {
     let f = fake_link::cluster();
     let before = pb::Container {
-        runtime_id: "engine-1".into(),
+        status: Some(pb::ContainerStatus {
+            runtime_id: "engine-1".into(),
+            ..Default::default()
+        }),
         ..record("web", ContainerState::Running)
     };
     f.given(before.clone()).await;
@@ -120,13 +130,13 @@ async fn inventory_fails_a_pending_container_that_never_reached_the_node() {
     let f = fake_link::cluster();
     f.given(record("web", ContainerState::Pending)).await;
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Failed);
+    assert_eq!(c.status().state(), ContainerState::Failed);
     assert!(
-        c.last_error.starts_with(
+        c.status().last_error.starts_with(
             "the create was interrupted by a scheduler restart and never reached the node"
         ),
         "{}",
-        c.last_error
+        c.status().last_error
     );
 }
 
@@ -135,13 +145,14 @@ async fn inventory_fails_a_lost_container_gone_from_its_node_as_stopped_by_node_
     let f = fake_link::cluster();
     f.given(record("web", ContainerState::Lost)).await;
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Failed);
-    assert_eq!(c.stop_reason(), StopReason::NodeLost);
+    assert_eq!(c.status().state(), ContainerState::Failed);
+    assert_eq!(c.status().stop_reason(), StopReason::NodeLost);
     assert!(
-        c.last_error
+        c.status()
+            .last_error
             .contains("was lost and the container is gone from it"),
         "{}",
-        c.last_error
+        c.status().last_error
     );
 }
 
@@ -150,9 +161,9 @@ async fn inventory_fails_a_container_missing_on_its_node() {
     let f = fake_link::cluster();
     f.given(record("web", ContainerState::Running)).await;
     let c = f.synced("web").await;
-    assert_eq!(c.state(), ContainerState::Failed);
+    assert_eq!(c.status().state(), ContainerState::Failed);
     assert_eq!(
-        c.last_error,
+        c.status().last_error,
         "the container is missing on node \"node-1\" (removed outside devctl?)"
     );
 }
@@ -161,7 +172,10 @@ async fn inventory_fails_a_container_missing_on_its_node() {
 async fn inventory_leaves_a_failed_record_missing_on_its_node_as_it_is() {
     let f = fake_link::cluster();
     let before = pb::Container {
-        last_error: "create: the agent did not answer".into(),
+        status: Some(pb::ContainerStatus {
+            last_error: "create: the agent did not answer".into(),
+            ..Default::default()
+        }),
         ..record("web", ContainerState::Failed)
     };
     f.given(before.clone()).await;

@@ -2,6 +2,7 @@
 //! ([`Lifecycle`]), the one path that runs them, and what a successful one
 //! changes beyond the observed state.
 
+use devctl_proto::container::ContainerExt;
 use std::time::SystemTime;
 
 use devctl_proto::{
@@ -112,12 +113,13 @@ impl Cluster {
     /// unknown), or `c` is being removed.
     async fn node_must_be_ready(&self, c: &pb::Container) -> Result<(), Error> {
         must_not_be_removing(c)?;
-        if !self.settles_ready(&c.node).await {
+        if !self.settles_ready(&c.status().node).await {
             return Err(error::node_not_ready(
-                &c.node,
+                &c.status().node,
                 format!(
                     "node {:?} of container {:?} is down; retry when it is back (`devctl nodes`)",
-                    c.node, c.name
+                    c.status().node,
+                    c.name
                 ),
             ));
         }
@@ -148,8 +150,12 @@ impl Cluster {
             // A stopped container whose node is cordoned (drained, maybe
             // powered off since) starts elsewhere; a running one stays.
             if op == Lifecycle::Start
-                && c.state != pb::ContainerState::Running as i32
-                && this.shared.nodes.get(&c.node).is_some_and(|n| n.cordoned)
+                && c.status().state != pb::ContainerState::Running as i32
+                && this
+                    .shared
+                    .nodes
+                    .get(&c.status().node)
+                    .is_some_and(|n| n.cordoned)
             {
                 return this.replace_and_start(c, &actor).await;
             }
@@ -159,8 +165,8 @@ impl Cluster {
                 .intents
                 .begin_for(&c.id, &actor, op.op(), cause.word());
             let command = op.command(c.id.clone(), stop_timeout);
-            let was_running = c.state == pb::ContainerState::Running as i32;
-            let result = this.send(&c.node, command, stop_timeout).await;
+            let was_running = c.status().state == pb::ContainerState::Running as i32;
+            let result = this.send(&c.status().node, command, stop_timeout).await;
             // Only an outcome the node confirmed changes the desired state:
             // a stop that timed out still reserves, and is retried.
             let desired = op.desired() as i32;
@@ -168,7 +174,7 @@ impl Cluster {
             let default_ttl = this.shared.settings.leases.default_seconds();
             let outcome = match result {
                 Ok(Reply::Status(status)) => {
-                    c.desired_state = desired;
+                    c.spec_mut().desired_state = desired;
                     apply_status(&mut c, &status);
                     after_lifecycle(&mut c, op, cause, was_running, default_ttl);
                     Ok(())
@@ -176,12 +182,12 @@ impl Cluster {
                 Ok(reply) => {
                     let err = agent_error(reply, &c);
                     if matches!(err.kind(), ErrorKind::MissingOnNode { .. }) {
-                        c.desired_state = desired;
-                        c.state = pb::ContainerState::Failed as i32;
+                        c.spec_mut().desired_state = desired;
+                        c.status_mut().state = pb::ContainerState::Failed as i32;
                         // Nothing left to stop when the lease runs out.
-                        c.lease_expire_time = None;
+                        c.status_mut().lease_expire_time = None;
                     }
-                    c.last_error = err.to_string();
+                    c.status_mut().last_error = err.to_string();
                     Err(err)
                 }
                 Err(err) => Err(err),
@@ -247,7 +253,7 @@ impl Cluster {
 /// Fails if `c` is awaiting removal (it cannot be started, stopped or
 /// reached any more).
 fn must_not_be_removing(c: &pb::Container) -> Result<(), Error> {
-    if c.desired_state == pb::DesiredState::Removed as i32 {
+    if c.spec().desired_state == pb::DesiredState::Removed as i32 {
         return Err(error::wrong_state(
             &c.name,
             format!(
@@ -271,30 +277,30 @@ pub(super) fn after_lifecycle(
     match op {
         Lifecycle::Stop => {
             // A container that had already stopped keeps its own reason.
-            if was_running || c.stop_reason == pb::StopReason::Unspecified as i32 {
-                c.stop_reason = cause.stop_reason() as i32;
+            if was_running || c.status().stop_reason == pb::StopReason::Unspecified as i32 {
+                c.status_mut().stop_reason = cause.stop_reason() as i32;
             }
-            c.lease_expire_time = None;
-            c.health = pb::HealthStatus::Unspecified as i32;
+            c.status_mut().lease_expire_time = None;
+            c.status_mut().health = pb::HealthStatus::Unspecified as i32;
             if cause == Cause::Health {
-                c.state = pb::ContainerState::Failed as i32;
-                c.last_error = "the health check kept failing after an automatic restart; the container is left stopped for inspection (devctl logs, then devctl start)".into();
+                c.status_mut().state = pb::ContainerState::Failed as i32;
+                c.status_mut().last_error = "the health check kept failing after an automatic restart; the container is left stopped for inspection (devctl logs, then devctl start)".into();
             }
         }
         Lifecycle::Start | Lifecycle::Restart => {
-            if c.state == pb::ContainerState::Running as i32 {
-                c.stop_reason = pb::StopReason::Unspecified as i32;
+            if c.status().state == pb::ContainerState::Running as i32 {
+                c.status_mut().stop_reason = pb::StopReason::Unspecified as i32;
             }
             if cause == Cause::Health {
-                c.health_restarts += 1;
+                c.status_mut().health_restarts += 1;
             }
             // A user's start renews the lease and the health restart.
             if cause == Cause::User {
-                c.health_restarts = 0;
-                if op == Lifecycle::Start || c.lease_expire_time.is_none() {
+                c.status_mut().health_restarts = 0;
+                if op == Lifecycle::Start || c.status().lease_expire_time.is_none() {
                     // Records from before leases existed get the default.
-                    let ttl = *c.ttl_seconds.get_or_insert(default_ttl);
-                    c.lease_expire_time = lease_from_now(ttl);
+                    let ttl = *c.spec_mut().ttl_seconds.get_or_insert(default_ttl);
+                    c.status_mut().lease_expire_time = lease_from_now(ttl);
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! in line with what the node has), and how an agent's status is copied
 //! into a record.
 
+use devctl_proto::container::ContainerExt;
 use std::{collections::HashMap, time::SystemTime};
 
 use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
@@ -58,7 +59,7 @@ impl Cluster {
         self.store()
             .container(&name)
             .ok()?
-            .filter(|c| c.id == id && c.node == node)
+            .filter(|c| c.id == id && c.status().node == node)
     }
 
     /// The name of container `id` if the scheduler placed it on `node`:
@@ -159,12 +160,12 @@ impl Cluster {
         let Some(mut c) = self.store().container(name)? else {
             return Ok(());
         };
-        if c.id != ev.id || c.node != ev.node {
+        if c.id != ev.id || c.status().node != ev.node {
             return Ok(()); // another container of the same name by now
         }
         let before = c.clone();
         let inspect = Command::Inspect(pb::InspectCommand { id: c.id.clone() });
-        match self.send_raw(&c.node, inspect, 0).await {
+        match self.send_raw(&c.status().node, inspect, 0).await {
             Ok(Reply::Status(s)) => {
                 let running = s.state == pb::ContainerState::Running as i32;
                 apply_status(&mut c, &s);
@@ -191,8 +192,8 @@ impl Cluster {
             return Ok(());
         }
         c.update_time = now();
-        self.note_started(before.state, &c);
-        tracing::info!(name, state = ?c.state(), action = %ev.action, "container changed outside devctl");
+        self.note_started(before.status().state, &c);
+        tracing::info!(name, state = ?c.status().state(), action = %ev.action, "container changed outside devctl");
         self.store().update_container(c).await?;
         Ok(())
     }
@@ -202,7 +203,7 @@ impl Cluster {
     /// devctl could not see it is unknown.
     fn note_started(&self, state_before: i32, after: &pb::Container) {
         let running = pb::ContainerState::Running as i32;
-        if after.state == running && state_before != running {
+        if after.status().state == running && state_before != running {
             self.shared.activity.touch(&after.name, SystemTime::now());
         }
     }
@@ -228,7 +229,7 @@ impl Cluster {
         let Reply::Inventory(inventory) = reply else {
             return Err(agent_error(reply, &pb::Container::default()));
         };
-        let mut on_node: HashMap<String, pb::ContainerStatus> = inventory
+        let mut on_node: HashMap<String, pb::EngineContainer> = inventory
             .containers
             .into_iter()
             .map(|s| (s.id.clone(), s))
@@ -239,20 +240,21 @@ impl Cluster {
             let Some(mut c) = self.store().container(&name)? else {
                 continue;
             };
-            if c.node != node || c.desired_state == pb::DesiredState::Removed as i32 {
+            if c.status().node != node || c.spec().desired_state == pb::DesiredState::Removed as i32
+            {
                 // Removed meanwhile: the next sync carries it out.
                 on_node.remove(&c.id);
                 continue;
             }
-            let lost = c.state == pb::ContainerState::Lost as i32;
-            let state_before = c.state;
+            let lost = c.status().state == pb::ContainerState::Lost as i32;
+            let state_before = c.status().state;
             // Whatever changed after the inventory was taken is newer than
             // it, except a `lost` mark: the node answered, so it is back.
             let changed_since_ask = c
                 .update_time
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .is_none_or(|t| t >= asked_at);
-            let was_pending = c.state == pb::ContainerState::Pending as i32;
+            let was_pending = c.status().state == pb::ContainerState::Pending as i32;
             let status = on_node.remove(&c.id);
             // A `lost` mark made after the ask is newer than the inventory
             // unless the node is back (then the mark is stale).
@@ -261,31 +263,35 @@ impl Cluster {
             }
             match status {
                 Some(status) => {
-                    let before = (c.state, c.exit_code, c.runtime_id.clone(), c.health);
+                    let seen = |c: &pb::Container| {
+                        let s = c.status();
+                        (s.state, s.exit_code, s.runtime_id.clone(), s.health)
+                    };
+                    let before = seen(&c);
                     apply_status(&mut c, &status);
-                    if before == (c.state, c.exit_code, c.runtime_id.clone(), c.health) {
+                    if before == seen(&c) {
                         continue;
                     }
                     if was_pending {
                         tracing::info!(node, name = %c.name, "adopted a container whose create was interrupted");
                     } else if lost {
-                        if c.state != pb::ContainerState::Running as i32 {
-                            c.stop_reason = pb::StopReason::NodeLost as i32;
+                        if c.status().state != pb::ContainerState::Running as i32 {
+                            c.status_mut().stop_reason = pb::StopReason::NodeLost as i32;
                         }
-                        tracing::info!(node, name = %c.name, state = ?c.state(), "lost container found again on its node");
+                        tracing::info!(node, name = %c.name, state = ?c.status().state(), "lost container found again on its node");
                     } else {
-                        tracing::info!(node, name = %c.name, state = ?c.state(), "observed state updated from node inventory");
+                        tracing::info!(node, name = %c.name, state = ?c.status().state(), "observed state updated from node inventory");
                     }
                 }
-                None if c.state == pb::ContainerState::Failed as i32 => {
+                None if c.status().state == pb::ContainerState::Failed as i32 => {
                     continue;
                 }
                 None => {
-                    c.state = pb::ContainerState::Failed as i32;
-                    c.last_error = if was_pending {
+                    c.status_mut().state = pb::ContainerState::Failed as i32;
+                    c.status_mut().last_error = if was_pending {
                         "the create was interrupted by a scheduler restart and never reached the node; remove the container and create it again".into()
                     } else if lost {
-                        c.stop_reason = pb::StopReason::NodeLost as i32;
+                        c.status_mut().stop_reason = pb::StopReason::NodeLost as i32;
                         format!(
                             "node {node:?} was lost and the container is gone from it; remove it, or start it to create it again"
                         )
@@ -294,7 +300,7 @@ impl Cluster {
                             "the container is missing on node {node:?} (removed outside devctl?)"
                         )
                     };
-                    tracing::warn!(node, name = %c.name, reason = %c.last_error, "recorded container not on its node");
+                    tracing::warn!(node, name = %c.name, reason = %c.status().last_error, "recorded container not on its node");
                 }
             }
             c.update_time = now();
@@ -308,16 +314,17 @@ impl Cluster {
 }
 
 /// Copies what an agent observed into the record.
-pub(super) fn apply_status(c: &mut pb::Container, s: &pb::ContainerStatus) {
-    c.state = s.state;
-    c.exit_code = s.exit_code;
-    c.health = s.health;
-    if s.start_time.is_some() {
-        c.start_time = s.start_time;
+pub(super) fn apply_status(c: &mut pb::Container, seen: &pb::EngineContainer) {
+    let status = c.status_mut();
+    status.state = seen.state;
+    status.exit_code = seen.exit_code;
+    status.health = seen.health;
+    if seen.start_time.is_some() {
+        status.start_time = seen.start_time;
     }
-    if !s.runtime_id.is_empty() {
-        c.runtime_id = s.runtime_id.clone();
+    if !seen.runtime_id.is_empty() {
+        status.runtime_id = seen.runtime_id.clone();
     }
-    c.last_error.clear();
+    status.last_error.clear();
     c.update_time = now();
 }

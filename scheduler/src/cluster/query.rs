@@ -2,6 +2,7 @@
 //! the live fields (idle window, last use) added to what is recorded.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use devctl_proto::container::ContainerExt;
 use devctl_proto::{
     pb,
     validate::{self, InvalidField, limits},
@@ -33,9 +34,9 @@ impl Cluster {
     /// the container runs, when it was last in use.
     pub(super) fn decorate(&self, mut c: pb::Container) -> pb::Container {
         let activity = &self.shared.activity;
-        c.idle_timeout_seconds = self.idle_timeout_seconds();
-        if c.state == pb::ContainerState::Running as i32 {
-            c.last_active_time = activity.last_active(&c.name).map(Into::into);
+        c.status_mut().idle_timeout_seconds = self.idle_timeout_seconds();
+        if c.status().state == pb::ContainerState::Running as i32 {
+            c.status_mut().last_active_time = activity.last_active(&c.name).map(Into::into);
         }
         c
     }

@@ -1,6 +1,7 @@
 //! Streams to a container on its node: its output (logs), exec sessions
 //! (recorded as events and counted as use), and the event history.
 
+use devctl_proto::container::ContainerExt;
 use std::time::SystemTime;
 
 use devctl_proto::{
@@ -26,12 +27,12 @@ impl Cluster {
             return Err(InvalidField::new("tail", "must not be negative").into());
         }
         let c = self.record(name)?;
-        if !self.settles_ready(&c.node).await {
+        if !self.settles_ready(&c.status().node).await {
             return Err(error::node_not_ready(
-                &c.node,
+                &c.status().node,
                 format!(
                     "node {:?} of container {name:?} is down; its output cannot be read now",
-                    c.node
+                    c.status().node
                 ),
             ));
         }
@@ -53,7 +54,7 @@ impl Cluster {
         match self
             .shared
             .link
-            .open_stream(&c.node, Box::new(build), timeout)
+            .open_stream(&c.status().node, Box::new(build), timeout)
             .await
         {
             Ok(reader) => Ok(reader),
@@ -122,7 +123,7 @@ impl Cluster {
             return Err(InvalidField::new("start.command", "must not contain NUL").into());
         }
         let c = self.record(&start.name)?;
-        if c.state != pb::ContainerState::Running as i32 {
+        if c.status().state != pb::ContainerState::Running as i32 {
             return Err(error::wrong_state(
                 &c.name,
                 format!(
@@ -131,10 +132,14 @@ impl Cluster {
                 ),
             ));
         }
-        if !self.settles_ready(&c.node).await {
+        if !self.settles_ready(&c.status().node).await {
             return Err(error::node_not_ready(
-                &c.node,
-                format!("node {:?} of container {:?} is down", c.node, c.name),
+                &c.status().node,
+                format!(
+                    "node {:?} of container {:?} is down",
+                    c.status().node,
+                    c.name
+                ),
             ));
         }
         let command_line = start.command.join(" ");
@@ -142,12 +147,12 @@ impl Cluster {
             id: String::new(),
             container: c.name.clone(),
             container_id: c.id.clone(),
-            node: c.node.clone(),
+            node: c.status().node.clone(),
             actor: actor.to_string(),
             command: command_line,
         };
         let container_id = c.id.clone();
-        let node = c.node.clone();
+        let node = c.status().node.clone();
         let build = |setup, id: &str| {
             Command::Exec(pb::ExecCommand {
                 id: container_id,
@@ -165,7 +170,7 @@ impl Cluster {
         let opened = self
             .shared
             .link
-            .open_exec(&c.node, Box::new(build), timeout)
+            .open_exec(&c.status().node, Box::new(build), timeout)
             .await;
         let (reader, input) = match opened {
             Ok(opened) => opened,

@@ -5,6 +5,7 @@
 //! operations users call (so it is serialized with them per container),
 //! re-checks its reason under the container's lock, and records a reason.
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -70,13 +71,13 @@ impl LeasePolicy {
             None => Ok(self.default_seconds()),
             Some(0) if self.allow_none => Ok(0),
             Some(0) => Err(InvalidField::new(
-                "container.ttl_seconds",
+                "container.spec.ttl_seconds",
                 format!(
                     "0 (no lease) is not allowed in this cluster; ask for a lease of at most {} (e.g. --ttl 8h) and extend it with `devctl extend`",
                     human(self.max_ttl)
                 ),
             )),
-            Some(t) => self.check("container.ttl_seconds", t),
+            Some(t) => self.check("container.spec.ttl_seconds", t),
         }
     }
 
@@ -150,7 +151,7 @@ impl Cluster {
         self.detached(async move {
             let _lock = this.shared.locks.lock(&name).await;
             let c = this.record(&name)?;
-            if c.desired_state != pb::DesiredState::Running as i32 {
+            if c.spec().desired_state != pb::DesiredState::Running as i32 {
                 return Err(error::wrong_state(
                     &name,
                     format!(
@@ -162,7 +163,7 @@ impl Cluster {
             let updated = this
                 .store()
                 .modify_container(&name, move |c| {
-                    c.lease_expire_time = expiry;
+                    c.status_mut().lease_expire_time = expiry;
                     c.update_time = now();
                     true
                 })
@@ -174,7 +175,7 @@ impl Cluster {
                 r#type: pb::EventType::LeaseExtended as i32,
                 container: updated.name.clone(),
                 container_id: updated.id.clone(),
-                node: updated.node.clone(),
+                node: updated.status().node.clone(),
                 actor: actor.clone(),
                 reason: "manual".into(),
                 message: format!(
@@ -259,7 +260,8 @@ impl Cluster {
 
     async fn expire(&self, name: &str) -> Result<(), Error> {
         let expired = |c: &pb::Container| {
-            c.lease_expire_time
+            c.status()
+                .lease_expire_time
                 .and_then(|t| SystemTime::try_from(t).ok())
                 .is_some_and(|t| t <= SystemTime::now())
         };
@@ -291,7 +293,7 @@ impl Cluster {
         let still_idle = move |c: &pb::Container| {
             let activity = &this.shared.activity;
             let cpu = this.shared.stats.container_cpu(&c.name);
-            c.state == pb::ContainerState::Running as i32
+            c.status().state == pb::ContainerState::Running as i32
                 && activity.is_due(activity.observe(&c.name, cpu, SystemTime::now()))
         };
         tracing::info!(name, "idle for the whole window: stopping");
@@ -316,12 +318,12 @@ impl Cluster {
             let Some(c) = this.store().container(&name)? else {
                 return Ok(());
             };
-            let (id, restarts) = (c.id, c.health_restarts);
+            let (id, restarts) = (c.id.clone(), c.status().health_restarts);
             let still = move |c: &pb::Container| {
                 c.id == id
-                    && c.health == pb::HealthStatus::Unhealthy as i32
-                    && c.state == pb::ContainerState::Running as i32
-                    && c.health_restarts == restarts
+                    && c.status().health == pb::HealthStatus::Unhealthy as i32
+                    && c.status().state == pb::ContainerState::Running as i32
+                    && c.status().health_restarts == restarts
             };
             let timeout = this.shared.settings.default_stop_timeout;
             if restarts == 0 {
@@ -367,13 +369,13 @@ impl Cluster {
             let marked = self
                 .store()
                 .modify_container(&name, move |c| {
-                    let live = c.state == pb::ContainerState::Running as i32
-                        || c.state == pb::ContainerState::Pending as i32;
-                    if c.node != node_name || !live {
+                    let live = c.status().state == pb::ContainerState::Running as i32
+                        || c.status().state == pb::ContainerState::Pending as i32;
+                    if c.status().node != node_name || !live {
                         return false;
                     }
-                    c.state = pb::ContainerState::Lost as i32;
-                    c.last_error = format!(
+                    c.status_mut().state = pb::ContainerState::Lost as i32;
+                    c.status_mut().last_error = format!(
                         "node {node_name:?} is down; the container's state is unknown until it is back"
                     );
                     c.update_time = now();
@@ -381,7 +383,7 @@ impl Cluster {
                 })
                 .await;
             match marked {
-                Ok(Some(c)) if c.state == pb::ContainerState::Lost as i32 => {
+                Ok(Some(c)) if c.status().state == pb::ContainerState::Lost as i32 => {
                     tracing::warn!(node, name, "container lost with its node");
                     let event = pb::Event {
                         time: now(),
@@ -415,7 +417,7 @@ impl Cluster {
     /// Devctl containers on `node` that no record accounts for: reported
     /// when first seen, removed once they stayed unknown for the grace
     /// period.
-    pub(super) async fn handle_orphans(&self, node: &str, unknown: Vec<pb::ContainerStatus>) {
+    pub(super) async fn handle_orphans(&self, node: &str, unknown: Vec<pb::EngineContainer>) {
         let grace = self.shared.settings.orphan_grace;
         let now = tokio::time::Instant::now();
         let mut due = Vec::new();
@@ -448,7 +450,7 @@ impl Cluster {
                 Ok(Some(name)) => {
                     let lock = self.shared.locks.lock(&name).await;
                     match self.store().container(&name) {
-                        Ok(Some(c)) if c.id == s.id && c.node == node => continue,
+                        Ok(Some(c)) if c.id == s.id && c.status().node == node => continue,
                         Ok(_) => Some(lock),
                         Err(_) => continue,
                     }
@@ -516,7 +518,7 @@ mod tests {
         assert_eq!(p.ttl_for_create(None).unwrap(), 3600);
         assert_eq!(p.ttl_for_create(Some(60)).unwrap(), 60);
         let e = p.ttl_for_create(Some(0)).unwrap_err();
-        assert_eq!(e.field, "container.ttl_seconds");
+        assert_eq!(e.field, "container.spec.ttl_seconds");
         assert!(e.to_string().contains("not allowed"), "{e}");
         let e = p.ttl_for_create(Some(7201)).unwrap_err();
         assert!(e.to_string().contains("maximum lease of 2h"), "{e}");

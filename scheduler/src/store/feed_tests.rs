@@ -1,6 +1,7 @@
 //! The store's commits on the change feed: in commit order, each with the
 //! record before and after, and snapshots exact at their revision.
 
+use devctl_proto::container::ContainerExt;
 use std::collections::BTreeMap;
 
 use devctl_proto::pb;
@@ -12,8 +13,11 @@ fn container(name: &str) -> pb::Container {
     pb::Container {
         name: name.into(),
         id: format!("id-{name}"),
-        image: "img".into(),
         owner: "alice".into(),
+        spec: Some(pb::ContainerSpec {
+            image: "img".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -44,7 +48,7 @@ async fn every_write_is_one_change_with_before_and_after() {
     store.insert_container(container("a"), None).await.unwrap();
     store
         .modify_container("a", |c| {
-            c.last_error = "boom".into();
+            c.status_mut().last_error = "boom".into();
             true
         })
         .await
@@ -91,7 +95,7 @@ async fn a_snapshot_plus_the_changes_after_it_is_the_final_state() {
                         1 => {
                             store
                                 .modify_container(&name, move |c| {
-                                    c.last_error = format!("e{i}");
+                                    c.status_mut().last_error = format!("e{i}");
                                     true
                                 })
                                 .await

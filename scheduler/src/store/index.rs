@@ -4,6 +4,7 @@
 //! Nothing here is a second source of truth: it is rebuilt from the records
 //! on open, and only the store changes it, after a commit.
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
@@ -47,19 +48,20 @@ pub(crate) struct Summary {
 impl Summary {
     /// The summary of a record.
     pub(crate) fn of(c: &pb::Container) -> Self {
-        let r = c.resources.unwrap_or_default();
+        let r = c.spec().resources.unwrap_or_default();
         Self {
-            node: c.node.clone(),
-            reserving: c.desired_state == pb::DesiredState::Running as i32,
-            running: c.state == pb::ContainerState::Running as i32,
+            node: c.status().node.clone(),
+            reserving: c.spec().desired_state == pb::DesiredState::Running as i32,
+            running: c.status().state == pb::ContainerState::Running as i32,
             milli_cpus: r.milli_cpus,
             memory_bytes: r.memory_bytes,
             lease_expiry: c
+                .status()
                 .lease_expire_time
                 .and_then(|t| SystemTime::try_from(t).ok()),
-            unhealthy: c.health == pb::HealthStatus::Unhealthy as i32
-                && c.state == pb::ContainerState::Running as i32
-                && c.desired_state == pb::DesiredState::Running as i32,
+            unhealthy: c.status().health == pb::HealthStatus::Unhealthy as i32
+                && c.status().state == pb::ContainerState::Running as i32
+                && c.spec().desired_state == pb::DesiredState::Running as i32,
             owner: c.owner.clone(),
         }
     }

@@ -29,12 +29,14 @@ mod error;
 mod feed_tests;
 mod identities;
 mod index;
+mod legacy;
 
 pub use error::StoreError;
 
 pub use access::StoredToken;
 pub use identities::{Claim, IdentityKind, JoinOutcome};
 
+use devctl_proto::container::ContainerExt;
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -68,7 +70,7 @@ pub struct ContainerFilter {
 
 impl ContainerFilter {
     fn matches(&self, c: &pb::Container) -> bool {
-        self.node.as_ref().is_none_or(|n| *n == c.node)
+        self.node.as_ref().is_none_or(|n| *n == c.status().node)
             && self.owner.as_ref().is_none_or(|o| *o == c.owner)
     }
 }
@@ -123,6 +125,34 @@ pub struct Snapshot {
     pub nodes: Vec<pb::Node>,
 }
 
+/// Rewrites container records from before the spec/status split (see
+/// [`legacy`]) in `txn`, which commits them with the rest of the open.
+fn migrate_containers(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(CONTAINERS)?;
+    let mut upgraded = Vec::new();
+    for entry in table.range::<&str>(..)? {
+        let (k, v) = entry?;
+        let c: pb::Container = decode(k.value(), v.value())?;
+        let corrupt = |source| StoreError::Corrupt {
+            key: k.value().to_string(),
+            source,
+        };
+        if let Some(c) = legacy::upgrade(c, v.value()).map_err(corrupt)? {
+            upgraded.push((k.value().to_string(), c.encode_to_vec()));
+        }
+    }
+    if !upgraded.is_empty() {
+        tracing::info!(
+            containers = upgraded.len(),
+            "moved container records from before the spec/status split to the new layout"
+        );
+    }
+    for (name, bytes) in upgraded {
+        table.insert(name.as_str(), bytes.as_slice())?;
+    }
+    Ok(())
+}
+
 fn decode<M: Message + Default>(key: &str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Corrupt {
         key: key.to_string(),
@@ -159,6 +189,7 @@ impl Store {
             meta.insert(FEED_EPOCH, epoch)?;
             epoch
         };
+        migrate_containers(&txn)?;
         txn.commit()?;
         let feed = Feed::new(epoch, crate::feed::RETAINED);
         let mut index = Index::default();
@@ -471,9 +502,15 @@ mod tests {
         pb::Container {
             name: name.into(),
             id: format!("id-{name}"),
-            image: "img".into(),
-            node: node.into(),
             owner: "alice".into(),
+            spec: Some(pb::ContainerSpec {
+                image: "img".into(),
+                ..Default::default()
+            }),
+            status: Some(pb::ContainerStatus {
+                node: node.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         }
     }
@@ -505,12 +542,15 @@ mod tests {
             assert!(matches!(err, StoreError::NameTaken(ref n) if n == "a"));
             let mut b = container("b", "n2");
             store.insert_container(b.clone(), None).await.unwrap();
-            b.last_error = "boom".into();
+            b.status_mut().last_error = "boom".into();
             store.update_container(b).await.unwrap();
         }
         let store = Store::open(&path).unwrap();
-        assert_eq!(store.container("a").unwrap().unwrap().node, "n1");
-        assert_eq!(store.container("b").unwrap().unwrap().last_error, "boom");
+        assert_eq!(store.container("a").unwrap().unwrap().status().node, "n1");
+        assert_eq!(
+            store.container("b").unwrap().unwrap().status().last_error,
+            "boom"
+        );
         assert_eq!(
             store.container_name_by_id("id-b").unwrap().as_deref(),
             Some("b")

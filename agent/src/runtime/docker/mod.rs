@@ -169,7 +169,7 @@ impl DockerRuntime {
             .ok_or_else(|| RuntimeError::NotFound(id.to_string()))
     }
 
-    async fn status(&self, runtime_id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+    async fn status(&self, runtime_id: &str) -> Result<pb::EngineContainer, RuntimeError> {
         let inspect = self
             .docker
             .inspect_container(runtime_id, None::<InspectContainerOptions>)
@@ -178,7 +178,8 @@ impl DockerRuntime {
         Ok(status_of(&inspect))
     }
 
-    async fn create_new(&self, spec: &pb::Container) -> Result<String, RuntimeError> {
+    async fn create_new(&self, cmd: &pb::CreateCommand) -> Result<String, RuntimeError> {
+        let spec = cmd.spec.clone().unwrap_or_default();
         match self.docker.inspect_image(&spec.image).await {
             Ok(_) => {}
             Err(BollardError::DockerResponseServerError {
@@ -194,9 +195,9 @@ impl DockerRuntime {
         let mut all_labels = spec.labels.clone();
         all_labels.extend([
             (labels::MANAGED.to_string(), "true".to_string()),
-            (labels::NAME.to_string(), spec.name.clone()),
-            (labels::ID.to_string(), spec.id.clone()),
-            (labels::OWNER.to_string(), spec.owner.clone()),
+            (labels::NAME.to_string(), cmd.name.clone()),
+            (labels::ID.to_string(), cmd.id.clone()),
+            (labels::OWNER.to_string(), cmd.owner.clone()),
             (labels::NODE.to_string(), self.node.clone()),
         ]);
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -205,13 +206,13 @@ impl DockerRuntime {
         let memory = (res.memory_bytes > 0).then_some(res.memory_bytes);
         // The owner's network, held until the container exists (see
         // networks.rs); the container's devctl name resolves there.
-        let (network, _network_lock) = self.networks.ensure(&spec.owner).await?;
+        let (network, _network_lock) = self.networks.ensure(&cmd.owner).await?;
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
             env: Some(env),
             labels: Some(all_labels),
-            hostname: Some(spec.name.clone()),
+            hostname: Some(cmd.name.clone()),
             healthcheck: spec.health_check.as_ref().map(health_config),
             host_config: Some(HostConfig {
                 nano_cpus: (res.milli_cpus > 0).then_some(res.milli_cpus * 1_000_000),
@@ -238,25 +239,25 @@ impl DockerRuntime {
                 endpoints_config: Some(HashMap::from([(
                     network,
                     EndpointSettings {
-                        aliases: Some(vec![spec.name.clone()]),
+                        aliases: Some(vec![cmd.name.clone()]),
                         ..Default::default()
                     },
                 )])),
             }),
             ..Default::default()
         };
-        let short: String = spec.id.chars().filter(|c| *c != '-').take(8).collect();
+        let short: String = cmd.id.chars().filter(|c| *c != '-').take(8).collect();
         let created = self
             .docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: Some(format!("devctl-{}-{short}", spec.name)),
+                    name: Some(format!("devctl-{}-{short}", cmd.name)),
                     ..Default::default()
                 }),
                 body,
             )
             .await
-            .map_err(|e| map_err(e, &spec.id))?;
+            .map_err(|e| map_err(e, &cmd.id))?;
         Ok(created.id)
     }
 }
@@ -289,8 +290,8 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn create_and_start(
         &self,
-        spec: &pb::Container,
-    ) -> Result<pb::ContainerStatus, RuntimeError> {
+        spec: &pb::CreateCommand,
+    ) -> Result<pb::EngineContainer, RuntimeError> {
         let runtime_id = match self.find(&spec.id).await? {
             Some(existing) => existing,
             None => self.create_new(spec).await?,
@@ -328,12 +329,12 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn inspect(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+    async fn inspect(&self, id: &str) -> Result<pb::EngineContainer, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         self.status(&runtime_id).await
     }
 
-    async fn start(&self, id: &str) -> Result<pb::ContainerStatus, RuntimeError> {
+    async fn start(&self, id: &str) -> Result<pb::EngineContainer, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         self.docker
             .start_container(&runtime_id, None::<StartContainerOptions>)
@@ -346,7 +347,7 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         id: &str,
         timeout_seconds: i32,
-    ) -> Result<pb::ContainerStatus, RuntimeError> {
+    ) -> Result<pb::EngineContainer, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         self.docker
             .stop_container(
@@ -365,7 +366,7 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         id: &str,
         timeout_seconds: i32,
-    ) -> Result<pb::ContainerStatus, RuntimeError> {
+    ) -> Result<pb::EngineContainer, RuntimeError> {
         let runtime_id = self.find_required(id).await?;
         self.docker
             .restart_container(
@@ -384,7 +385,7 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         runtime_id: &str,
         within: std::time::Duration,
-    ) -> Result<Option<pb::ContainerStatus>, RuntimeError> {
+    ) -> Result<Option<pb::EngineContainer>, RuntimeError> {
         // One waiting request, not a poll; dropping it stops the wait.
         let mut wait = self.docker.wait_container(
             runtime_id,
@@ -428,7 +429,7 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
-    async fn inventory(&self) -> Result<Vec<pb::ContainerStatus>, RuntimeError> {
+    async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
         // Networks whose last container went while nobody looked.
         if let Err(e) = self.networks.collect_all().await {
             tracing::warn!(error = %e, "collecting unused owner networks");
@@ -857,7 +858,7 @@ fn health_config(h: &pb::HealthCheck) -> HealthConfig {
 }
 
 /// Translates an engine inspection into the bus status.
-fn status_of(inspect: &ContainerInspectResponse) -> pb::ContainerStatus {
+fn status_of(inspect: &ContainerInspectResponse) -> pb::EngineContainer {
     let labels = inspect
         .config
         .as_ref()
@@ -887,7 +888,7 @@ fn status_of(inspect: &ContainerInspectResponse) -> pb::ContainerStatus {
         .and_then(|s| humantime::parse_rfc3339(s).ok())
         .filter(|t| *t > SystemTime::UNIX_EPOCH)
         .map(prost_types::Timestamp::from);
-    pb::ContainerStatus {
+    pb::EngineContainer {
         id: labels.get(labels::ID).cloned().unwrap_or_default(),
         name: labels.get(labels::NAME).cloned().unwrap_or_default(),
         runtime_id: inspect.id.clone().unwrap_or_default(),
