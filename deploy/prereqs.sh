@@ -10,6 +10,8 @@
 #                      tests); exports DEVCTL_PYTHON
 #   need_buf           buf (PyPI's buf-bin) for the proto lint and
 #                      breaking-change check; exports BUF
+#   need_openssh       OpenSSH's client (ssh, ssh-keygen, sftp) for the SSH
+#                      tests: Debian's openssh-client
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
 GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
@@ -98,4 +100,14 @@ need_buf() {
     || die "pip could not install buf-bin==${BUF_PIN}"
   [ -x "$venv/bin/buf" ] || die "buf-bin==${BUF_PIN} was installed but $venv/bin/buf is missing"
   export BUF=$venv/bin/buf
+}
+
+need_openssh() {
+  command -v ssh >/dev/null && command -v sftp >/dev/null && return
+  command -v apt-get >/dev/null || die "OpenSSH's client is needed (ssh, sftp): install it with your package manager"
+  say "installing openssh-client (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >&2 2>/dev/null \
+    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >&2; } \
+    || die "apt-get could not install openssh-client"
+  command -v ssh >/dev/null || die "openssh-client was installed but ssh is not on PATH"
 }

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on this machine: installs what is missing
 # (nats-server, busybox-static for the test image, grpcio for the Python
-# client test, buf for the proto checks), builds the test image, checks
+# client test, buf for the proto checks, OpenSSH's client for the SSH
+# tests), builds the test image, checks
 # formatting and lints (`cargo fmt --check`, `cargo clippy -D warnings`),
-# lints the proto files and checks them for breaking changes against the
-# previous commit (deploy/proto-check.sh), then `cargo test --workspace`.
+# lints the proto files and checks them for breaking changes against every
+# stable version of devctl.v1 (deploy/proto-check.sh), then `cargo test
+# --workspace`.
 # Extra arguments go to cargo test.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,6 +17,7 @@ need_docker
 need_nats_server
 need_image
 need_python_grpc
+need_openssh
 cd "$root"
 # Main carries no unformatted code and no warnings.
 cargo fmt --all -- --check

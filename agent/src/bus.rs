@@ -1,11 +1,16 @@
 //! The agent's side of the bus: the only file of the agent that speaks NATS.
 //! Commands come in on `devctl.node.<node>.cmd` (request/reply); heartbeats
-//! go out on `devctl.node.<node>.heartbeat`.
+//! go out on `devctl.node.<node>.heartbeat`; a tunnel's pipes
+//! ([`devctl_proto::pipe`]) are opened here.
 
 use std::path::Path;
 
 use async_nats::{Client, ConnectOptions, Subscriber};
-use devctl_proto::{bus, pb, pki};
+use devctl_proto::{
+    bus, pb,
+    pipe::{PipeReceiver, PipeSender},
+    pki,
+};
 use futures::StreamExt;
 use prost::Message;
 use thiserror::Error;
@@ -274,9 +279,16 @@ impl StreamCount {
     pub fn get(&self) -> i32 {
         self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// Counts one more stream until the guard is dropped.
+    pub(crate) fn counted(&self) -> Counted {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(self.clone())
+    }
 }
 
-struct Counted(StreamCount);
+/// One stream counted in a [`StreamCount`], while it lives.
+pub(crate) struct Counted(StreamCount);
 
 impl Drop for Counted {
     fn drop(&mut self) {
@@ -316,8 +328,7 @@ impl Bus {
         count: StreamCount,
         exit: Option<futures::future::BoxFuture<'static, Option<i32>>>,
     ) {
-        count.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let _counted = Counted(count);
+        let _counted = count.counted();
         let subject = control.setup.data_subject.clone();
         let mut window_end = u64::from(control.setup.initial_credit);
         let mut seq = 0u64;
@@ -396,6 +407,38 @@ impl Bus {
         {
             tracing::warn!(error = %e, "stream chunk not sent");
         }
+    }
+}
+
+/// The agent's ends of a tunnel's two pipes.
+#[derive(Debug)]
+pub struct TunnelPipes {
+    /// Agent -> scheduler.
+    pub up: PipeSender,
+    /// Scheduler -> agent.
+    pub down: PipeReceiver,
+}
+
+impl Bus {
+    /// Opens the agent's ends of a tunnel: reads `down` (granting its
+    /// credit) and sends on `up`. Done before the command is answered, so
+    /// no byte or credit of the scheduler's is missed.
+    pub async fn tunnel_pipes(
+        &self,
+        up: &pb::StreamSetup,
+        down: &pb::StreamSetup,
+    ) -> Result<TunnelPipes, BusError> {
+        let (down, _) = PipeReceiver::open(
+            self.client.clone(),
+            down.data_subject.clone(),
+            down.control_subject.clone(),
+        )
+        .await
+        .map_err(bus_err)?;
+        let up = PipeSender::new(self.client.clone(), up)
+            .await
+            .map_err(bus_err)?;
+        Ok(TunnelPipes { up, down })
     }
 }
 

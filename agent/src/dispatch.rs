@@ -5,18 +5,28 @@
 //! create to finish). An inventory waits for every command in flight, so it
 //! never reports a container halfway through an operation. Whatever the
 //! command, at most [`EngineLimit`]'s bound of engine operations run at once.
+//!
+//! One file on purpose (one concern): how a command becomes runtime calls
+//! (its route, its lock, the engine bound), the opening of tunnels included
+//! (what they then carry lives in `tunnel.rs`, `netns.rs` and `ssh/`); over
+//! a third of its length is unit tests over one fake runtime.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use devctl_proto::{
     keyed::KeyedLocks,
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    ssh::ssh_key::{HashAlg, PrivateKey},
 };
+use futures::future::BoxFuture;
 use tokio::sync::RwLock;
 
 use crate::{
     limit::EngineLimit,
-    runtime::{ContainerRuntime, RuntimeError},
+    netns,
+    runtime::{ContainerRuntime, ExecSession, RuntimeError},
+    ssh,
+    tunnel::{OpenedTunnel, Target, TunnelError},
 };
 
 /// A stream the agent is to serve after replying to its command.
@@ -55,6 +65,8 @@ pub struct Handled {
     pub reply: pb::AgentReply,
     /// A stream to serve once the reply is sent.
     pub stream: Option<OpenedStream>,
+    /// A tunnel to serve once its pipes are open and the reply is sent.
+    pub tunnel: Option<OpenedTunnel>,
 }
 
 impl From<pb::AgentReply> for Handled {
@@ -62,7 +74,42 @@ impl From<pb::AgentReply> for Handled {
         Self {
             reply,
             stream: None,
+            tunnel: None,
         }
+    }
+}
+
+/// What tunnels need from the agent.
+#[derive(Clone)]
+pub struct TunnelSettings {
+    /// The SSH host key; without one, SSH tunnels are refused.
+    pub host_key: Option<Arc<PrivateKey>>,
+    /// The host's `/proc` (containers' network namespaces are found
+    /// there).
+    pub proc_root: PathBuf,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            host_key: None,
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+}
+
+impl std::fmt::Debug for TunnelSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSettings")
+            .field(
+                "host_key",
+                &self
+                    .host_key
+                    .as_ref()
+                    .map(|k| k.public_key().fingerprint(HashAlg::Sha256).to_string()),
+            )
+            .field("proc_root", &self.proc_root)
+            .finish()
     }
 }
 
@@ -75,6 +122,7 @@ pub struct Dispatcher<R> {
     barrier: RwLock<()>,
     limit: EngineLimit,
     settle: Duration,
+    tunnels: TunnelSettings,
 }
 
 pub(crate) fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
@@ -105,7 +153,14 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             barrier: RwLock::new(()),
             limit,
             settle: Duration::ZERO,
+            tunnels: TunnelSettings::default(),
         }
+    }
+
+    /// Gives tunnels their host key and `/proc`.
+    pub fn with_tunnels(mut self, tunnels: TunnelSettings) -> Self {
+        self.tunnels = tunnels;
+        self
     }
 
     /// Makes a create answer only once its container has stayed up for
@@ -129,6 +184,9 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Exec(exec)),
             }) => self.open_exec(exec).await,
+            Ok(pb::AgentCommand {
+                command: Some(Command::Tunnel(tunnel)),
+            }) => self.open_tunnel(tunnel).await,
             other => self.execute_one(other).await.into(),
         }
     }
@@ -159,6 +217,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     chunks,
                     exec: None,
                 }),
+                tunnel: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -188,9 +247,122 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                         control: session.control,
                     }),
                 }),
+                tunnel: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
+    }
+
+    /// Prepares a tunnel into a running container: connects to its port,
+    /// or readies an SSH server for it. Takes no container lock, as an
+    /// exec: a tunnel must not hold up a stop.
+    async fn open_tunnel(&self, cmd: pb::TunnelCommand) -> Handled {
+        let (Some(up), Some(down)) = (cmd.up.clone(), cmd.down.clone()) else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "tunnel: no stream setup".into(),
+            )
+            .into();
+        };
+        let target = match self.tunnel_target(&cmd).await {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::info!(id = %cmd.id, session = %cmd.session, error = %e, "tunnel refused");
+                return error_reply(e.code(), e.to_string()).into();
+            }
+        };
+        tracing::info!(id = %cmd.id, session = %cmd.session, kind = ?cmd.kind(), port = cmd.port, "tunnel");
+        Handled {
+            reply: pb::AgentReply {
+                result: Some(Reply::Opened(pb::StreamOpened {})),
+            },
+            stream: None,
+            tunnel: Some(OpenedTunnel {
+                id: cmd.id,
+                session: cmd.session,
+                up,
+                down,
+                target,
+            }),
+        }
+    }
+
+    async fn tunnel_target(&self, cmd: &pb::TunnelCommand) -> Result<Target, TunnelError> {
+        match cmd.kind() {
+            pb::TunnelKind::Tcp => {
+                let port = u16::try_from(cmd.port)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        TunnelError::BadCommand(format!("tunnel: port {} is not 1-65535", cmd.port))
+                    })?;
+                Ok(Target::Tcp(
+                    self.connect_in(&cmd.id, "localhost", port).await?,
+                ))
+            }
+            pb::TunnelKind::Ssh => {
+                let Some(access) = &cmd.ssh else {
+                    return Err(TunnelError::BadCommand("tunnel: SSH without access".into()));
+                };
+                let Some(host_key) = &self.tunnels.host_key else {
+                    return Err(TunnelError::Failed("this agent has no SSH host key".into()));
+                };
+                // Running? (An SSH session reaches it only then.)
+                self.limit.run(self.runtime.init_process(&cmd.id)).await?;
+                let setup =
+                    ssh::ServerSetup::new(host_key, access).map_err(TunnelError::Invalid)?;
+                Ok(Target::Ssh(Arc::new(setup)))
+            }
+            pb::TunnelKind::Unspecified => Err(TunnelError::BadCommand("tunnel: no kind".into())),
+        }
+    }
+
+    /// Connects to `host` port `port` inside the network namespace of the
+    /// running container with devctl id `id` (see [`netns`]).
+    pub async fn connect_in(
+        &self,
+        id: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, TunnelError> {
+        let addrs = netns::target_addrs(host, port).map_err(TunnelError::Invalid)?;
+        let process = self.limit.run(self.runtime.init_process(id)).await?;
+        let name = &process.name;
+        let proc_root = &self.tunnels.proc_root;
+        let ns = netns::NetNs::of_process(proc_root, process.pid).map_err(|e| {
+            TunnelError::Failed(format!(
+                "the network namespace of container {name} (process {} under {}): {e}",
+                process.pid,
+                proc_root.display()
+            ))
+        })?;
+        // Opened first, checked after: the namespace held is that of a
+        // process of this container, not of whatever took its PID (or of a
+        // process of this host, when the engine runs on another).
+        if !netns::in_cgroup_of(proc_root, process.pid, &process.runtime_id) {
+            return Err(TunnelError::Failed(format!(
+                "process {} is not container {name}'s here: tunnels need the agent on the engine's host (and its /proc: --proc-root)",
+                process.pid
+            )));
+        }
+        ns.connect(addrs, netns::CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused if netns::is_loopback(host) => {
+                    TunnelError::Invalid(format!(
+                        "nothing listens on port {port} in container {name}"
+                    ))
+                }
+                std::io::ErrorKind::ConnectionRefused => TunnelError::Invalid(format!(
+                    "{host} port {port} refused the connection (from container {name})"
+                )),
+                std::io::ErrorKind::TimedOut => TunnelError::Failed(format!(
+                    "connecting to {host} port {port} from container {name} timed out"
+                )),
+                _ => TunnelError::Failed(format!(
+                    "connecting to {host} port {port} from container {name}: {e}"
+                )),
+            })
     }
 
     /// After a create: waits (holding no engine permit) until the container
@@ -263,6 +435,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Logs(c) => Some(c.id.clone()),
         Command::Exec(c) => Some(c.id.clone()),
         Command::Inspect(c) => Some(c.id.clone()),
+        Command::Tunnel(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -299,12 +472,46 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
         }),
-        // Routed to open_logs/open_exec before it gets here.
-        Command::Logs(_) | Command::Exec(_) => Reply::Error(pb::AgentError {
+        // Routed to open_logs/open_exec/open_tunnel before it gets here.
+        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {
             code: pb::AgentErrorCode::BadCommand as i32,
-            message: "logs are a stream".into(),
+            message: "streams are opened elsewhere".into(),
         }),
     })
+}
+
+/// The container of one tunnel, as its SSH sessions reach it: commands
+/// and connections go through the dispatcher's engine bound and checks.
+#[derive(Debug)]
+pub struct TunnelContainer<R> {
+    dispatcher: Arc<Dispatcher<R>>,
+    id: String,
+}
+
+impl<R> TunnelContainer<R> {
+    /// Container `id`, reached through `dispatcher`.
+    pub fn new(dispatcher: Arc<Dispatcher<R>>, id: String) -> Self {
+        Self { dispatcher, id }
+    }
+}
+
+impl<R: ContainerRuntime> ssh::Container for TunnelContainer<R> {
+    fn exec(&self, start: pb::ExecStart) -> BoxFuture<'static, Result<ExecSession, RuntimeError>> {
+        let (d, id) = (Arc::clone(&self.dispatcher), self.id.clone());
+        Box::pin(async move {
+            tracing::info!(id = %id, tty = start.tty, "exec (SSH)");
+            d.limit.run(d.runtime.exec(&id, &start)).await
+        })
+    }
+
+    fn connect(
+        &self,
+        host: String,
+        port: u16,
+    ) -> BoxFuture<'static, Result<tokio::net::TcpStream, TunnelError>> {
+        let (d, id) = (Arc::clone(&self.dispatcher), self.id.clone());
+        Box::pin(async move { d.connect_in(&id, &host, port).await })
+    }
 }
 
 #[cfg(test)]
@@ -387,6 +594,28 @@ mod tests {
         }
         fn stats(&self, _: &crate::runtime::Running) -> crate::runtime::StatsSamples {
             Box::pin(futures::stream::empty())
+        }
+        /// "web" runs as this test process (whose namespace and cgroup
+        /// stand in for a container's); others do not exist.
+        async fn init_process(
+            &self,
+            id: &str,
+        ) -> Result<crate::runtime::InitProcess, RuntimeError> {
+            if id != "web" {
+                return Err(RuntimeError::NotFound(id.to_string()));
+            }
+            let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+            let own = cgroups
+                .lines()
+                .filter_map(|l| l.rsplit(':').next())
+                .max_by_key(|p| p.len())
+                .unwrap()
+                .to_string();
+            Ok(crate::runtime::InitProcess {
+                name: "web".into(),
+                runtime_id: own,
+                pid: std::process::id(),
+            })
         }
         async fn logs(
             &self,
@@ -480,6 +709,167 @@ mod tests {
         rt.gate.notify_one();
         create_a.await.unwrap();
         assert_eq!(rt.calls(), ["logs a", "create a"]);
+    }
+
+    fn tunnel(kind: pb::TunnelKind, port: u32) -> pb::TunnelCommand {
+        pb::TunnelCommand {
+            id: "web".into(),
+            kind: kind as i32,
+            port,
+            up: Some(pb::StreamSetup::default()),
+            down: Some(pb::StreamSetup::default()),
+            ..Default::default()
+        }
+    }
+
+    fn refusal(h: Handled) -> pb::AgentError {
+        assert!(h.tunnel.is_none());
+        match h.reply.result {
+            Some(Reply::Error(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn open(d: &Dispatcher<Arc<Gated>>, t: pb::TunnelCommand) -> Handled {
+        d.handle(cmd(Command::Tunnel(t))).await
+    }
+
+    /// Whether this process may enter network namespaces (setns needs
+    /// CAP_SYS_ADMIN); tests of real connections need it.
+    fn may_enter_namespaces() -> bool {
+        let ns = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let entered = std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        })
+        .join()
+        .unwrap();
+        if let Err(e) = &entered {
+            eprintln!("skipped: setns: {e}");
+        }
+        entered.is_ok()
+    }
+
+    #[tokio::test]
+    async fn incomplete_tunnels_are_bad_commands() {
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
+        let mut no_setup = tunnel(pb::TunnelKind::Tcp, 80);
+        no_setup.down = None;
+        for t in [
+            no_setup,
+            tunnel(pb::TunnelKind::Unspecified, 80),
+            tunnel(pb::TunnelKind::Tcp, 0),
+            tunnel(pb::TunnelKind::Tcp, 70000),
+            tunnel(pb::TunnelKind::Ssh, 0),
+        ] {
+            let e = refusal(open(&d, t.clone()).await);
+            assert_eq!(
+                e.code,
+                pb::AgentErrorCode::BadCommand as i32,
+                "{t:?}: {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_into_a_missing_container_is_refused() {
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
+        let mut t = tunnel(pb::TunnelKind::Tcp, 80);
+        t.id = "gone".into();
+        let e = refusal(open(&d, t).await);
+        assert_eq!(e.code, pb::AgentErrorCode::ContainerNotFound as i32);
+    }
+
+    #[tokio::test]
+    async fn an_ssh_tunnel_needs_a_host_certificate_for_this_agents_key() {
+        use devctl_proto::ssh::{SshCa, new_key};
+        let host_key = new_key("host").unwrap();
+        let ca = SshCa::from_key(new_key("ca").unwrap());
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8)).with_tunnels(
+            TunnelSettings {
+                host_key: Some(Arc::new(host_key.clone())),
+                ..Default::default()
+            },
+        );
+        let certified = |key: &PrivateKey| {
+            let mut t = tunnel(pb::TunnelKind::Ssh, 0);
+            t.ssh = Some(pb::SshAccess {
+                host_certificate: ca
+                    .sign_host(
+                        key.public_key(),
+                        "web.devctl",
+                        1,
+                        std::time::SystemTime::now(),
+                        Duration::from_secs(600),
+                    )
+                    .unwrap()
+                    .to_openssh()
+                    .unwrap(),
+                ca_public_key: ca.public_key_line(),
+                principal: "alice".into(),
+            });
+            t
+        };
+        let opened = open(&d, certified(&host_key)).await;
+        assert!(
+            matches!(opened.reply.result, Some(Reply::Opened(_))),
+            "{opened:?}"
+        );
+        assert!(matches!(
+            opened.tunnel,
+            Some(OpenedTunnel {
+                target: Target::Ssh(_),
+                ..
+            })
+        ));
+        let e = refusal(open(&d, certified(&new_key("another").unwrap())).await);
+        assert_eq!(e.code, pb::AgentErrorCode::Invalid as i32);
+        assert!(e.message.contains("another key"), "{}", e.message);
+        // No host key: no SSH.
+        let keyless = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
+        let e = refusal(open(&keyless, certified(&host_key)).await);
+        assert_eq!(e.code, pb::AgentErrorCode::Engine as i32);
+    }
+
+    #[tokio::test]
+    async fn a_tcp_tunnel_connects_inside_the_containers_namespace() {
+        if !may_enter_namespaces() {
+            return;
+        }
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let opened = open(&d, tunnel(pb::TunnelKind::Tcp, u32::from(port))).await;
+        assert!(
+            matches!(opened.reply.result, Some(Reply::Opened(_))),
+            "{opened:?}"
+        );
+        let Some(OpenedTunnel {
+            target: Target::Tcp(tcp),
+            ..
+        }) = opened.tunnel
+        else {
+            panic!("no TCP target")
+        };
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), tcp.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_is_refused_as_invalid() {
+        if !may_enter_namespaces() {
+            return;
+        }
+        let d = Dispatcher::new(Arc::new(Gated::default()), EngineLimit::new(8));
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = refusal(open(&d, tunnel(pb::TunnelKind::Tcp, u32::from(port))).await);
+        assert_eq!(e.code, pb::AgentErrorCode::Invalid as i32);
+        assert_eq!(
+            e.message,
+            format!("nothing listens on port {port} in container web")
+        );
     }
 
     #[tokio::test]

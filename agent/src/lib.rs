@@ -12,6 +12,9 @@
 //! - [`forward`]: engine events to the bus, through a bounded queue.
 //! - [`stats`]: usage reports, from [`cgroup`] files (the engine's stats API
 //!   only where those cannot be read); [`host`]: the node's own usage.
+//! - [`tunnel`]: byte streams between a scheduler's client and a container
+//!   (`devctl ssh`, `devctl port-forward`): to a port reached through
+//!   [`netns`], or to the agent's own SSH server, [`ssh`].
 //! - [`run`]: the agent's main loop.
 //!
 //! ```text
@@ -29,9 +32,12 @@ pub mod forward;
 pub mod host;
 pub mod join;
 pub mod limit;
+pub mod netns;
 pub mod renew;
 pub mod runtime;
+pub mod ssh;
 pub mod stats;
+pub mod tunnel;
 
 use std::{
     collections::HashMap,
@@ -64,6 +70,42 @@ pub enum Error {
     /// The bus certificate is missing or not this node's.
     #[error("{0}")]
     Certificate(String),
+    /// The SSH host key could not be read or made.
+    #[error("SSH host key: {0}")]
+    SshHostKey(String),
+}
+
+/// The agent's SSH host key, `DATA_DIR/ssh/host_ed25519_key` (0600), made
+/// on first start.
+pub fn ssh_host_key(config: &Config) -> Result<devctl_proto::ssh::ssh_key::PrivateKey, Error> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dir) = &config.data_dir else {
+        return Err(Error::SshHostKey(
+            "--data-dir (DEVCTL_DATA_DIR) is required: the agent keeps its SSH host key there"
+                .into(),
+        ));
+    };
+    let path = dir.join("ssh").join("host_ed25519_key");
+    let failed = |e: &dyn std::fmt::Display| Error::SshHostKey(format!("{}: {e}", path.display()));
+    let key =
+        devctl_proto::ssh::load_or_create_key(&path, &format!("devctl-agent@{}", config.node))
+            .map_err(|e| failed(&e))?;
+    if key.algorithm() != devctl_proto::ssh::ssh_key::Algorithm::Ed25519 {
+        return Err(failed(&format!(
+            "an {} key; only ed25519 is used (remove the file to have one made)",
+            key.algorithm()
+        )));
+    }
+    let mode = std::fs::metadata(&path)
+        .map_err(|e| failed(&e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the SSH host key was readable by others; made private (0600)");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| failed(&e))?;
+    }
+    Ok(key)
 }
 
 /// Checks the agent's bus certificate (`--data-dir`/tls): present, key
@@ -101,6 +143,7 @@ pub fn check_certificate(config: &Config) -> Result<std::path::PathBuf, Error> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let labels = config.validate()?;
     let tls_dir = check_certificate(&config)?;
+    let host_key = ssh_host_key(&config)?;
     let runtime = runtime::docker::DockerRuntime::connect(
         config.docker_host.as_deref(),
         &config.node,
@@ -132,7 +175,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tls_dir.clone(),
         stop_renewal.clone(),
     ));
-    let served = serve(config, labels, runtime, bus, stop).await;
+    let served = serve(config, labels, runtime, bus, host_key, stop).await;
     stop_renewal.cancel();
     if let Err(e) = renewal.await {
         tracing::error!(error = %e, "certificate renewal task failed");
@@ -144,7 +187,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// The main loop, over any runtime.
+/// The main loop, over any runtime; `host_key` is the SSH host key
+/// ([`ssh_host_key`]).
 ///
 /// Shutdown order: stop taking commands; answer commands already delivered
 /// but not started with SHUTTING_DOWN (the scheduler then knows nothing was
@@ -154,8 +198,13 @@ pub async fn serve<R: ContainerRuntime>(
     labels: HashMap<String, String>,
     runtime: R,
     bus: bus::Bus,
+    host_key: devctl_proto::ssh::ssh_key::PrivateKey,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let ssh_host_key = host_key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| Error::SshHostKey(e.to_string()))?;
     let info = runtime.info().await?;
     let found = runtime.inventory().await?;
     tracing::info!(
@@ -175,7 +224,11 @@ pub async fn serve<R: ContainerRuntime>(
     let mut commands = bus.commands().await?;
     let dispatcher = Arc::new(
         Dispatcher::new(runtime, limit::EngineLimit::new(config.max_engine_ops))
-            .with_settle(config.create_settle),
+            .with_settle(config.create_settle)
+            .with_tunnels(dispatch::TunnelSettings {
+                host_key: Some(Arc::new(host_key)),
+                proc_root: config.proc_root.clone(),
+            }),
     );
     let stop_heartbeats = CancellationToken::new();
     let stream_count = bus::StreamCount::default();
@@ -187,6 +240,7 @@ pub async fn serve<R: ContainerRuntime>(
             info: info.clone(),
             boot_id: uuid::Uuid::new_v4().to_string(),
             streams: stream_count.clone(),
+            ssh_host_key,
         }
         .run(Arc::clone(&dispatcher), stop_heartbeats.clone()),
     );
@@ -257,12 +311,35 @@ pub async fn serve<R: ContainerRuntime>(
                 },
                 None => None,
             };
+            // A tunnel's pipes, likewise, before it is announced.
+            let tunnel = match handled.tunnel {
+                Some(t) => match bus.tunnel_pipes(&t.up, &t.down).await {
+                    Ok(pipes) => Some((t, pipes)),
+                    Err(e) => {
+                        reply = dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                        None
+                    }
+                },
+                None => None,
+            };
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
             }
             if let Some(listening) = stream {
                 let bus = bus.clone();
-                streams.spawn(serve_stream(bus, listening, stop_streams, count));
+                streams.spawn(serve_stream(
+                    bus,
+                    listening,
+                    stop_streams.clone(),
+                    count.clone(),
+                ));
+            }
+            if let Some((t, pipes)) = tunnel {
+                let container = Arc::new(dispatch::TunnelContainer::new(
+                    Arc::clone(&dispatcher),
+                    t.id.clone(),
+                ));
+                streams.spawn(tunnel::serve(t, pipes, container, stop_streams, count));
             }
             drop(permit);
         });
@@ -427,6 +504,7 @@ struct HeartbeatLoop {
     info: EngineInfo,
     boot_id: String,
     streams: bus::StreamCount,
+    ssh_host_key: String,
 }
 
 impl HeartbeatLoop {
@@ -444,6 +522,7 @@ impl HeartbeatLoop {
             running_containers: running,
             open_streams: self.streams.get(),
             leaving,
+            ssh_host_key: self.ssh_host_key.clone(),
         }
     }
 
@@ -484,5 +563,38 @@ impl HeartbeatLoop {
         if let Err(e) = self.bus.heartbeat(&self.heartbeat(0, true)).await {
             tracing::warn!(error = %e, "leaving heartbeat not sent");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use clap::Parser;
+
+    use super::*;
+
+    fn config(data_dir: Option<&std::path::Path>) -> Config {
+        let mut args = vec!["devctl-agent".to_string(), "--node".into(), "n1".into()];
+        if let Some(d) = data_dir {
+            args.extend(["--data-dir".into(), d.display().to_string()]);
+        }
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn the_ssh_host_key_is_made_once_kept_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(Some(dir.path()));
+        let first = ssh_host_key(&c).unwrap();
+        let path = dir.path().join("ssh/host_ed25519_key");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let again = ssh_host_key(&c).unwrap();
+        assert_eq!(first.public_key(), again.public_key());
+        assert_eq!(mode(&path), 0o600, "made private again");
+        let e = ssh_host_key(&config(None)).unwrap_err();
+        assert!(e.to_string().contains("--data-dir"), "{e}");
     }
 }

@@ -74,6 +74,10 @@ pub struct Client {
     pub audit: devctl_proto::pb::audit_service_client::AuditServiceClient<Svc>,
     /// WatchService (the change feed).
     pub watch: devctl_proto::pb::watch_service_client::WatchServiceClient<Svc>,
+    /// SshService (the SSH CA).
+    pub ssh: devctl_proto::pb::ssh_service_client::SshServiceClient<Svc>,
+    /// TunnelService (ssh and port-forward bytes).
+    pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -197,7 +201,9 @@ impl Client {
             tokens: TokenServiceClient::new(svc.clone()),
             enroll: EnrollServiceClient::new(svc.clone()),
             audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc.clone()),
-            watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc),
+            watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc.clone()),
+            ssh: devctl_proto::pb::ssh_service_client::SshServiceClient::new(svc.clone()),
+            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! server = "https://sched.example.com:7443"
 //! tls-dir = "/home/alice/.config/devctl/contexts/prod"
 //! identity = "alice"
+//! ssh-suffix = "prod"      # optional: `ssh web.prod` (default: devctl)
 //! ```
 //!
 //! `devctl login` writes a context and its certificate (the key is made on
@@ -47,6 +48,10 @@ pub struct Context {
     /// The identity's name (for display).
     #[serde(default)]
     pub identity: String,
+    /// Host name suffix of dev containers for ssh (`NAME.SUFFIX`); unset:
+    /// devctl.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_suffix: Option<String>,
 }
 
 /// The directory of the configuration: `$XDG_CONFIG_HOME/devctl` or
@@ -147,6 +152,7 @@ mod tests {
                 server: "https://sched:7443".into(),
                 tls_dir: context_tls_dir(&path, "prod"),
                 identity: "alice".into(),
+                ssh_suffix: None,
             },
         );
         f.current_context = Some("prod".into());

@@ -4,6 +4,8 @@
 //! - [`commands`]: one thin file per subcommand (parse, call, print);
 //! - [`client`]: the TLS connection to the scheduler and its credentials;
 //! - [`config`]: `~/.config/devctl/config.toml` and its contexts;
+//! - [`ssh_setup`]: the SSH key, certificate, known_hosts and ~/.ssh/config
+//!   block; [`tunnel`]: byte tunnels into containers (ssh, port-forward);
 //! - [`output`]: tables, JSON and YAML (sizes and CPUs: `devctl_proto::units`);
 //!   [`output::view`] holds the view models they print.
 
@@ -11,6 +13,8 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod output;
+pub mod ssh_setup;
+pub mod tunnel;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -78,6 +82,17 @@ pub enum Command {
     Logs(commands::logs::Args),
     /// Run a command in a running container (-it for a shell).
     Exec(commands::exec::Args),
+    /// OpenSSH into a dev container (a shell, or `-- COMMAND`), with a
+    /// certificate from the cluster's SSH CA.
+    Ssh(commands::ssh::Args),
+    /// Make `ssh NAME.devctl` work for ssh and IDEs: a managed block in
+    /// ~/.ssh/config, a key, a certificate and known_hosts.
+    ConfigSsh(commands::config_ssh::Args),
+    /// Forward local ports to ports inside a container (like kubectl
+    /// port-forward).
+    PortForward(commands::port_forward::Args),
+    /// Open VS Code or Cursor on a container over Remote-SSH.
+    Open(commands::open::Args),
     /// Live resource usage of containers (like docker stats).
     Stats(commands::stats::Args),
     /// The cluster at a glance: nodes with usage and the busiest containers.

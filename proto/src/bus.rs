@@ -9,6 +9,8 @@
 //! devctl.node.<node>.stream.<id>.data     agent -> scheduler  publish        StreamChunk
 //! devctl.node.<node>.stream.<id>.control  scheduler -> agent  publish        StreamControl
 //! devctl.node.<node>.stream.<id>.input    scheduler -> agent  publish        ExecInput
+//! devctl.node.<node>.stream.<id>.down     scheduler -> agent  publish        StreamChunk (tunnels)
+//! devctl.node.<node>.stream.<id>.credit   agent -> scheduler  publish        StreamControl (tunnels)
 //! _INBOX.node.<node>.>                    replies to the agent (JetStream acks)
 //! _INBOX.scheduler.>                      replies to the scheduler
 //! ```
@@ -92,6 +94,16 @@ pub fn exec_input_subject(node: &str, id: &str) -> String {
     format!("{ROOT}.node.{node}.stream.{id}.input")
 }
 
+/// Data and control subjects of the scheduler-to-agent half of tunnel `id`
+/// on `node`: the scheduler publishes chunks on the first, the agent credit
+/// on the second.
+pub fn down_subjects(node: &str, id: &str) -> (String, String) {
+    (
+        format!("{ROOT}.node.{node}.stream.{id}.down"),
+        format!("{ROOT}.node.{node}.stream.{id}.credit"),
+    )
+}
+
 /// Data and control subjects of stream `id` from `node`.
 pub fn stream_subjects(node: &str, id: &str) -> (String, String) {
     (
@@ -129,24 +141,27 @@ pub struct Permissions {
     pub allow_responses: bool,
 }
 
-/// What `node`'s agent may do: receive its own commands, stream control and
-/// exec input, and replies on its own inbox; publish its own heartbeats,
-/// stats, engine events, stream data and renewal requests, and answer the
-/// commands it received.
+/// What `node`'s agent may do: receive its own commands, stream control,
+/// exec input and tunnel data, and replies on its own inbox; publish its own
+/// heartbeats, stats, engine events, stream data, tunnel credit and renewal
+/// requests, and answer the commands it received.
 pub fn agent_permissions(node: &str) -> Permissions {
     let (data, control) = stream_subjects(node, "*");
+    let (down, credit) = down_subjects(node, "*");
     Permissions {
         publish: vec![
             heartbeat_subject(node),
             stats_subject(node),
             engine_events_subject(node),
             data,
+            credit,
             renew_subject(node),
         ],
         subscribe: vec![
             command_subject(node),
             control,
             exec_input_subject(node, "*"),
+            down,
             format!("{}.>", agent_inbox_prefix(node)),
         ],
         allow_responses: true,
@@ -301,12 +316,14 @@ mod tests {
     fn an_agent_is_confined_to_its_own_node() {
         let p = agent_permissions("node-a");
         let (data, control) = stream_subjects("node-a", "s1");
+        let (down, credit) = down_subjects("node-a", "s1");
         for own in [
             heartbeat_subject("node-a"),
             stats_subject("node-a"),
             engine_events_subject("node-a"),
             renew_subject("node-a"),
             data,
+            credit,
         ] {
             assert!(may(&p.publish, &own), "{own}");
         }
@@ -314,11 +331,15 @@ mod tests {
             command_subject("node-a"),
             control,
             exec_input_subject("node-a", "s1"),
+            down.clone(),
             format!("{}.abc.1", agent_inbox_prefix("node-a")),
         ] {
             assert!(may(&p.subscribe, &own), "{own}");
         }
+        // The agent reads the scheduler's half of a tunnel, never writes it.
+        assert!(!may(&p.publish, &down), "{down}");
         let (other_data, other_control) = stream_subjects("node-b", "s1");
+        let (other_down, other_credit) = down_subjects("node-b", "s1");
         for other in [
             heartbeat_subject("node-b"),
             stats_subject("node-b"),
@@ -326,6 +347,7 @@ mod tests {
             renew_subject("node-b"),
             command_subject("node-a"),
             other_data,
+            other_credit,
             "devctl.events.node-a.node".into(),
             "$JS.API.STREAM.LIST".into(),
             "_INBOX.scheduler.x".into(),
@@ -335,6 +357,7 @@ mod tests {
         for other in [
             command_subject("node-b"),
             other_control,
+            other_down,
             exec_input_subject("node-b", "s1"),
             heartbeat_subject("node-a"),
             ALL_HEARTBEATS.into(),

@@ -10,12 +10,15 @@
 //!   pins.
 //! - [`json`]: the API's messages as canonical proto JSON (`-o json`).
 //! - [`identity`]: who a caller is, read from its client certificate.
+//! - [`pipe`]: one direction of a tunnel over the bus (flow-controlled
+//!   byte stream), shared by the scheduler's and the agent's bus modules.
 //! - [`pki`]: the cluster CA: creating it, issuing certificates, writing and
 //!   loading three-file bundles, and building TLS configurations.
 //! - [`validate`]: name and label rules shared by every binary.
 //! - [`labels`]: the engine labels devctl puts on the containers it manages.
 //! - [`units`]: sizes and CPU quantities as people write them (512m, 0.5).
 //! - [`keyed`]: per-key async locks (one operation per container at a time).
+//! - [`ssh`]: the SSH CA, user and host certificates, and their checks.
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 
 pub mod bus;
@@ -25,8 +28,10 @@ pub mod identity;
 pub mod json;
 pub mod keyed;
 pub mod labels;
+pub mod pipe;
 pub mod pki;
 pub mod process;
+pub mod ssh;
 pub mod units;
 pub mod validate;
 

@@ -18,7 +18,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create the cluster CA, the server certificate and an admin client bundle.
+    /// Create the cluster CA, the SSH CA, the server certificate and an
+    /// admin client bundle.
     Init {
         /// Data directory.
         #[arg(long, env = "DEVCTL_DATA_DIR")]
@@ -28,7 +29,8 @@ pub enum Command {
         /// always included.
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// Replace an existing CA (invalidates every issued certificate).
+        /// Replace an existing CA and SSH CA (invalidates every issued
+        /// certificate).
         #[arg(long)]
         force: bool,
     },
@@ -216,9 +218,9 @@ pub struct ServeArgs {
     /// Such calls one source address may make in a burst; 0: no limit.
     #[arg(long, env = "DEVCTL_ANONYMOUS_RATE_BURST", default_value_t = 20)]
     pub anonymous_rate_burst: u32,
-    /// Streams (logs -f, exec, events and stats watches, audit listings) one
-    /// identity may have open at once; one more is RESOURCE_EXHAUSTED. 0: no
-    /// cap.
+    /// Streams (logs -f, exec, events and stats watches, audit listings,
+    /// SSH connections and forwarded port connections) one identity may have
+    /// open at once; one more is RESOURCE_EXHAUSTED. 0: no cap.
     #[arg(long, env = "DEVCTL_MAX_STREAMS_PER_IDENTITY", default_value_t = 32)]
     pub max_streams_per_identity: usize,
     /// Validity of the agent certificates this scheduler signs (agents
@@ -229,6 +231,11 @@ pub struct ServeArgs {
     /// `devctl login --renew`).
     #[arg(long, env = "DEVCTL_USER_CERT_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub user_cert_ttl: Duration,
+    /// Default and longest validity of the SSH user certificates this
+    /// scheduler signs (`devctl ssh` and `devctl config-ssh` renew them):
+    /// how long a key stays usable after its owner lost access.
+    #[arg(long, env = "DEVCTL_SSH_CERT_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
+    pub ssh_cert_ttl: Duration,
 }
 
 /// The quota of a developer unless the cluster sets role quotas: room for

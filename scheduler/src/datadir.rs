@@ -9,6 +9,7 @@
 //! DIR/server/{ca,cert,key}.pem       the scheduler's server certificate
 //! DIR/clients/admin/{ca,cert,key}.pem  the first admin's client bundle
 //! DIR/ca/join-key                    the MAC key of join tokens (0600)
+//! DIR/ssh/ca_ed25519                 the SSH CA's key (OpenSSH format, 0600; dir 0700)
 //! DIR/revoked                        revoked certificates (see revocation)
 //! DIR/bus/{ca,cert,key}.pem          the scheduler's own bus (NATS) client certificate
 //! DIR/nats/nats.conf                 nats-server's configuration: TLS, JetStream, users
@@ -39,6 +40,7 @@ use devctl_proto::{
     bus,
     identity::Role,
     pki::{self, Bundle, ClusterCa, PkiError},
+    ssh::{SshCa, SshError},
     validate::{self, InvalidField},
 };
 use thiserror::Error;
@@ -72,6 +74,9 @@ pub enum DataDirError {
     /// Certificates or files.
     #[error(transparent)]
     Pki(#[from] PkiError),
+    /// The SSH CA's key.
+    #[error("SSH CA: {0}")]
+    Ssh(#[from] SshError),
     /// A file of the bus configuration.
     #[error("{path}: {source}")]
     Io {
@@ -224,6 +229,24 @@ impl DataDir {
         Ok(())
     }
 
+    /// The SSH CA's private key.
+    pub fn ssh_ca_file(&self) -> PathBuf {
+        self.root.join("ssh").join("ca_ed25519")
+    }
+
+    /// The SSH CA, made (in a private directory, key 0600) when there is
+    /// none: `init` makes it, and `serve` for a data directory made before
+    /// SSH access existed. The second value says whether it was made now.
+    pub fn ssh_ca(&self) -> Result<(SshCa, bool), DataDirError> {
+        self.ensure_initialized()?;
+        let path = self.ssh_ca_file();
+        let created = !path.exists();
+        if let Some(dir) = path.parent() {
+            pki::create_private_dir(dir)?;
+        }
+        Ok((SshCa::load_or_create(&path)?, created))
+    }
+
     /// The revocation list.
     pub fn revoked_file(&self) -> PathBuf {
         self.root.join("revoked")
@@ -316,6 +339,18 @@ impl DataDir {
         ca.write(&self.ca_dir())?;
         // A new CA: tokens of the old one must not verify.
         let _ = std::fs::remove_file(self.ca_dir().join("join-key"));
+        // Nor SSH certificates of the old SSH CA (a replaced cluster
+        // admits no one its predecessor admitted).
+        if force {
+            let old = self.ssh_ca_file();
+            match fs::remove_file(&old) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err(&old)(e));
+                }
+                _ => {}
+            }
+        }
+        self.ssh_ca()?;
         server.write(&self.server_dir())?;
         pki::create_private_dir(&self.root.join("clients"))?;
         admin.write(&self.client_dir("admin"))?;
@@ -722,15 +757,28 @@ mod tests {
             dir.ca_dir().join("ca-key.pem"),
             dir.server_dir().join("key.pem"),
             dir.client_dir("admin").join("key.pem"),
+            dir.ssh_ca_file(),
         ] {
             let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", key.display());
         }
+        let ssh_dir = dir.ssh_ca_file().parent().unwrap().to_path_buf();
+        let mode = std::fs::metadata(&ssh_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let (ssh_ca, created) = dir.ssh_ca().unwrap();
+        assert!(!created, "init made it");
         let err = dir.init(&[], false).unwrap_err();
         assert!(err.to_string().contains("--force"), "{err}");
         let before = std::fs::read(dir.ca_dir().join("ca.pem")).unwrap();
         dir.init(&[], true).unwrap();
         assert_ne!(before, std::fs::read(dir.ca_dir().join("ca.pem")).unwrap());
+        // --force replaces the SSH CA with the cluster CA.
+        let (replaced, _) = dir.ssh_ca().unwrap();
+        assert_ne!(ssh_ca.public_key_line(), replaced.public_key_line());
+        // A data directory from before SSH access gets its CA at `serve`.
+        std::fs::remove_file(dir.ssh_ca_file()).unwrap();
+        let (_, created) = dir.ssh_ca().unwrap();
+        assert!(created);
 
         for f in [
             dir.nats_config(),

@@ -62,9 +62,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = DataDir::new(data_dir);
             dir.init(&sans, force)?;
             println!(
-                "initialized {}\nadmin client bundle: {}\nstart the bus with: nats-server -c {}",
+                "initialized {}\nadmin client bundle: {}\nSSH CA key: {}\nstart the bus with: nats-server -c {}",
                 dir.root().display(),
                 dir.client_dir("admin").display(),
+                dir.ssh_ca_file().display(),
                 dir.nats_config().display()
             );
         }
@@ -153,6 +154,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Serve(args) => {
+            if args.ssh_cert_ttl.is_zero() {
+                anyhow::bail!(
+                    "--ssh-cert-ttl must be longer than zero (e.g. 8h): it is how long SSH user certificates are valid"
+                );
+            }
             if args.default_ttl > args.max_ttl {
                 anyhow::bail!(
                     "--default-ttl ({}) is longer than --max-ttl ({}); lower it or raise --max-ttl",
@@ -217,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         users: args.user_quotas.iter().cloned().collect(),
                         admins_too: args.quota_admins,
                     },
+                    ssh_cert_ttl: args.ssh_cert_ttl,
                     ..Settings::default()
                 },
             };

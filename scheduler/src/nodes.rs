@@ -7,6 +7,10 @@
 //! grace period passes without one. Nothing treats an unknown node as down:
 //! operations on it wait (bounded by the grace period) for it to report.
 //!
+//! Each node's SSH host key (what its agent's SSH server proves itself
+//! with, certified per tunnel) is the latest its heartbeats carried, in
+//! memory only: every heartbeat carries it again.
+//!
 //! One file on purpose (one concern): the node registry's liveness states
 //! (ready, unknown, down) and capacity bounds; a third of its length is unit
 //! tests of those rules.
@@ -19,7 +23,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use devctl_proto::pb;
+use devctl_proto::{pb, ssh::ssh_key::PublicKey};
 
 use crate::{placement, store::NodeUsage};
 
@@ -151,6 +155,11 @@ struct Entry {
     syncing: bool,
     /// The state last reported as an event (`None`: nothing reported yet).
     reported: Option<pb::NodeState>,
+    /// The agent's SSH host key, if its last heartbeat carried a valid one.
+    ssh_host_key: Option<PublicKey>,
+    /// A digest of the host key line last read (so a line is parsed, and
+    /// a bad one logged, once per change, not at every heartbeat).
+    ssh_host_key_digest: u64,
 }
 
 /// Nodes by name. A cheap clone handle is not needed: the registry lives in
@@ -202,6 +211,8 @@ impl Registry {
                         syncing: false,
                         // Known nodes start unknown, silently.
                         reported: Some(pb::NodeState::Unknown),
+                        ssh_host_key: None,
+                        ssh_host_key_digest: digest(""),
                     },
                 )
             })
@@ -239,6 +250,8 @@ impl Registry {
             synced_boot: String::new(),
             syncing: false,
             reported: None,
+            ssh_host_key: None,
+            ssh_host_key_digest: digest(""),
         });
         let durable = |n: &pb::Node| {
             (
@@ -273,6 +286,11 @@ impl Registry {
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
         entry.node.open_streams = hb.open_streams;
+        let key_digest = digest(&hb.ssh_host_key);
+        if entry.ssh_host_key_digest != key_digest {
+            entry.ssh_host_key_digest = key_digest;
+            entry.ssh_host_key = host_key(&hb.node, &hb.ssh_host_key);
+        }
         entry.capacity = capacity(&mut entry.node, self.caps);
         let capacity = (!first)
             .then(|| capacity_change(&entry.node, claimed_before, self.caps))
@@ -511,12 +529,54 @@ impl Registry {
         })
     }
 
+    /// The SSH host key `name`'s agent last reported, if it reported a
+    /// valid one.
+    pub fn ssh_host_key(&self, name: &str) -> Option<PublicKey> {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries.get(name)?.ssh_host_key.clone()
+    }
+
     /// Whether `name` is ready.
     pub fn is_ready(&self, name: &str) -> bool {
         let entries = self.entries.read().expect("registry lock poisoned");
         entries
             .get(name)
             .is_some_and(|e| self.state(e) == pb::NodeState::Ready)
+    }
+}
+
+fn digest(line: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    line.hash(&mut h);
+    h.finish()
+}
+
+/// The SSH host key in `node`'s heartbeat (`line`): `None` for none, and for
+/// one that is no ed25519 OpenSSH public key line (never trusted; logged).
+fn host_key(node: &str, line: &str) -> Option<PublicKey> {
+    if line.is_empty() {
+        tracing::info!(
+            node,
+            "the node's agent reports no SSH host key: no SSH into its containers"
+        );
+        return None;
+    }
+    let parsed = if line.len() > crate::cluster::MAX_PUBLIC_KEY_LEN {
+        Err(format!("{} bytes long", line.len()))
+    } else {
+        devctl_proto::ssh::parse_public_key(line).map_err(|e| e.to_string())
+    };
+    match parsed {
+        Ok(key) => {
+            let fingerprint = key.fingerprint(devctl_proto::ssh::ssh_key::HashAlg::Sha256);
+            tracing::info!(node, %fingerprint, "the node's agent offers SSH");
+            Some(key)
+        }
+        Err(error) => {
+            tracing::warn!(node, %error, "the SSH host key in the node's heartbeat is not a valid ed25519 public key; ignored (no SSH into its containers)");
+            None
+        }
     }
 }
 
@@ -621,6 +681,40 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(!reg.is_ready("a"));
         assert!(reg.observe(&hb("a", "boot1")).needs_sync);
+    }
+
+    #[test]
+    fn the_latest_valid_ssh_host_key_is_kept() {
+        let reg = Registry::new(vec![], Duration::from_secs(10), Caps::default());
+        reg.observe(&hb("a", "b"));
+        assert!(reg.ssh_host_key("a").is_none(), "an agent without SSH");
+        let key = devctl_proto::ssh::new_key("host").unwrap();
+        let line = key.public_key().to_openssh().unwrap();
+        let with_key = pb::Heartbeat {
+            ssh_host_key: line.clone(),
+            ..hb("a", "b")
+        };
+        reg.observe(&with_key);
+        assert_eq!(reg.ssh_host_key("a").as_ref(), Some(key.public_key()));
+        reg.observe(&with_key);
+        assert_eq!(reg.ssh_host_key("a").as_ref(), Some(key.public_key()));
+        // A bad key replaces it: never trusted, and the old one is gone.
+        for bad in [
+            "ssh-ed25519 AAAA",
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQC7 x",
+        ] {
+            reg.observe(&pb::Heartbeat {
+                ssh_host_key: bad.into(),
+                ..hb("a", "b")
+            });
+            assert!(reg.ssh_host_key("a").is_none(), "{bad}");
+        }
+        reg.observe(&with_key);
+        assert!(reg.ssh_host_key("a").is_some());
+        // An agent that stops reporting one (downgraded) has none.
+        reg.observe(&hb("a", "b"));
+        assert!(reg.ssh_host_key("a").is_none());
+        assert!(reg.ssh_host_key("zz").is_none());
     }
 
     #[test]

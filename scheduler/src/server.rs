@@ -8,7 +8,8 @@ use devctl_proto::pb::{
 };
 use devctl_proto::pb::{
     event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
-    log_service_server::LogServiceServer, stats_service_server::StatsServiceServer,
+    log_service_server::LogServiceServer, ssh_service_server::SshServiceServer,
+    stats_service_server::StatsServiceServer, tunnel_service_server::TunnelServiceServer,
 };
 use devctl_proto::validate::limits::MAX_MESSAGE_BYTES;
 use thiserror::Error;
@@ -27,6 +28,7 @@ use crate::{
         containers::ContainerApi,
         enroll::{CertPolicy, EnrollApi},
         nodes::NodeApi,
+        ssh::SshApi,
         tokens::TokenApi,
         watch::WatchApi,
     },
@@ -114,6 +116,11 @@ pub async fn serve(
     .with_stream_cap(config.max_streams_per_identity);
     let ca = devctl_proto::pki::ClusterCa::load(&config.data_dir.ca_dir())
         .map_err(DataDirError::from)?;
+    let (ssh_ca, ssh_ca_created) = config.data_dir.ssh_ca()?;
+    if ssh_ca_created {
+        tracing::info!(path = %config.data_dir.ssh_ca_file().display(), "this data directory had no SSH CA (made before SSH access): created one");
+    }
+    tracing::info!(fingerprint = %ssh_ca.fingerprint(), "SSH CA loaded");
     let enroll = EnrollApi::new(
         config.data_dir.clone(),
         ca,
@@ -140,6 +147,7 @@ pub async fn serve(
         registry,
         bus.clone(),
         config.settings.clone(),
+        ssh_ca,
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -151,6 +159,8 @@ pub async fn serve(
     health.set_serving::<LogServiceServer<StreamApi>>().await;
     health.set_serving::<StatsServiceServer<StreamApi>>().await;
     health.set_serving::<ExecServiceServer<StreamApi>>().await;
+    health.set_serving::<TunnelServiceServer<StreamApi>>().await;
+    health.set_serving::<SshServiceServer<SshApi>>().await;
     health.set_serving::<EnrollServiceServer<EnrollApi>>().await;
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
@@ -250,6 +260,11 @@ pub async fn serve(
         .add_service(authenticated!(EventServiceServer, streaming.clone()))
         .add_service(authenticated!(LogServiceServer, streaming.clone()))
         .add_service(authenticated!(ExecServiceServer, streaming.clone()))
+        .add_service(authenticated!(TunnelServiceServer, streaming.clone()))
+        .add_service(authenticated!(
+            SshServiceServer,
+            SshApi::new(cluster.clone())
+        ))
         .add_service(authenticated!(StatsServiceServer, streaming.clone()))
         .add_service(authenticated!(
             AuditServiceServer,

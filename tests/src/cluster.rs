@@ -48,7 +48,7 @@ pub struct CliResult {
 }
 
 impl CliResult {
-    fn from(out: Output) -> Self {
+    pub fn from(out: Output) -> Self {
         Self {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -14,18 +14,21 @@
 //! - [`certs`]: data directories and certificates made by the real binaries.
 //! - [`cluster`]: [`TestCluster`] (nats-server, scheduler, agents) and the CLI.
 //! - [`engine`]: what the Docker engine holds (inspect, remove by label).
+//! - [`ssh`]: [`SshUser`], a person using `devctl` and OpenSSH's `ssh`.
 
 pub mod certs;
 pub mod cluster;
 pub mod engine;
 pub mod nats;
 pub mod proc;
+pub mod ssh;
 
 pub use certs::*;
 pub use cluster::*;
 pub use engine::*;
 pub use nats::*;
 pub use proc::*;
+pub use ssh::*;
 
 use std::{
     path::{Path, PathBuf},

@@ -162,12 +162,31 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         start: &pb::ExecStart,
     ) -> impl Future<Output = Result<ExecSession, RuntimeError>> + Send;
 
+    /// The first process of the running container with devctl id `id`,
+    /// as this host sees it (its network namespace is the container's):
+    /// [`RuntimeError::Conflict`] when the container does not run.
+    fn init_process(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<InitProcess, RuntimeError>> + Send;
+
     /// The output of the container with devctl id `id`.
     fn logs(
         &self,
         id: &str,
         options: LogOptions,
     ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send;
+}
+
+/// A running container's first process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitProcess {
+    /// The container's devctl name (for messages).
+    pub name: String,
+    /// The container's engine id (its processes' cgroups name it).
+    pub runtime_id: String,
+    /// Its PID in the host's PID namespace.
+    pub pid: u32,
 }
 
 /// What to read of a container's output.
@@ -210,6 +229,12 @@ pub trait ExecControl: Send + Sync {
         &self,
         rows: u16,
         cols: u16,
+    ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>>;
+    /// Delivers `signal` to the command's own process (not to what it
+    /// started); nothing when it has already ended.
+    fn signal(
+        &self,
+        signal: nix::sys::signal::Signal,
     ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>>;
     /// Its exit code, once it has ended.
     fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>>;

@@ -122,12 +122,18 @@ pub async fn run(flags: client::Flags, args: Args) -> Result<()> {
         .with_context(|| format!("logging in to {server}"))?;
     let dir = config::context_tls_dir(&path, &context);
     joined.bundle.replace(&dir)?;
+    // A context logged in again keeps its ssh suffix.
+    let ssh_suffix = file
+        .contexts
+        .get(&context)
+        .and_then(|c| c.ssh_suffix.clone());
     file.contexts.insert(
         context.clone(),
         config::Context {
             server: server.clone(),
             tls_dir: dir,
             identity: joined.issued.name.clone(),
+            ssh_suffix,
         },
     );
     file.current_context = Some(context.clone());

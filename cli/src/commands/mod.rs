@@ -1,6 +1,7 @@
 //! One file per subcommand: parse, call the client, print.
 
 pub mod audit;
+pub mod config_ssh;
 pub mod context;
 pub mod create;
 pub mod events;
@@ -11,8 +12,11 @@ pub mod login;
 pub mod logs;
 pub mod ls;
 pub mod nodes;
+pub mod open;
+pub mod port_forward;
 pub mod restart;
 pub mod rm;
+pub mod ssh;
 pub mod start;
 pub mod stats;
 pub mod stop;
@@ -44,6 +48,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Audit(args) => Some(args.to_request()?),
         _ => None,
     };
+    if let Command::Open(args) = &cli.command {
+        open::validate(args)?;
+    }
     let flags = client::Flags {
         server: cli.server,
         tls_dir: cli.tls_dir,
@@ -57,7 +64,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Login(args) => return login::run(flags, args).await,
         other => other,
     };
-    let mut client = client::Client::connect(&client::resolve(flags)?).await?;
+    let target = client::resolve(flags)?;
+    // What needs no connection.
+    match &command {
+        Command::ConfigSsh(args) if args.remove => return config_ssh::remove(&target),
+        Command::Open(args) if args.print => return open::print(&target, args),
+        _ => {}
+    }
+    let mut client = client::Client::connect(&target).await?;
     match command {
         Command::Context(_) | Command::Login(_) => unreachable!("handled above"),
         Command::Tokens(args) => tokens::run(&mut client, o, args).await,
@@ -81,5 +95,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Top(args) => top::run(&mut client, o, args).await,
         Command::Audit(_) => audit::run(&mut client, o, audit.expect("built above")).await,
         Command::Watch(args) => watch::run(&mut client, o, args).await,
+        Command::Ssh(args) => ssh::run(&mut client, &target, args).await,
+        Command::ConfigSsh(args) => config_ssh::run(&mut client, &target, args).await,
+        Command::PortForward(args) => port_forward::run(&mut client, args).await,
+        Command::Open(args) => open::run(&mut client, &target, args).await,
     }
 }

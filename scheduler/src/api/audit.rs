@@ -14,7 +14,7 @@ use super::{
     auth::{caller, must_be_admin},
     send_or_stop,
 };
-pub(crate) use crate::audit::{admit, admit_anonymous, call, target};
+pub(crate) use crate::audit::{Call, admit, admit_anonymous, call, target};
 use crate::bus::Bus;
 
 /// `devctl.v1.AuditService` over the bus's audit stream.

@@ -281,7 +281,7 @@ impl Sessions {
                     return Err(refusal(
                         Code::ResourceExhausted,
                         format!(
-                            "{identity} has {mine} streams open, the most one identity may (--max-streams-per-identity {}); close one (logs -f, exec, events -f, stats -w) and retry",
+                            "{identity} has {mine} streams open, the most one identity may (--max-streams-per-identity {}); close one (logs -f, exec, events -f, stats -w, ssh, port-forward connections) and retry",
                             self.cap
                         ),
                         "TOO_MANY_STREAMS",

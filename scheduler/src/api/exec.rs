@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{
     NodeStream, StreamApi, audit,
-    auth::{caller, may_operate, may_write},
+    auth::{caller, may_write},
     send_or_stop,
 };
 
@@ -40,10 +40,7 @@ impl ExecService for StreamApi {
         if let Some(call) = &audit {
             call.target(&start.name);
         }
-        may_operate(&id, "Exec", &self.cluster.get(&start.name)?)?;
-        // Before the node starts the command: a refused stream costs it
-        // nothing.
-        let revocable = self.session(&id)?;
+        let revocable = self.container_session(&id, "Exec", &start.name)?;
         let (reader, input, session) = self.cluster.open_exec(start, &id.name).await?;
         let (tx, rx) = mpsc::channel(16);
         let output_done = CancellationToken::new();
@@ -134,7 +131,7 @@ impl ExecService for StreamApi {
                 }
                 None => {}
             }
-            cluster.exec_ended(&session, code).await;
+            cluster.session_ended(&session, code).await;
             stream.close().await;
             revocable.tell_if_revoked(&tx).await;
         });

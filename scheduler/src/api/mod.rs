@@ -10,9 +10,13 @@ pub mod events;
 pub mod exec;
 pub mod logs;
 pub mod nodes;
+pub mod ssh;
 pub mod stats;
 mod status;
 pub mod tokens;
+pub mod tunnel;
+#[cfg(test)]
+mod tunnel_tests;
 pub mod watch;
 
 pub use status::ERROR_DOMAIN;
@@ -110,9 +114,9 @@ impl NodeStream {
     }
 }
 
-/// The streaming services (events, logs, exec, stats), one handle for all
-/// four: the cluster, the server's stop signal (every stream ends at
-/// shutdown) and the tracker the streams' tasks run on.
+/// The streaming services (events, logs, exec, stats, tunnels), one handle
+/// for all of them: the cluster, the server's stop signal (every stream
+/// ends at shutdown) and the tracker the streams' tasks run on.
 #[derive(Debug, Clone)]
 pub struct StreamApi {
     cluster: crate::cluster::Cluster,
@@ -142,5 +146,20 @@ impl StreamApi {
     /// credential is revoked.
     fn session(&self, id: &devctl_proto::identity::Identity) -> Result<auth::Session, Status> {
         self.auth.open_session(id, &self.stop)
+    }
+
+    /// Admits `id` to a session in container `name` for `method` (exec, a
+    /// tunnel): the container's owner and admins; read-only roles and other
+    /// developers are refused. The session is a stream of `id` (see
+    /// [`StreamApi::session`]), registered before the node is asked: a
+    /// refused stream costs the node nothing.
+    fn container_session(
+        &self,
+        id: &devctl_proto::identity::Identity,
+        method: &str,
+        name: &str,
+    ) -> Result<auth::Session, Status> {
+        auth::may_operate(id, method, &self.cluster.get(name)?)?;
+        self.session(id)
     }
 }

@@ -59,8 +59,15 @@ impl From<Error> for Status {
             | ErrorKind::ImageNotFound { node }
             | ErrorKind::EngineConflict { node }
             | ErrorKind::AgentUnreachable { node }
-            | ErrorKind::AgentShuttingDown { node } => {
+            | ErrorKind::AgentShuttingDown { node }
+            | ErrorKind::NoSshServer { node }
+            | ErrorKind::AgentTooOld { node } => {
                 put("node", node);
+            }
+            ErrorKind::TunnelRefused { node, name } => {
+                put("node", node);
+                put("container", name);
+                details.add_precondition_failure_violation(CONTAINER, name, &msg);
             }
             ErrorKind::NoSuitableNode { rejections } | ErrorKind::NoCapacity { rejections } => {
                 for r in rejections {
@@ -129,6 +136,9 @@ fn code_and_reason(kind: &ErrorKind) -> (Code, &'static str) {
         ErrorKind::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
         ErrorKind::AgentUnreachable { .. } => (Code::Unavailable, "AGENT_UNREACHABLE"),
         ErrorKind::AgentShuttingDown { .. } => (Code::Unavailable, "AGENT_SHUTTING_DOWN"),
+        ErrorKind::NoSshServer { .. } => (Code::Unavailable, "NO_SSH_SERVER"),
+        ErrorKind::AgentTooOld { .. } => (Code::Unavailable, "AGENT_TOO_OLD"),
+        ErrorKind::TunnelRefused { .. } => (Code::FailedPrecondition, "TUNNEL_REFUSED"),
         ErrorKind::HistoryUnavailable => (Code::Unavailable, "HISTORY_UNAVAILABLE"),
         ErrorKind::Internal => (Code::Internal, "INTERNAL"),
     }
@@ -320,6 +330,24 @@ mod tests {
                 ErrorKind::AgentShuttingDown { node: node() },
                 Code::Unavailable,
                 "AGENT_SHUTTING_DOWN",
+            ),
+            (
+                ErrorKind::NoSshServer { node: node() },
+                Code::Unavailable,
+                "NO_SSH_SERVER",
+            ),
+            (
+                ErrorKind::AgentTooOld { node: node() },
+                Code::Unavailable,
+                "AGENT_TOO_OLD",
+            ),
+            (
+                ErrorKind::TunnelRefused {
+                    node: node(),
+                    name: node(),
+                },
+                Code::FailedPrecondition,
+                "TUNNEL_REFUSED",
             ),
             (
                 ErrorKind::HistoryUnavailable,

@@ -38,7 +38,7 @@ mod slot;
 mod writer;
 
 pub(crate) use layer::AuditLayer;
-pub(crate) use slot::{admit, admit_anonymous, call, target};
+pub(crate) use slot::{Call, admit, admit_anonymous, call, target};
 pub(crate) use writer::AuditWriter;
 
 /// The methods recorded whatever their outcome: every call that changes
@@ -55,6 +55,8 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.NodeService/UncordonNode",
     "/devctl.v1.NodeService/DrainNode",
     "/devctl.v1.ExecService/Exec",
+    "/devctl.v1.TunnelService/OpenTunnel",
+    "/devctl.v1.SshService/SignUserKey",
     "/devctl.v1.TokenService/CreateToken",
     "/devctl.v1.TokenService/RevokeToken",
     "/devctl.v1.EnrollService/Join",

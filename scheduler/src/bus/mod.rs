@@ -9,6 +9,7 @@
 //! - `request`: request/reply commands to an agent;
 //! - `stream`: flow-controlled byte streams from an agent (logs, exec
 //!   output) and exec input to it;
+//! - `tunnel`: tunnels into containers (a flow-controlled pipe each way);
 //! - `reports`: subscriptions to what agents report (heartbeats, stats);
 //! - `renew`: agents' certificate renewal requests and their answers;
 //! - `jetstream`: the engine-event work queue and the event history;
@@ -33,6 +34,7 @@ mod renew;
 mod reports;
 mod request;
 mod stream;
+mod tunnel;
 
 pub use audit::{AUDIT_STREAM, AUDIT_SUBJECT, AuditReader};
 pub use jetstream::{

@@ -109,6 +109,24 @@ pub enum ErrorKind {
         /// The node.
         node: String,
     },
+    /// The node's agent runs no SSH server (it reports no host key).
+    NoSshServer {
+        /// The node.
+        node: String,
+    },
+    /// The node's agent does not know the command (an older release).
+    AgentTooOld {
+        /// The node.
+        node: String,
+    },
+    /// The node's agent could not reach a tunnel's target in the container
+    /// (e.g. nothing listens on the port).
+    TunnelRefused {
+        /// The node.
+        node: String,
+        /// The container.
+        name: String,
+    },
     /// The event history could not be read or written.
     HistoryUnavailable,
     /// The store, the engine or the scheduler itself failed.
@@ -266,6 +284,38 @@ pub(super) fn history_unavailable(what: &str, e: impl std::fmt::Display) -> Erro
     Error::new(ErrorKind::HistoryUnavailable, format!("{what}: {e}"))
 }
 
+/// The error an agent's refusal to open a tunnel into `c` stands for: as
+/// [`agent_error`], but for what a tunnel's refusals mean (CONFLICT: the
+/// container is not running on its node; INVALID: its target cannot be
+/// reached; BAD_COMMAND: the agent predates tunnels).
+pub(super) fn tunnel_error(reply: Reply, c: &pb::Container) -> Error {
+    let Reply::Error(e) = &reply else {
+        return agent_error(reply, c);
+    };
+    let node = c.status().node.clone();
+    let name = c.name.clone();
+    match pb::AgentErrorCode::try_from(e.code).unwrap_or_default() {
+        pb::AgentErrorCode::Conflict => wrong_state(
+            &name,
+            format!(
+                "container {name:?} is not running on node {node:?} ({}); start it (devctl start {name})",
+                e.message
+            ),
+        ),
+        pb::AgentErrorCode::Invalid => {
+            Error::new(ErrorKind::TunnelRefused { node, name }, e.message.clone())
+        }
+        pb::AgentErrorCode::BadCommand => Error::new(
+            ErrorKind::AgentTooOld { node: node.clone() },
+            format!(
+                "the agent of node {node:?} did not take the tunnel command ({}); an agent older than the scheduler cannot open tunnels: upgrade it",
+                e.message
+            ),
+        ),
+        _ => agent_error(reply, c),
+    }
+}
+
 /// The error an unexpected or failed reply stands for.
 pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
     let e = match reply {
@@ -361,6 +411,35 @@ mod tests {
         }
         let e = agent_error(refusal(pb::AgentErrorCode::ShuttingDown), &c);
         assert_eq!(e.kind(), &ErrorKind::AgentShuttingDown { node: node() });
+    }
+
+    #[test]
+    fn tunnel_refusals_say_what_they_mean_for_a_tunnel() {
+        let c = pb::Container {
+            name: "web".into(),
+            status: Some(pb::ContainerStatus {
+                node: "n1".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = tunnel_error(refusal(pb::AgentErrorCode::Conflict), &c);
+        assert_eq!(e.kind(), &ErrorKind::WrongState { name: "web".into() });
+        assert!(e.to_string().contains("devctl start web"), "{e}");
+        let e = tunnel_error(refusal(pb::AgentErrorCode::Invalid), &c);
+        assert_eq!(
+            e.kind(),
+            &ErrorKind::TunnelRefused {
+                node: "n1".into(),
+                name: "web".into()
+            }
+        );
+        assert_eq!(e.to_string(), "engine says no", "the agent's words");
+        let e = tunnel_error(refusal(pb::AgentErrorCode::BadCommand), &c);
+        assert_eq!(e.kind(), &ErrorKind::AgentTooOld { node: "n1".into() });
+        // The rest as for any command.
+        let e = tunnel_error(refusal(pb::AgentErrorCode::ContainerNotFound), &c);
+        assert!(matches!(e.kind(), ErrorKind::MissingOnNode { .. }), "{e:?}");
     }
 
     #[test]

@@ -8,19 +8,25 @@
 //! reaches nobody, as on NATS, where the caller's reply inbox is gone once
 //! its deadline passed. The fake carries no stream data: a stream or exec
 //! the script lets open fails as a broken bus would; refusals come back as
-//! scripted.
+//! scripted. Tunnels are the exception: one the script lets open gets
+//! in-memory pipes whose agent end ([`FakeAgentEnd`]) the test drives.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use devctl_proto::{
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    pipe::PipeError,
+};
 use futures::future::BoxFuture;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::link::{AgentLink, NotOpened, StreamBuild};
+use super::link::{AgentLink, NotOpened, StreamBuild, TunnelPipes, TunnelSink, TunnelSource};
 use crate::bus::{BusError, EventReader, EventStart, ExecInputSender, StreamReader};
 
 /// The kind of an agent command, as the script names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(super) enum Kind {
+pub(crate) enum Kind {
     Create,
     Start,
     Stop,
@@ -30,6 +36,7 @@ pub(super) enum Kind {
     Logs,
     Exec,
     Inspect,
+    Tunnel,
 }
 
 impl Kind {
@@ -44,6 +51,7 @@ impl Kind {
             Command::Logs(_) => Kind::Logs,
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
+            Command::Tunnel(_) => Kind::Tunnel,
         }
     }
 }
@@ -59,13 +67,14 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Logs(c) => vec![&c.id],
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
+        Command::Tunnel(c) => vec![&c.id],
         Command::Inventory(_) => vec![],
     }
 }
 
 /// How the fake agent answers one command.
 #[derive(Debug, Clone)]
-pub(super) enum Answer {
+pub(crate) enum Answer {
     /// Replies within the deadline.
     Reply(Reply),
     /// Nobody listens on the node's command subject.
@@ -77,7 +86,7 @@ pub(super) enum Answer {
 }
 
 /// A status reply: the container in `state`.
-pub(super) fn status(state: pb::ContainerState, exit_code: Option<i32>) -> Reply {
+pub(crate) fn status(state: pb::ContainerState, exit_code: Option<i32>) -> Reply {
     Reply::Status(pb::EngineContainer {
         state: state as i32,
         exit_code,
@@ -87,7 +96,7 @@ pub(super) fn status(state: pb::ContainerState, exit_code: Option<i32>) -> Reply
 }
 
 /// An error reply with `code`.
-pub(super) fn refusal(code: pb::AgentErrorCode, message: &str) -> Reply {
+pub(crate) fn refusal(code: pb::AgentErrorCode, message: &str) -> Reply {
     Reply::Error(pb::AgentError {
         code: code as i32,
         message: message.into(),
@@ -95,13 +104,13 @@ pub(super) fn refusal(code: pb::AgentErrorCode, message: &str) -> Reply {
 }
 
 /// The reply to a remove that was carried out.
-pub(super) fn removed() -> Reply {
+pub(crate) fn removed() -> Reply {
     Reply::Removed(pb::RemovedReply::default())
 }
 
 /// The scripted agents of a cluster under test.
 #[derive(Debug, Default)]
-pub(super) struct FakeLink {
+pub(crate) struct FakeLink {
     // std lock: map and list operations only, never held across an await.
     inner: Mutex<Inner>,
 }
@@ -114,6 +123,7 @@ struct Inner {
     late: Vec<(String, Reply)>,
     inventories: HashMap<String, Vec<pb::EngineContainer>>,
     events: Vec<pb::Event>,
+    tunnels: Vec<FakeAgentEnd>,
 }
 
 #[derive(Debug)]
@@ -129,7 +139,7 @@ impl FakeLink {
     }
 
     /// The next `kind` command, whatever its container, gets `answer`.
-    pub(super) fn answer(&self, kind: Kind, answer: Answer) {
+    pub(crate) fn answer(&self, kind: Kind, answer: Answer) {
         self.inner().script.push(Scripted {
             kind,
             container: None,
@@ -139,7 +149,7 @@ impl FakeLink {
 
     /// The next `kind` command about `container` (a name or an id) gets
     /// `answer`.
-    pub(super) fn answer_for(&self, kind: Kind, container: &str, answer: Answer) {
+    pub(crate) fn answer_for(&self, kind: Kind, container: &str, answer: Answer) {
         self.inner().script.push(Scripted {
             kind,
             container: Some(container.into()),
@@ -148,12 +158,12 @@ impl FakeLink {
     }
 
     /// What `node`'s engine has (served to inventory commands).
-    pub(super) fn set_inventory(&self, node: &str, containers: Vec<pb::EngineContainer>) {
+    pub(crate) fn set_inventory(&self, node: &str, containers: Vec<pb::EngineContainer>) {
         self.inner().inventories.insert(node.into(), containers);
     }
 
     /// What `node`'s engine has now.
-    pub(super) fn inventory(&self, node: &str) -> Vec<pb::EngineContainer> {
+    pub(crate) fn inventory(&self, node: &str) -> Vec<pb::EngineContainer> {
         self.inner()
             .inventories
             .get(node)
@@ -162,7 +172,7 @@ impl FakeLink {
     }
 
     /// The kinds of the commands received so far, in order.
-    pub(super) fn kinds(&self) -> Vec<Kind> {
+    pub(crate) fn kinds(&self) -> Vec<Kind> {
         self.inner()
             .commands
             .iter()
@@ -171,13 +181,19 @@ impl FakeLink {
     }
 
     /// The answers given after their caller's deadline, by node.
-    pub(super) fn late_answers(&self) -> Vec<(String, Reply)> {
+    pub(crate) fn late_answers(&self) -> Vec<(String, Reply)> {
         self.inner().late.clone()
     }
 
     /// The events appended to the history so far.
-    pub(super) fn events(&self) -> Vec<pb::Event> {
+    pub(crate) fn events(&self) -> Vec<pb::Event> {
         self.inner().events.clone()
+    }
+
+    /// The agent end of the oldest tunnel opened and not taken yet.
+    pub(crate) fn take_tunnel(&self) -> Option<FakeAgentEnd> {
+        let mut inner = self.inner();
+        (!inner.tunnels.is_empty()).then(|| inner.tunnels.remove(0))
     }
 
     /// Records `command` to `node` and answers it as scripted.
@@ -265,6 +281,134 @@ impl FakeLink {
     }
 }
 
+/// What the scheduler sent down a fake tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Down {
+    /// Bytes.
+    Data(Vec<u8>),
+    /// The end of the stream, with the scheduler's error if it failed.
+    End(Option<String>),
+}
+
+/// The agent's end of a tunnel the fake opened, driven by the test.
+#[derive(Debug)]
+pub(crate) struct FakeAgentEnd {
+    /// The command that opened it.
+    pub(crate) command: pb::TunnelCommand,
+    /// Sends bytes up to the scheduler (an `Err` fails the pipe); dropping
+    /// it ends the pipe cleanly.
+    pub(crate) up: Option<mpsc::Sender<Result<Vec<u8>, PipeError>>>,
+    /// What the scheduler sent down, in order.
+    pub(crate) down: mpsc::UnboundedReceiver<Down>,
+    /// Cancelled once the scheduler cancelled the up pipe.
+    pub(crate) up_cancelled: CancellationToken,
+    /// Cancel it to make the down pipe's reader vanish (as a dead agent's).
+    pub(crate) reader_gone: CancellationToken,
+}
+
+impl FakeAgentEnd {
+    /// The next thing the scheduler sent down (waits up to 5 s).
+    pub(crate) async fn next_down(&mut self) -> Option<Down> {
+        tokio::time::timeout(Duration::from_secs(5), self.down.recv())
+            .await
+            .expect("the scheduler sent nothing down within 5 s")
+    }
+}
+
+#[derive(Debug)]
+struct FakeSource {
+    rx: mpsc::Receiver<Result<Vec<u8>, PipeError>>,
+    cancelled: CancellationToken,
+}
+
+impl TunnelSource for FakeSource {
+    fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, PipeError>>> {
+        Box::pin(self.rx.recv())
+    }
+
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.cancelled.cancel();
+        Box::pin(async {})
+    }
+}
+
+#[derive(Debug)]
+struct FakeSink {
+    tx: mpsc::UnboundedSender<Down>,
+    reader_gone: CancellationToken,
+}
+
+impl TunnelSink for FakeSink {
+    fn send<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), PipeError>> {
+        Box::pin(async move {
+            if self.reader_gone.is_cancelled() {
+                return Err(PipeError::Cancelled);
+            }
+            let _ = self.tx.send(Down::Data(data.to_vec()));
+            Ok(())
+        })
+    }
+
+    fn closed(&mut self) -> BoxFuture<'_, PipeError> {
+        Box::pin(async move {
+            self.reader_gone.cancelled().await;
+            PipeError::Cancelled
+        })
+    }
+
+    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()> {
+        let _ = self.tx.send(Down::End(error));
+        Box::pin(async {})
+    }
+}
+
+impl FakeLink {
+    /// Answers a tunnel opening as scripted: `None` if the script let it
+    /// open (its agent end is kept for [`FakeLink::take_tunnel`]), else the
+    /// refusal or the failure.
+    fn tunnel(
+        &self,
+        node: &str,
+        command: &pb::TunnelCommand,
+        timeout: Duration,
+    ) -> Option<NotOpened> {
+        match self.receive(node, Command::Tunnel(command.clone()), timeout) {
+            Ok(Reply::Opened(_)) => None,
+            other => Some(other),
+        }
+    }
+
+    /// The pipes of a tunnel the script let open; the agent's end is kept
+    /// for [`FakeLink::take_tunnel`].
+    fn pipes(&self, command: pb::TunnelCommand) -> TunnelPipes {
+        let (up_tx, up_rx) = mpsc::channel(4);
+        let (down_tx, down_rx) = mpsc::unbounded_channel();
+        let (up_cancelled, reader_gone) = (CancellationToken::new(), CancellationToken::new());
+        self.inner().tunnels.push(FakeAgentEnd {
+            command,
+            up: Some(up_tx),
+            down: down_rx,
+            up_cancelled: up_cancelled.clone(),
+            reader_gone: reader_gone.clone(),
+        });
+        TunnelPipes {
+            up: Box::new(FakeSource {
+                rx: up_rx,
+                cancelled: up_cancelled,
+            }),
+            down: Box::new(FakeSink {
+                tx: down_tx,
+                reader_gone,
+            }),
+        }
+    }
+}
+
+/// The reply of an agent that opened a stream or a tunnel.
+pub(crate) fn opened() -> Reply {
+    Reply::Opened(pb::StreamOpened {})
+}
+
 impl AgentLink for FakeLink {
     fn command<'a>(
         &'a self,
@@ -293,6 +437,20 @@ impl AgentLink for FakeLink {
         Box::pin(async move { Err(self.open(node, build, timeout)) })
     }
 
+    fn open_tunnel<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::TunnelCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            match self.tunnel(node, &command, timeout) {
+                Some(not_opened) => Err(not_opened),
+                None => Ok(self.pipes(command)),
+            }
+        })
+    }
+
     fn publish_event<'a>(
         &'a self,
         _subject: String,
@@ -316,24 +474,56 @@ impl AgentLink for FakeLink {
 }
 
 /// The node every fixture's cluster has, ready.
-pub(super) const NODE: &str = "node-1";
+pub(crate) const NODE: &str = "node-1";
 
 /// A cluster under test: a real store in a temporary directory and a real
 /// registry with [`NODE`] ready; only its agents are [`FakeLink`]'s.
 #[derive(Debug)]
-pub(super) struct Fixture {
-    pub(super) cluster: super::Cluster,
-    pub(super) link: std::sync::Arc<FakeLink>,
+pub(crate) struct Fixture {
+    pub(crate) cluster: super::Cluster,
+    pub(crate) link: std::sync::Arc<FakeLink>,
     _dir: tempfile::TempDir,
 }
 
+/// The heartbeat of [`NODE`]'s agent.
+fn heartbeat() -> pb::Heartbeat {
+    pb::Heartbeat {
+        node: NODE.into(),
+        boot_id: "boot-1".into(),
+        cpus: 4,
+        memory_bytes: 8 << 30,
+        ..Default::default()
+    }
+}
+
+impl Fixture {
+    /// [`NODE`]'s agent reports `line` as its SSH host key.
+    pub(crate) fn report_host_key(&self, line: &str) {
+        self.cluster.shared.nodes.observe(&pb::Heartbeat {
+            ssh_host_key: line.into(),
+            ..heartbeat()
+        });
+    }
+
+    /// A container `name` of `owner` recorded in `state` on [`NODE`] (as a
+    /// create the agent answered so).
+    pub(crate) async fn container(&self, name: &str, owner: &str, state: pb::ContainerState) {
+        self.link
+            .answer_for(Kind::Create, name, Answer::Reply(status(state, None)));
+        self.cluster
+            .create(spec(name), owner, super::CreateOptions::default())
+            .await
+            .expect("created");
+    }
+}
+
 /// A cluster under test with the default settings.
-pub(super) fn cluster() -> Fixture {
+pub(crate) fn cluster() -> Fixture {
     cluster_with(super::Settings::default())
 }
 
 /// A cluster under test with `settings`.
-pub(super) fn cluster_with(settings: super::Settings) -> Fixture {
+pub(crate) fn cluster_with(settings: super::Settings) -> Fixture {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = crate::store::Store::open(&dir.path().join("state.redb")).expect("store");
     let nodes = crate::nodes::Registry::new(
@@ -341,15 +531,12 @@ pub(super) fn cluster_with(settings: super::Settings) -> Fixture {
         Duration::from_secs(3600),
         crate::nodes::Caps::default(),
     );
-    nodes.observe(&pb::Heartbeat {
-        node: NODE.into(),
-        boot_id: "boot-1".into(),
-        cpus: 4,
-        memory_bytes: 8 << 30,
-        ..Default::default()
-    });
+    nodes.observe(&heartbeat());
     let link = std::sync::Arc::new(FakeLink::default());
-    let cluster = super::Cluster::with_link(store, nodes, link.clone(), settings);
+    let ssh_ca = devctl_proto::ssh::SshCa::from_key(
+        devctl_proto::ssh::new_key("test-ssh-ca").expect("an ed25519 key"),
+    );
+    let cluster = super::Cluster::with_link(store, nodes, link.clone(), settings, ssh_ca);
     Fixture {
         cluster,
         link,
@@ -358,7 +545,7 @@ pub(super) fn cluster_with(settings: super::Settings) -> Fixture {
 }
 
 /// The spec of a container named `name`.
-pub(super) fn spec(name: &str) -> pb::Container {
+pub(crate) fn spec(name: &str) -> pb::Container {
     pb::Container {
         name: name.into(),
         spec: Some(pb::ContainerSpec {

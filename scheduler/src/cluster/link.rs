@@ -7,7 +7,10 @@
 //! terms), and `bus/` stays the NATS code that one implementation wraps.
 //!
 //! It covers agent talk (commands with a deadline, output streams, exec
-//! sessions) and the event history the operations append to and read.
+//! sessions, tunnels) and the event history the operations append to and
+//! read. A tunnel's two pipe ends are traits here too ([`TunnelSource`],
+//! [`TunnelSink`]), implemented by the bus's pipes and, in unit tests, by
+//! in-memory ones.
 //! The history is not agent talk, but it is the one other thing the cluster
 //! uses the bus for: on the same seam, a [`super::Cluster`] can be built
 //! without NATS. What the server alone uses the bus for (heartbeat, stats,
@@ -16,7 +19,10 @@
 
 use std::time::Duration;
 
-use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use devctl_proto::{
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    pipe::{PipeError, PipeReceiver, PipeSender},
+};
 use futures::future::BoxFuture;
 
 use crate::bus::{Bus, BusError, EventReader, EventStart, ExecInputSender, StreamReader};
@@ -27,6 +33,42 @@ pub(crate) type StreamBuild<'a> = Box<dyn FnOnce(pb::StreamSetup, &str) -> Comma
 /// Why a stream was not opened: `Ok(reply)`, the agent refused with
 /// `reply`; `Err`, no usable reply.
 pub(crate) type NotOpened = Result<Reply, BusError>;
+
+/// The bytes a tunnel's agent end sends the scheduler.
+pub(crate) trait TunnelSource: std::fmt::Debug + Send {
+    /// The next bytes; `None` once the agent end finished cleanly (it
+    /// sends no more). Drop the future only to end the tunnel: one dropped
+    /// while it grants credit loses the bytes it had read.
+    fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, PipeError>>>;
+
+    /// Tells the agent end to stop sending (unless it finished), and stops
+    /// listening.
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// The bytes the scheduler sends a tunnel's agent end.
+pub(crate) trait TunnelSink: std::fmt::Debug + Send {
+    /// Sends `data` once the agent end has room for it (its credit): a
+    /// reader that stops reading stops this.
+    fn send<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), PipeError>>;
+
+    /// Waits until the agent end's reader cancels or falls silent (handling
+    /// its credit meanwhile). Cancel-safe: wait on it beside what to send.
+    fn closed(&mut self) -> BoxFuture<'_, PipeError>;
+
+    /// Ends the stream: the agent end reads its end (with `error`, when the
+    /// tunnel failed).
+    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()>;
+}
+
+/// The scheduler's ends of an open tunnel.
+#[derive(Debug)]
+pub(crate) struct TunnelPipes {
+    /// Agent -> scheduler.
+    pub(crate) up: Box<dyn TunnelSource>,
+    /// Scheduler -> agent.
+    pub(crate) down: Box<dyn TunnelSink>,
+}
 
 /// What the cluster needs from the bus: its agents, and the event history.
 pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
@@ -58,6 +100,16 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         build: StreamBuild<'a>,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<(StreamReader, ExecInputSender), NotOpened>>;
+
+    /// Opens tunnel `command` on `node` (its `session` names it on the bus;
+    /// the link sets up both pipes and fills in `up` and `down`): the
+    /// scheduler's ends once the agent holds its own.
+    fn open_tunnel<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::TunnelCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>>;
 
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
@@ -112,6 +164,21 @@ impl AgentLink for Bus {
         })
     }
 
+    fn open_tunnel<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::TunnelCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            let (up, down) = Bus::open_tunnel(self, node, command, timeout).await?;
+            Ok(TunnelPipes {
+                up: Box::new(up),
+                down: Box::new(down),
+            })
+        })
+    }
+
     fn publish_event<'a>(
         &'a self,
         subject: String,
@@ -127,5 +194,29 @@ impl AgentLink for Bus {
         start: EventStart,
     ) -> BoxFuture<'_, Result<EventReader, BusError>> {
         Box::pin(Bus::watch_events(self, filter, start))
+    }
+}
+
+impl TunnelSource for PipeReceiver {
+    fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, PipeError>>> {
+        Box::pin(PipeReceiver::recv(self))
+    }
+
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(PipeReceiver::cancel(*self))
+    }
+}
+
+impl TunnelSink for PipeSender {
+    fn send<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), PipeError>> {
+        Box::pin(PipeSender::send(self, data))
+    }
+
+    fn closed(&mut self) -> BoxFuture<'_, PipeError> {
+        Box::pin(PipeSender::closed(self))
+    }
+
+    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { PipeSender::finish(*self, error.as_deref()).await })
     }
 }

@@ -19,12 +19,15 @@
 //!   `delete`;
 //! - `nodes`: listing, heartbeats, node state changes;
 //! - `observe`: what nodes report (usage, engine events, inventories);
-//! - `streams`: logs, exec sessions, the event history;
+//! - `streams`: logs, exec sessions, the event history, and the sessions
+//!   (exec, SSH, port-forward) recorded as events and counted as use;
+//! - `ssh`: the SSH CA's certificates (users', agents' host certificates);
+//! - `tunnels`: opening SSH and TCP tunnels into containers;
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
 //! - `link`: `AgentLink`, what the cluster sends over
-//!   the bus (the [`Bus`] implements it);
+//!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
 //!   `create_tests`, `inventory_tests`.
 
@@ -35,7 +38,7 @@ mod delete;
 mod drain;
 mod error;
 #[cfg(test)]
-mod fake_link;
+pub(crate) mod fake_link;
 #[cfg(test)]
 mod inventory_tests;
 mod lifecycle;
@@ -45,17 +48,21 @@ mod observe;
 mod query;
 mod settings;
 mod spec;
+mod ssh;
 mod streams;
 mod supervise;
+mod tunnels;
 
 pub use error::{Error, ErrorKind};
+pub(crate) use link::{TunnelSink, TunnelSource};
 pub use settings::{
-    CreateOptions, DEFAULT_PAGE_SIZE, MAX_PAGE_BYTES, MAX_PAGE_SIZE, MIN_MEMORY_BYTES,
-    MIN_MILLI_CPUS, Settings,
+    CreateOptions, DEFAULT_PAGE_SIZE, DEFAULT_SSH_CERT_TTL, HOST_CERT_TTL, MAX_PAGE_BYTES,
+    MAX_PAGE_SIZE, MAX_PUBLIC_KEY_LEN, MIN_MEMORY_BYTES, MIN_MILLI_CPUS, Settings,
 };
 pub use spec::validate_spec;
-pub use streams::Session;
+pub use streams::{Session, SessionWhat};
 pub use supervise::{ExpiryAction, LeasePolicy};
+pub use tunnels::{Tunnel, TunnelTarget, TunnelTo, tunnel_target};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -66,6 +73,7 @@ use std::{
 use devctl_proto::{
     keyed::KeyedLocks,
     pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    ssh::SshCa,
 };
 use tokio_util::task::TaskTracker;
 
@@ -90,6 +98,9 @@ struct Shared {
     // Agents and the event history: the bus, or a fake in unit tests.
     link: Arc<dyn link::AgentLink>,
     settings: Settings,
+    // Signs users' SSH keys and agents' host keys; never leaves the
+    // scheduler.
+    ssh_ca: SshCa,
     locks: Arc<KeyedLocks>,
     intents: Arc<Intents>,
     stats: crate::stats::StatsCache,
@@ -123,9 +134,10 @@ fn lease_from_now(ttl: i64) -> Option<prost_types::Timestamp> {
 }
 
 impl Cluster {
-    /// A cluster over `store`, `nodes` and `bus`.
-    pub fn new(store: Store, nodes: Registry, bus: Bus, settings: Settings) -> Self {
-        Self::with_link(store, nodes, Arc::new(bus), settings)
+    /// A cluster over `store`, `nodes` and `bus`, whose SSH certificates
+    /// `ssh_ca` signs.
+    pub fn new(store: Store, nodes: Registry, bus: Bus, settings: Settings, ssh_ca: SshCa) -> Self {
+        Self::with_link(store, nodes, Arc::new(bus), settings, ssh_ca)
     }
 
     /// A cluster that reaches its agents and the event history through
@@ -135,12 +147,14 @@ impl Cluster {
         nodes: Registry,
         link: Arc<dyn link::AgentLink>,
         settings: Settings,
+        ssh_ca: SshCa,
     ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 store,
                 nodes,
                 link,
+                ssh_ca,
                 locks: KeyedLocks::new(),
                 intents: Arc::default(),
                 stats: crate::stats::StatsCache::default(),

@@ -1,5 +1,6 @@
 //! The settings of the container operations, the options of one create,
-//! and the limits the operations apply (page sizes, smallest resources).
+//! and the limits the operations apply (page sizes, smallest resources,
+//! certificate lifetimes).
 
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub struct Settings {
     pub orphan_grace: Duration,
     /// Per-role and per-user quotas.
     pub quotas: crate::quota::Quotas,
+    /// Default and longest validity of an SSH user certificate.
+    pub ssh_cert_ttl: Duration,
 }
 
 /// Options of one create.
@@ -65,9 +68,20 @@ impl Default for Settings {
             reconcile_interval: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(300),
             quotas: crate::quota::Quotas::default(),
+            ssh_cert_ttl: DEFAULT_SSH_CERT_TTL,
         }
     }
 }
+
+/// Validity of SSH user certificates unless the cluster sets another
+/// (`--ssh-cert-ttl`): a working day.
+pub const DEFAULT_SSH_CERT_TTL: Duration = Duration::from_secs(8 * 3600);
+/// Validity of an SSH host certificate: it is checked only at the handshake
+/// of the one connection it was made for.
+pub const HOST_CERT_TTL: Duration = Duration::from_secs(10 * 60);
+/// The longest OpenSSH public key line SignUserKey reads (an ed25519 line
+/// is under 100 bytes, with a comment).
+pub const MAX_PUBLIC_KEY_LEN: usize = 8 * 1024;
 
 /// Page size when a request sets none.
 pub const DEFAULT_PAGE_SIZE: usize = 100;

@@ -1,5 +1,7 @@
-//! Streams to a container on its node: its output (logs), exec sessions
-//! (recorded as events and counted as use), and the event history.
+//! Streams to a container on its node: its output (logs), exec sessions,
+//! and the event history; and what every session in a container (exec,
+//! SSH, port-forward) shares: it is recorded as a start and an end event
+//! and counted as use of the container while it lasts.
 
 use devctl_proto::container::ContainerExt;
 use std::time::SystemTime;
@@ -65,7 +67,7 @@ impl Cluster {
 
     /// Starts a command in `start.name` as `actor`: the output stream, the
     /// input sender, and the session (recorded as an exec.started event;
-    /// report its end with [`Cluster::exec_ended`]).
+    /// report its end with [`Cluster::session_ended`]).
     pub async fn open_exec(
         &self,
         start: pb::ExecStart,
@@ -142,15 +144,8 @@ impl Cluster {
                 ),
             ));
         }
-        let command_line = start.command.join(" ");
-        let session = Session {
-            id: String::new(),
-            container: c.name.clone(),
-            container_id: c.id.clone(),
-            node: c.status().node.clone(),
-            actor: actor.to_string(),
-            command: command_line,
-        };
+        let command = start.command.join(" ");
+        let session = Session::new(&c, actor, SessionWhat::Exec { command });
         let container_id = c.id.clone();
         let node = c.status().node.clone();
         let build = |setup, id: &str| {
@@ -181,31 +176,35 @@ impl Cluster {
             id: session_id,
             ..session
         };
-        tracing::info!(session = %session.id, container = %session.container, actor, "exec session started");
-        self.record_session(&session, pb::EventType::ExecStarted, None)
-            .await;
+        self.session_started(&session).await;
         Ok((reader, input, session))
     }
 
-    /// Records the end of an exec session.
-    pub async fn exec_ended(&self, session: &Session, exit_code: Option<i32>) {
-        tracing::info!(session = %session.id, container = %session.container, ?exit_code, "exec session ended");
-        self.record_session(session, pb::EventType::ExecEnded, exit_code)
+    /// Records the start of `session` (its agent end is open): counted as
+    /// use of its container from now on, and an event. Call
+    /// [`Cluster::session_ended`] when it is over, whatever happens.
+    pub async fn session_started(&self, session: &Session) {
+        tracing::info!(session = %session.id, container = %session.container, actor = %session.actor, what = %session.what, "session started");
+        let now = SystemTime::now();
+        self.shared
+            .activity
+            .session_opened(&session.container, session.what.activity(), now);
+        let _ = self
+            .emit(session.event(true, None), session.event_id(true))
             .await;
     }
 
-    /// Counts an exec session's start or end as use of its container, and
-    /// records it as an event.
-    async fn record_session(&self, session: &Session, ty: pb::EventType, exit_code: Option<i32>) {
-        let (activity, now) = (&self.shared.activity, SystemTime::now());
-        let id = if ty == pb::EventType::ExecStarted {
-            activity.session_opened(&session.container, SessionKind::Exec, now);
-            format!("exec-start-{}", session.id)
-        } else {
-            activity.session_closed(&session.container, SessionKind::Exec, now);
-            format!("exec-end-{}", session.id)
-        };
-        let _ = self.emit(session.event(ty, exit_code), id).await;
+    /// Records the end of `session` (`exit_code`: an exec's): its container
+    /// is no longer in use by it, and an event.
+    pub async fn session_ended(&self, session: &Session, exit_code: Option<i32>) {
+        tracing::info!(session = %session.id, container = %session.container, what = %session.what, ?exit_code, "session ended");
+        let now = SystemTime::now();
+        self.shared
+            .activity
+            .session_closed(&session.container, session.what.activity(), now);
+        let _ = self
+            .emit(session.event(false, exit_code), session.event_id(false))
+            .await;
     }
 
     /// Reads the event history matching `filter` from `start`.
@@ -222,29 +221,111 @@ impl Cluster {
     }
 }
 
-/// One exec session: who ran what, where.
+/// One session in a container (an exec, an SSH connection, a forwarded
+/// port's connection): who opened what, where.
 #[derive(Debug, Clone)]
 pub struct Session {
     /// Unique id.
     pub id: String,
-    /// Container name and id, and its node.
+    /// The container's name.
     pub container: String,
     /// The container's id.
     pub container_id: String,
     /// The container's node.
     pub node: String,
-    /// Who ran it.
+    /// Who opened it.
     pub actor: String,
-    /// The command line.
-    pub command: String,
+    /// What it is.
+    pub what: SessionWhat,
+}
+
+/// What a session does in its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionWhat {
+    /// `devctl exec`: the command line.
+    Exec {
+        /// The command and its arguments, joined by spaces.
+        command: String,
+    },
+    /// An SSH connection (TunnelService, kind SSH).
+    Ssh,
+    /// A TCP connection to a port of the container (`devctl port-forward`).
+    Forward {
+        /// The port in the container.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for SessionWhat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionWhat::Exec { .. } => f.write_str("exec"),
+            SessionWhat::Ssh => f.write_str("ssh"),
+            SessionWhat::Forward { port } => write!(f, "port-forward to port {port}"),
+        }
+    }
+}
+
+impl SessionWhat {
+    /// How the inactivity stop counts it.
+    fn activity(&self) -> SessionKind {
+        match self {
+            SessionWhat::Exec { .. } => SessionKind::Exec,
+            SessionWhat::Ssh | SessionWhat::Forward { .. } => SessionKind::Forward,
+        }
+    }
+
+    /// Its start and end event types, and the events' reason.
+    fn events(&self) -> (pb::EventType, pb::EventType, &'static str) {
+        match self {
+            SessionWhat::Exec { .. } => {
+                (pb::EventType::ExecStarted, pb::EventType::ExecEnded, "exec")
+            }
+            SessionWhat::Ssh => (pb::EventType::SshStarted, pb::EventType::SshEnded, "ssh"),
+            SessionWhat::Forward { .. } => (
+                pb::EventType::PortForwardStarted,
+                pb::EventType::PortForwardEnded,
+                "port_forward",
+            ),
+        }
+    }
 }
 
 impl Session {
-    fn event(&self, ty: pb::EventType, exit_code: Option<i32>) -> pb::Event {
-        let what = if ty == pb::EventType::ExecStarted {
-            "started"
+    /// A session of `what` in `c`, opened by `actor`; whoever opens it
+    /// sets its id (the bus's stream id for an exec, the tunnel's own for a
+    /// tunnel).
+    pub(super) fn new(c: &pb::Container, actor: &str, what: SessionWhat) -> Self {
+        Self {
+            id: String::new(),
+            container: c.name.clone(),
+            container_id: c.id.clone(),
+            node: c.status().node.clone(),
+            actor: actor.to_string(),
+            what,
+        }
+    }
+
+    /// The de-duplicating id of its start or end event.
+    fn event_id(&self, start: bool) -> String {
+        let (_, _, reason) = self.what.events();
+        let edge = if start { "start" } else { "end" };
+        format!("{reason}-{edge}-{}", self.id)
+    }
+
+    fn event(&self, start: bool, exit_code: Option<i32>) -> pb::Event {
+        let (started, ended, reason) = self.what.events();
+        let (ty, edge) = if start {
+            (started, "started")
         } else {
-            "ended"
+            (ended, "ended")
+        };
+        let message = match &self.what {
+            SessionWhat::Exec { command } => format!("exec session {} {edge}: {command}", self.id),
+            SessionWhat::Ssh => format!("SSH session {} {edge}", self.id),
+            SessionWhat::Forward { port } => {
+                format!("port-forward session {} to port {port} {edge}", self.id)
+            }
         };
         pb::Event {
             time: now(),
@@ -253,9 +334,9 @@ impl Session {
             container_id: self.container_id.clone(),
             node: self.node.clone(),
             actor: self.actor.clone(),
-            reason: "exec".into(),
+            reason: reason.into(),
             exit_code,
-            message: format!("exec session {} {what}: {}", self.id, self.command),
+            message,
             session: self.id.clone(),
             ..Default::default()
         }

@@ -553,6 +553,36 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
+    async fn init_process(&self, id: &str) -> Result<super::InitProcess, RuntimeError> {
+        let runtime_id = self.find_required(id).await?;
+        let inspect = self
+            .docker
+            .inspect_container(&runtime_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(e, id))?;
+        let status = status_of(&inspect);
+        let name = status.name;
+        let state = inspect.state.unwrap_or_default();
+        // Paused or restarting: no process to reach (a paused one would
+        // take a connection and never answer).
+        if state.status != Some(ContainerStateStatusEnum::RUNNING) {
+            return Err(RuntimeError::Conflict(format!(
+                "container {name} is {}, not running; start it first",
+                status.engine_status
+            )));
+        }
+        match state.pid.and_then(|p| u32::try_from(p).ok()) {
+            Some(pid) if pid > 0 => Ok(super::InitProcess {
+                name,
+                runtime_id,
+                pid,
+            }),
+            _ => Err(RuntimeError::Conflict(format!(
+                "container {name} has no running process"
+            ))),
+        }
+    }
+
     async fn logs(
         &self,
         id: &str,
@@ -665,6 +695,31 @@ impl super::ExecControl for DockerExec {
         })
     }
 
+    fn signal(
+        &self,
+        signal: nix::sys::signal::Signal,
+    ) -> futures::future::BoxFuture<'static, Result<(), RuntimeError>> {
+        let (docker, id) = (self.docker.clone(), self.exec_id.clone());
+        let container = self.container.clone();
+        Box::pin(async move {
+            let pid = match docker.inspect_exec(&id).await.map_err(engine)? {
+                i if i.running == Some(true) => i.pid.unwrap_or(0),
+                _ => return Ok(()),
+            };
+            let pid = i32::try_from(pid)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| RuntimeError::Engine(format!("exec {id} has no process")))?;
+            if !in_container_cgroup(pid, &container) {
+                return Err(RuntimeError::Engine(format!(
+                    "process {pid} is not in the container's cgroup here (is the engine on another host?)"
+                )));
+            }
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+                .map_err(|e| RuntimeError::Engine(format!("{signal} to process {pid}: {e}")))
+        })
+    }
+
     fn exit_code(&self) -> futures::future::BoxFuture<'static, Option<i32>> {
         let (docker, id) = (self.docker.clone(), self.exec_id.clone());
         Box::pin(async move {
@@ -687,9 +742,7 @@ impl super::ExecControl for DockerExec {
 /// signalled.
 fn kill_process_tree(pid: i32, container: &str) -> Result<usize, String> {
     use nix::{sys::signal, unistd::Pid};
-    let in_container = |p: i32| {
-        std::fs::read_to_string(format!("/proc/{p}/cgroup")).is_ok_and(|c| c.contains(container))
-    };
+    let in_container = |p: i32| in_container_cgroup(p, container);
     if !in_container(pid) {
         return Err(format!(
             "process {pid} is not in the container's cgroup here (is the engine on another host?)"
@@ -730,6 +783,12 @@ fn kill_process_tree(pid: i32, container: &str) -> Result<usize, String> {
         }
     }
     Ok(killed)
+}
+
+/// Whether process `pid` of this host is in the cgroup of engine container
+/// `container`.
+fn in_container_cgroup(pid: i32, container: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains(container))
 }
 
 /// The engine's multiplexed output (logs, exec) as devctl chunks.

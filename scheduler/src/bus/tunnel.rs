@@ -1,0 +1,59 @@
+//! Tunnels (see `TunnelCommand` in bus.proto): a byte stream each way
+//! between the scheduler and an agent, each one a flow-controlled pipe
+//! (`devctl_proto::pipe`). The scheduler receives on the `up` pipe
+//! (`….stream.<id>.data`, credit on `….control`) and sends on the `down`
+//! pipe (`….stream.<id>.down`, the agent's credit on `….credit`).
+//!
+//! Both of the scheduler's ends exist before the agent hears of the tunnel,
+//! so nothing the agent sends (data, credit) is missed.
+
+use std::time::Duration;
+
+use devctl_proto::{
+    bus,
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+    pipe::{PipeReceiver, PipeSender},
+};
+
+use super::{Bus, BusError};
+
+impl Bus {
+    /// Opens tunnel `command` on `node`: `command.session` (a fresh id the
+    /// caller made, safe in a subject) names its subjects; `up` and `down`
+    /// are filled in here. The scheduler's ends once the agent replied that
+    /// it holds its own; `Err(Ok(reply))`: the agent refused with `reply`.
+    pub async fn open_tunnel(
+        &self,
+        node: &str,
+        mut command: pb::TunnelCommand,
+        timeout: Duration,
+    ) -> Result<(PipeReceiver, PipeSender), Result<Reply, BusError>> {
+        let failed = |e: devctl_proto::pipe::PipeError| Err(BusError::Nats(e.to_string()));
+        let id = command.session.clone();
+        let (up_data, up_control) = bus::stream_subjects(node, &id);
+        let (up, up_setup) = PipeReceiver::open(self.client.clone(), up_data, up_control)
+            .await
+            .map_err(failed)?;
+        let (down_data, down_credit) = bus::down_subjects(node, &id);
+        let down_setup = pb::StreamSetup {
+            data_subject: down_data,
+            control_subject: down_credit,
+            initial_credit: bus::STREAM_WINDOW,
+        };
+        let down = PipeSender::new(self.client.clone(), &down_setup)
+            .await
+            .map_err(failed)?;
+        command.up = Some(up_setup);
+        command.down = Some(down_setup);
+        let reply = self.command(node, Command::Tunnel(command), timeout).await;
+        if let Ok(Reply::Opened(_)) = reply {
+            return Ok((up, down));
+        }
+        // An agent that answered after the deadline holds its ends: they
+        // hear that this side is gone.
+        up.cancel().await;
+        down.finish(Some("the scheduler gave up opening the tunnel"))
+            .await;
+        Err(reply)
+    }
+}
