@@ -129,18 +129,22 @@ fn describe(status: &tonic::Status) -> String {
     format!("{text} ({:?})", status.code())
 }
 
+/// An error as the CLI prints it (`MESSAGE (CODE)` for a status), escaped
+/// for a terminal.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(status) => output::escape_text(&describe(status)).into_owned(),
+        None => output::escape_text(&format!("{e:#}")).into_owned(),
+    }
+}
+
 /// Runs the command line and returns the process exit code. Errors are
 /// printed to stderr as `devctl: MESSAGE (CODE)`.
 pub async fn run(cli: Cli) -> ExitCode {
     match commands::dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            match e.downcast_ref::<tonic::Status>() {
-                Some(status) => {
-                    eprintln!("devctl: {}", output::escape_text(&describe(status)))
-                }
-                None => eprintln!("devctl: {}", output::escape_text(&format!("{e:#}"))),
-            }
+            eprintln!("devctl: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }

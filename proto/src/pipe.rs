@@ -70,6 +70,7 @@ pub struct PipeSender {
     window_end: u64,
     idle_limit: Duration,
     heard: tokio::time::Instant,
+    finished: bool,
 }
 
 impl PipeSender {
@@ -98,6 +99,7 @@ impl PipeSender {
             window_end: u64::from(setup.initial_credit),
             idle_limit,
             heard: tokio::time::Instant::now(),
+            finished: false,
         })
     }
 
@@ -119,7 +121,9 @@ impl PipeSender {
 
     /// Waits until the receiver cancels or falls silent, handling its
     /// credit meanwhile. Cancel-safe: use it in `select!` beside reading
-    /// what to send.
+    /// what to send. `Cancelled` is reported once; calling `closed()` again
+    /// keeps listening for silence (the receiver's keepalive runs until it
+    /// is dropped).
     pub async fn closed(&mut self) -> PipeError {
         loop {
             let deadline = self.heard + self.idle_limit;
@@ -137,6 +141,9 @@ impl PipeSender {
     /// Sends `data`, in chunks of at most [`bus::STREAM_CHUNK_MAX`], each
     /// once the window has room for it.
     pub async fn send(&mut self, data: &[u8]) -> Result<(), PipeError> {
+        if self.finished {
+            return Err(PipeError::Bus("the stream was already finished".into()));
+        }
         for piece in data.chunks(bus::STREAM_CHUNK_MAX) {
             while self.seq >= self.window_end {
                 let deadline = self.heard + self.idle_limit;
@@ -165,9 +172,17 @@ impl PipeSender {
             .map_err(|e| PipeError::Bus(e.to_string()))
     }
 
-    /// Ends the stream: the last chunk, with `error` when it failed. The
-    /// end is sent whatever the window (it carries no data).
-    pub async fn finish(mut self, error: Option<&str>) {
+    /// Ends the stream: the last chunk, with `error` when it failed (once;
+    /// later calls do nothing). The end is sent whatever the window (it
+    /// carries no data). The sender still hears its receiver afterwards:
+    /// [`PipeSender::closed`] keeps telling when the other end cancels or
+    /// falls silent, which is how a tunnel whose one direction ended still
+    /// notices the other end's loss. Dropping the sender stops listening.
+    pub async fn finish(&mut self, error: Option<&str>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
         let last = pb::StreamChunk {
             seq: self.seq,
             end: true,
@@ -177,7 +192,6 @@ impl PipeSender {
         if let Err(e) = self.publish(&last).await {
             tracing::debug!(error = %e, subject = self.data_subject, "stream end not sent");
         }
-        let _ = self.control.unsubscribe().await;
     }
 }
 
@@ -314,16 +328,18 @@ impl PipeReceiver {
         }
     }
 
-    /// Tells the sender to stop (unless the stream already ended) and stops
-    /// listening.
-    pub async fn cancel(mut self) {
+    /// Tells the sender to stop (unless the stream already ended); later
+    /// reads return `None`. Dropping the receiver stops listening (and its
+    /// keepalive): keep it until the whole tunnel is over, so the sender
+    /// does not take its silence for a death.
+    pub async fn cancel(&mut self) {
         if !self.done {
+            self.done = true;
             self.control(pb::StreamControl {
                 window_end: 0,
                 cancel: true,
             })
             .await;
         }
-        let _ = self.data.unsubscribe().await;
     }
 }

@@ -160,7 +160,7 @@ async fn an_end_with_an_error_a_cancel_and_silence_reach_the_other_side() {
     let bus = Bus::start();
     let (sched, agent) = (bus.scheduler().await, bus.agent().await);
     // The sender's error ends the reader with it.
-    let (mut up_rx, mut down_tx, down_rx, up_tx) = tunnel(&sched, &agent, "t3").await;
+    let (mut up_rx, mut down_tx, mut down_rx, mut up_tx) = tunnel(&sched, &agent, "t3").await;
     up_tx.finish(Some("the container stopped")).await;
     assert_eq!(
         up_rx.recv().await,

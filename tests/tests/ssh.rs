@@ -323,3 +323,110 @@ fn an_open_ssh_session_keeps_a_container_in_use_and_is_recorded() {
         "{audit}"
     );
 }
+
+/// Whether `ps` in the container (engine id `id`) shows `needle`.
+fn runs_in(id: &str, needle: &str) -> bool {
+    let out = std::process::Command::new("docker")
+        .args(["exec", id, "ps", "-o", "args"])
+        .output()
+        .unwrap();
+    text(&out.stdout).lines().any(|l| l.trim() == needle)
+}
+
+#[test]
+fn a_session_ends_with_its_client_or_the_scheduler_and_leaves_nothing_running() {
+    let mut c = TestCluster::start(&["a"]);
+    let alice = SshUser::new(&c, "alice", &c.issue_cert("alice", "developer"));
+    alice
+        .devctl(&["create", "web", "--image", IMAGE, "--", "sleep", "1d"])
+        .ok();
+    alice.devctl(&["config-ssh"]).ok();
+    let id = c.engine_container("web").unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The client goes away (killed): its command goes with it.
+    let client = Bg(alice
+        .ssh_command(&["web.devctl", "--", "sleep", "301"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_until("the command runs", Duration::from_secs(30), || {
+        runs_in(&id, "sleep 301").then_some(())
+    });
+    drop(client);
+    wait_until(
+        "the command ends with its client",
+        Duration::from_secs(30),
+        || (!runs_in(&id, "sleep 301")).then_some(()),
+    );
+
+    // The scheduler dies: the agent hears nothing from it and ends the
+    // session (within the pipes' idle limit).
+    let _client = Bg(alice
+        .ssh_command(&["web.devctl", "--", "sleep", "302"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_until("the command runs", Duration::from_secs(30), || {
+        runs_in(&id, "sleep 302").then_some(())
+    });
+    c.scheduler
+        .take()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    wait_until(
+        "the command ends without its scheduler",
+        Duration::from_secs(60),
+        || (!runs_in(&id, "sleep 302")).then_some(()),
+    );
+}
+
+#[test]
+fn tunnels_to_a_stopped_container_or_a_closed_port_say_why() {
+    let c = TestCluster::start(&["a"]);
+    let alice = SshUser::new(&c, "alice", &c.issue_cert("alice", "developer"));
+    alice
+        .devctl(&["create", "web", "--image", IMAGE, "--", "sleep", "1d"])
+        .ok();
+    alice.devctl(&["config-ssh"]).ok();
+    // Nothing listens on 9: the forwarded connection is refused, with why.
+    let log = c.scratch().join("pf-closed.log");
+    let err_log = c.scratch().join("pf-closed.err");
+    let mut pf = alice.devctl_command(&["port-forward", "web", ":9"]);
+    pf.stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&err_log).unwrap());
+    let _pf = Bg(pf.spawn().unwrap());
+    let port: u16 = wait_until("port-forward listening", Duration::from_secs(30), || {
+        let out = std::fs::read_to_string(&log).ok()?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    });
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    // The connection is closed without a byte.
+    assert_eq!(s.read_to_end(&mut got).unwrap(), 0);
+    let why = wait_until("the refusal is reported", Duration::from_secs(20), || {
+        let e = std::fs::read_to_string(&err_log).ok()?;
+        e.contains("nothing listens on port 9").then_some(e)
+    });
+    assert!(why.contains("FailedPrecondition"), "{why}");
+
+    alice.devctl(&["stop", "web", "-t", "0"]).ok();
+    let out = alice.ssh(&["web.devctl", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    let why = alice.devctl(&["port-forward", "web", ":80"]).err();
+    assert!(why.contains("not running"), "{why}");
+}

@@ -124,7 +124,7 @@ async fn accept_loop(
                         Err(e) => Err(e),
                     };
                     if let Err(e) = result {
-                        eprintln!("devctl: port {remote} of {name}: {e:#}");
+                        eprintln!("devctl: port {remote} of {name}: {}", crate::error_text(&e));
                         // The container is gone: nothing more to forward.
                         if let Some(s) = e.downcast_ref::<tonic::Status>()
                             && s.code() == tonic::Code::NotFound

@@ -19,6 +19,17 @@
 //! failed), at the server's shutdown, or when the caller's credential is
 //! revoked. The agent closing its reading end (the container's side closed
 //! the connection) ends the down direction quietly, as a TCP peer's close.
+//!
+//! The task holds both pipe ends until the whole tunnel is over, whichever
+//! direction ends first, because liveness rides on them: the up pipe's
+//! receiver keeps telling the agent that the scheduler lives (its
+//! keepalive), and the down pipe's sender, finished or not, keeps hearing
+//! the agent's receiver, whose silence (the agent died) fails the tunnel.
+//! The agent cancelling the down pipe after its end means the agent ended
+//! the tunnel: a normal end, which the relay reaches with the up pipe's end
+//! (sent by the agent around its cancel, last bytes included). A tunnel
+//! cut short cancels the up pipe and finishes the down pipe with the
+//! reason, where they are still open.
 
 use std::sync::Mutex;
 
@@ -112,7 +123,7 @@ impl StreamApi {
         tx.try_send(Ok(opened))
             .expect("a new channel has room for the first response");
 
-        let (session, up, down) = tunnel.into_parts();
+        let (session, mut up, mut down) = tunnel.into_parts();
         let (cluster, server_stop) = (self.cluster.clone(), self.stop.clone());
         self.streams.spawn(async move {
             // Recorded here, by the task that also records its end.
@@ -122,14 +133,33 @@ impl StreamApi {
                 failure: Mutex::default(),
                 session: session.id.clone(),
             };
-            let (down_done, up_done) = tokio::join!(
-                client_to_agent(inbound, down, &ending),
-                agent_to_client(up, &tx, &ending, &cluster, &session.node),
+            let up_over = CancellationToken::new();
+            let (down_left, up_left) = tokio::join!(
+                client_to_agent(inbound, &mut *down, &ending, &up_over),
+                async {
+                    let node = &session.node;
+                    let left = agent_to_client(&mut *up, &tx, &ending, &cluster, node).await;
+                    up_over.cancel();
+                    left
+                },
             );
+            // Both pipe ends lived until now (the up pipe's keepalive, the
+            // down pipe's hearing of the agent); a tunnel cut short tells
+            // the agent's ends still open why, before they are dropped.
+            let over = down_left != DownLeft::Open && up_left == UpLeft::Done;
+            if !over {
+                if up_left == UpLeft::Open {
+                    up.cancel().await;
+                }
+                if down_left != DownLeft::Finished {
+                    down.finish(Some(ending.reason())).await;
+                }
+            }
+            drop((up, down));
             let failure = ending.failure.lock().expect("tunnel lock").take();
             if let Some(status) = failure {
                 let _ = tx.send_timeout(Err(status), LAST_WORD).await;
-            } else if !(down_done && up_done) && server_stop.is_cancelled() {
+            } else if !over && server_stop.is_cancelled() {
                 let _ = tx.try_send(Err(Status::unavailable(
                     "the scheduler is shutting down; the tunnel is closed (reconnect when it is back)",
                 )));
@@ -202,10 +232,57 @@ impl Ending {
     }
 }
 
+/// Where the down direction (client -> agent) stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DownLeft {
+    /// Its pipe was finished cleanly (the client's `close_write`).
+    Finished,
+    /// The agent's reader cancelled: the container's side reads no more,
+    /// or the agent ended the tunnel (a close, not a failure).
+    Closed,
+    /// Cut short with its pipe open.
+    Open,
+}
+
 /// Client -> agent: each request's data into the down pipe, one at a time;
 /// `close_write` (or the end of the client's stream) finishes the pipe.
-/// `true` once that happened, or the agent stopped reading.
-async fn client_to_agent<S>(mut inbound: S, mut sink: Box<dyn TunnelSink>, ending: &Ending) -> bool
+/// Once the direction is done, keeps hearing the agent's reader until the
+/// up direction is over too (`up_over`) or the tunnel ends: its silence
+/// means the agent died, and ends the tunnel.
+async fn client_to_agent<S>(
+    inbound: S,
+    sink: &mut dyn TunnelSink,
+    ending: &Ending,
+    up_over: &CancellationToken,
+) -> DownLeft
+where
+    S: Stream<Item = Result<pb::TunnelRequest, Status>> + Send + Unpin,
+{
+    let left = forward(inbound, sink, ending).await;
+    if left == DownLeft::Open {
+        return left;
+    }
+    loop {
+        tokio::select! {
+            _ = ending.end.cancelled() => break,
+            _ = up_over.cancelled() => break,
+            gone = sink.closed() => match gone {
+                // The agent ended its tunnel: its up pipe ends too (it
+                // finishes it before it lets go), and the relay with it.
+                // Still heard meanwhile: the cancel is told once.
+                PipeError::Cancelled => continue,
+                gone => {
+                    ending.broken(Side::Container, gone);
+                    break;
+                }
+            },
+        }
+    }
+    left
+}
+
+/// The forwarding part of [`client_to_agent`].
+async fn forward<S>(mut inbound: S, sink: &mut dyn TunnelSink, ending: &Ending) -> DownLeft
 where
     S: Stream<Item = Result<pb::TunnelRequest, Status>> + Send + Unpin,
 {
@@ -219,7 +296,7 @@ where
                     ending.broken(Side::Container, gone);
                     break;
                 }
-                return true;
+                return DownLeft::Closed;
             }
             msg = inbound.next() => msg,
         };
@@ -232,7 +309,7 @@ where
             }))
             | None => {
                 sink.finish(None).await;
-                return true;
+                return DownLeft::Finished;
             }
             Some(Ok(pb::TunnelRequest {
                 request: Some(Req::Open(_)),
@@ -255,15 +332,25 @@ where
         };
         match sent {
             Ok(()) => {}
-            Err(PipeError::Cancelled) => return true,
+            Err(PipeError::Cancelled) => return DownLeft::Closed,
             Err(e) => {
                 ending.broken(Side::Container, e);
                 break;
             }
         }
     }
-    sink.finish(Some(ending.reason())).await;
-    false
+    DownLeft::Open
+}
+
+/// Where the up direction (agent -> client) stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpLeft {
+    /// Its pipe ended cleanly and the client was told.
+    Done,
+    /// Its pipe ended (nothing to cancel), but the tunnel failed.
+    Ended,
+    /// Cut short with its pipe open.
+    Open,
 }
 
 /// What ended a wait for the agent's next bytes.
@@ -274,15 +361,14 @@ enum Next {
 
 /// Agent -> client: the up pipe's bytes as `data` responses, then
 /// `close_write` at its clean end. Watches the node meanwhile (a node that
-/// went down sends nothing more, ever). `true` once the pipe ended cleanly
-/// and the client was told.
+/// went down sends nothing more, ever).
 async fn agent_to_client(
-    mut source: Box<dyn TunnelSource>,
+    source: &mut dyn TunnelSource,
     tx: &mpsc::Sender<Result<pb::TunnelResponse, Status>>,
     ending: &Ending,
     cluster: &Cluster,
     node: &str,
-) -> bool {
+) -> UpLeft {
     let mut alive = tokio::time::interval(NODE_CHECK);
     loop {
         // The same receive is awaited across node checks: dropping it could
@@ -307,12 +393,12 @@ async fn agent_to_client(
             }
         };
         let response = match next {
-            Next::Stop => break,
+            Next::Stop => return UpLeft::Open,
             Next::Bytes(Some(Ok(data))) => Resp::Data(data),
             Next::Bytes(None) => Resp::CloseWrite(true),
             Next::Bytes(Some(Err(e))) => {
                 ending.broken(Side::Container, e);
-                break;
+                return UpLeft::Ended;
             }
         };
         let last = matches!(response, Resp::CloseWrite(_));
@@ -328,13 +414,11 @@ async fn agent_to_client(
                 sent.is_ok()
             }
         };
-        if !sent {
-            break;
-        }
-        if last {
-            return true;
+        match (sent, last) {
+            (true, true) => return UpLeft::Done,
+            (true, false) => {}
+            (false, true) => return UpLeft::Ended,
+            (false, false) => return UpLeft::Open,
         }
     }
-    source.cancel().await;
-    false
 }

@@ -118,6 +118,39 @@ impl Client {
             other => panic!("not opened: {other:?}"),
         }
     }
+
+    /// The next response, which must be `data`.
+    async fn data(&mut self) -> Vec<u8> {
+        match self.next().await {
+            Some(Ok(Resp::Data(d))) => d,
+            other => panic!("not data: {other:?}"),
+        }
+    }
+
+    /// The next response, which must be the agent's clean end.
+    async fn close_write(&mut self) {
+        match self.next().await {
+            Some(Ok(Resp::CloseWrite(true))) => {}
+            other => panic!("not close_write: {other:?}"),
+        }
+    }
+
+    /// The status the tunnel failed with, and the end of the stream.
+    async fn failure(&mut self) -> Status {
+        let status = match self.next().await {
+            Some(Err(e)) => e,
+            other => panic!("not a failure: {other:?}"),
+        };
+        assert!(self.next().await.is_none(), "the stream ends");
+        status
+    }
+}
+
+/// Waits up to 5 s for `token`.
+async fn cancelled(token: &CancellationToken, what: &str) {
+    tokio::time::timeout(Duration::from_secs(5), token.cancelled())
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 5 s"));
 }
 
 impl Harness {
@@ -433,6 +466,142 @@ async fn the_containers_end_closing_ends_the_tunnel_cleanly() {
     ));
     assert!(client.next().await.is_none(), "no error");
     assert_eq!(h.session_events().len(), 2);
+}
+
+/// Alice's open TCP tunnel: her end and the agent's.
+async fn tcp_tunnel(h: &Harness) -> (Client, FakeAgentEnd) {
+    h.agent_opens();
+    let mut client = h
+        .open(identity("alice", Role::Developer), tcp_to("web", 80))
+        .await
+        .unwrap();
+    client.opened().await;
+    (client, h.agent_end())
+}
+
+/// The up pipe's receiver is kept, neither cancelled nor dropped (its
+/// keepalive tells the agent that the scheduler lives).
+fn up_kept(agent: &FakeAgentEnd) {
+    assert!(
+        !agent.up_cancelled.is_cancelled(),
+        "the up pipe is not cancelled"
+    );
+    assert!(
+        !agent.up_dropped.is_cancelled(),
+        "the up pipe's receiver is kept"
+    );
+}
+
+#[tokio::test]
+async fn a_half_closed_tunnel_ends_cleanly_once_the_other_direction_ends() {
+    // The client is done sending; the agent's end sends for a while.
+    let h = harness().await;
+    let (mut client, mut agent) = tcp_tunnel(&h).await;
+    client.send(Req::CloseWrite(true)).await;
+    assert_eq!(agent.next_down().await, Some(Down::End(None)));
+    let up = agent.up.take().unwrap();
+    for _ in 0..3 {
+        up.send(Ok(b"response".to_vec())).await.unwrap();
+        assert_eq!(client.data().await, b"response");
+        up_kept(&agent);
+    }
+    drop(up);
+    client.close_write().await;
+    assert!(client.next().await.is_none(), "no error");
+    cancelled(&agent.up_dropped, "the up pipe dropped at the end").await;
+    assert!(!agent.up_cancelled.is_cancelled(), "its stream had ended");
+    assert_eq!(agent.next_down().await, None, "nothing more sent down");
+
+    // The agent's end is done sending; the client sends for a while.
+    let (mut client, mut agent) = tcp_tunnel(&h).await;
+    drop(agent.up.take());
+    client.close_write().await;
+    for _ in 0..3 {
+        client.send(Req::Data(b"request".to_vec())).await;
+        assert_eq!(
+            agent.next_down().await,
+            Some(Down::Data(b"request".to_vec()))
+        );
+        up_kept(&agent);
+    }
+    client.send(Req::CloseWrite(true)).await;
+    assert_eq!(agent.next_down().await, Some(Down::End(None)));
+    assert!(client.next().await.is_none(), "no error");
+    assert!(!agent.up_cancelled.is_cancelled());
+    assert_eq!(h.session_events().len(), 4, "both sessions recorded");
+}
+
+#[tokio::test]
+async fn a_half_closed_tunnel_ends_when_the_agent_falls_silent() {
+    // The client is done sending, the agent's end still sends...
+    let h = harness().await;
+    let (mut client, mut agent) = tcp_tunnel(&h).await;
+    client.send(Req::CloseWrite(true)).await;
+    assert_eq!(agent.next_down().await, Some(Down::End(None)));
+    let up = agent.up.take().unwrap();
+    up.send(Ok(b"response".to_vec())).await.unwrap();
+    assert_eq!(client.data().await, b"response");
+    // ...when the agent dies: the reader of the finished down pipe falls
+    // silent.
+    agent.reader_silent.cancel();
+    let e = client.failure().await;
+    assert_eq!(
+        code_and_reason(&e),
+        (Code::Unavailable, "TUNNEL_BROKEN".into())
+    );
+    assert!(
+        e.message()
+            .contains("the container's end failed: the other end fell silent"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        agent.up_cancelled.is_cancelled(),
+        "the up pipe is cancelled"
+    );
+    assert_eq!(agent.next_down().await, None, "finished once, cleanly");
+    assert_eq!(h.session_events().len(), 2, "its end is recorded");
+
+    // The agent's end is done sending, the client still sends, when the
+    // agent dies.
+    let (mut client, mut agent) = tcp_tunnel(&h).await;
+    drop(agent.up.take());
+    client.close_write().await;
+    client.send(Req::Data(b"request".to_vec())).await;
+    assert_eq!(
+        agent.next_down().await,
+        Some(Down::Data(b"request".to_vec()))
+    );
+    up_kept(&agent);
+    agent.reader_silent.cancel();
+    let e = client.failure().await;
+    assert!(e.message().contains("fell silent"), "{}", e.message());
+    match agent.next_down().await {
+        Some(Down::End(Some(why))) => assert!(why.contains("fell silent"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !agent.up_cancelled.is_cancelled(),
+        "its stream had ended: nothing to cancel"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_ending_the_tunnel_after_the_clients_close_write_is_a_normal_end() {
+    let h = harness().await;
+    let (mut client, mut agent) = tcp_tunnel(&h).await;
+    client.send(Req::CloseWrite(true)).await;
+    assert_eq!(agent.next_down().await, Some(Down::End(None)));
+    // The SSH server ended: the agent cancels the (finished) down pipe,
+    // and its up pipe's last bytes and end may come after the cancel.
+    agent.reader_gone.cancel();
+    let up = agent.up.take().unwrap();
+    up.send(Ok(b"last words".to_vec())).await.unwrap();
+    assert_eq!(client.data().await, b"last words");
+    drop(up);
+    client.close_write().await;
+    assert!(client.next().await.is_none(), "no error");
+    assert!(!agent.up_cancelled.is_cancelled());
 }
 
 #[tokio::test]

@@ -31,7 +31,7 @@ impl Bus {
         let failed = |e: devctl_proto::pipe::PipeError| Err(BusError::Nats(e.to_string()));
         let id = command.session.clone();
         let (up_data, up_control) = bus::stream_subjects(node, &id);
-        let (up, up_setup) = PipeReceiver::open(self.client.clone(), up_data, up_control)
+        let (mut up, up_setup) = PipeReceiver::open(self.client.clone(), up_data, up_control)
             .await
             .map_err(failed)?;
         let (down_data, down_credit) = bus::down_subjects(node, &id);
@@ -40,7 +40,7 @@ impl Bus {
             control_subject: down_credit,
             initial_credit: bus::STREAM_WINDOW,
         };
-        let down = PipeSender::new(self.client.clone(), &down_setup)
+        let mut down = PipeSender::new(self.client.clone(), &down_setup)
             .await
             .map_err(failed)?;
         command.up = Some(up_setup);

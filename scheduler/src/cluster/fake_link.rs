@@ -302,8 +302,15 @@ pub(crate) struct FakeAgentEnd {
     pub(crate) down: mpsc::UnboundedReceiver<Down>,
     /// Cancelled once the scheduler cancelled the up pipe.
     pub(crate) up_cancelled: CancellationToken,
-    /// Cancel it to make the down pipe's reader vanish (as a dead agent's).
+    /// Cancelled once the scheduler dropped its end of the up pipe (as a
+    /// real one, it then stops its keepalive).
+    pub(crate) up_dropped: CancellationToken,
+    /// Cancel it to make the down pipe's reader cancel (the container's
+    /// side reads no more, or the agent ended the tunnel).
     pub(crate) reader_gone: CancellationToken,
+    /// Cancel it to make the down pipe's reader fall silent (as a dead
+    /// agent's).
+    pub(crate) reader_silent: CancellationToken,
 }
 
 impl FakeAgentEnd {
@@ -319,29 +326,56 @@ impl FakeAgentEnd {
 struct FakeSource {
     rx: mpsc::Receiver<Result<Vec<u8>, PipeError>>,
     cancelled: CancellationToken,
+    dropped: CancellationToken,
 }
 
 impl TunnelSource for FakeSource {
     fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, PipeError>>> {
-        Box::pin(self.rx.recv())
+        Box::pin(async move {
+            if self.cancelled.is_cancelled() {
+                return None;
+            }
+            self.rx.recv().await
+        })
     }
 
-    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
         self.cancelled.cancel();
         Box::pin(async {})
     }
 }
 
+impl Drop for FakeSource {
+    fn drop(&mut self) {
+        self.dropped.cancel();
+    }
+}
+
+/// The idle limit a fake sink's reader falls silent for.
+const SILENCE: Duration = Duration::from_secs(20);
+
 #[derive(Debug)]
 struct FakeSink {
     tx: mpsc::UnboundedSender<Down>,
     reader_gone: CancellationToken,
+    reader_silent: CancellationToken,
+    // As a real sink: the reader's cancel is told once, then only its
+    // silence.
+    cancel_told: bool,
+    finished: bool,
 }
 
 impl TunnelSink for FakeSink {
     fn send<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), PipeError>> {
         Box::pin(async move {
-            if self.reader_gone.is_cancelled() {
+            if self.finished {
+                return Err(PipeError::Bus("the stream was already finished".into()));
+            }
+            if self.reader_silent.is_cancelled() {
+                return Err(PipeError::Silent(SILENCE));
+            }
+            if self.reader_gone.is_cancelled() && !self.cancel_told {
+                self.cancel_told = true;
                 return Err(PipeError::Cancelled);
             }
             let _ = self.tx.send(Down::Data(data.to_vec()));
@@ -350,14 +384,23 @@ impl TunnelSink for FakeSink {
     }
 
     fn closed(&mut self) -> BoxFuture<'_, PipeError> {
+        let (gone, silent) = (self.reader_gone.clone(), self.reader_silent.clone());
         Box::pin(async move {
-            self.reader_gone.cancelled().await;
-            PipeError::Cancelled
+            tokio::select! {
+                _ = gone.cancelled(), if !self.cancel_told => {
+                    self.cancel_told = true;
+                    PipeError::Cancelled
+                }
+                _ = silent.cancelled() => PipeError::Silent(SILENCE),
+            }
         })
     }
 
-    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()> {
-        let _ = self.tx.send(Down::End(error));
+    fn finish(&mut self, error: Option<String>) -> BoxFuture<'_, ()> {
+        if !self.finished {
+            self.finished = true;
+            let _ = self.tx.send(Down::End(error));
+        }
         Box::pin(async {})
     }
 }
@@ -383,22 +426,30 @@ impl FakeLink {
     fn pipes(&self, command: pb::TunnelCommand) -> TunnelPipes {
         let (up_tx, up_rx) = mpsc::channel(4);
         let (down_tx, down_rx) = mpsc::unbounded_channel();
-        let (up_cancelled, reader_gone) = (CancellationToken::new(), CancellationToken::new());
+        let token = CancellationToken::new;
+        let (up_cancelled, up_dropped) = (token(), token());
+        let (reader_gone, reader_silent) = (token(), token());
         self.inner().tunnels.push(FakeAgentEnd {
             command,
             up: Some(up_tx),
             down: down_rx,
             up_cancelled: up_cancelled.clone(),
+            up_dropped: up_dropped.clone(),
             reader_gone: reader_gone.clone(),
+            reader_silent: reader_silent.clone(),
         });
         TunnelPipes {
             up: Box::new(FakeSource {
                 rx: up_rx,
                 cancelled: up_cancelled,
+                dropped: up_dropped,
             }),
             down: Box::new(FakeSink {
                 tx: down_tx,
                 reader_gone,
+                reader_silent,
+                cancel_told: false,
+                finished: false,
             }),
         }
     }

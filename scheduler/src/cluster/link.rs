@@ -41,9 +41,12 @@ pub(crate) trait TunnelSource: std::fmt::Debug + Send {
     /// while it grants credit loses the bytes it had read.
     fn recv(&mut self) -> BoxFuture<'_, Option<Result<Vec<u8>, PipeError>>>;
 
-    /// Tells the agent end to stop sending (unless it finished), and stops
-    /// listening.
-    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()>;
+    /// Tells the agent end to stop sending (unless its stream ended);
+    /// later reads return `None`. Keep the source until the whole tunnel is
+    /// over, even once its stream ended: while it lives it tells the agent
+    /// end that the scheduler does (a keepalive), and dropping it stops
+    /// that.
+    fn cancel(&mut self) -> BoxFuture<'_, ()>;
 }
 
 /// The bytes the scheduler sends a tunnel's agent end.
@@ -52,13 +55,16 @@ pub(crate) trait TunnelSink: std::fmt::Debug + Send {
     /// reader that stops reading stops this.
     fn send<'a>(&'a mut self, data: &'a [u8]) -> BoxFuture<'a, Result<(), PipeError>>;
 
-    /// Waits until the agent end's reader cancels or falls silent (handling
-    /// its credit meanwhile). Cancel-safe: wait on it beside what to send.
+    /// Waits until the agent end's reader cancels (told once) or falls
+    /// silent (handling its credit meanwhile), also after
+    /// [`TunnelSink::finish`]: how the scheduler learns of the agent's
+    /// loss while only the other direction flows. Cancel-safe: wait on it
+    /// beside what to send.
     fn closed(&mut self) -> BoxFuture<'_, PipeError>;
 
-    /// Ends the stream: the agent end reads its end (with `error`, when the
-    /// tunnel failed).
-    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()>;
+    /// Ends the stream (once): the agent end reads its end (with `error`,
+    /// when the tunnel failed). Nothing can be sent after it.
+    fn finish(&mut self, error: Option<String>) -> BoxFuture<'_, ()>;
 }
 
 /// The scheduler's ends of an open tunnel.
@@ -202,8 +208,8 @@ impl TunnelSource for PipeReceiver {
         Box::pin(PipeReceiver::recv(self))
     }
 
-    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
-        Box::pin(PipeReceiver::cancel(*self))
+    fn cancel(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(PipeReceiver::cancel(self))
     }
 }
 
@@ -216,7 +222,7 @@ impl TunnelSink for PipeSender {
         Box::pin(PipeSender::closed(self))
     }
 
-    fn finish(self: Box<Self>, error: Option<String>) -> BoxFuture<'static, ()> {
-        Box::pin(async move { PipeSender::finish(*self, error.as_deref()).await })
+    fn finish(&mut self, error: Option<String>) -> BoxFuture<'_, ()> {
+        Box::pin(async move { PipeSender::finish(self, error.as_deref()).await })
     }
 }
