@@ -11,7 +11,8 @@
 #   need_buf           buf (PyPI's buf-bin) for the proto lint and
 #                      breaking-change check; exports BUF
 #   need_openssh       OpenSSH's client (ssh, ssh-keygen, sftp) for the SSH
-#                      tests: Debian's openssh-client
+#                      tests: Debian's openssh-client, and openssh-sftp-server
+#                      (its binary goes into a test image)
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
 GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
@@ -103,11 +104,13 @@ need_buf() {
 }
 
 need_openssh() {
-  command -v ssh >/dev/null && command -v sftp >/dev/null && return
+  command -v ssh >/dev/null && command -v sftp >/dev/null && [ -x /usr/lib/openssh/sftp-server ] && return
   command -v apt-get >/dev/null || die "OpenSSH's client is needed (ssh, sftp): install it with your package manager"
-  say "installing openssh-client (Debian)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >&2 2>/dev/null \
-    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client >&2; } \
-    || die "apt-get could not install openssh-client"
+  # The sftp-server binary goes into a test image (the tests' sftp check);
+  # nothing of it runs on this machine.
+  say "installing openssh-client and openssh-sftp-server (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client openssh-sftp-server >&2 2>/dev/null \
+    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client openssh-sftp-server >&2; } \
+    || die "apt-get could not install openssh-client and openssh-sftp-server"
   command -v ssh >/dev/null || die "openssh-client was installed but ssh is not on PATH"
 }

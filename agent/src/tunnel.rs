@@ -1,6 +1,9 @@
 //! Tunnels: one byte stream between a client of the scheduler and a
 //! container, carried over the bus as two pipes ([`devctl_proto::pipe`]).
 //!
+//! One file on purpose (one concern): a tunnel's whole life on the agent,
+//! from the command to the last byte, with its tests beside the pump.
+//!
 //! ```text
 //!  scheduler ==down pipe==> agent --> target: a TCP socket inside the
 //!            <==up pipe====       <--  container's network namespace, or

@@ -29,13 +29,17 @@ pub struct SshFiles {
     pub dir: PathBuf,
 }
 
-/// The profile of `target`: its context's name, else `server-HOST-PORT`.
+/// The profile of `target`: its context's name, else [`server_profile`].
 pub fn profile(target: &Target) -> String {
-    if let Some(c) = &target.context {
-        return c.clone();
+    match &target.context {
+        Some(c) => c.clone(),
+        None => server_profile(&target.server),
     }
-    let host: String = target
-        .server
+}
+
+/// The profile of a server reached without a context: `server-HOST-PORT`.
+pub fn server_profile(server: &str) -> String {
+    let host: String = server
         .trim_start_matches("https://")
         .trim_end_matches('/')
         .chars()

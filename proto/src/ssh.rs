@@ -165,21 +165,13 @@ impl SshCa {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Certificate, SshError> {
-        let mut b = Builder::new_with_random_nonce(
-            &mut rand::rng(),
-            key.key_data().clone(),
-            unix(now - CLOCK_SKEW),
-            unix(now + ttl),
-        )?;
-        b.serial(serial)?
-            .cert_type(CertType::User)?
-            .key_id(format!("devctl:{identity}:{serial}"))?
-            .valid_principal(identity)?;
-        for ext in USER_EXTENSIONS {
-            b.extension(ext, "")?;
-        }
-        b.comment(format!("{identity}@devctl"))?;
-        Ok(b.sign(&self.key)?)
+        self.sign(key, CertType::User, identity, serial, (now, ttl), |b| {
+            for ext in USER_EXTENSIONS {
+                b.extension(ext, "")?;
+            }
+            b.comment(format!("{identity}@devctl"))?;
+            Ok(())
+        })
     }
 
     /// A host certificate for an agent's `key`, naming `host`.
@@ -191,16 +183,38 @@ impl SshCa {
         now: SystemTime,
         ttl: Duration,
     ) -> Result<Certificate, SshError> {
+        self.sign(key, CertType::Host, host, serial, (now, ttl), |_| Ok(()))
+    }
+
+    /// A certificate of `cert_type` for `key` naming `principal`, valid
+    /// from [`CLOCK_SKEW`] before `now` for `ttl`, its key id
+    /// `devctl:PRINCIPAL:SERIAL` (`devctl-host:…` for a host); `more` adds
+    /// what the type needs.
+    fn sign(
+        &self,
+        key: &PublicKey,
+        cert_type: CertType,
+        principal: &str,
+        serial: u64,
+        (now, ttl): (SystemTime, Duration),
+        more: impl FnOnce(&mut Builder) -> Result<(), ssh_key::Error>,
+    ) -> Result<Certificate, SshError> {
         let mut b = Builder::new_with_random_nonce(
             &mut rand::rng(),
             key.key_data().clone(),
             unix(now - CLOCK_SKEW),
             unix(now + ttl),
         )?;
+        let kind = if cert_type == CertType::Host {
+            "devctl-host"
+        } else {
+            "devctl"
+        };
         b.serial(serial)?
-            .cert_type(CertType::Host)?
-            .key_id(format!("devctl-host:{host}:{serial}"))?
-            .valid_principal(host)?;
+            .cert_type(cert_type)?
+            .key_id(format!("{kind}:{principal}:{serial}"))?
+            .valid_principal(principal)?;
+        more(&mut b)?;
         Ok(b.sign(&self.key)?)
     }
 }

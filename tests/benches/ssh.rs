@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use devctl_tests::{IMAGE, SshUser, TestCluster, wait_until};
+use devctl_tests::{IMAGE, SshUser, TestCluster};
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort();
@@ -142,15 +142,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let port: u16 = wait_until("port-forward listening", Duration::from_secs(30), || {
-        let out = std::fs::read_to_string(&log).ok()?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let port = devctl_tests::forwarded_port(&log);
     let payload = std::fs::read(&data).unwrap();
     let mut via_forward = Vec::new();
     for _ in 0..runs {

@@ -92,15 +92,26 @@ impl SshUser {
     /// The directory of their devctl SSH files for this cluster (no
     /// context: the profile named after the server).
     pub fn ssh_files(&self) -> PathBuf {
-        let host: String = self
-            .server
-            .trim_start_matches("https://")
-            .trim_end_matches('/')
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
         self.home
             .join(".config/devctl/ssh")
-            .join(format!("server-{host}"))
+            .join(devctl_cli::ssh_setup::server_profile(&self.server))
     }
+}
+
+/// The local port `devctl port-forward` (its stdout going to `log`) said
+/// it forwards from, once it said so.
+pub fn forwarded_port(log: &Path) -> u16 {
+    crate::wait_until(
+        "port-forward listening",
+        std::time::Duration::from_secs(30),
+        || {
+            let out = std::fs::read_to_string(log).ok()?;
+            out.lines()
+                .find_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        },
+    )
 }

@@ -109,6 +109,26 @@ fn ssh_runs_commands_and_shells_in_any_image_through_config_ssh() {
         text(&tty.stderr)
     );
 
+    // sftp runs the image's sftp-server; busybox has none, and says so.
+    let sftp = std::process::Command::new("sftp")
+        .arg("-F")
+        .arg(alice.ssh_config())
+        .args(["-o", "BatchMode=yes", "-b", "/dev/null", "web.devctl"])
+        .env("HOME", &alice.home)
+        .env(
+            "DEVCTL_CONFIG",
+            alice.home.join(".config/devctl/config.toml"),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!sftp.status.success());
+    assert!(
+        text(&sftp.stderr).contains("sftp-server"),
+        "{}",
+        text(&sftp.stderr)
+    );
+
     // `devctl ssh` needs no ssh configuration at all.
     std::fs::remove_file(alice.ssh_config()).unwrap();
     let direct = alice.devctl(&["ssh", "web", "--", "echo", "direct"]).ok();
@@ -169,17 +189,7 @@ fn ssh_l_and_port_forward_reach_a_server_on_the_containers_localhost() {
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit());
     let _pf = Bg(pf.spawn().unwrap());
-    let port: u16 = wait_until("port-forward listening", Duration::from_secs(30), || {
-        let out = std::fs::read_to_string(&log).ok()?;
-        let line = out
-            .lines()
-            .find(|l| l.starts_with("Forwarding from 127.0.0.1:"))?;
-        line.trim_start_matches("Forwarding from 127.0.0.1:")
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let port = devctl_tests::forwarded_port(&log);
     // Several connections at once.
     let pages: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4).map(|_| s.spawn(|| fetch(port).unwrap())).collect();
@@ -399,15 +409,7 @@ fn tunnels_to_a_stopped_container_or_a_closed_port_say_why() {
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(&err_log).unwrap());
     let _pf = Bg(pf.spawn().unwrap());
-    let port: u16 = wait_until("port-forward listening", Duration::from_secs(30), || {
-        let out = std::fs::read_to_string(&log).ok()?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Forwarding from 127.0.0.1:"))?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    });
+    let port = devctl_tests::forwarded_port(&log);
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut got = Vec::new();
@@ -429,4 +431,84 @@ fn tunnels_to_a_stopped_container_or_a_closed_port_say_why() {
     );
     let why = alice.devctl(&["port-forward", "web", ":80"]).err();
     assert!(why.contains("not running"), "{why}");
+}
+
+/// An image with OpenSSH's sftp-server (the host's Debian binary and the
+/// two libraries it needs) over the test image, built once.
+fn sftp_image(c: &TestCluster) -> String {
+    const TAG: &str = "devctl-test/sftp:latest";
+    let ctx = c.scratch().join("sftp-image");
+    std::fs::create_dir_all(&ctx).unwrap();
+    for f in [
+        "/usr/lib/openssh/sftp-server",
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        "/lib64/ld-linux-x86-64.so.2",
+    ] {
+        let name = std::path::Path::new(f).file_name().unwrap();
+        std::fs::copy(f, ctx.join(name)).unwrap_or_else(|e| {
+            panic!("{f}: {e} (deploy/prereqs.sh need_openssh installs openssh-sftp-server)")
+        });
+    }
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {IMAGE}\nCOPY sftp-server /usr/lib/openssh/sftp-server\nCOPY libc.so.6 /lib/x86_64-linux-gnu/libc.so.6\nCOPY ld-linux-x86-64.so.2 /lib64/ld-linux-x86-64.so.2\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", TAG])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    TAG.to_string()
+}
+
+#[test]
+fn sftp_and_scp_move_files_when_the_image_has_an_sftp_server() {
+    let c = TestCluster::start(&["a"]);
+    let image = sftp_image(&c);
+    let alice = SshUser::new(&c, "alice", &c.issue_cert("alice", "developer"));
+    alice
+        .devctl(&["create", "files", "--image", &image, "--", "sleep", "1d"])
+        .ok();
+    alice.devctl(&["config-ssh"]).ok();
+    let local = c.scratch().join("notes.txt");
+    let body = "line one\nline two\n".repeat(1000);
+    std::fs::write(&local, &body).unwrap();
+    // scp speaks SFTP since OpenSSH 9.0.
+    let scp = std::process::Command::new("scp")
+        .arg("-F")
+        .arg(alice.ssh_config())
+        .args(["-o", "BatchMode=yes"])
+        .arg(&local)
+        .arg("files.devctl:/tmp/notes.txt")
+        .env("HOME", &alice.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(scp.status.success(), "{}", text(&scp.stderr));
+    let back = alice.ssh(&["files.devctl", "--", "cat", "/tmp/notes.txt"]);
+    assert!(text(&back.stdout) == body, "{}", text(&back.stderr));
+    // And back out with sftp's batch mode.
+    let batch = c.scratch().join("batch");
+    let fetched = c.scratch().join("fetched.txt");
+    std::fs::write(
+        &batch,
+        format!("get /tmp/notes.txt {}\n", fetched.display()),
+    )
+    .unwrap();
+    let sftp = std::process::Command::new("sftp")
+        .arg("-F")
+        .arg(alice.ssh_config())
+        .args(["-o", "BatchMode=yes", "-b"])
+        .arg(&batch)
+        .arg("files.devctl")
+        .env("HOME", &alice.home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(sftp.status.success(), "{}", text(&sftp.stderr));
+    assert!(std::fs::read_to_string(&fetched).unwrap() == body);
 }

@@ -2,6 +2,9 @@
 //! scripted agents: who is refused and why, the agent's refusals, and an
 //! open tunnel's relay (both directions, half-closes, failures, shutdown,
 //! the stream cap) with its session recorded.
+//!
+//! One file on purpose: every test drives the same relay through the same
+//! fixture.
 
 use std::time::{Duration, SystemTime};
 

@@ -2,6 +2,9 @@
 //! script, per command kind and optionally per container; the fake records
 //! every command and event it got and keeps each node's inventory.
 //!
+//! One file on purpose: the fake stands in for the whole agent link, and
+//! its parts (commands, streams, tunnels) share one scripted state.
+//!
 //! What an answer does on the node follows the agent: a create answered
 //! with a status (at once or late) adds the container to its node's
 //! inventory, a remove answered `removed` takes it out. A late answer

@@ -125,15 +125,7 @@ impl Cluster {
             return Err(InvalidField::new("start.command", "must not contain NUL").into());
         }
         let c = self.record(&start.name)?;
-        if c.status().state != pb::ContainerState::Running as i32 {
-            return Err(error::wrong_state(
-                &c.name,
-                format!(
-                    "container {:?} is not running; start it first (devctl start {})",
-                    c.name, c.name
-                ),
-            ));
-        }
+        must_be_running(&c)?;
         if !self.settles_ready(&c.status().node).await {
             return Err(error::node_not_ready(
                 &c.status().node,
@@ -341,4 +333,18 @@ impl Session {
             ..Default::default()
         }
     }
+}
+
+/// Fails unless `c` runs (exec and tunnels reach only a running container).
+pub(super) fn must_be_running(c: &pb::Container) -> Result<(), Error> {
+    if c.status().state != pb::ContainerState::Running as i32 {
+        return Err(error::wrong_state(
+            &c.name,
+            format!(
+                "container {:?} is not running; start it first (devctl start {})",
+                c.name, c.name
+            ),
+        ));
+    }
+    Ok(())
 }

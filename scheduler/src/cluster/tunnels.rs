@@ -145,15 +145,7 @@ impl Cluster {
     /// `actor` only. The session is not recorded yet (see [`Tunnel`]).
     pub async fn open_tunnel(&self, target: TunnelTarget, actor: &str) -> Result<Tunnel, Error> {
         let c = self.record(&target.name)?;
-        if c.status().state != pb::ContainerState::Running as i32 {
-            return Err(error::wrong_state(
-                &c.name,
-                format!(
-                    "container {:?} is not running; start it first (devctl start {})",
-                    c.name, c.name
-                ),
-            ));
-        }
+        super::streams::must_be_running(&c)?;
         let node = c.status().node.clone();
         if !self.settles_ready(&node).await {
             return Err(error::node_not_ready(
