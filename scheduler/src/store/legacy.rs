@@ -84,6 +84,8 @@ pub(super) fn upgrade(
         ttl_seconds: old.ttl_seconds,
         health_check: old.health_check,
         desired_state: old.desired_state,
+        // Fields added after the split keep their defaults.
+        ..Default::default()
     });
     c.status = Some(pb::ContainerStatus {
         state: old.state,
@@ -98,6 +100,7 @@ pub(super) fn upgrade(
         health_restarts: old.health_restarts,
         last_active_time: old.last_active_time,
         idle_timeout_seconds: old.idle_timeout_seconds,
+        ..Default::default()
     });
     Ok(Some(c))
 }
