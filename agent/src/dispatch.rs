@@ -67,6 +67,9 @@ pub struct Handled {
     pub stream: Option<OpenedStream>,
     /// A tunnel to serve once its pipes are open and the reply is sent.
     pub tunnel: Option<OpenedTunnel>,
+    /// An image build to serve once its pipes are open and the reply is
+    /// sent.
+    pub build: Option<crate::build::OpenedBuild>,
 }
 
 impl From<pb::AgentReply> for Handled {
@@ -75,6 +78,7 @@ impl From<pb::AgentReply> for Handled {
             reply,
             stream: None,
             tunnel: None,
+            build: None,
         }
     }
 }
@@ -187,6 +191,22 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Tunnel(tunnel)),
             }) => self.open_tunnel(tunnel).await,
+            Ok(pb::AgentCommand {
+                command: Some(Command::Build(build)),
+            }) => match crate::build::accept(build) {
+                Ok(build) => {
+                    tracing::info!(tag = %build.command.tag, session = %build.command.session, bytes = build.command.context_size, "build");
+                    Handled {
+                        reply: pb::AgentReply {
+                            result: Some(Reply::Opened(pb::StreamOpened {})),
+                        },
+                        stream: None,
+                        tunnel: None,
+                        build: Some(build),
+                    }
+                }
+                Err(e) => error_reply(pb::AgentErrorCode::BadCommand, e).into(),
+            },
             other => self.execute_one(other).await.into(),
         }
     }
@@ -218,6 +238,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     exec: None,
                 }),
                 tunnel: None,
+                build: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -248,6 +269,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     }),
                 }),
                 tunnel: None,
+                build: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -284,6 +306,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 down,
                 target,
             }),
+            build: None,
         }
     }
 
@@ -436,7 +459,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Exec(c) => Some(c.id.clone()),
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
-        Command::Inventory(_) => None,
+        Command::Inventory(_) | Command::Build(_) => None,
     }
 }
 
@@ -473,10 +496,12 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
             containers: runtime.inventory().await?,
         }),
         // Routed to open_logs/open_exec/open_tunnel before it gets here.
-        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {
-            code: pb::AgentErrorCode::BadCommand as i32,
-            message: "streams are opened elsewhere".into(),
-        }),
+        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) | Command::Build(_) => {
+            Reply::Error(pb::AgentError {
+                code: pb::AgentErrorCode::BadCommand as i32,
+                message: "streams are opened elsewhere".into(),
+            })
+        }
     })
 }
 

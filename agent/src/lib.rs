@@ -23,6 +23,7 @@
 //!     +-------- reply / heartbeat <-----------+
 //! ```
 
+pub mod build;
 pub mod bus;
 pub mod cgroup;
 pub mod cli;
@@ -322,6 +323,17 @@ pub async fn serve<R: ContainerRuntime>(
                 },
                 None => None,
             };
+            // A build's pipes, likewise.
+            let build = match handled.build {
+                Some(b) => match bus.tunnel_pipes(&b.up, &b.down).await {
+                    Ok(pipes) => Some((b, pipes)),
+                    Err(e) => {
+                        reply = dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                        None
+                    }
+                },
+                None => None,
+            };
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
             }
@@ -330,6 +342,15 @@ pub async fn serve<R: ContainerRuntime>(
                 streams.spawn(serve_stream(
                     bus,
                     listening,
+                    stop_streams.clone(),
+                    count.clone(),
+                ));
+            }
+            if let Some((b, pipes)) = build {
+                streams.spawn(build::serve(
+                    b,
+                    pipes,
+                    Arc::clone(&dispatcher),
                     stop_streams.clone(),
                     count.clone(),
                 ));

@@ -78,6 +78,10 @@ pub struct Client {
     pub ssh: devctl_proto::pb::ssh_service_client::SshServiceClient<Svc>,
     /// TunnelService (ssh and port-forward bytes).
     pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
+    /// BuildService (image builds).
+    pub build: devctl_proto::pb::build_service_client::BuildServiceClient<Svc>,
+    /// TemplateService.
+    pub templates: devctl_proto::pb::template_service_client::TemplateServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -203,7 +207,10 @@ impl Client {
             audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc.clone()),
             watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc.clone()),
             ssh: devctl_proto::pb::ssh_service_client::SshServiceClient::new(svc.clone()),
-            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc),
+            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc.clone()),
+            build: devctl_proto::pb::build_service_client::BuildServiceClient::new(svc.clone())
+                .max_decoding_message_size(devctl_proto::validate::limits::MAX_MESSAGE_BYTES),
+            templates: devctl_proto::pb::template_service_client::TemplateServiceClient::new(svc),
         })
     }
 }

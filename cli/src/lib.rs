@@ -105,6 +105,8 @@ pub enum Command {
     Tokens(commands::tokens::Args),
     /// The audit log: mutating and refused calls (admin only).
     Audit(commands::audit::Args),
+    /// Images on the nodes: build.
+    Images(commands::images_build::ImagesArgs),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

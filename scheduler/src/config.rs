@@ -236,6 +236,11 @@ pub struct ServeArgs {
     /// how long a key stays usable after its owner lost access.
     #[arg(long, env = "DEVCTL_SSH_CERT_TTL", default_value = "8h", value_parser = humantime::parse_duration)]
     pub ssh_cert_ttl: Duration,
+    /// The largest image build context (`devctl images build`) a client may
+    /// send, e.g. 256m; the whole context is held in memory while its
+    /// nodes build.
+    #[arg(long, env = "DEVCTL_MAX_BUILD_CONTEXT", default_value = "256m", value_parser = parse_memory_or_zero)]
+    pub max_build_context: i64,
 }
 
 /// The quota of a developer unless the cluster sets role quotas: room for

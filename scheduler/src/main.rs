@@ -224,6 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         admins_too: args.quota_admins,
                     },
                     ssh_cert_ttl: args.ssh_cert_ttl,
+                    max_build_context: args.max_build_context.max(0) as u64,
                     ..Settings::default()
                 },
             };

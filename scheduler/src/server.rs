@@ -41,6 +41,7 @@ use crate::{
     tokens::ApiTokens,
 };
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
+use devctl_proto::pb::build_service_server::BuildServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
@@ -165,6 +166,7 @@ pub async fn serve(
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    health.set_serving::<BuildServiceServer<StreamApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -266,6 +268,7 @@ pub async fn serve(
             SshApi::new(cluster.clone())
         ))
         .add_service(authenticated!(StatsServiceServer, streaming.clone()))
+        .add_service(authenticated!(BuildServiceServer, streaming.clone()))
         .add_service(authenticated!(
             AuditServiceServer,
             AuditApi::new(bus.clone(), streaming.clone())

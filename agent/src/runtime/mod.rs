@@ -176,7 +176,41 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         options: LogOptions,
     ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send;
+
+    /// Builds an image from `build`'s context (a tar archive): the
+    /// engine's output as it comes; the stream ends with an error when the
+    /// build failed. Runtimes that cannot build (test fakes) refuse.
+    fn build_image(&self, build: ImageBuild) -> BuildOutput {
+        let _ = build;
+        Box::pin(futures::stream::once(async {
+            Err(RuntimeError::Engine(
+                "this runtime cannot build images".into(),
+            ))
+        }))
+    }
+
+    /// Whether the engine has an image tagged `tag`.
+    fn image_present(&self, tag: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send {
+        let _ = tag;
+        async { Ok(false) }
+    }
 }
+
+/// One image build (see [`ContainerRuntime::build_image`]).
+#[derive(Debug, Clone, Default)]
+pub struct ImageBuild {
+    /// The image reference to tag.
+    pub tag: String,
+    /// The Dockerfile's path in the context; empty: "Dockerfile".
+    pub dockerfile: String,
+    /// Build arguments.
+    pub build_args: std::collections::HashMap<String, String>,
+    /// The context, a tar archive.
+    pub context: Vec<u8>,
+}
+
+/// A build's output, as the engine prints it.
+pub type BuildOutput = futures::stream::BoxStream<'static, Result<Vec<u8>, RuntimeError>>;
 
 /// A running container's first process.
 #[derive(Debug, Clone, PartialEq, Eq)]

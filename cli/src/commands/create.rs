@@ -151,6 +151,7 @@ impl Args {
             }),
             dry_run: self.dry_run,
             request_id: self.request_id.clone().unwrap_or_default(),
+            template: String::new(),
             strategy: match self.strategy.as_deref() {
                 Some("spread") => pb::PlacementStrategy::Spread,
                 Some("binpack") => pb::PlacementStrategy::Binpack,

@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod extend;
 pub mod get;
+pub mod images_build;
 pub mod login;
 pub mod logs;
 pub mod ls;
@@ -99,5 +100,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::ConfigSsh(args) => config_ssh::run(&mut client, &target, args).await,
         Command::PortForward(args) => port_forward::run(&mut client, args).await,
         Command::Open(args) => open::run(&mut client, &target, args).await,
+        Command::Images(args) => match args.command {
+            images_build::ImagesCommand::Build(args) => images_build::run(&mut client, args).await,
+        },
     }
 }

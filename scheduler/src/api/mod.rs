@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod build;
 pub mod containers;
 pub mod enroll;
 pub mod events;

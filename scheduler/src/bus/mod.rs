@@ -29,6 +29,7 @@ use devctl_proto::{
 use thiserror::Error;
 
 mod audit;
+mod build;
 mod jetstream;
 mod renew;
 mod reports;

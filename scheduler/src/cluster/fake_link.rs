@@ -40,6 +40,7 @@ pub(crate) enum Kind {
     Exec,
     Inspect,
     Tunnel,
+    Build,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
+            Command::Build(_) => Kind::Build,
         }
     }
 }
@@ -71,7 +73,7 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
-        Command::Inventory(_) => vec![],
+        Command::Inventory(_) | Command::Build(_) => vec![],
     }
 }
 

@@ -117,6 +117,24 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>>;
 
+    /// Opens build `command` on `node` (its `session` names it on the bus;
+    /// the link fills in `up` and `down`): the build output (`up`) and the
+    /// context's sink (`down`) once the agent holds its ends. Links that
+    /// carry no builds (unit-test fakes) refuse.
+    fn open_build<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::BuildCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        let _ = (command, timeout);
+        Box::pin(async move {
+            Err(Err(BusError::Nats(format!(
+                "this link cannot build on node {node:?}"
+            ))))
+        })
+    }
+
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
     fn publish_event<'a>(
@@ -178,6 +196,21 @@ impl AgentLink for Bus {
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
         Box::pin(async move {
             let (up, down) = Bus::open_tunnel(self, node, command, timeout).await?;
+            Ok(TunnelPipes {
+                up: Box::new(up),
+                down: Box::new(down),
+            })
+        })
+    }
+
+    fn open_build<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::BuildCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            let (up, down) = Bus::open_build(self, node, command, timeout).await?;
             Ok(TunnelPipes {
                 up: Box::new(up),
                 down: Box::new(down),

@@ -26,11 +26,13 @@
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
+//! - `build`: image builds on nodes (BuildService, templates' images);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
 //!   `create_tests`, `inventory_tests`.
 
+mod build;
 mod create;
 #[cfg(test)]
 mod create_tests;
@@ -53,6 +55,7 @@ mod streams;
 mod supervise;
 mod tunnels;
 
+pub use build::{BuildEvent, BuildJob, DEFAULT_MAX_BUILD_CONTEXT, check_build};
 pub use error::{Error, ErrorKind};
 pub(crate) use link::{TunnelSink, TunnelSource};
 pub use settings::{

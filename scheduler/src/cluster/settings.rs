@@ -38,6 +38,8 @@ pub struct Settings {
     pub quotas: crate::quota::Quotas,
     /// Default and longest validity of an SSH user certificate.
     pub ssh_cert_ttl: Duration,
+    /// The largest image build context a client may send, in bytes.
+    pub max_build_context: u64,
 }
 
 /// Options of one create.
@@ -69,6 +71,7 @@ impl Default for Settings {
             orphan_grace: Duration::from_secs(300),
             quotas: crate::quota::Quotas::default(),
             ssh_cert_ttl: DEFAULT_SSH_CERT_TTL,
+            max_build_context: super::build::DEFAULT_MAX_BUILD_CONTEXT,
         }
     }
 }

@@ -62,6 +62,9 @@ struct LegacyContainer {
 /// `c` decoded from `bytes`, with its spec and status read from the old
 /// fields when it has neither; `None` when it already had them (nothing to
 /// migrate).
+// ContainerStatus fields are being added (issue 14): the struct update below
+// then has an effect again.
+#[allow(clippy::needless_update)]
 pub(super) fn upgrade(
     mut c: pb::Container,
     bytes: &[u8],

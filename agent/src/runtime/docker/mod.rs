@@ -37,6 +37,7 @@ use futures::StreamExt;
 
 use super::{ContainerRuntime, EngineInfo, RuntimeError};
 
+mod build;
 mod networks;
 use networks::OwnerNetworks;
 
@@ -581,6 +582,14 @@ impl ContainerRuntime for DockerRuntime {
                 "container {name} has no running process"
             ))),
         }
+    }
+
+    fn build_image(&self, build: super::ImageBuild) -> super::BuildOutput {
+        self.build_stream(build)
+    }
+
+    async fn image_present(&self, tag: &str) -> Result<bool, RuntimeError> {
+        self.has_image(tag).await
     }
 
     async fn logs(
