@@ -101,6 +101,7 @@ async fn run<R: ContainerRuntime>(
             .await
             .map_err(|e| e.to_string())?
     {
+        tracing::info!(tag = %cmd.tag, session = %cmd.session, "the image is present: build skipped");
         let _ = send(
             up,
             format!("image {} is already on this node\n", cmd.tag).as_bytes(),

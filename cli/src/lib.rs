@@ -105,6 +105,8 @@ pub enum Command {
     Tokens(commands::tokens::Args),
     /// The audit log: mutating and refused calls (admin only).
     Audit(commands::audit::Args),
+    /// Container templates: apply, ls, get, rm (use with `create --template`).
+    Templates(commands::templates::Args),
     /// Images on the nodes: build.
     Images(commands::images_build::ImagesArgs),
 }

@@ -42,6 +42,7 @@ use crate::{
 };
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
 use devctl_proto::pb::build_service_server::BuildServiceServer;
+use devctl_proto::pb::template_service_server::TemplateServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
@@ -167,6 +168,9 @@ pub async fn serve(
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
     health.set_serving::<BuildServiceServer<StreamApi>>().await;
+    health
+        .set_serving::<TemplateServiceServer<crate::api::templates::TemplateApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -269,6 +273,10 @@ pub async fn serve(
         ))
         .add_service(authenticated!(StatsServiceServer, streaming.clone()))
         .add_service(authenticated!(BuildServiceServer, streaming.clone()))
+        .add_service(authenticated!(
+            TemplateServiceServer,
+            crate::api::templates::TemplateApi::new(cluster.clone())
+        ))
         .add_service(authenticated!(
             AuditServiceServer,
             AuditApi::new(bus.clone(), streaming.clone())

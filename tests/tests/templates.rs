@@ -158,3 +158,178 @@ fn images_build_runs_on_the_chosen_node_and_honours_dockerignore() {
         );
     }
 }
+
+/// A base image with fake `apt-get` and `pip` (no package mirror is
+/// reachable here): each records the packages it was asked to install in
+/// /installed-apt and /installed-pip, so the template's packages are
+/// visible in the container.
+fn build_fake_package_base(c: &TestCluster, tag: &str) {
+    let ctx = c.scratch().join("base");
+    write(
+        &ctx,
+        "Dockerfile",
+        &format!("FROM {IMAGE}\nCOPY apt-get pip /bin/\nRUN chmod 755 /bin/apt-get /bin/pip\n"),
+    );
+    write(
+        &ctx,
+        "apt-get",
+        "#!/bin/sh\necho \"apt-get $*\" >> /var/log-apt\n[ \"$1\" = install ] || exit 0\nshift\nfor p in \"$@\"; do case \"$p\" in -*) ;; *) echo \"$p\" >> /installed-apt;; esac; done\n",
+    );
+    write(
+        &ctx,
+        "pip",
+        "#!/bin/sh\n[ \"$1\" = install ] || exit 1\nshift\nfor p in \"$@\"; do case \"$p\" in -*) ;; *) echo \"$p\" >> /installed-pip;; esac; done\n",
+    );
+    c.devctl(&["images", "build", ctx.to_str().unwrap(), "-t", tag, "--all"])
+        .ok();
+}
+
+fn exec_out(c: &TestCluster, name: &str, script: &str) -> String {
+    c.devctl(&["exec", name, "--", "sh", "-c", script])
+        .ok()
+        .stdout
+}
+
+#[test]
+fn create_from_a_template_has_its_packages_env_and_post_create() {
+    let c = TestCluster::start(&["a", "b"]);
+    let base = format!("devctl-test/{}-base:1", c.prefix);
+    let mut images = Images(vec![base.clone()]);
+    build_fake_package_base(&c, &base);
+    let name = format!("{}-py", c.prefix);
+    let template = format!(
+        r#"apiVersion: devcontainer/v1
+kind: Template
+metadata:
+  name: {name}
+  description: Python-ish tools on busybox
+spec:
+  base_image: {base}
+  packages:
+    apt:
+      - curl
+      - libhdf5-dev=1.10.8
+    pip:
+      - requests[socks]
+      - numpy>=1.26,<3
+  environment:
+    GREETING: hello
+    JUPYTER_PORT: 8888
+  volumes:
+    - host: ./data
+      container: /data
+  ports:
+    - 8888:8888
+  post_create:
+    - echo post-create ran > /tmp/post-create.txt
+    - echo "post-create says $GREETING"
+"#
+    );
+    let file = c.scratch().join("template.yaml");
+    fs::write(&file, &template).unwrap();
+    let r = c
+        .devctl(&["templates", "apply", "-f", file.to_str().unwrap()])
+        .ok();
+    assert!(
+        r.stdout.contains(&format!("template/{name} created")),
+        "{}",
+        r.stdout
+    );
+    let r = c
+        .devctl(&["templates", "apply", "-f", file.to_str().unwrap()])
+        .ok();
+    assert!(r.stdout.contains("unchanged"), "{}", r.stdout);
+    let t = c.devctl(&["templates", "get", &name, "-o", "json"]).json();
+    let image = t["image"].as_str().unwrap().to_string();
+    images.0.push(image.clone());
+    assert!(
+        image.starts_with(&format!("devctl-template/{name}:")),
+        "{t}"
+    );
+    let listed = c.devctl(&["templates", "ls", "-o", "json"]).json();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == name.as_str()),
+        "{listed}"
+    );
+    let table = c.devctl(&["templates", "ls"]).ok().stdout;
+    assert!(table.contains("apt: curl libhdf5-dev=1.10.8"), "{table}");
+
+    // The first container builds the template's image on its node, runs
+    // post_create once and shows its output.
+    let b = c.node("b");
+    let box1 = format!("{}-one", c.prefix);
+    let r = c
+        .devctl(&["create", &box1, "--template", &name, "--node", &b])
+        .ok();
+    assert!(r.stdout.contains("post-create says hello"), "{}", r.stdout);
+    assert!(r.stderr.contains("post_create [1/2]"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("devctl port-forward {box1} 8888:8888")),
+        "{}",
+        r.stderr
+    );
+    let inside = exec_out(
+        &c,
+        &box1,
+        "cat /installed-apt /installed-pip /tmp/post-create.txt; echo \"env=$GREETING/$JUPYTER_PORT\"",
+    );
+    assert_eq!(
+        inside,
+        "curl\nlibhdf5-dev=1.10.8\nrequests[socks]\nnumpy>=1.26,<3\npost-create ran\nenv=hello/8888\n"
+    );
+    let got = c.devctl(&["get", &box1, "-o", "json"]).json();
+    assert_eq!(got["spec"]["template"], name.as_str(), "{got}");
+    assert_eq!(got["spec"]["image"], image.as_str(), "{got}");
+
+    // The second one reuses the image on that node, and its flags override
+    // the template's.
+    let box2 = format!("{}-two", c.prefix);
+    c.devctl(&[
+        "create",
+        &box2,
+        "--template",
+        &name,
+        "--node",
+        &b,
+        "-e",
+        "GREETING=bye",
+    ])
+    .ok();
+    assert_eq!(exec_out(&c, &box2, "echo $GREETING"), "bye\n");
+    let log = fs::read_to_string(c.scratch().join(format!("agent-{b}.log"))).unwrap();
+    assert!(
+        log.contains(&format!("the image is present: build skipped tag={image}")),
+        "{log}"
+    );
+
+    // An invalid template: the field and its line, nothing stored.
+    let bad = template
+        .replace("      - curl\n", "      - \"curl; rm -rf /\"\n")
+        .replace(&format!("name: {name}"), &format!("name: {name}-bad"));
+    fs::write(&file, &bad).unwrap();
+    let err = c
+        .devctl(&["templates", "apply", "-f", file.to_str().unwrap()])
+        .err();
+    assert!(err.contains("spec.packages.apt[0]"), "{err}");
+    assert!(err.contains("line 10"), "{err}");
+    assert!(err.contains("InvalidArgument"), "{err}");
+    let err = c
+        .devctl(&["templates", "get", &format!("{name}-bad")])
+        .err();
+    assert!(err.contains("NotFound"), "{err}");
+
+    // A create from a template that does not exist creates nothing.
+    let err = c
+        .devctl(&["create", &format!("{}-x", c.prefix), "--template", "nope"])
+        .err();
+    assert!(err.contains("no template named \"nope\""), "{err}");
+
+    c.devctl(&["templates", "rm", &name]).ok();
+    let err = c.devctl(&["templates", "get", &name]).err();
+    assert!(err.contains("NotFound"), "{err}");
+}

@@ -15,9 +15,15 @@ use devctl_proto::units;
 pub struct Args {
     /// Container name (lowercase letters, digits and '-').
     pub name: String,
-    /// Image; must be present on the node (nothing is pulled).
+    /// Image; must be present on the node (nothing is pulled). Optional
+    /// with --template (default: the template's).
+    #[arg(long, required_unless_present = "template")]
+    pub image: Option<String>,
+    /// Make it from this template (`devctl templates ls`): its image
+    /// (built on the node with its packages), environment, ports and
+    /// post_create commands; flags given here override it.
     #[arg(long)]
-    pub image: String,
+    pub template: Option<String>,
     /// CPU limit: 0.5, 2 or 500m.
     #[arg(long)]
     pub cpus: Option<String>,
@@ -113,7 +119,7 @@ impl Args {
             container: Some(pb::Container {
                 name: self.name.clone(),
                 spec: Some(pb::ContainerSpec {
-                    image: self.image.clone(),
+                    image: self.image.clone().unwrap_or_default(),
                     command: self.command.clone(),
                     node: self.node.clone().unwrap_or_default(),
                     resources: Some(pb::Resources {
@@ -151,7 +157,7 @@ impl Args {
             }),
             dry_run: self.dry_run,
             request_id: self.request_id.clone().unwrap_or_default(),
-            template: String::new(),
+            template: self.template.clone().unwrap_or_default(),
             strategy: match self.strategy.as_deref() {
                 Some("spread") => pb::PlacementStrategy::Spread,
                 Some("binpack") => pb::PlacementStrategy::Binpack,
@@ -181,5 +187,39 @@ pub async fn run(
         );
         return Ok(());
     }
-    output::container(format, &c)
+    output::container(format, &c)?;
+    after_create(client, &c).await
+}
+
+/// What a new container still needs from its creator: its post_create
+/// commands run (once: only the create that made it gets here), and how to
+/// reach the ports it serves.
+pub async fn after_create(client: &mut Client, c: &pb::Container) -> Result<()> {
+    let spec = c.spec();
+    if !spec.post_create.is_empty() {
+        let how = super::templates_lifecycle::RunAs::default();
+        super::templates_lifecycle::run_commands(
+            client,
+            &c.name,
+            "post_create",
+            &spec.post_create,
+            &how,
+        )
+        .await?;
+    }
+    if !spec.ports.is_empty() {
+        let ports: Vec<String> = spec.ports.iter().map(|p| p.to_string()).collect();
+        eprintln!(
+            "{} serves port(s) {}: reach them with `devctl port-forward {} {}`",
+            c.name,
+            ports.join(", "),
+            c.name,
+            spec.ports
+                .iter()
+                .map(|p| format!("{p}:{p}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    Ok(())
 }

@@ -24,6 +24,10 @@ pub struct Args {
     /// Working directory inside the container.
     #[arg(long, short = 'w')]
     pub workdir: Option<String>,
+    /// Run as this user (name, uid or user:group; default: the
+    /// container's).
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
     /// Container name.
     pub name: String,
     /// Command and arguments (after `--`).
@@ -70,6 +74,7 @@ pub async fn run(client: &mut Client, args: Args) -> Result<i32> {
             size: if args.tty { size() } else { None },
             env: args.env,
             workdir: args.workdir.unwrap_or_default(),
+            user: args.user.unwrap_or_default(),
         })),
     })
     .await?;

@@ -21,6 +21,8 @@ pub mod ssh;
 pub mod start;
 pub mod stats;
 pub mod stop;
+pub mod templates;
+pub mod templates_lifecycle;
 pub mod tokens;
 pub mod top;
 pub mod watch;
@@ -100,6 +102,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::ConfigSsh(args) => config_ssh::run(&mut client, &target, args).await,
         Command::PortForward(args) => port_forward::run(&mut client, args).await,
         Command::Open(args) => open::run(&mut client, &target, args).await,
+        Command::Templates(args) => templates::run(&mut client, o, args).await,
         Command::Images(args) => match args.command {
             images_build::ImagesCommand::Build(args) => images_build::run(&mut client, args).await,
         },

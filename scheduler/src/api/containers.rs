@@ -56,9 +56,13 @@ impl ContainerService for ContainerApi {
             request_id,
             role: Some(id.role),
         };
-        let spec = r
+        let mut spec = r
             .container
             .ok_or_else(|| Status::invalid_argument("container: is required"))?;
+        if !r.template.is_empty() {
+            spec = self.cluster.from_template(&r.template, spec)?;
+        }
+        crate::cluster::check_template_fields(&spec)?;
         Ok(Response::new(
             self.cluster.create(spec, &id.name, options).await?,
         ))

@@ -14,6 +14,7 @@ pub mod nodes;
 pub mod ssh;
 pub mod stats;
 mod status;
+pub mod templates;
 pub mod tokens;
 pub mod tunnel;
 #[cfg(test)]

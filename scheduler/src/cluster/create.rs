@@ -151,6 +151,11 @@ impl Cluster {
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.status().node, image = %record.spec().image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
+        // A template's image, built on the chosen node when it lacks it.
+        if let Err(e) = self.ensure_image(&record.status().node, &record).await {
+            self.forget_record(&record).await?;
+            return Err(e);
+        }
 
         let command = Command::Create(create_command(&record));
         match self.send_raw(&record.status().node, command, 0).await {

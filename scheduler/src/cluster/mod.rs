@@ -27,6 +27,7 @@
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
 //! - `build`: image builds on nodes (BuildService, templates' images);
+//! - `templates`: templates (parsing, storage, what a create takes from one);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
@@ -53,6 +54,7 @@ mod spec;
 mod ssh;
 mod streams;
 mod supervise;
+mod templates;
 mod tunnels;
 
 pub use build::{BuildEvent, BuildJob, DEFAULT_MAX_BUILD_CONTEXT, check_build};
@@ -65,6 +67,10 @@ pub use settings::{
 pub use spec::validate_spec;
 pub use streams::{Session, SessionWhat};
 pub use supervise::{ExpiryAction, LeasePolicy};
+pub use templates::{
+    API_VERSION, IMAGE_REPOSITORY, MAX_TEMPLATE_BYTES, check_template_fields, parse_template,
+    template_dockerfile, template_image,
+};
 pub use tunnels::{Tunnel, TunnelTarget, TunnelTo, tunnel_target};
 
 use std::{

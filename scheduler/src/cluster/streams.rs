@@ -94,6 +94,8 @@ impl Cluster {
             return Err(InvalidField::new("start.workdir", "must not contain NUL").into());
         }
         validate::no_control("start.workdir", &start.workdir)?;
+        validate::max_len("start.user", &start.user, 256)?;
+        validate::no_control("start.user", &start.user)?;
         for (i, a) in start.command.iter().enumerate() {
             validate::no_control(&format!("start.command[{i}]"), a)?;
         }

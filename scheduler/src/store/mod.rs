@@ -16,6 +16,7 @@
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
 //! - `meta`: the change feed's epoch (see [`crate::feed`])
+//! - `templates`: see [`templates`]
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
@@ -30,6 +31,7 @@ mod feed_tests;
 mod identities;
 mod index;
 mod legacy;
+mod templates;
 
 pub use error::StoreError;
 

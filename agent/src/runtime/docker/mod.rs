@@ -510,6 +510,7 @@ impl ContainerRuntime for DockerRuntime {
                     cmd: Some(start.command.clone()),
                     env: (!start.env.is_empty()).then(|| start.env.clone()),
                     working_dir: (!start.workdir.is_empty()).then(|| start.workdir.clone()),
+                    user: (!start.user.is_empty()).then(|| start.user.clone()),
                     console_size: (start.tty && size.rows > 0 && size.cols > 0)
                         .then(|| vec![size.rows as usize, size.cols as usize]),
                     ..Default::default()
