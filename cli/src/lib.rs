@@ -105,6 +105,9 @@ pub enum Command {
     Tokens(commands::tokens::Args),
     /// The audit log: mutating and refused calls (admin only).
     Audit(commands::audit::Args),
+    /// Bring up the dev container of a project's devcontainer.json (create
+    /// or reuse it, copy the files in, run its lifecycle commands).
+    Up(commands::devcontainer::Args),
     /// Container templates: apply, ls, get, rm (use with `create --template`).
     Templates(commands::templates::Args),
     /// Images on the nodes: build.

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod config_ssh;
 pub mod context;
 pub mod create;
+pub mod devcontainer;
 pub mod events;
 pub mod exec;
 pub mod extend;
@@ -102,6 +103,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::ConfigSsh(args) => config_ssh::run(&mut client, &target, args).await,
         Command::PortForward(args) => port_forward::run(&mut client, args).await,
         Command::Open(args) => open::run(&mut client, &target, args).await,
+        Command::Up(args) => devcontainer::run(&mut client, args).await,
         Command::Templates(args) => templates::run(&mut client, o, args).await,
         Command::Images(args) => match args.command {
             images_build::ImagesCommand::Build(args) => images_build::run(&mut client, args).await,
