@@ -3,9 +3,9 @@
 //! asked for, which builds it from the busybox base; a failing build and an
 //! oversized context are refused with what to fix.
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, path::Path, process::Command, time::Duration};
 
-use devctl_tests::{IMAGE, TestCluster};
+use devctl_tests::{IMAGE, TestCluster, wait_until};
 
 /// Removes the images a test tagged, whatever its outcome.
 struct Images(Vec<String>);
@@ -329,7 +329,24 @@ spec:
         .err();
     assert!(err.contains("no template named \"nope\""), "{err}");
 
+    // Applying, deleting and building are audited (who, what, outcome).
     c.devctl(&["templates", "rm", &name]).ok();
+    wait_until("the audit entries", Duration::from_secs(10), || {
+        let out = c.devctl(&["audit", "-o", "json"]).ok().stdout;
+        let entries: Vec<serde_json::Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let has = |method: &str, target: &str| {
+            entries.iter().any(|e| {
+                e["method"].as_str().is_some_and(|m| m.ends_with(method)) && e["target"] == target
+            })
+        };
+        (has("TemplateService/ApplyTemplate", &name)
+            && has("TemplateService/DeleteTemplate", &name)
+            && has("BuildService/Build", &base))
+        .then_some(())
+    });
     let err = c.devctl(&["templates", "get", &name]).err();
     assert!(err.contains("NotFound"), "{err}");
 }

@@ -61,6 +61,9 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.TokenService/RevokeToken",
     "/devctl.v1.EnrollService/Join",
     "/devctl.v1.EnrollService/RenewCertificate",
+    "/devctl.v1.BuildService/Build",
+    "/devctl.v1.TemplateService/ApplyTemplate",
+    "/devctl.v1.TemplateService/DeleteTemplate",
 ];
 
 /// The identity recorded for a call that carried no usable one.
