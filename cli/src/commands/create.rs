@@ -188,6 +188,9 @@ pub async fn run(
         return Ok(());
     }
     output::container(format, &c)?;
+    if dry_run {
+        return Ok(());
+    }
     after_create(client, &c).await
 }
 

@@ -776,6 +776,56 @@ spec:
         assert!(r.contains("line 1"), "{r}");
     }
 
+    #[tokio::test]
+    async fn a_template_image_that_cannot_be_built_leaves_nothing() {
+        use super::super::{CreateOptions, fake_link};
+        let f = fake_link::cluster();
+        let yaml = SEED.replace("python:3.12", "devctl/busybox:latest");
+        f.cluster.apply_template(&yaml, "alice").await.unwrap();
+        let c = f
+            .cluster
+            .from_template("python-ml-stack", fake_link::spec("web"))
+            .unwrap();
+        // The spec's own image wins; here it is cleared to take the template's.
+        assert_eq!(c.spec().template, "python-ml-stack");
+        let mut c = c;
+        c.spec_mut().image.clear();
+        let c = f.cluster.from_template("python-ml-stack", c).unwrap();
+        assert!(
+            c.spec()
+                .image
+                .starts_with("devctl-template/python-ml-stack:")
+        );
+        assert!(c.spec().image_recipe.is_some());
+        assert_eq!(c.spec().env["JUPYTER_PORT"], "8888");
+        assert_eq!(c.spec().post_create.len(), 2);
+        // The fake link cannot build: the create fails before the agent is
+        // asked to create anything, and no record is left.
+        let e = f
+            .cluster
+            .create(c, "alice", CreateOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::ImageNotFound { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot build"), "{e}");
+        assert!(f.cluster.store().container("web").unwrap().is_none());
+        assert!(f.link.kinds().is_empty(), "{:?}", f.link.kinds());
+        let err = f
+            .cluster
+            .from_template("nope", fake_link::spec("x"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::NotFound {
+                    what: "template",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn package_names_are_strict() {
         for ok in [
