@@ -282,6 +282,24 @@ spec:
         inside,
         "curl\nlibhdf5-dev=1.10.8\nrequests[socks]\nnumpy>=1.26,<3\npost-create ran\nenv=hello/8888\n"
     );
+    // Commands can run as another user (ExecStart.user, as docker exec -u).
+    let r = c
+        .devctl(&[
+            "exec",
+            "-u",
+            "1234:5678",
+            &box1,
+            "--",
+            "sh",
+            "-c",
+            "id -u; id -g",
+        ])
+        .ok();
+    assert_eq!(r.stdout, "1234\n5678\n");
+    let err = c
+        .devctl(&["exec", "-u", "a\u{1b}[2J", &box1, "--", "true"])
+        .err();
+    assert!(err.contains("start.user"), "{err}");
     let got = c.devctl(&["get", &box1, "-o", "json"]).json();
     assert_eq!(got["spec"]["template"], name.as_str(), "{got}");
     assert_eq!(got["spec"]["image"], image.as_str(), "{got}");

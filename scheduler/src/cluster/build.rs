@@ -231,3 +231,51 @@ fn refusal(reply: pb::agent_reply::Result, node: &str) -> String {
         other => format!("the agent of node {node:?} sent an unexpected reply: {other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(tag: &str, dockerfile: &str, args: &[(&str, &str)]) -> Option<String> {
+        let args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        match check_build("start", tag, dockerfile, &args) {
+            Ok(()) => None,
+            Err(e) => match e.kind() {
+                ErrorKind::InvalidSpec { field } => Some(field.clone()),
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+
+    #[test]
+    fn builds_are_checked_by_field() {
+        assert_eq!(field("team/tool:1", "", &[("V", "1")]), None);
+        assert_eq!(field("team/tool:1", "docker/Dockerfile.dev", &[]), None);
+        assert_eq!(field("", "", &[]).as_deref(), Some("start.tag"));
+        assert_eq!(field("a b", "", &[]).as_deref(), Some("start.tag"));
+        assert_eq!(field("--rm", "", &[]).as_deref(), Some("start.tag"));
+        assert_eq!(
+            field("t", "/etc/passwd", &[]).as_deref(),
+            Some("start.dockerfile")
+        );
+        assert_eq!(
+            field("t", "../Dockerfile", &[]).as_deref(),
+            Some("start.dockerfile")
+        );
+        assert_eq!(
+            field("t", "a\u{1b}b", &[]).as_deref(),
+            Some("start.dockerfile")
+        );
+        assert_eq!(
+            field("t", "", &[("A B", "1")]).as_deref(),
+            Some("start.build_args[A B]")
+        );
+        assert_eq!(
+            field("t", "", &[("A", "\u{1b}[2J")]).as_deref(),
+            Some("start.build_args[A]")
+        );
+    }
+}
