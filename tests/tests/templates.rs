@@ -96,6 +96,16 @@ fn images_build_runs_on_the_chosen_node_and_honours_dockerignore() {
     assert!(log("b").contains("build done"), "{}", log("b"));
     assert!(!log("a").contains("build done"), "{}", log("a"));
 
+    // The build is in node b's event history, with who asked for it.
+    let built = c.events(&["--node", &b]);
+    assert!(
+        built.iter().any(|e| e["type"] == "EVENT_TYPE_IMAGE_BUILT"
+            && e["reason"] == "build"
+            && e["actor"] == "admin"
+            && e["message"].as_str().is_some_and(|m| m.contains(&tag))),
+        "{built:?}"
+    );
+
     let listing = docker_run(
         &tag,
         "cat /built.txt; cat /ctx/hello.txt; ls -a /ctx /ctx/sub",
@@ -324,6 +334,19 @@ spec:
         log.contains(&format!("the image is present: build skipped tag={image}")),
         "{log}"
     );
+
+    // One build of the template's image on node b in the history (the
+    // second create found it there).
+    let built: Vec<_> = c
+        .events(&["--node", &b])
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "EVENT_TYPE_IMAGE_BUILT"
+                && e["reason"] == "template"
+                && e["message"].as_str().is_some_and(|m| m.contains(&image))
+        })
+        .collect();
+    assert_eq!(built.len(), 1, "{built:?}");
 
     // An invalid template: the field and its line, nothing stored.
     let bad = template

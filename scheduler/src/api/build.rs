@@ -101,6 +101,8 @@ impl BuildService for StreamApi {
             build_args: start.build_args,
             context: Arc::new(context),
             skip_if_present: false,
+            actor: id.name.clone(),
+            reason: "build",
         });
 
         let (tx, rx) = mpsc::channel(16);

@@ -31,6 +31,10 @@ pub struct BuildJob {
     pub context: Arc<Vec<u8>>,
     /// Build only where no image is tagged `tag` yet.
     pub skip_if_present: bool,
+    /// Who asked for it (for the event history).
+    pub actor: String,
+    /// Why: "build" (BuildService) or "template" (a template's image).
+    pub reason: &'static str,
 }
 
 /// What a build on one node reports as it runs.
@@ -187,10 +191,18 @@ impl Cluster {
             down.finish(None).await;
             Ok::<(), devctl_proto::pipe::PipeError>(())
         };
+        // What the agent says when `skip_if_present` found the image (see
+        // agent/src/build.rs): nothing was built, nothing is recorded.
+        let present = format!("image {} is already on this node\n", job.tag);
+        let mut skipped = false;
         let recv = async {
+            let mut first = true;
             loop {
                 match up.recv().await {
                     Some(Ok(data)) => {
+                        if std::mem::take(&mut first) && job.skip_if_present {
+                            skipped = data == present.as_bytes();
+                        }
                         let event = BuildEvent::Output {
                             node: node.to_string(),
                             data,
@@ -207,14 +219,39 @@ impl Cluster {
             }
         };
         let (sent, built) = tokio::join!(send, recv);
-        match (sent, built) {
+        let outcome = match (sent, built) {
             (_, Err(e)) => Err(e),
             (Err(e), Ok(())) => Err(format!("sending the context to node {node:?}: {e}")),
             (Ok(()), Ok(())) => {
                 tracing::info!(node, tag = %job.tag, "built");
                 Ok(())
             }
+        };
+        if !(skipped && outcome.is_ok()) {
+            self.build_event(node, job, &outcome).await;
         }
+        outcome
+    }
+
+    /// Records a build's outcome in the event history.
+    async fn build_event(&self, node: &str, job: &BuildJob, outcome: &Result<(), String>) {
+        let (ty, message) = match outcome {
+            Ok(()) => (
+                pb::EventType::ImageBuilt,
+                format!("image {} built on node {node} for {}", job.tag, job.actor),
+            ),
+            Err(e) => (
+                pb::EventType::ImageBuildFailed,
+                format!(
+                    "build of image {} on node {node} for {} failed: {e}",
+                    job.tag, job.actor
+                ),
+            ),
+        };
+        let mut event = crate::events::node_event(node, ty, job.reason);
+        event.actor = job.actor.clone();
+        event.message = message;
+        let _ = self.emit(event, uuid::Uuid::new_v4().to_string()).await;
     }
 }
 

@@ -653,6 +653,8 @@ impl Cluster {
             build_args: HashMap::new(),
             context: std::sync::Arc::new(context),
             skip_if_present: true,
+            actor: c.owner.clone(),
+            reason: "template",
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);
         // The output's tail, for the error.
