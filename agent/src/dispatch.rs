@@ -436,6 +436,17 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Exec(c) => Some(c.id.clone()),
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
+        // A workspace's commands are serialized under a key no container
+        // id can be.
+        Command::RemoveWorkspace(c) => Some(format!("workspace/{}", c.name)),
+        Command::SendWorkspace(c) => Some(format!("workspace/{}", c.name)),
+        Command::ReceiveWorkspace(c) => Some(format!(
+            "workspace/{}",
+            c.workspace
+                .as_ref()
+                .map(|w| w.name.as_str())
+                .unwrap_or_default()
+        )),
         Command::Inventory(_) => None,
     }
 }
@@ -471,6 +482,24 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inspect(c) => Reply::Status(runtime.inspect(&c.id).await?),
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
+            // Volumes are listed after the containers: one made meanwhile
+            // is reported, never one removed meanwhile as present.
+            workspaces: match runtime.workspaces().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing workspace volumes failed; the inventory fails with it");
+                    return Err(e);
+                }
+            },
+        }),
+        Command::RemoveWorkspace(c) => {
+            tracing::info!(workspace = %c.name, "remove workspace");
+            runtime.remove_workspace(&c.name).await?;
+            Reply::Removed(pb::RemovedReply { id: c.name })
+        }
+        Command::SendWorkspace(_) | Command::ReceiveWorkspace(_) => Reply::Error(pb::AgentError {
+            code: pb::AgentErrorCode::BadCommand as i32,
+            message: "this agent cannot move workspaces yet".into(),
         }),
         // Routed to open_logs/open_exec/open_tunnel before it gets here.
         Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {

@@ -153,7 +153,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     )
     .await?
-    .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit));
+    .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit))
+    .with_allowed_binds(config.allow_binds.clone())
+    .with_workspace_measure_interval(config.workspace_measure_interval);
     tokio::pin!(shutdown);
     let bus = tokio::select! {
         bus = bus::Bus::connect(&config.nats, &config.node, &tls_dir) => bus?,
@@ -523,6 +525,7 @@ impl HeartbeatLoop {
             open_streams: self.streams.get(),
             leaving,
             ssh_host_key: self.ssh_host_key.clone(),
+            workspaces: true,
         }
     }
 

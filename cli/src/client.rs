@@ -78,6 +78,8 @@ pub struct Client {
     pub ssh: devctl_proto::pb::ssh_service_client::SshServiceClient<Svc>,
     /// TunnelService (ssh and port-forward bytes).
     pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
+    /// WorkspaceService.
+    pub workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -203,7 +205,10 @@ impl Client {
             audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc.clone()),
             watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc.clone()),
             ssh: devctl_proto::pb::ssh_service_client::SshServiceClient::new(svc.clone()),
-            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc),
+            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc.clone()),
+            workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient::new(
+                svc,
+            ),
         })
     }
 }

@@ -105,6 +105,10 @@ pub enum Command {
     Tokens(commands::tokens::Args),
     /// The audit log: mutating and refused calls (admin only).
     Audit(commands::audit::Args),
+    /// Workspaces: the volumes containers keep their work in (ls, get, rm,
+    /// move).
+    #[command(visible_alias = "ws")]
+    Workspaces(commands::workspaces::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -63,6 +63,12 @@ pub enum RuntimeError {
     /// The engine failed or could not be reached.
     #[error("container engine: {0}")]
     Engine(String),
+    /// A workspace that must exist has no volume here.
+    #[error("{0}")]
+    WorkspaceMissing(String),
+    /// A mount this agent does not allow.
+    #[error("{0}")]
+    MountRefused(String),
 }
 
 impl RuntimeError {
@@ -74,6 +80,8 @@ impl RuntimeError {
             RuntimeError::Invalid(_) => pb::AgentErrorCode::Invalid,
             RuntimeError::Conflict(_) => pb::AgentErrorCode::Conflict,
             RuntimeError::Engine(_) => pb::AgentErrorCode::Engine,
+            RuntimeError::WorkspaceMissing(_) => pb::AgentErrorCode::WorkspaceMissing,
+            RuntimeError::MountRefused(_) => pb::AgentErrorCode::MountRefused,
         }
     }
 }
@@ -134,6 +142,23 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         force: bool,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Deletes workspace `name`'s volume ([`RuntimeError::NotFound`]: it
+    /// has none).
+    fn remove_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Every devctl workspace volume of this node, with its size.
+    fn workspaces(
+        &self,
+    ) -> impl Future<Output = Result<Vec<pb::EngineWorkspace>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Every devctl container of this node.
     fn inventory(

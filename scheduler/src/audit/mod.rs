@@ -61,6 +61,8 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.TokenService/RevokeToken",
     "/devctl.v1.EnrollService/Join",
     "/devctl.v1.EnrollService/RenewCertificate",
+    "/devctl.v1.WorkspaceService/DeleteWorkspace",
+    "/devctl.v1.WorkspaceService/MoveWorkspace",
 ];
 
 /// The identity recorded for a call that carried no usable one.

@@ -40,6 +40,7 @@ pub(crate) enum Kind {
     Exec,
     Inspect,
     Tunnel,
+    Workspace,
 }
 
 impl Kind {
@@ -55,6 +56,9 @@ impl Kind {
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
+            Command::RemoveWorkspace(_)
+            | Command::SendWorkspace(_)
+            | Command::ReceiveWorkspace(_) => Kind::Workspace,
         }
     }
 }
@@ -71,6 +75,9 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
+        Command::RemoveWorkspace(c) => vec![&c.name],
+        Command::SendWorkspace(c) => vec![&c.name],
+        Command::ReceiveWorkspace(c) => c.workspace.iter().map(|w| w.name.as_str()).collect(),
         Command::Inventory(_) => vec![],
     }
 }
@@ -125,6 +132,8 @@ struct Inner {
     commands: Vec<(String, Command)>,
     late: Vec<(String, Reply)>,
     inventories: HashMap<String, Vec<pb::EngineContainer>>,
+    // Workspace volumes each node's engine has (made by creates).
+    volumes: HashMap<String, Vec<pb::EngineWorkspace>>,
     events: Vec<pb::Event>,
     tunnels: Vec<FakeAgentEnd>,
 }
@@ -213,7 +222,18 @@ impl FakeLink {
             Some(i) => inner.script.remove(i).answer,
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
-                Answer::Reply(Reply::Inventory(pb::Inventory { containers }))
+                let workspaces = inner.volumes.get(node).cloned().unwrap_or_default();
+                Answer::Reply(Reply::Inventory(pb::Inventory {
+                    containers,
+                    workspaces,
+                }))
+            }
+            // Deleting a volume succeeds unless scripted otherwise.
+            None if matches!(command, Command::RemoveWorkspace(_)) => {
+                let Command::RemoveWorkspace(c) = &command else {
+                    unreachable!()
+                };
+                Answer::Reply(Reply::Removed(pb::RemovedReply { id: c.name.clone() }))
             }
             None => {
                 inner.commands.push((node.into(), command));
@@ -247,6 +267,25 @@ impl FakeLink {
 impl Inner {
     /// What the agent did on its node when it answered `command` so.
     fn carry_out(&mut self, node: &str, command: &Command, reply: &Reply) {
+        let volumes = self.volumes.entry(node.into()).or_default();
+        match (command, reply) {
+            (Command::Create(c), Reply::Status(_)) => {
+                if let Some(w) = &c.workspace
+                    && !volumes.iter().any(|v| v.name == w.name)
+                {
+                    volumes.push(pb::EngineWorkspace {
+                        name: w.name.clone(),
+                        id: w.id.clone(),
+                        size_bytes: -1,
+                        ..Default::default()
+                    });
+                }
+            }
+            (Command::RemoveWorkspace(c), Reply::Removed(_)) => {
+                volumes.retain(|v| v.name != c.name)
+            }
+            _ => {}
+        }
         let engine = self.inventories.entry(node.into()).or_default();
         match (command, reply) {
             (Command::Create(c), Reply::Status(s)) => {
@@ -546,6 +585,7 @@ fn heartbeat() -> pb::Heartbeat {
         boot_id: "boot-1".into(),
         cpus: 4,
         memory_bytes: 8 << 30,
+        workspaces: true,
         ..Default::default()
     }
 }
