@@ -38,6 +38,7 @@ pub mod runtime;
 pub mod ssh;
 pub mod stats;
 pub mod tunnel;
+pub mod workspaces;
 
 use std::{
     collections::HashMap,
@@ -324,8 +325,35 @@ pub async fn serve<R: ContainerRuntime>(
                 },
                 None => None,
             };
+            // A workspace to receive, likewise.
+            let receive = match handled.receive {
+                Some(r) => {
+                    let (up, down) = (
+                        r.up.clone().unwrap_or_default(),
+                        r.down.clone().unwrap_or_default(),
+                    );
+                    match bus.tunnel_pipes(&up, &down).await {
+                        Ok(pipes) => Some((r, pipes)),
+                        Err(e) => {
+                            reply =
+                                dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
+            }
+            if let Some((r, pipes)) = receive {
+                streams.spawn(workspaces::serve_receive(
+                    Arc::clone(&dispatcher),
+                    r,
+                    pipes,
+                    stop_streams.clone(),
+                    count.clone(),
+                ));
             }
             if let Some(listening) = stream {
                 let bus = bus.clone();

@@ -153,6 +153,30 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
     }
 
+    /// Workspace `name`'s data as a tar archive.
+    fn send_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Makes workspace `w`'s volume and unpacks the archive `data` into it
+    /// (deleting it again on failure).
+    fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: WorkspaceData,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (w, data);
+        async {
+            Err(RuntimeError::Engine(
+                "this runtime keeps no workspaces".into(),
+            ))
+        }
+    }
+
     /// Every devctl workspace volume of this node, with its size.
     fn workspaces(
         &self,
@@ -226,6 +250,9 @@ pub struct LogOptions {
     /// Prefix lines with the engine's timestamps.
     pub timestamps: bool,
 }
+
+/// A workspace archive arriving from the scheduler.
+pub type WorkspaceData = futures::stream::BoxStream<'static, Result<Vec<u8>, std::io::Error>>;
 
 /// A container's output: (which stream, bytes).
 pub type OutputChunks =

@@ -23,7 +23,7 @@ use crate::{
 
 impl Cluster {
     /// Removes `c`'s engine container from `node` (done if it is not there).
-    async fn remove_from(&self, node: &str, c: &pb::Container) -> Result<(), Error> {
+    pub(super) async fn remove_from(&self, node: &str, c: &pb::Container) -> Result<(), Error> {
         let remove = Command::Remove(pb::RemoveCommand {
             id: c.id.clone(),
             force: true,

@@ -117,6 +117,23 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>>;
 
+    /// Sends a workspace to `node` (ReceiveWorkspaceCommand `command`; the
+    /// link sets up both pipes): the scheduler's ends once the agent holds
+    /// its own. `up` carries only the agent's outcome.
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        let _ = (node, command, timeout);
+        Box::pin(async {
+            Err(Err(BusError::Nats(
+                "this link cannot send workspaces".into(),
+            )))
+        })
+    }
+
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
     fn publish_event<'a>(
@@ -178,6 +195,21 @@ impl AgentLink for Bus {
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
         Box::pin(async move {
             let (up, down) = Bus::open_tunnel(self, node, command, timeout).await?;
+            Ok(TunnelPipes {
+                up: Box::new(up),
+                down: Box::new(down),
+            })
+        })
+    }
+
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            let (up, down) = Bus::open_receive(self, node, command, timeout).await?;
             Ok(TunnelPipes {
                 up: Box::new(up),
                 down: Box::new(down),

@@ -541,6 +541,18 @@ impl ContainerRuntime for DockerRuntime {
         self.workspaces.remove(name).await
     }
 
+    async fn send_workspace(&self, name: &str) -> Result<super::OutputChunks, RuntimeError> {
+        self.workspaces.send(name).await
+    }
+
+    async fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: super::WorkspaceData,
+    ) -> Result<(), RuntimeError> {
+        self.workspaces.receive(w, data).await
+    }
+
     async fn workspaces(&self) -> Result<Vec<pb::EngineWorkspace>, RuntimeError> {
         self.workspaces.list().await
     }

@@ -23,12 +23,30 @@ use std::{
 use bollard::{
     Docker,
     errors::Error as BollardError,
-    models::VolumeCreateRequest,
-    query_parameters::{ListVolumesOptions, RemoveVolumeOptions},
+    models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest},
+    query_parameters::{
+        CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+        ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
+    },
 };
+use bytes::Bytes;
 use devctl_proto::{labels, pb};
+use futures::StreamExt;
 
 use super::{RuntimeError, engine};
+use crate::runtime::{OutputChunks, WorkspaceData};
+
+/// The image of the helper containers a workspace's data is copied
+/// through: empty (imported from an empty archive by the agent itself, as
+/// nothing can be pulled), never started. Docker's archive API reads and
+/// writes a volume mounted in a created container, so no process runs and
+/// no host path is needed: it works with an engine on another host too.
+const HELPER_REPO: &str = "devctl/workspace-helper";
+const HELPER_TAG: &str = "1";
+/// Where a helper mounts the volume.
+const HELPER_MOUNT: &str = "/ws";
+/// On a helper container: the volume it serves.
+const HELPER_LABEL: &str = "io.devctl.workspace-helper";
 
 /// Files walked at most per measure (a bound on its cost): beyond it the
 /// size counted so far is reported.
@@ -184,6 +202,164 @@ impl Workspaces {
         Ok(out)
     }
 
+    /// Makes sure the helper image exists on the engine.
+    async fn helper_image(&self) -> Result<String, RuntimeError> {
+        let image = format!("{HELPER_REPO}:{HELPER_TAG}");
+        match self.docker.inspect_image(&image).await {
+            Ok(_) => return Ok(image),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(engine(e)),
+        }
+        // An empty tar archive: two zero blocks.
+        let empty = bollard::body_full(Bytes::from(vec![0u8; 1024]));
+        let mut progress = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_src: Some("-".into()),
+                repo: Some(HELPER_REPO.into()),
+                tag: Some(HELPER_TAG.into()),
+                changes: vec![format!("LABEL {}=true", labels::MANAGED)],
+                ..Default::default()
+            }),
+            Some(empty),
+            None,
+        );
+        while let Some(step) = progress.next().await {
+            step.map_err(engine)?;
+        }
+        tracing::info!(image, "workspace helper image made");
+        Ok(image)
+    }
+
+    /// A created (never started) helper container with `volume` at
+    /// [`HELPER_MOUNT`], named after the volume and `what` (a leftover of
+    /// an interrupted copy is replaced).
+    async fn helper(&self, volume: &str, what: &str) -> Result<Helper, RuntimeError> {
+        let image = self.helper_image().await?;
+        let name = format!("{volume}-{what}");
+        let _ = self
+            .docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name),
+                    ..Default::default()
+                }),
+                ContainerCreateBody {
+                    image: Some(image),
+                    cmd: Some(vec!["/never-started".into()]),
+                    labels: Some(HashMap::from([(
+                        HELPER_LABEL.to_string(),
+                        volume.to_string(),
+                    )])),
+                    network_disabled: Some(true),
+                    host_config: Some(HostConfig {
+                        network_mode: Some("none".into()),
+                        mounts: Some(vec![Mount {
+                            target: Some(HELPER_MOUNT.into()),
+                            source: Some(volume.to_string()),
+                            typ: Some(MountType::VOLUME),
+                            ..Default::default()
+                        }]),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(engine)?;
+        Ok(Helper {
+            docker: self.docker.clone(),
+            id: created.id,
+        })
+    }
+
+    /// Workspace `name`'s data as a tar archive (entries under `ws/`).
+    pub(super) async fn send(&self, name: &str) -> Result<OutputChunks, RuntimeError> {
+        let volume = self.volume(name);
+        match self.docker.inspect_volume(&volume).await {
+            Ok(_) => {}
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(RuntimeError::NotFound(format!("workspace {name}"))),
+            Err(e) => return Err(engine(e)),
+        }
+        let helper = self.helper(&volume, "send").await?;
+        let archive = self.docker.download_from_container(
+            &helper.id,
+            Some(DownloadFromContainerOptions {
+                path: HELPER_MOUNT.into(),
+            }),
+        );
+        tracing::info!(workspace = name, volume, "sending workspace");
+        // The helper lives as long as the stream: dropped (ended or
+        // cancelled), it is removed.
+        Ok(archive
+            .map(move |part| {
+                let _ = &helper;
+                part.map(|b| (pb::OutputStream::Stdout, b.to_vec()))
+                    .map_err(engine)
+            })
+            .boxed())
+    }
+
+    /// Makes workspace `w`'s volume here and unpacks `data` (an archive
+    /// from [`Workspaces::send`]) into it. A volume of the same name left
+    /// from an earlier copy is replaced; on failure the new one is deleted.
+    pub(super) async fn receive(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: WorkspaceData,
+    ) -> Result<(), RuntimeError> {
+        let volume = self.volume(&w.name);
+        match self.remove(&w.name).await {
+            Ok(()) => {
+                tracing::warn!(workspace = %w.name, volume, "replaced a leftover volume of this workspace")
+            }
+            Err(RuntimeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let attach = pb::WorkspaceAttach {
+            must_exist: false,
+            ..w.clone()
+        };
+        self.ensure(&attach).await?;
+        let copied = async {
+            let helper = self.helper(&volume, "receive").await?;
+            self.docker
+                .upload_to_container(
+                    &helper.id,
+                    Some(UploadToContainerOptions {
+                        path: "/".into(),
+                        copy_uidgid: Some("true".into()),
+                        ..Default::default()
+                    }),
+                    bollard::body_try_stream(data.map(|r| r.map(Bytes::from))),
+                )
+                .await
+                .map_err(engine)
+        }
+        .await;
+        if let Err(e) = copied {
+            if let Err(r) = self.remove(&w.name).await {
+                tracing::warn!(error = %r, volume, "deleting the volume of a failed copy");
+            }
+            return Err(e);
+        }
+        tracing::info!(workspace = %w.name, volume, "workspace received");
+        Ok(())
+    }
+
     async fn size(&self, volume: &str, mountpoint: PathBuf) -> i64 {
         if let Some((at, size)) = self.sizes.lock().expect("poisoned").get(volume)
             && at.elapsed() < self.measure_every
@@ -198,6 +374,31 @@ impl Workspaces {
             .expect("poisoned")
             .insert(volume.to_string(), (Instant::now(), size));
         size
+    }
+}
+
+/// A helper container, removed when dropped.
+#[derive(Debug)]
+struct Helper {
+    docker: Docker,
+    id: String,
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        // Owned by the runtime; ends with the removal.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let options = RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                };
+                if let Err(e) = docker.remove_container(&id, Some(options)).await {
+                    tracing::warn!(error = %e, id, "removing a workspace helper container");
+                }
+            });
+        }
     }
 }
 
