@@ -187,6 +187,9 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Tunnel(tunnel)),
             }) => self.open_tunnel(tunnel).await,
+            Ok(pb::AgentCommand {
+                command: Some(Command::Pull(pull)),
+            }) => self.open_pull(pull),
             other => self.execute_one(other).await.into(),
         }
     }
@@ -220,6 +223,43 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 tunnel: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
+        }
+    }
+
+    /// Starts a pull (see [`crate::registry`]). Takes no container lock:
+    /// the container does not exist yet. The credentials go to the runtime
+    /// for this pull only; they are not logged.
+    fn open_pull(&self, mut cmd: pb::PullCommand) -> Handled {
+        let Some(setup) = cmd.stream.take() else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "pull: no stream setup".into(),
+            )
+            .into();
+        };
+        let policy = match cmd.policy() {
+            pb::PullPolicy::Never => {
+                return error_reply(
+                    pb::AgentErrorCode::BadCommand,
+                    "pull: policy NEVER pulls nothing".into(),
+                )
+                .into();
+            }
+            pb::PullPolicy::Unspecified => pb::PullPolicy::Missing,
+            p => p,
+        };
+        tracing::info!(id = %cmd.id, image = %cmd.image, ?policy, credentials = cmd.auth.is_some(), "pull");
+        let progress = self.runtime.pull(&cmd.image, policy, cmd.auth);
+        Handled {
+            reply: pb::AgentReply {
+                result: Some(Reply::Opened(pb::StreamOpened {})),
+            },
+            stream: Some(OpenedStream {
+                setup,
+                chunks: crate::registry::pull_chunks(progress),
+                exec: None,
+            }),
+            tunnel: None,
         }
     }
 
@@ -436,6 +476,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Exec(c) => Some(c.id.clone()),
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
+        Command::Pull(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -472,11 +513,14 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
         }),
-        // Routed to open_logs/open_exec/open_tunnel before it gets here.
-        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {
-            code: pb::AgentErrorCode::BadCommand as i32,
-            message: "streams are opened elsewhere".into(),
-        }),
+        // Routed to open_logs/open_exec/open_tunnel/open_pull before it
+        // gets here.
+        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) | Command::Pull(_) => {
+            Reply::Error(pb::AgentError {
+                code: pb::AgentErrorCode::BadCommand as i32,
+                message: "streams are opened elsewhere".into(),
+            })
+        }
     })
 }
 

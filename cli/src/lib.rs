@@ -105,6 +105,8 @@ pub enum Command {
     Tokens(commands::tokens::Args),
     /// The audit log: mutating and refused calls (admin only).
     Audit(commands::audit::Args),
+    /// Registry credentials the agents pull images with (admin only).
+    Registries(commands::registries::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -61,6 +61,8 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.TokenService/RevokeToken",
     "/devctl.v1.EnrollService/Join",
     "/devctl.v1.EnrollService/RenewCertificate",
+    "/devctl.v1.RegistryService/AddRegistry",
+    "/devctl.v1.RegistryService/RemoveRegistry",
 ];
 
 /// The identity recorded for a call that carried no usable one.

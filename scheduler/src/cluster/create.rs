@@ -151,6 +151,12 @@ impl Cluster {
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.status().node, image = %record.spec().image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
+        // The image first (ContainerSpec.pull_policy): a failed pull
+        // created nothing on the node.
+        if let Err(e) = self.pull_image(&record).await {
+            self.forget_record(&record).await?;
+            return Err(e);
+        }
 
         let command = Command::Create(create_command(&record));
         match self.send_raw(&record.status().node, command, 0).await {

@@ -40,6 +40,7 @@ pub(crate) enum Kind {
     Exec,
     Inspect,
     Tunnel,
+    Pull,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
+            Command::Pull(_) => Kind::Pull,
         }
     }
 }
@@ -71,6 +73,7 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
+        Command::Pull(c) => vec![&c.id],
         Command::Inventory(_) => vec![],
     }
 }
@@ -127,6 +130,9 @@ struct Inner {
     inventories: HashMap<String, Vec<pb::EngineContainer>>,
     events: Vec<pb::Event>,
     tunnels: Vec<FakeAgentEnd>,
+    // What the next pull the script lets open reports (empty: the image
+    // is present).
+    pull_progress: Vec<pb::PullProgress>,
 }
 
 #[derive(Debug)]
@@ -160,6 +166,12 @@ impl FakeLink {
         });
     }
 
+    /// What the next pull that opens reports, in order (the last one
+    /// should be `done`).
+    pub(crate) fn pull_reports(&self, progress: Vec<pb::PullProgress>) {
+        self.inner().pull_progress = progress;
+    }
+
     /// What `node`'s engine has (served to inventory commands).
     pub(crate) fn set_inventory(&self, node: &str, containers: Vec<pb::EngineContainer>) {
         self.inner().inventories.insert(node.into(), containers);
@@ -174,12 +186,27 @@ impl FakeLink {
             .unwrap_or_default()
     }
 
-    /// The kinds of the commands received so far, in order.
+    /// The kinds of the commands received so far, in order, but pulls
+    /// (every create pulls first unless its policy is NEVER; see
+    /// [`FakeLink::pulls`]).
     pub(crate) fn kinds(&self) -> Vec<Kind> {
         self.inner()
             .commands
             .iter()
             .map(|(_, c)| Kind::of(c))
+            .filter(|k| *k != Kind::Pull)
+            .collect()
+    }
+
+    /// The pull commands received so far, in order.
+    pub(crate) fn pulls(&self) -> Vec<pb::PullCommand> {
+        self.inner()
+            .commands
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Command::Pull(p) => Some(p.clone()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -211,6 +238,8 @@ impl FakeLink {
         });
         let answer = match wanted {
             Some(i) => inner.script.remove(i).answer,
+            // Unscripted pulls find the image present (see `open_pull`).
+            None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened {})),
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
                 Answer::Reply(Reply::Inventory(pb::Inventory { containers }))
@@ -505,6 +534,33 @@ impl AgentLink for FakeLink {
         })
     }
 
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>> {
+        Box::pin(async move {
+            match self.receive(node, Command::Pull(command), timeout) {
+                Ok(Reply::Opened(_)) => {
+                    let progress = std::mem::take(&mut self.inner().pull_progress);
+                    let progress = if progress.is_empty() {
+                        vec![pb::PullProgress {
+                            status: "present".into(),
+                            done: true,
+                            ..Default::default()
+                        }]
+                    } else {
+                        progress
+                    };
+                    Ok(Box::new(FakePull(progress.into())) as Box<dyn super::registry::PullSource>)
+                }
+                Ok(other) => Err(Ok(other)),
+                Err(e) => Err(Err(e)),
+            }
+        })
+    }
+
     fn publish_event<'a>(
         &'a self,
         _subject: String,
@@ -607,5 +663,19 @@ pub(crate) fn spec(name: &str) -> pb::Container {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A pull's scripted progress.
+#[derive(Debug)]
+struct FakePull(std::collections::VecDeque<pb::PullProgress>);
+
+impl super::registry::PullSource for FakePull {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<pb::PullProgress, BusError>>> {
+        Box::pin(async move { self.0.pop_front().map(Ok) })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
     }
 }

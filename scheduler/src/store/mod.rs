@@ -15,6 +15,7 @@
 //! - `create_requests`: client request id → container id
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
+//! - `registries`: see [`registry`] (passwords encrypted at rest)
 //! - `meta`: the change feed's epoch (see [`crate::feed`])
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
@@ -30,11 +31,13 @@ mod feed_tests;
 mod identities;
 mod index;
 mod legacy;
+mod registry;
 
 pub use error::StoreError;
 
 pub use access::StoredToken;
 pub use identities::{Claim, IdentityKind, JoinOutcome};
+pub use registry::{StoredRegistry, VaultError};
 
 use devctl_proto::container::ContainerExt;
 use std::{
@@ -90,6 +93,7 @@ struct Inner {
     write_order: Mutex<()>,
     index: RwLock<Index>,
     feed: Feed,
+    registry_key: registry::KeySlot,
 }
 
 /// What a write changed, applied once it has committed: the index entries
@@ -183,6 +187,7 @@ impl Store {
         txn.open_table(access::JOIN_TOKENS_USED)?;
         txn.open_table(access::API_TOKENS)?;
         txn.open_table(identities::IDENTITIES)?;
+        txn.open_table(registry::REGISTRIES)?;
         let epoch = {
             let mut meta = txn.open_table(META)?;
             let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
@@ -208,6 +213,7 @@ impl Store {
                 write_order: Mutex::new(()),
                 index: RwLock::new(index),
                 feed,
+                registry_key: registry::KeySlot::beside(path),
             }),
         };
         store.inner.feed.seed_nodes(store.nodes()?);
