@@ -14,6 +14,7 @@
 //! - [`certs`]: data directories and certificates made by the real binaries.
 //! - [`cluster`]: [`TestCluster`] (nats-server, scheduler, agents) and the CLI.
 //! - [`engine`]: what the Docker engine holds (inspect, remove by label).
+//! - [`registry`]: [`TestRegistry`], a real image registry with htpasswd.
 //! - [`ssh`]: [`SshUser`], a person using `devctl` and OpenSSH's `ssh`.
 
 pub mod certs;
@@ -21,6 +22,7 @@ pub mod cluster;
 pub mod engine;
 pub mod nats;
 pub mod proc;
+pub mod registry;
 pub mod ssh;
 
 pub use certs::*;
@@ -28,6 +30,7 @@ pub use cluster::*;
 pub use engine::*;
 pub use nats::*;
 pub use proc::*;
+pub use registry::*;
 pub use ssh::*;
 
 use std::{
