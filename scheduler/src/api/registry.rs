@@ -6,9 +6,12 @@
 use std::time::SystemTime;
 
 use devctl_proto::pb::{self, registry_service_server::RegistryService};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use super::auth::{caller, must_be_admin};
+use super::{
+    auth::{caller, must_be_admin},
+    status::refusal,
+};
 use crate::store::{Store, VaultError};
 
 /// The most a password or token may be (registry tokens are JWTs of a few
@@ -30,14 +33,21 @@ impl RegistryApi {
 
 fn vault_status(e: VaultError) -> Status {
     tracing::error!(error = %e, "registry credentials");
-    match e {
-        VaultError::Unreadable(_) => Status::failed_precondition(e.to_string()),
-        other => Status::internal(other.to_string()),
-    }
+    refusal(Code::Internal, e.to_string(), "INTERNAL", &[])
+}
+
+/// A malformed request field: INVALID_ARGUMENT naming it.
+fn invalid(field: &str, message: String) -> Status {
+    refusal(
+        Code::InvalidArgument,
+        message,
+        "INVALID_ARGUMENT",
+        &[("field", field.to_string())],
+    )
 }
 
 fn host_of(field: &str, host: &str) -> Result<String, Status> {
-    devctl_proto::registry::normalize_host(field, host).map_err(Status::invalid_argument)
+    devctl_proto::registry::normalize_host(field, host).map_err(|m| invalid(field, m))
 }
 
 #[tonic::async_trait]
@@ -55,18 +65,21 @@ impl RegistryService for RegistryApi {
             || r.username.len() > 256
             || r.username.chars().any(char::is_control)
         {
-            return Err(Status::invalid_argument(
-                "username: required, at most 256 characters, no control characters (--username USER)",
+            return Err(invalid(
+                "username",
+                "username: required, at most 256 characters, no control characters (--username USER)".into(),
             ));
         }
         if r.password.is_empty() {
-            return Err(Status::invalid_argument(
-                "password: required; pipe it in with --password-stdin",
+            return Err(invalid(
+                "password",
+                "password: required; pipe it in with --password-stdin".into(),
             ));
         }
         if r.password.len() > MAX_PASSWORD {
-            return Err(Status::invalid_argument(
-                "password: longer than 16 KiB; give the registry's password or access token",
+            return Err(invalid(
+                "password",
+                "password: longer than 16 KiB; give the registry's password or access token".into(),
             ));
         }
         let now = SystemTime::now();
@@ -117,9 +130,14 @@ impl RegistryService for RegistryApi {
                 tracing::info!(registry = %host, by = %me, "registry credentials removed");
                 Ok(Response::new(r))
             }
-            None => Err(Status::not_found(format!(
-                "host: no credentials are stored for registry {host:?}; `devctl registries ls` lists them"
-            ))),
+            None => Err(refusal(
+                Code::NotFound,
+                format!(
+                    "host: no credentials are stored for registry {host:?}; `devctl registries ls` lists them"
+                ),
+                "NOT_FOUND",
+                &[("resourceType", "registry".into()), ("name", host)],
+            )),
         }
     }
 }

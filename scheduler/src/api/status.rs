@@ -357,6 +357,22 @@ mod tests {
                 "TUNNEL_REFUSED",
             ),
             (
+                ErrorKind::RegistryAuthFailed {
+                    node: node(),
+                    host: node(),
+                },
+                Code::FailedPrecondition,
+                "REGISTRY_AUTH_FAILED",
+            ),
+            (
+                ErrorKind::RegistryUnreachable {
+                    node: node(),
+                    host: node(),
+                },
+                Code::Unavailable,
+                "REGISTRY_UNREACHABLE",
+            ),
+            (
                 ErrorKind::HistoryUnavailable,
                 Code::Unavailable,
                 "HISTORY_UNAVAILABLE",
