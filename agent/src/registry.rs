@@ -19,6 +19,9 @@ pub const REPEAT: Duration = Duration::from_secs(3);
 const COALESCE: Duration = Duration::from_millis(300);
 
 enum State {
+    /// The first progress goes out at once (the reader learns the pull
+    /// started); later ones are merged.
+    Starting(PullProgress),
     Pulling(PullProgress, pb::PullProgress),
     Done,
 }
@@ -31,54 +34,62 @@ fn chunk(
 
 /// The pull's stream from the runtime's progress.
 pub fn pull_chunks(progress: PullProgress) -> OutputChunks {
-    futures::stream::unfold(
-        State::Pulling(progress, pb::PullProgress::default()),
-        |state| async move {
-            let State::Pulling(mut progress, mut last) = state else {
-                return None;
-            };
-            let first = match tokio::time::timeout(REPEAT, progress.next()).await {
-                // The engine is silent: say the pull goes on.
-                Err(_) => return Some((chunk(&last), State::Pulling(progress, last))),
-                Ok(item) => item,
-            };
-            let mut item = first;
-            loop {
-                match item {
-                    Some(Ok(p)) => {
-                        last = p;
-                        // Merge what follows closely.
-                        match tokio::time::timeout(COALESCE, progress.next()).await {
-                            Err(_) => {
-                                return Some((chunk(&last), State::Pulling(progress, last)));
-                            }
-                            Ok(next) => item = next,
+    futures::stream::unfold(State::Starting(progress), |state| async move {
+        let (mut progress, mut last) = match state {
+            State::Starting(mut progress) => match progress.next().await {
+                Some(Ok(first)) if first.status != "present" => {
+                    return Some((chunk(&first), State::Pulling(progress, first)));
+                }
+                // Present, failed or over: the end follows at once.
+                item => {
+                    let rest = futures::stream::iter(item).chain(progress).boxed();
+                    (rest, pb::PullProgress::default())
+                }
+            },
+            State::Pulling(progress, last) => (progress, last),
+            State::Done => return None,
+        };
+        let first = match tokio::time::timeout(REPEAT, progress.next()).await {
+            // The engine is silent: say the pull goes on.
+            Err(_) => return Some((chunk(&last), State::Pulling(progress, last))),
+            Ok(item) => item,
+        };
+        let mut item = first;
+        loop {
+            match item {
+                Some(Ok(p)) => {
+                    last = p;
+                    // Merge what follows closely.
+                    match tokio::time::timeout(COALESCE, progress.next()).await {
+                        Err(_) => {
+                            return Some((chunk(&last), State::Pulling(progress, last)));
                         }
-                    }
-                    Some(Err(e)) => {
-                        let done = pb::PullProgress {
-                            done: true,
-                            error: Some(pb::AgentError {
-                                code: e.code() as i32,
-                                message: e.to_string(),
-                            }),
-                            ..last
-                        };
-                        return Some((chunk(&done), State::Done));
-                    }
-                    None => {
-                        let pulled = last.status != "present";
-                        let done = pb::PullProgress {
-                            done: true,
-                            pulled,
-                            ..last
-                        };
-                        return Some((chunk(&done), State::Done));
+                        Ok(next) => item = next,
                     }
                 }
+                Some(Err(e)) => {
+                    let done = pb::PullProgress {
+                        done: true,
+                        error: Some(pb::AgentError {
+                            code: e.code() as i32,
+                            message: e.to_string(),
+                        }),
+                        ..last
+                    };
+                    return Some((chunk(&done), State::Done));
+                }
+                None => {
+                    let pulled = last.status != "present";
+                    let done = pb::PullProgress {
+                        done: true,
+                        pulled,
+                        ..last
+                    };
+                    return Some((chunk(&done), State::Done));
+                }
             }
-        },
-    )
+        }
+    })
     .boxed()
 }
 

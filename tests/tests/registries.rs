@@ -142,8 +142,9 @@ fn pulls_from_a_private_registry_with_stored_credentials() {
     assert!(made.stdout.contains("running"), "{}", made.stdout);
     assert!(
         made.stderr.contains(&format!("pulled image {image}")),
-        "no pull progress shown: {}",
-        made.stderr
+        "no pull progress shown: {} events {:?}",
+        made.stderr,
+        c.events(&["--container", "blob"])
     );
     assert!(engine_has_image(&image));
     let after_first = reg.manifest_requests("dev/busybox");
@@ -155,6 +156,64 @@ fn pulls_from_a_private_registry_with_stored_credentials() {
             .any(|e| e["type"] == "EVENT_TYPE_IMAGE_PULLED"),
         "{events:?}"
     );
+
+    // An image whose layers the engine lacks: its download is shown as
+    // it goes, by the CLI and in the events.
+    let blob_tag = format!("devctl-test/blob-{tag}:1");
+    let ctx = c.scratch().join("blob");
+    std::fs::create_dir_all(&ctx).unwrap();
+    // Incompressible bytes of this run's own (xorshift), so no layer of
+    // it is on the engine already.
+    let mut x = u64::from_str_radix(tag, 16).unwrap() | 1;
+    let blob: Vec<u8> = (0..(16 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(ctx.join("blob"), &blob).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY blob /blob\n"),
+    )
+    .unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &blob_tag])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let blob_image = reg.push(&blob_tag, &format!("dev/blob:{tag}")).unwrap();
+    reg.untag(&blob_tag).unwrap();
+    assert!(!engine_has_image(&blob_image));
+    let made = c.devctl(&["create", "blob", "--image", &blob_image]).ok();
+    stderr.push_str(&made.stderr);
+    assert!(
+        made.stderr.contains(&format!("pulling image {blob_image}")),
+        "no pull progress shown: {} events {:?}",
+        made.stderr,
+        c.events(&["--container", "blob"])
+    );
+    assert!(
+        made.stderr
+            .contains(&format!("pulled image {blob_image} (16.")),
+        "the pull's size is not the layer's: {}",
+        made.stderr
+    );
+    let events = c.events(&["--container", "blob"]);
+    let pulling = events
+        .iter()
+        .filter(|e| e["type"] == "EVENT_TYPE_IMAGE_PULLING")
+        .count();
+    assert!(pulling >= 1, "{events:?}");
+    c.devctl(&["rm", "--force", "blob"]).ok();
+    reg.untag(&blob_image).unwrap();
 
     // Present, --pull missing: not pulled again.
     c.devctl(&["create", "web2", "--image", &image]).ok();
