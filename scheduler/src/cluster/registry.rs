@@ -102,6 +102,15 @@ impl Cluster {
         let timeout = self.shared.settings.command_timeout;
         let mut source = match self.shared.link.open_pull(&node, command, timeout).await {
             Ok(s) => s,
+            Err(Ok(Reply::Error(e))) if e.code == pb::AgentErrorCode::BadCommand as i32 => {
+                return Err(Error::new(
+                    super::error::ErrorKind::AgentTooOld { node: node.clone() },
+                    format!(
+                        "the agent of node {node:?} did not take the pull command ({}); an agent older than the scheduler cannot pull: upgrade it, or create with --pull never",
+                        e.message
+                    ),
+                ));
+            }
             Err(Ok(reply)) => return Err(agent_error(reply, c)),
             Err(Err(e)) => return Err(e.into()),
         };

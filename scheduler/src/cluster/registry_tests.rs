@@ -152,3 +152,24 @@ async fn policy_never_pulls_nothing() {
     assert!(f.link.pulls().is_empty());
     assert_eq!(f.link.kinds(), [Kind::Create]);
 }
+
+#[tokio::test]
+async fn an_agent_that_cannot_pull_is_said_to_be_too_old() {
+    let f = fake_link::cluster();
+    f.link.answer(
+        Kind::Pull,
+        Answer::Reply(refusal(AgentErrorCode::BadCommand, "no command")),
+    );
+    let e = f
+        .cluster
+        .create(
+            private("web", pb::PullPolicy::Missing),
+            "alice",
+            CreateOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::AgentTooOld { .. }), "{e:?}");
+    assert!(e.to_string().contains("--pull never"), "{e}");
+    assert!(f.cluster.store().container("web").unwrap().is_none());
+}
