@@ -133,6 +133,8 @@ struct Inner {
     // What the next pull the script lets open reports (empty: the image
     // is present).
     pull_progress: Vec<pb::PullProgress>,
+    // How long the agent takes for each of those reports.
+    pull_pace: Duration,
 }
 
 #[derive(Debug)]
@@ -170,6 +172,11 @@ impl FakeLink {
     /// should be `done`).
     pub(crate) fn pull_reports(&self, progress: Vec<pb::PullProgress>) {
         self.inner().pull_progress = progress;
+    }
+
+    /// Each report of a pull comes this long after the one before.
+    pub(crate) fn pull_pace(&self, pace: Duration) {
+        self.inner().pull_pace = pace;
     }
 
     /// What `node`'s engine has (served to inventory commands).
@@ -544,6 +551,7 @@ impl AgentLink for FakeLink {
             match self.receive(node, Command::Pull(command), timeout) {
                 Ok(Reply::Opened(_)) => {
                     let progress = std::mem::take(&mut self.inner().pull_progress);
+                    let pace = self.inner().pull_pace;
                     let progress = if progress.is_empty() {
                         vec![pb::PullProgress {
                             status: "present".into(),
@@ -553,7 +561,8 @@ impl AgentLink for FakeLink {
                     } else {
                         progress
                     };
-                    Ok(Box::new(FakePull(progress.into())) as Box<dyn super::registry::PullSource>)
+                    Ok(Box::new(FakePull(progress.into(), pace))
+                        as Box<dyn super::registry::PullSource>)
                 }
                 Ok(other) => Err(Ok(other)),
                 Err(e) => Err(Err(e)),
@@ -668,11 +677,14 @@ pub(crate) fn spec(name: &str) -> pb::Container {
 
 /// A pull's scripted progress.
 #[derive(Debug)]
-struct FakePull(std::collections::VecDeque<pb::PullProgress>);
+struct FakePull(std::collections::VecDeque<pb::PullProgress>, Duration);
 
 impl super::registry::PullSource for FakePull {
     fn next(&mut self) -> BoxFuture<'_, Option<Result<pb::PullProgress, BusError>>> {
-        Box::pin(async move { self.0.pop_front().map(Ok) })
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            self.0.pop_front().map(Ok)
+        })
     }
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {

@@ -173,3 +173,56 @@ async fn an_agent_that_cannot_pull_is_said_to_be_too_old() {
     assert!(e.to_string().contains("--pull never"), "{e}");
     assert!(f.cluster.store().container("web").unwrap().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_longer_than_the_command_deadline_goes_on_while_it_reports() {
+    let f = fake_link::cluster();
+    let deadline = f.cluster.shared.settings.command_timeout;
+    // Five reports 20 s apart: 100 s, beyond the command deadline, each
+    // within the silence limit.
+    f.link.pull_pace(std::time::Duration::from_secs(20));
+    f.link.pull_reports(vec![
+        progress(10, false),
+        progress(30, false),
+        progress(60, false),
+        progress(90, false),
+        progress(100, true),
+    ]);
+    f.link.answer(
+        Kind::Create,
+        Answer::Reply(status(ContainerState::Running, None)),
+    );
+    let started = tokio::time::Instant::now();
+    f.cluster
+        .create(
+            private("web", pb::PullPolicy::Always),
+            "alice",
+            CreateOptions::default(),
+        )
+        .await
+        .expect("created after a long pull");
+    assert!(started.elapsed() > deadline * 3, "{:?}", started.elapsed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pull_that_falls_silent_fails_and_leaves_no_record() {
+    let f = fake_link::cluster();
+    f.link.pull_pace(super::registry::PULL_SILENCE * 2);
+    f.link.pull_reports(vec![progress(100, true)]);
+    let e = f
+        .cluster
+        .create(
+            private("web", pb::PullPolicy::Always),
+            "alice",
+            CreateOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::AgentUnreachable { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("stopped reporting progress"), "{e}");
+    assert!(f.cluster.store().container("web").unwrap().is_none());
+    assert!(f.link.kinds().is_empty());
+}
