@@ -197,6 +197,9 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::ReceiveWorkspace(receive)),
             }) => accept_receive(receive),
+            Ok(pb::AgentCommand {
+                command: Some(Command::Pull(pull)),
+            }) => self.open_pull(pull),
             other => self.execute_one(other).await.into(),
         }
     }
@@ -277,6 +280,44 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         self.limit
             .run(self.runtime.receive_workspace(w, data))
             .await
+    }
+
+    /// Starts a pull (see [`crate::registry`]). Takes no container lock:
+    /// the container does not exist yet. The credentials go to the runtime
+    /// for this pull only; they are not logged.
+    fn open_pull(&self, mut cmd: pb::PullCommand) -> Handled {
+        let Some(setup) = cmd.stream.take() else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "pull: no stream setup".into(),
+            )
+            .into();
+        };
+        let policy = match cmd.policy() {
+            pb::PullPolicy::Never => {
+                return error_reply(
+                    pb::AgentErrorCode::BadCommand,
+                    "pull: policy NEVER pulls nothing".into(),
+                )
+                .into();
+            }
+            pb::PullPolicy::Unspecified => pb::PullPolicy::Missing,
+            p => p,
+        };
+        tracing::info!(id = %cmd.id, image = %cmd.image, ?policy, credentials = cmd.auth.is_some(), "pull");
+        let progress = self.runtime.pull(&cmd.image, policy, cmd.auth);
+        Handled {
+            reply: pb::AgentReply {
+                result: Some(Reply::Opened(pb::StreamOpened {})),
+            },
+            stream: Some(OpenedStream {
+                setup,
+                chunks: crate::registry::pull_chunks(progress),
+                exec: None,
+            }),
+            tunnel: None,
+            receive: None,
+        }
     }
 
     /// Starts a command in a container. Takes no container lock.
@@ -525,6 +566,7 @@ fn container_id(cmd: &Command) -> Option<String> {
                 .map(|w| w.name.as_str())
                 .unwrap_or_default()
         )),
+        Command::Pull(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
     }
 }
@@ -580,11 +622,14 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
             code: pb::AgentErrorCode::BadCommand as i32,
             message: "streams are opened elsewhere".into(),
         }),
-        // Routed to open_logs/open_exec/open_tunnel before it gets here.
-        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {
-            code: pb::AgentErrorCode::BadCommand as i32,
-            message: "streams are opened elsewhere".into(),
-        }),
+        // Routed to open_logs/open_exec/open_tunnel/open_pull before it
+        // gets here.
+        Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) | Command::Pull(_) => {
+            Reply::Error(pb::AgentError {
+                code: pb::AgentErrorCode::BadCommand as i32,
+                message: "streams are opened elsewhere".into(),
+            })
+        }
     })
 }
 

@@ -33,6 +33,7 @@ pub mod host;
 pub mod join;
 pub mod limit;
 pub mod netns;
+pub mod registry;
 pub mod renew;
 pub mod runtime;
 pub mod ssh;

@@ -80,6 +80,8 @@ pub struct Client {
     pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
     /// WorkspaceService.
     pub workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient<Svc>,
+    /// RegistryService (registry credentials).
+    pub registries: devctl_proto::pb::registry_service_client::RegistryServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -207,8 +209,9 @@ impl Client {
             ssh: devctl_proto::pb::ssh_service_client::SshServiceClient::new(svc.clone()),
             tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc.clone()),
             workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient::new(
-                svc,
+                svc.clone(),
             ),
+            registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(svc),
         })
     }
 }

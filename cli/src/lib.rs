@@ -109,6 +109,8 @@ pub enum Command {
     /// move).
     #[command(visible_alias = "ws")]
     Workspaces(commands::workspaces::Args),
+    /// Registry credentials the agents pull images with (admin only).
+    Registries(commands::registries::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

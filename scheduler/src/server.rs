@@ -16,6 +16,7 @@ use thiserror::Error;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
+use crate::api::registry::RegistryApi;
 use crate::{
     api::audit::AuditApi,
     audit::{AuditLayer, AuditWriter},
@@ -41,6 +42,7 @@ use crate::{
     tokens::ApiTokens,
 };
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
+use devctl_proto::pb::registry_service_server::RegistryServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
 use devctl_proto::pb::workspace_service_server::WorkspaceServiceServer;
 use devctl_proto::pb::{
@@ -166,6 +168,9 @@ pub async fn serve(
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    health
+        .set_serving::<RegistryServiceServer<RegistryApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -270,6 +275,10 @@ pub async fn serve(
         .add_service(authenticated!(
             AuditServiceServer,
             AuditApi::new(bus.clone(), streaming.clone())
+        ))
+        .add_service(authenticated!(
+            RegistryServiceServer,
+            RegistryApi::new(store.clone())
         ))
         .add_service(authenticated!(
             WatchServiceServer,

@@ -43,7 +43,7 @@ pub type StatsSamples =
 pub enum RuntimeError {
     /// The image is not present on this engine.
     #[error(
-        "image {image:?} is not present on node {node:?}; build or load it there first (devctl never pulls from a registry)"
+        "image {image:?} is not present on node {node:?}; create with --pull missing to pull it from its registry, or build or load it there"
     )]
     ImageNotFound {
         /// The image reference.
@@ -69,6 +69,15 @@ pub enum RuntimeError {
     /// A mount this agent does not allow.
     #[error("{0}")]
     MountRefused(String),
+    /// A pull: the registry refused the credentials (or wanted some).
+    #[error("{0}")]
+    RegistryAuth(String),
+    /// A pull: the registry could not be reached.
+    #[error("{0}")]
+    RegistryUnreachable(String),
+    /// A pull: the registry has no such image or tag.
+    #[error("{0}")]
+    NotInRegistry(String),
 }
 
 impl RuntimeError {
@@ -82,6 +91,9 @@ impl RuntimeError {
             RuntimeError::Engine(_) => pb::AgentErrorCode::Engine,
             RuntimeError::WorkspaceMissing(_) => pb::AgentErrorCode::WorkspaceMissing,
             RuntimeError::MountRefused(_) => pb::AgentErrorCode::MountRefused,
+            RuntimeError::RegistryAuth(_) => pb::AgentErrorCode::RegistryAuthFailed,
+            RuntimeError::RegistryUnreachable(_) => pb::AgentErrorCode::RegistryUnreachable,
+            RuntimeError::NotInRegistry(_) => pb::AgentErrorCode::ImageNotFound,
         }
     }
 }
@@ -225,7 +237,29 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         options: LogOptions,
     ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send;
+
+    /// Pulls `image` (with `auth`, if any) when `policy` asks for it
+    /// (ALWAYS; MISSING when the engine lacks it): its progress, each item
+    /// the whole pull so far (never `done`: the caller adds the end). A
+    /// runtime that cannot pull says so.
+    fn pull(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        auth: Option<pb::RegistryAuth>,
+    ) -> PullProgress {
+        let _ = (policy, auth);
+        let image = image.to_string();
+        Box::pin(futures::stream::once(async move {
+            Err(RuntimeError::Engine(format!(
+                "this runtime cannot pull images ({image})"
+            )))
+        }))
+    }
 }
+
+/// The progress of a pull (see [`ContainerRuntime::pull`]).
+pub type PullProgress = futures::stream::BoxStream<'static, Result<pb::PullProgress, RuntimeError>>;
 
 /// A running container's first process.
 #[derive(Debug, Clone, PartialEq, Eq)]

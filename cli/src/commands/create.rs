@@ -15,9 +15,14 @@ use devctl_proto::units;
 pub struct Args {
     /// Container name (lowercase letters, digits and '-').
     pub name: String,
-    /// Image; must be present on the node (nothing is pulled).
+    /// Image, e.g. devctl/busybox:latest or registry.example.com/team/dev:1.
     #[arg(long)]
     pub image: String,
+    /// When the node pulls the image from its registry (with the credentials
+    /// `devctl registries add` stored): missing (only when the node lacks
+    /// it), always (follow a moved tag), never (only nodes that have it).
+    #[arg(long, value_parser = ["missing", "always", "never"], default_value = "missing")]
+    pub pull: String,
     /// CPU limit: 0.5, 2 or 500m.
     #[arg(long)]
     pub cpus: Option<String>,
@@ -161,6 +166,11 @@ impl Args {
                     workspace: self.workspace.clone().unwrap_or_default(),
                     workspace_path: self.workspace_path.clone().unwrap_or_default(),
                     mounts: self.mounts.clone(),
+                    pull_policy: match self.pull.as_str() {
+                        "always" => pb::PullPolicy::Always,
+                        "never" => pb::PullPolicy::Never,
+                        _ => pb::PullPolicy::Missing,
+                    } as i32,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -183,11 +193,27 @@ pub async fn run(
     request: pb::CreateContainerRequest,
 ) -> Result<()> {
     let dry_run = request.dry_run;
-    let c = client
-        .containers
-        .create_container(request)
-        .await?
-        .into_inner();
+    let pulls = request
+        .container
+        .as_ref()
+        .is_some_and(|c| c.spec().pull_policy() != pb::PullPolicy::Never);
+    // While the create waits, show the pull's progress (the scheduler
+    // records it as events of the container); the watcher ends with the
+    // create.
+    let progress = (!dry_run && pulls).then(|| {
+        let name = request.container.as_ref().map(|c| c.name.clone());
+        tokio::spawn(super::registries::show_pull_progress(
+            client.events.clone(),
+            name.unwrap_or_default(),
+        ))
+    });
+    let created = client.containers.create_container(request).await;
+    if let Some(watcher) = progress {
+        watcher.abort();
+        let _ = watcher.await;
+        super::registries::end_progress_line();
+    }
+    let c = created?.into_inner();
     if dry_run && format == output::Format::Table {
         println!(
             "{} would run on node {} (dry run: nothing was created)",

@@ -14,6 +14,7 @@ pub mod ls;
 pub mod nodes;
 pub mod open;
 pub mod port_forward;
+pub mod registries;
 pub mod restart;
 pub mod rm;
 pub mod ssh;
@@ -76,6 +77,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match command {
         Command::Context(_) | Command::Login(_) => unreachable!("handled above"),
         Command::Tokens(args) => tokens::run(&mut client, o, args).await,
+        Command::Registries(args) => registries::run(&mut client, o, args).await,
         Command::Create(_) => create::run(&mut client, o, create.expect("built above")).await,
         Command::Ls(args) => ls::run(&mut client, o, args).await,
         Command::Get(args) => get::run(&mut client, o, args).await,

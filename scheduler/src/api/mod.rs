@@ -10,6 +10,7 @@ pub mod events;
 pub mod exec;
 pub mod logs;
 pub mod nodes;
+pub mod registry;
 pub mod ssh;
 pub mod stats;
 mod status;

@@ -96,6 +96,11 @@ impl From<Error> for Status {
                 put("retryAfterMs", &retry_after.as_millis().to_string());
                 details.set_retry_info(Some(*retry_after));
             }
+            ErrorKind::RegistryAuthFailed { node, host }
+            | ErrorKind::RegistryUnreachable { node, host } => {
+                put("node", node);
+                put("registry", host);
+            }
             ErrorKind::NoNodes | ErrorKind::HistoryUnavailable | ErrorKind::Internal => {}
             ErrorKind::WorkspaceInUse {
                 workspace,
@@ -159,6 +164,8 @@ fn code_and_reason(kind: &ErrorKind) -> (Code, &'static str) {
         ErrorKind::NoSshServer { .. } => (Code::Unavailable, "NO_SSH_SERVER"),
         ErrorKind::AgentTooOld { .. } => (Code::Unavailable, "AGENT_TOO_OLD"),
         ErrorKind::TunnelRefused { .. } => (Code::FailedPrecondition, "TUNNEL_REFUSED"),
+        ErrorKind::RegistryAuthFailed { .. } => (Code::FailedPrecondition, "REGISTRY_AUTH_FAILED"),
+        ErrorKind::RegistryUnreachable { .. } => (Code::Unavailable, "REGISTRY_UNREACHABLE"),
         ErrorKind::HistoryUnavailable => (Code::Unavailable, "HISTORY_UNAVAILABLE"),
         ErrorKind::Internal => (Code::Internal, "INTERNAL"),
         ErrorKind::WorkspaceInUse { .. } => (Code::FailedPrecondition, "WORKSPACE_IN_USE"),
@@ -375,6 +382,22 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "TUNNEL_REFUSED",
+            ),
+            (
+                ErrorKind::RegistryAuthFailed {
+                    node: node(),
+                    host: node(),
+                },
+                Code::FailedPrecondition,
+                "REGISTRY_AUTH_FAILED",
+            ),
+            (
+                ErrorKind::RegistryUnreachable {
+                    node: node(),
+                    host: node(),
+                },
+                Code::Unavailable,
+                "REGISTRY_UNREACHABLE",
             ),
             (
                 ErrorKind::HistoryUnavailable,

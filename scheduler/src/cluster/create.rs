@@ -169,6 +169,12 @@ impl Cluster {
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.status().node, image = %record.spec().image, owner, "creating container");
         let _intent = self.shared.intents.begin(&record.id, owner, Op::Create);
+        // The image first (ContainerSpec.pull_policy): a failed pull
+        // created nothing on the node.
+        if let Err(e) = self.pull_image(&record).await {
+            self.forget_record(&record).await?;
+            return Err(e);
+        }
 
         let mut command = create_command(&record);
         command.workspace = self.workspace_attach(&record)?;

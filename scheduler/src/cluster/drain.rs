@@ -162,6 +162,14 @@ impl Cluster {
             }
         };
         let _intent = self.shared.intents.begin(&c.id, actor, Op::Create);
+        // The image on the target first (its pull policy): a failed pull
+        // leaves the container where it is. (Under the placement lock, as
+        // the create below: a drain's pulls hold up other placements.)
+        {
+            let mut moved = c.clone();
+            moved.status_mut().node = target.clone();
+            self.pull_image(&moved).await?;
+        }
         if self.shared.nodes.is_ready(&c.status().node) {
             self.remove_from(&c.status().node, &c).await?;
         } else {

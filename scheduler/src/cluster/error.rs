@@ -127,6 +127,21 @@ pub enum ErrorKind {
         /// The container.
         name: String,
     },
+    /// The image's registry refused the pull's credentials (or wanted some
+    /// and none are stored): fixed with `devctl registries add HOST`.
+    RegistryAuthFailed {
+        /// The node that pulled.
+        node: String,
+        /// The registry host.
+        host: String,
+    },
+    /// The image's registry could not be reached from the node.
+    RegistryUnreachable {
+        /// The node that pulled.
+        node: String,
+        /// The registry host.
+        host: String,
+    },
     /// The event history could not be read or written.
     HistoryUnavailable,
     /// The workspace is used by a container (or being moved).
@@ -366,6 +381,20 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
             Error::new(ErrorKind::ImageNotFound { node }, e.message)
         }
         pb::AgentErrorCode::Conflict => Error::new(ErrorKind::EngineConflict { node }, e.message),
+        pb::AgentErrorCode::RegistryAuthFailed => Error::new(
+            ErrorKind::RegistryAuthFailed {
+                node,
+                host: devctl_proto::registry::registry_host(&c.spec().image),
+            },
+            e.message,
+        ),
+        pb::AgentErrorCode::RegistryUnreachable => Error::new(
+            ErrorKind::RegistryUnreachable {
+                node,
+                host: devctl_proto::registry::registry_host(&c.spec().image),
+            },
+            e.message,
+        ),
         pb::AgentErrorCode::ContainerNotFound => Error::new(
             ErrorKind::MissingOnNode {
                 node,

@@ -133,6 +133,14 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
             )))
         })
     }
+    /// Starts pull `command` on `node` (the link sets its stream): its
+    /// progress, once the agent has started it.
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>>;
 
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
@@ -215,6 +223,17 @@ impl AgentLink for Bus {
                 down: Box::new(down),
             })
         })
+    }
+
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>> {
+        Box::pin(super::registry::open_pull_on_bus(
+            self, node, command, timeout,
+        ))
     }
 
     fn publish_event<'a>(

@@ -48,6 +48,9 @@ mod link;
 mod nodes;
 mod observe;
 mod query;
+mod registry;
+#[cfg(test)]
+mod registry_tests;
 mod settings;
 mod spec;
 mod ssh;

@@ -15,6 +15,7 @@
 //! - `create_requests`: client request id → container id
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
+//! - `registries`: see [`registry`] (passwords encrypted at rest)
 //! - `meta`: the change feed's epoch (see [`crate::feed`])
 //! - `workspaces`: name → `Workspace` (see `workspaces.rs`)
 //!
@@ -34,11 +35,13 @@ mod legacy;
 mod workspaces;
 
 pub use workspaces::WorkspaceUsage;
+mod registry;
 
 pub use error::StoreError;
 
 pub use access::StoredToken;
 pub use identities::{Claim, IdentityKind, JoinOutcome};
+pub use registry::{StoredRegistry, VaultError};
 
 use devctl_proto::container::ContainerExt;
 use std::{
@@ -94,6 +97,7 @@ struct Inner {
     write_order: Mutex<()>,
     index: RwLock<Index>,
     feed: Feed,
+    registry_key: registry::KeySlot,
 }
 
 /// What a write changed, applied once it has committed: the index entries
@@ -190,6 +194,7 @@ impl Store {
         txn.open_table(access::API_TOKENS)?;
         txn.open_table(identities::IDENTITIES)?;
         txn.open_table(workspaces::WORKSPACES)?;
+        txn.open_table(registry::REGISTRIES)?;
         let epoch = {
             let mut meta = txn.open_table(META)?;
             let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
@@ -215,6 +220,7 @@ impl Store {
                 write_order: Mutex::new(()),
                 index: RwLock::new(index),
                 feed,
+                registry_key: registry::KeySlot::beside(path),
             }),
         };
         store.inner.feed.seed_nodes(store.nodes()?);

@@ -35,9 +35,10 @@ use bollard::{
 use devctl_proto::{labels, pb};
 use futures::StreamExt;
 
-use super::{ContainerRuntime, EngineInfo, RuntimeError};
+use super::{ContainerRuntime, EngineInfo, PullProgress, RuntimeError};
 
 mod networks;
+mod registry;
 mod workspaces;
 use networks::OwnerNetworks;
 use workspaces::Workspaces;
@@ -361,6 +362,15 @@ impl DockerRuntime {
 }
 
 impl ContainerRuntime for DockerRuntime {
+    fn pull(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        auth: Option<pb::RegistryAuth>,
+    ) -> PullProgress {
+        registry::pull(&self.docker, &self.node, image, policy, auth)
+    }
+
     async fn info(&self) -> Result<EngineInfo, RuntimeError> {
         let info = self.docker.info().await.map_err(engine)?;
         Ok(EngineInfo {
