@@ -114,3 +114,15 @@ need_openssh() {
     || die "apt-get could not install openssh-client and openssh-sftp-server"
   command -v ssh >/dev/null || die "openssh-client was installed but ssh is not on PATH"
 }
+
+# A real image registry for the pull tests (tests/src/registry.rs): Debian's
+# docker-registry (distribution) and htpasswd (apache2-utils).
+need_registry() {
+  command -v docker-registry >/dev/null && command -v htpasswd >/dev/null && return
+  command -v apt-get >/dev/null || die "the registry tests need docker-registry and htpasswd: install them with your package manager"
+  say "installing docker-registry and apache2-utils (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry apache2-utils >&2 2>/dev/null \
+    || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry apache2-utils >&2; } \
+    || die "apt-get could not install docker-registry and apache2-utils"
+  command -v docker-registry >/dev/null || die "docker-registry was installed but is not on PATH"
+}

@@ -2,7 +2,7 @@
 # Runs the whole test suite on this machine: installs what is missing
 # (nats-server, busybox-static for the test image, grpcio for the Python
 # client test, buf for the proto checks, OpenSSH's client for the SSH
-# tests), builds the test image, checks
+# tests, docker-registry and htpasswd for the registry tests), builds the test image, checks
 # formatting and lints (`cargo fmt --check`, `cargo clippy -D warnings`),
 # lints the proto files and checks them for breaking changes against every
 # stable version of devctl.v1 (deploy/proto-check.sh), then `cargo test
@@ -18,6 +18,7 @@ need_nats_server
 need_image
 need_python_grpc
 need_openssh
+need_registry
 cd "$root"
 # Main carries no unformatted code and no warnings.
 cargo fmt --all -- --check

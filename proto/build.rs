@@ -24,12 +24,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/audit.proto",
         "devctl/v1/watch.proto",
         "devctl/v1/ssh.proto",
+        "devctl/v1/workspace.proto",
+        "devctl/v1/registry.proto",
         "devctl/v1/template.proto",
     ];
     // Type names (`prost::Name`) let code find a message's descriptor, e.g.
     // to print it as canonical proto JSON (devctl_proto::json).
     let mut config = prost_build::Config::new();
     config.enable_type_names();
+    // Messages carrying a registry password: their Debug (see
+    // devctl_proto::registry) prints no password, so no `?field` in a log
+    // line can leak it.
+    config.skip_debug([".devctl.v1.RegistryAuth", ".devctl.v1.AddRegistryRequest"]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("devctl_descriptor.bin"))
         .compile_with_config(config, &protos, &["."])?;

@@ -82,6 +82,10 @@ pub struct Client {
     pub build: devctl_proto::pb::build_service_client::BuildServiceClient<Svc>,
     /// TemplateService.
     pub templates: devctl_proto::pb::template_service_client::TemplateServiceClient<Svc>,
+    /// WorkspaceService.
+    pub workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient<Svc>,
+    /// RegistryService (registry credentials).
+    pub registries: devctl_proto::pb::registry_service_client::RegistryServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -210,7 +214,13 @@ impl Client {
             tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc.clone()),
             build: devctl_proto::pb::build_service_client::BuildServiceClient::new(svc.clone())
                 .max_decoding_message_size(devctl_proto::validate::limits::MAX_MESSAGE_BYTES),
-            templates: devctl_proto::pb::template_service_client::TemplateServiceClient::new(svc),
+            templates: devctl_proto::pb::template_service_client::TemplateServiceClient::new(
+                svc.clone(),
+            ),
+            workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient::new(
+                svc.clone(),
+            ),
+            registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(svc),
         })
     }
 }

@@ -112,6 +112,12 @@ pub enum Command {
     Templates(commands::templates::Args),
     /// Images on the nodes: build.
     Images(commands::images_build::ImagesArgs),
+    /// Workspaces: the volumes containers keep their work in (ls, get, rm,
+    /// move).
+    #[command(visible_alias = "ws")]
+    Workspaces(commands::workspaces::Args),
+    /// Registry credentials the agents pull images with (admin only).
+    Registries(commands::registries::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

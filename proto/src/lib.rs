@@ -20,6 +20,7 @@
 //! - [`keyed`]: per-key async locks (one operation per container at a time).
 //! - [`ssh`]: the SSH CA, user and host certificates, and their checks.
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
+//! - [`registry`]: registry hosts of image references; no password in Debug.
 
 pub mod bus;
 pub mod container;
@@ -31,6 +32,7 @@ pub mod labels;
 pub mod pipe;
 pub mod pki;
 pub mod process;
+pub mod registry;
 pub mod ssh;
 pub mod units;
 pub mod validate;

@@ -16,6 +16,7 @@ use thiserror::Error;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Server, server::TcpIncoming};
 
+use crate::api::registry::RegistryApi;
 use crate::{
     api::audit::AuditApi,
     audit::{AuditLayer, AuditWriter},
@@ -42,8 +43,10 @@ use crate::{
 };
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
 use devctl_proto::pb::build_service_server::BuildServiceServer;
+use devctl_proto::pb::registry_service_server::RegistryServiceServer;
 use devctl_proto::pb::template_service_server::TemplateServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
+use devctl_proto::pb::workspace_service_server::WorkspaceServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
 };
@@ -171,6 +174,9 @@ pub async fn serve(
     health
         .set_serving::<TemplateServiceServer<crate::api::templates::TemplateApi>>()
         .await;
+    health
+        .set_serving::<RegistryServiceServer<RegistryApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -282,8 +288,16 @@ pub async fn serve(
             AuditApi::new(bus.clone(), streaming.clone())
         ))
         .add_service(authenticated!(
+            RegistryServiceServer,
+            RegistryApi::new(store.clone())
+        ))
+        .add_service(authenticated!(
             WatchServiceServer,
             WatchApi::new(store, streaming.clone())
+        ))
+        .add_service(authenticated!(
+            WorkspaceServiceServer,
+            crate::api::workspaces::WorkspaceApi::new(cluster.clone())
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.

@@ -14,20 +14,26 @@
 //! - [`certs`]: data directories and certificates made by the real binaries.
 //! - [`cluster`]: [`TestCluster`] (nats-server, scheduler, agents) and the CLI.
 //! - [`engine`]: what the Docker engine holds (inspect, remove by label).
+//! - [`engine2`]: [`SecondEngine`], a second real dockerd (a second host).
+//! - [`registry`]: [`TestRegistry`], a real image registry with htpasswd.
 //! - [`ssh`]: [`SshUser`], a person using `devctl` and OpenSSH's `ssh`.
 
 pub mod certs;
 pub mod cluster;
 pub mod engine;
+pub mod engine2;
 pub mod nats;
 pub mod proc;
+pub mod registry;
 pub mod ssh;
 
 pub use certs::*;
 pub use cluster::*;
 pub use engine::*;
+pub use engine2::*;
 pub use nats::*;
 pub use proc::*;
+pub use registry::*;
 pub use ssh::*;
 
 use std::{

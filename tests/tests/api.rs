@@ -122,6 +122,13 @@ async fn exercise(c: &TestCluster) {
     );
     let mut missing_image = spec("img");
     missing_image.container.as_mut().unwrap().spec_mut().image = "devctl/none:0".into();
+    // Not pulled (Docker Hub is out of reach here): the node lacks it.
+    missing_image
+        .container
+        .as_mut()
+        .unwrap()
+        .spec_mut()
+        .set_pull_policy(pb::PullPolicy::Never);
     assert_eq!(
         code(containers.create_container(missing_image).await),
         Code::FailedPrecondition

@@ -28,8 +28,28 @@ fn bad_input_is_refused_with_the_right_code_and_leaves_nothing() {
             &["InvalidArgument", "memory_bytes", "6 MiB"],
         ),
         (
-            &["create", "ok4", "--image", "devctl/no-such-image:1"],
-            &["FailedPrecondition", "not present on node", "registry"],
+            &[
+                "create",
+                "ok4",
+                "--image",
+                "devctl/no-such-image:1",
+                "--pull",
+                "never",
+            ],
+            &[
+                "FailedPrecondition",
+                "not present on node",
+                "--pull missing",
+            ],
+        ),
+        // Pulled when missing: Docker Hub is out of reach here.
+        (
+            &["create", "ok4b", "--image", "devctl/no-such-image:1"],
+            &["Unavailable", "could not reach registry docker.io"],
+        ),
+        (
+            &["create", "ok4c", "--image", IMAGE, "--pull", "sometimes"],
+            &["invalid value", "missing, always, never"],
         ),
         (
             &["create", "ok5", "--image", IMAGE, "--node", "no-such-node"],

@@ -43,7 +43,7 @@ pub type StatsSamples =
 pub enum RuntimeError {
     /// The image is not present on this engine.
     #[error(
-        "image {image:?} is not present on node {node:?}; build or load it there first (devctl never pulls from a registry)"
+        "image {image:?} is not present on node {node:?}; create with --pull missing to pull it from its registry, or build or load it there"
     )]
     ImageNotFound {
         /// The image reference.
@@ -63,6 +63,21 @@ pub enum RuntimeError {
     /// The engine failed or could not be reached.
     #[error("container engine: {0}")]
     Engine(String),
+    /// A workspace that must exist has no volume here.
+    #[error("{0}")]
+    WorkspaceMissing(String),
+    /// A mount this agent does not allow.
+    #[error("{0}")]
+    MountRefused(String),
+    /// A pull: the registry refused the credentials (or wanted some).
+    #[error("{0}")]
+    RegistryAuth(String),
+    /// A pull: the registry could not be reached.
+    #[error("{0}")]
+    RegistryUnreachable(String),
+    /// A pull: the registry has no such image or tag.
+    #[error("{0}")]
+    NotInRegistry(String),
 }
 
 impl RuntimeError {
@@ -74,6 +89,11 @@ impl RuntimeError {
             RuntimeError::Invalid(_) => pb::AgentErrorCode::Invalid,
             RuntimeError::Conflict(_) => pb::AgentErrorCode::Conflict,
             RuntimeError::Engine(_) => pb::AgentErrorCode::Engine,
+            RuntimeError::WorkspaceMissing(_) => pb::AgentErrorCode::WorkspaceMissing,
+            RuntimeError::MountRefused(_) => pb::AgentErrorCode::MountRefused,
+            RuntimeError::RegistryAuth(_) => pb::AgentErrorCode::RegistryAuthFailed,
+            RuntimeError::RegistryUnreachable(_) => pb::AgentErrorCode::RegistryUnreachable,
+            RuntimeError::NotInRegistry(_) => pb::AgentErrorCode::ImageNotFound,
         }
     }
 }
@@ -135,6 +155,47 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         force: bool,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
 
+    /// Deletes workspace `name`'s volume ([`RuntimeError::NotFound`]: it
+    /// has none).
+    fn remove_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Workspace `name`'s data as a tar archive.
+    fn send_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Makes workspace `w`'s volume and unpacks the archive `data` into it
+    /// (deleting it again on failure).
+    fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: WorkspaceData,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (w, data);
+        async {
+            Err(RuntimeError::Engine(
+                "this runtime keeps no workspaces".into(),
+            ))
+        }
+    }
+
+    /// Every devctl workspace volume of this node, with its size.
+    fn workspaces(
+        &self,
+    ) -> impl Future<Output = Result<Vec<pb::EngineWorkspace>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Every devctl container of this node.
     fn inventory(
         &self,
@@ -194,6 +255,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         let _ = tag;
         async { Ok(false) }
     }
+
+    /// Pulls `image` (with `auth`, if any) when `policy` asks for it
+    /// (ALWAYS; MISSING when the engine lacks it): its progress, each item
+    /// the whole pull so far (never `done`: the caller adds the end). A
+    /// runtime that cannot pull says so.
+    fn pull(
+        &self,
+        image: &str,
+        policy: pb::PullPolicy,
+        auth: Option<pb::RegistryAuth>,
+    ) -> PullProgress {
+        let _ = (policy, auth);
+        let image = image.to_string();
+        Box::pin(futures::stream::once(async move {
+            Err(RuntimeError::Engine(format!(
+                "this runtime cannot pull images ({image})"
+            )))
+        }))
+    }
 }
 
 /// One image build (see [`ContainerRuntime::build_image`]).
@@ -211,6 +291,9 @@ pub struct ImageBuild {
 
 /// A build's output, as the engine prints it.
 pub type BuildOutput = futures::stream::BoxStream<'static, Result<Vec<u8>, RuntimeError>>;
+
+/// The progress of a pull (see [`ContainerRuntime::pull`]).
+pub type PullProgress = futures::stream::BoxStream<'static, Result<pb::PullProgress, RuntimeError>>;
 
 /// A running container's first process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +318,9 @@ pub struct LogOptions {
     /// Prefix lines with the engine's timestamps.
     pub timestamps: bool,
 }
+
+/// A workspace archive arriving from the scheduler.
+pub type WorkspaceData = futures::stream::BoxStream<'static, Result<Vec<u8>, std::io::Error>>;
 
 /// A container's output: (which stream, bytes).
 pub type OutputChunks =

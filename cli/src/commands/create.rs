@@ -24,6 +24,11 @@ pub struct Args {
     /// post_create commands; flags given here override it.
     #[arg(long)]
     pub template: Option<String>,
+    /// When the node pulls the image from its registry (with the credentials
+    /// `devctl registries add` stored): missing (only when the node lacks
+    /// it), always (follow a moved tag), never (only nodes that have it).
+    #[arg(long, value_parser = ["missing", "always", "never"], default_value = "missing")]
+    pub pull: String,
     /// CPU limit: 0.5, 2 or 500m.
     #[arg(long)]
     pub cpus: Option<String>,
@@ -72,6 +77,19 @@ pub struct Args {
     /// Time after start during which failures do not count.
     #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
     pub health_start_period: Option<Duration>,
+    /// The workspace to mount (a volume kept on its node across stop,
+    /// start and rm): an existing one is attached (the container goes to its
+    /// node), a new one is made. Default: the container's name.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Where the workspace is mounted (default /workspace).
+    #[arg(long)]
+    pub workspace_path: Option<String>,
+    /// An extra mount, SOURCE:TARGET[:ro]: SOURCE a volume name, or an
+    /// absolute host path the node's agent allows (--allow-bind).
+    /// Repeatable.
+    #[arg(long = "mount", value_parser = super::workspaces::parse_mount)]
+    pub mounts: Vec<pb::Mount>,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -151,6 +169,14 @@ impl Args {
                             )?,
                         }),
                     },
+                    workspace: self.workspace.clone().unwrap_or_default(),
+                    workspace_path: self.workspace_path.clone().unwrap_or_default(),
+                    mounts: self.mounts.clone(),
+                    pull_policy: match self.pull.as_str() {
+                        "always" => pb::PullPolicy::Always,
+                        "never" => pb::PullPolicy::Never,
+                        _ => pb::PullPolicy::Missing,
+                    } as i32,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -174,11 +200,27 @@ pub async fn run(
     request: pb::CreateContainerRequest,
 ) -> Result<()> {
     let dry_run = request.dry_run;
-    let c = client
-        .containers
-        .create_container(request)
-        .await?
-        .into_inner();
+    let pulls = request
+        .container
+        .as_ref()
+        .is_some_and(|c| c.spec().pull_policy() != pb::PullPolicy::Never);
+    // While the create waits, show the pull's progress (the scheduler
+    // records it as events of the container); the watcher ends with the
+    // create.
+    let progress = (!dry_run && pulls).then(|| {
+        let name = request.container.as_ref().map(|c| c.name.clone());
+        tokio::spawn(super::registries::show_pull_progress(
+            client.events.clone(),
+            name.unwrap_or_default(),
+        ))
+    });
+    let created = client.containers.create_container(request).await;
+    if let Some(watcher) = progress {
+        watcher.abort();
+        let _ = watcher.await;
+        super::registries::end_progress_line();
+    }
+    let c = created?.into_inner();
     if dry_run && format == output::Format::Table {
         println!(
             "{} would run on node {} (dry run: nothing was created)",

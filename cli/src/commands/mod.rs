@@ -16,6 +16,7 @@ pub mod ls;
 pub mod nodes;
 pub mod open;
 pub mod port_forward;
+pub mod registries;
 pub mod restart;
 pub mod rm;
 pub mod ssh;
@@ -27,6 +28,7 @@ pub mod templates_lifecycle;
 pub mod tokens;
 pub mod top;
 pub mod watch;
+pub mod workspaces;
 
 use anyhow::Result;
 
@@ -79,6 +81,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match command {
         Command::Context(_) | Command::Login(_) => unreachable!("handled above"),
         Command::Tokens(args) => tokens::run(&mut client, o, args).await,
+        Command::Registries(args) => registries::run(&mut client, o, args).await,
         Command::Create(_) => create::run(&mut client, o, create.expect("built above")).await,
         Command::Ls(args) => ls::run(&mut client, o, args).await,
         Command::Get(args) => get::run(&mut client, o, args).await,
@@ -108,5 +111,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Images(args) => match args.command {
             images_build::ImagesCommand::Build(args) => images_build::run(&mut client, args).await,
         },
+        Command::Workspaces(args) => workspaces::run(&mut client, o, args).await,
     }
 }

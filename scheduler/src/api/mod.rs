@@ -11,6 +11,7 @@ pub mod events;
 pub mod exec;
 pub mod logs;
 pub mod nodes;
+pub mod registry;
 pub mod ssh;
 pub mod stats;
 mod status;
@@ -20,6 +21,7 @@ pub mod tunnel;
 #[cfg(test)]
 mod tunnel_tests;
 pub mod watch;
+pub mod workspaces;
 
 pub use status::ERROR_DOMAIN;
 use tonic::Status;

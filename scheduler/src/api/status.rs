@@ -20,6 +20,8 @@ pub const ERROR_DOMAIN: &str = "devctl.dev";
 const NODE: &str = "NODE";
 /// The `PreconditionFailure` violation type of a container's state.
 const CONTAINER: &str = "CONTAINER";
+/// The `PreconditionFailure` violation type of a workspace.
+const WORKSPACE: &str = "WORKSPACE";
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -61,7 +63,8 @@ impl From<Error> for Status {
             | ErrorKind::AgentUnreachable { node }
             | ErrorKind::AgentShuttingDown { node }
             | ErrorKind::NoSshServer { node }
-            | ErrorKind::AgentTooOld { node } => {
+            | ErrorKind::AgentTooOld { node }
+            | ErrorKind::MountRefused { node } => {
                 put("node", node);
             }
             ErrorKind::TunnelRefused { node, name } => {
@@ -93,7 +96,29 @@ impl From<Error> for Status {
                 put("retryAfterMs", &retry_after.as_millis().to_string());
                 details.set_retry_info(Some(*retry_after));
             }
+            ErrorKind::RegistryAuthFailed { node, host }
+            | ErrorKind::RegistryUnreachable { node, host } => {
+                put("node", node);
+                put("registry", host);
+            }
             ErrorKind::NoNodes | ErrorKind::HistoryUnavailable | ErrorKind::Internal => {}
+            ErrorKind::WorkspaceInUse {
+                workspace,
+                container,
+            } => {
+                put("workspace", workspace);
+                put("container", container);
+                details.add_precondition_failure_violation(WORKSPACE, workspace, &msg);
+            }
+            ErrorKind::WorkspaceNodeUnavailable { workspace, node }
+            | ErrorKind::WorkspaceMissing { workspace, node } => {
+                put("workspace", workspace);
+                put("node", node);
+                details.add_precondition_failure_violation(WORKSPACE, workspace, &msg);
+            }
+            ErrorKind::WorkspaceNotYours { workspace } => {
+                put("workspace", workspace);
+            }
         }
         details.set_error_info(reason, ERROR_DOMAIN, meta);
         Status::with_error_details(code, msg, details)
@@ -139,8 +164,17 @@ fn code_and_reason(kind: &ErrorKind) -> (Code, &'static str) {
         ErrorKind::NoSshServer { .. } => (Code::Unavailable, "NO_SSH_SERVER"),
         ErrorKind::AgentTooOld { .. } => (Code::Unavailable, "AGENT_TOO_OLD"),
         ErrorKind::TunnelRefused { .. } => (Code::FailedPrecondition, "TUNNEL_REFUSED"),
+        ErrorKind::RegistryAuthFailed { .. } => (Code::FailedPrecondition, "REGISTRY_AUTH_FAILED"),
+        ErrorKind::RegistryUnreachable { .. } => (Code::Unavailable, "REGISTRY_UNREACHABLE"),
         ErrorKind::HistoryUnavailable => (Code::Unavailable, "HISTORY_UNAVAILABLE"),
         ErrorKind::Internal => (Code::Internal, "INTERNAL"),
+        ErrorKind::WorkspaceInUse { .. } => (Code::FailedPrecondition, "WORKSPACE_IN_USE"),
+        ErrorKind::WorkspaceNodeUnavailable { .. } => {
+            (Code::FailedPrecondition, "WORKSPACE_NODE_UNAVAILABLE")
+        }
+        ErrorKind::WorkspaceMissing { .. } => (Code::FailedPrecondition, "WORKSPACE_MISSING"),
+        ErrorKind::MountRefused { .. } => (Code::FailedPrecondition, "MOUNT_REFUSED"),
+        ErrorKind::WorkspaceNotYours { .. } => (Code::PermissionDenied, "WORKSPACE_NOT_YOURS"),
     }
 }
 
@@ -348,6 +382,22 @@ mod tests {
                 },
                 Code::FailedPrecondition,
                 "TUNNEL_REFUSED",
+            ),
+            (
+                ErrorKind::RegistryAuthFailed {
+                    node: node(),
+                    host: node(),
+                },
+                Code::FailedPrecondition,
+                "REGISTRY_AUTH_FAILED",
+            ),
+            (
+                ErrorKind::RegistryUnreachable {
+                    node: node(),
+                    host: node(),
+                },
+                Code::Unavailable,
+                "REGISTRY_UNREACHABLE",
             ),
             (
                 ErrorKind::HistoryUnavailable,

@@ -64,6 +64,10 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.BuildService/Build",
     "/devctl.v1.TemplateService/ApplyTemplate",
     "/devctl.v1.TemplateService/DeleteTemplate",
+    "/devctl.v1.WorkspaceService/DeleteWorkspace",
+    "/devctl.v1.WorkspaceService/MoveWorkspace",
+    "/devctl.v1.RegistryService/AddRegistry",
+    "/devctl.v1.RegistryService/RemoveRegistry",
 ];
 
 /// The identity recorded for a call that carried no usable one.

@@ -36,6 +36,7 @@ mod reports;
 mod request;
 mod stream;
 mod tunnel;
+mod workspace;
 
 pub use audit::{AUDIT_STREAM, AUDIT_SUBJECT, AuditReader};
 pub use jetstream::{

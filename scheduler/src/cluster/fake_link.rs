@@ -41,6 +41,8 @@ pub(crate) enum Kind {
     Inspect,
     Tunnel,
     Build,
+    Workspace,
+    Pull,
 }
 
 impl Kind {
@@ -57,6 +59,10 @@ impl Kind {
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
             Command::Build(_) => Kind::Build,
+            Command::RemoveWorkspace(_)
+            | Command::SendWorkspace(_)
+            | Command::ReceiveWorkspace(_) => Kind::Workspace,
+            Command::Pull(_) => Kind::Pull,
         }
     }
 }
@@ -73,6 +79,10 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
+        Command::RemoveWorkspace(c) => vec![&c.name],
+        Command::SendWorkspace(c) => vec![&c.name],
+        Command::ReceiveWorkspace(c) => c.workspace.iter().map(|w| w.name.as_str()).collect(),
+        Command::Pull(c) => vec![&c.id],
         Command::Inventory(_) | Command::Build(_) => vec![],
     }
 }
@@ -127,8 +137,15 @@ struct Inner {
     commands: Vec<(String, Command)>,
     late: Vec<(String, Reply)>,
     inventories: HashMap<String, Vec<pb::EngineContainer>>,
+    // Workspace volumes each node's engine has (made by creates).
+    volumes: HashMap<String, Vec<pb::EngineWorkspace>>,
     events: Vec<pb::Event>,
     tunnels: Vec<FakeAgentEnd>,
+    // What the next pull the script lets open reports (empty: the image
+    // is present).
+    pull_progress: Vec<pb::PullProgress>,
+    // How long the agent takes for each of those reports.
+    pull_pace: Duration,
 }
 
 #[derive(Debug)]
@@ -162,6 +179,17 @@ impl FakeLink {
         });
     }
 
+    /// What the next pull that opens reports, in order (the last one
+    /// should be `done`).
+    pub(crate) fn pull_reports(&self, progress: Vec<pb::PullProgress>) {
+        self.inner().pull_progress = progress;
+    }
+
+    /// Each report of a pull comes this long after the one before.
+    pub(crate) fn pull_pace(&self, pace: Duration) {
+        self.inner().pull_pace = pace;
+    }
+
     /// What `node`'s engine has (served to inventory commands).
     pub(crate) fn set_inventory(&self, node: &str, containers: Vec<pb::EngineContainer>) {
         self.inner().inventories.insert(node.into(), containers);
@@ -176,12 +204,27 @@ impl FakeLink {
             .unwrap_or_default()
     }
 
-    /// The kinds of the commands received so far, in order.
+    /// The kinds of the commands received so far, in order, but pulls
+    /// (every create pulls first unless its policy is NEVER; see
+    /// [`FakeLink::pulls`]).
     pub(crate) fn kinds(&self) -> Vec<Kind> {
         self.inner()
             .commands
             .iter()
             .map(|(_, c)| Kind::of(c))
+            .filter(|k| *k != Kind::Pull)
+            .collect()
+    }
+
+    /// The pull commands received so far, in order.
+    pub(crate) fn pulls(&self) -> Vec<pb::PullCommand> {
+        self.inner()
+            .commands
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Command::Pull(p) => Some(p.clone()),
+                _ => None,
+            })
             .collect()
     }
 
@@ -213,9 +256,22 @@ impl FakeLink {
         });
         let answer = match wanted {
             Some(i) => inner.script.remove(i).answer,
+            // Unscripted pulls find the image present (see `open_pull`).
+            None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened {})),
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
-                Answer::Reply(Reply::Inventory(pb::Inventory { containers }))
+                let workspaces = inner.volumes.get(node).cloned().unwrap_or_default();
+                Answer::Reply(Reply::Inventory(pb::Inventory {
+                    containers,
+                    workspaces,
+                }))
+            }
+            // Deleting a volume succeeds unless scripted otherwise.
+            None if matches!(command, Command::RemoveWorkspace(_)) => {
+                let Command::RemoveWorkspace(c) = &command else {
+                    unreachable!()
+                };
+                Answer::Reply(Reply::Removed(pb::RemovedReply { id: c.name.clone() }))
             }
             None => {
                 inner.commands.push((node.into(), command));
@@ -249,6 +305,25 @@ impl FakeLink {
 impl Inner {
     /// What the agent did on its node when it answered `command` so.
     fn carry_out(&mut self, node: &str, command: &Command, reply: &Reply) {
+        let volumes = self.volumes.entry(node.into()).or_default();
+        match (command, reply) {
+            (Command::Create(c), Reply::Status(_)) => {
+                if let Some(w) = &c.workspace
+                    && !volumes.iter().any(|v| v.name == w.name)
+                {
+                    volumes.push(pb::EngineWorkspace {
+                        name: w.name.clone(),
+                        id: w.id.clone(),
+                        size_bytes: -1,
+                        ..Default::default()
+                    });
+                }
+            }
+            (Command::RemoveWorkspace(c), Reply::Removed(_)) => {
+                volumes.retain(|v| v.name != c.name)
+            }
+            _ => {}
+        }
         let engine = self.inventories.entry(node.into()).or_default();
         match (command, reply) {
             (Command::Create(c), Reply::Status(s)) => {
@@ -507,6 +582,35 @@ impl AgentLink for FakeLink {
         })
     }
 
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>> {
+        Box::pin(async move {
+            match self.receive(node, Command::Pull(command), timeout) {
+                Ok(Reply::Opened(_)) => {
+                    let progress = std::mem::take(&mut self.inner().pull_progress);
+                    let pace = self.inner().pull_pace;
+                    let progress = if progress.is_empty() {
+                        vec![pb::PullProgress {
+                            status: "present".into(),
+                            done: true,
+                            ..Default::default()
+                        }]
+                    } else {
+                        progress
+                    };
+                    Ok(Box::new(FakePull(progress.into(), pace))
+                        as Box<dyn super::registry::PullSource>)
+                }
+                Ok(other) => Err(Ok(other)),
+                Err(e) => Err(Err(e)),
+            }
+        })
+    }
+
     fn publish_event<'a>(
         &'a self,
         _subject: String,
@@ -548,6 +652,7 @@ fn heartbeat() -> pb::Heartbeat {
         boot_id: "boot-1".into(),
         cpus: 4,
         memory_bytes: 8 << 30,
+        workspaces: true,
         ..Default::default()
     }
 }
@@ -609,5 +714,22 @@ pub(crate) fn spec(name: &str) -> pb::Container {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// A pull's scripted progress.
+#[derive(Debug)]
+struct FakePull(std::collections::VecDeque<pb::PullProgress>, Duration);
+
+impl super::registry::PullSource for FakePull {
+    fn next(&mut self) -> BoxFuture<'_, Option<Result<pb::PullProgress, BusError>>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.1).await;
+            self.0.pop_front().map(Ok)
+        })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
     }
 }

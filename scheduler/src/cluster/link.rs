@@ -135,6 +135,31 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         })
     }
 
+    /// Sends a workspace to `node` (ReceiveWorkspaceCommand `command`; the
+    /// link sets up both pipes): the scheduler's ends once the agent holds
+    /// its own. `up` carries only the agent's outcome.
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        let _ = (node, command, timeout);
+        Box::pin(async {
+            Err(Err(BusError::Nats(
+                "this link cannot send workspaces".into(),
+            )))
+        })
+    }
+    /// Starts pull `command` on `node` (the link sets its stream): its
+    /// progress, once the agent has started it.
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>>;
+
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
     fn publish_event<'a>(
@@ -216,6 +241,32 @@ impl AgentLink for Bus {
                 down: Box::new(down),
             })
         })
+    }
+
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            let (up, down) = Bus::open_receive(self, node, command, timeout).await?;
+            Ok(TunnelPipes {
+                up: Box::new(up),
+                down: Box::new(down),
+            })
+        })
+    }
+
+    fn open_pull<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::PullCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>> {
+        Box::pin(super::registry::open_pull_on_bus(
+            self, node, command, timeout,
+        ))
     }
 
     fn publish_event<'a>(

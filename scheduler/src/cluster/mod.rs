@@ -28,6 +28,8 @@
 //! - `drain`: cordon, drain, re-placement on start;
 //! - `build`: image builds on nodes (BuildService, templates' images);
 //! - `templates`: templates (parsing, storage, what a create takes from one);
+//! - `workspaces`: the volume each container keeps its work in (placement
+//!   pin, start refusals, rm/purge, inventories' sizes);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
@@ -49,6 +51,9 @@ mod link;
 mod nodes;
 mod observe;
 mod query;
+mod registry;
+#[cfg(test)]
+mod registry_tests;
 mod settings;
 mod spec;
 mod ssh;
@@ -56,6 +61,8 @@ mod streams;
 mod supervise;
 mod templates;
 mod tunnels;
+mod workspace_move;
+mod workspaces;
 
 pub use build::{BuildEvent, BuildJob, DEFAULT_MAX_BUILD_CONTEXT, check_build};
 pub use error::{Error, ErrorKind};
@@ -72,6 +79,8 @@ pub use templates::{
     template_dockerfile, template_image,
 };
 pub use tunnels::{Tunnel, TunnelTarget, TunnelTo, tunnel_target};
+pub use workspace_move::Moving;
+pub use workspaces::{DEFAULT_WORKSPACE_PATH, volume_name};
 
 use std::{
     collections::{HashMap, HashSet},

@@ -62,8 +62,8 @@ struct LegacyContainer {
 /// `c` decoded from `bytes`, with its spec and status read from the old
 /// fields when it has neither; `None` when it already had them (nothing to
 /// migrate).
-// ContainerStatus fields are being added (issue 14): the struct update below
-// then has an effect again.
+// Until ContainerStatus gains a field after the split, its
+// `..Default::default()` (kept for those fields) fills nothing.
 #[allow(clippy::needless_update)]
 pub(super) fn upgrade(
     mut c: pb::Container,

@@ -15,8 +15,10 @@
 //! - `create_requests`: client request id → container id
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
+//! - `registries`: see [`registry`] (passwords encrypted at rest)
 //! - `meta`: the change feed's epoch (see [`crate::feed`])
 //! - `templates`: see [`templates`]
+//! - `workspaces`: name → `Workspace` (see `workspaces.rs`)
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
@@ -32,11 +34,16 @@ mod identities;
 mod index;
 mod legacy;
 mod templates;
+mod workspaces;
+
+pub use workspaces::WorkspaceUsage;
+mod registry;
 
 pub use error::StoreError;
 
 pub use access::StoredToken;
 pub use identities::{Claim, IdentityKind, JoinOutcome};
+pub use registry::{StoredRegistry, VaultError};
 
 use devctl_proto::container::ContainerExt;
 use std::{
@@ -92,6 +99,7 @@ struct Inner {
     write_order: Mutex<()>,
     index: RwLock<Index>,
     feed: Feed,
+    registry_key: registry::KeySlot,
 }
 
 /// What a write changed, applied once it has committed: the index entries
@@ -125,6 +133,8 @@ pub struct Snapshot {
     pub containers: Vec<pb::Container>,
     /// Every node as the feed shows it (record and state), by name.
     pub nodes: Vec<pb::Node>,
+    /// Every workspace, by name.
+    pub workspaces: Vec<pb::Workspace>,
 }
 
 /// Rewrites container records from before the spec/status split (see
@@ -185,6 +195,8 @@ impl Store {
         txn.open_table(access::JOIN_TOKENS_USED)?;
         txn.open_table(access::API_TOKENS)?;
         txn.open_table(identities::IDENTITIES)?;
+        txn.open_table(workspaces::WORKSPACES)?;
+        txn.open_table(registry::REGISTRIES)?;
         let epoch = {
             let mut meta = txn.open_table(META)?;
             let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
@@ -210,6 +222,7 @@ impl Store {
                 write_order: Mutex::new(()),
                 index: RwLock::new(index),
                 feed,
+                registry_key: registry::KeySlot::beside(path),
             }),
         };
         store.inner.feed.seed_nodes(store.nodes()?);
@@ -235,11 +248,13 @@ impl Store {
                 this.list_containers(None, usize::MAX, &ContainerFilter::default())?;
             // Node states change outside the write lock; the feed reads
             // them and its revision together.
+            let workspaces = this.workspaces()?;
             let (revision, nodes) = this.inner.feed.nodes_at();
             Ok(Snapshot {
                 revision,
                 containers,
                 nodes,
+                workspaces,
             })
         })
         .await
