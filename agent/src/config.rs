@@ -95,6 +95,17 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_PIDS_LIMIT", default_value_t = 4096)]
     pub pids_limit: i64,
 
+    /// A host path containers may bind-mount (spec.mounts), with what is
+    /// below it (repeatable; comma-separated in the variable). Every other
+    /// host path is refused. Default: none.
+    #[arg(long = "allow-bind", env = "DEVCTL_ALLOW_BINDS", value_delimiter = ',')]
+    pub allow_binds: Vec<std::path::PathBuf>,
+
+    /// How often a workspace volume's size is measured again (a walk of its
+    /// files, at the scheduler's inventory syncs).
+    #[arg(long, env = "DEVCTL_WORKSPACE_MEASURE_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub workspace_measure_interval: std::time::Duration,
+
     /// Test-only: report this share of the host's memory (percent) as used,
     /// instead of the measured figure, to exercise admission control.
     #[arg(long, hide = true, env = "DEVCTL_TEST_MEMORY_USED_PERCENT")]
@@ -157,6 +168,23 @@ impl Config {
                 "--pids-limit",
                 "must not be negative (0: no limit)",
             ));
+        }
+        for p in &self.allow_binds {
+            let clean = p.components().all(|c| {
+                !matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            });
+            if !p.is_absolute() || !clean || p == std::path::Path::new("/") {
+                return Err(InvalidField::new(
+                    "--allow-bind",
+                    format!(
+                        "{} is not an absolute host path such as /srv/shared (no \"..\", and not \"/\")",
+                        p.display()
+                    ),
+                ));
+            }
         }
         let mut labels = HashMap::new();
         for l in &self.labels {

@@ -67,6 +67,9 @@ pub struct Handled {
     pub stream: Option<OpenedStream>,
     /// A tunnel to serve once its pipes are open and the reply is sent.
     pub tunnel: Option<OpenedTunnel>,
+    /// A workspace to receive once its pipes are open and the reply is
+    /// sent.
+    pub receive: Option<pb::ReceiveWorkspaceCommand>,
 }
 
 impl From<pb::AgentReply> for Handled {
@@ -75,6 +78,7 @@ impl From<pb::AgentReply> for Handled {
             reply,
             stream: None,
             tunnel: None,
+            receive: None,
         }
     }
 }
@@ -190,6 +194,12 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Pull(pull)),
             }) => self.open_pull(pull),
+            Ok(pb::AgentCommand {
+                command: Some(Command::SendWorkspace(send)),
+            }) => self.open_send_workspace(send).await,
+            Ok(pb::AgentCommand {
+                command: Some(Command::ReceiveWorkspace(receive)),
+            }) => accept_receive(receive),
             other => self.execute_one(other).await.into(),
         }
     }
@@ -221,6 +231,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     exec: None,
                 }),
                 tunnel: None,
+                receive: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -260,7 +271,53 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 exec: None,
             }),
             tunnel: None,
+            receive: None,
         }
+    }
+
+    /// Opens a workspace's data as a stream (a tar archive). Takes no
+    /// lock: the scheduler marks the workspace as moving meanwhile.
+    async fn open_send_workspace(&self, cmd: pb::SendWorkspaceCommand) -> Handled {
+        let Some(setup) = cmd.stream else {
+            return error_reply(
+                pb::AgentErrorCode::BadCommand,
+                "send workspace: no stream setup".into(),
+            )
+            .into();
+        };
+        match self.runtime.send_workspace(&cmd.name).await {
+            Ok(chunks) => Handled {
+                reply: pb::AgentReply {
+                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                },
+                stream: Some(OpenedStream {
+                    setup,
+                    chunks,
+                    exec: None,
+                }),
+                tunnel: None,
+                receive: None,
+            },
+            Err(e) => error_reply(e.code(), e.to_string()).into(),
+        }
+    }
+
+    /// Receives workspace `w` from `data` (see
+    /// [`ContainerRuntime::receive_workspace`]), within the engine bound
+    /// and the workspace's own lock.
+    pub async fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: crate::runtime::WorkspaceData,
+    ) -> Result<(), RuntimeError> {
+        let _shared = self.barrier.read().await;
+        let _one = self
+            .per_container
+            .lock(&format!("workspace/{}", w.name))
+            .await;
+        self.limit
+            .run(self.runtime.receive_workspace(w, data))
+            .await
     }
 
     /// Starts a command in a container. Takes no container lock.
@@ -288,6 +345,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     }),
                 }),
                 tunnel: None,
+                receive: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -324,6 +382,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 down,
                 target,
             }),
+            receive: None,
         }
     }
 
@@ -464,6 +523,26 @@ impl<R: ContainerRuntime> Dispatcher<R> {
     }
 }
 
+/// Accepts a workspace to receive: its pipes are opened and it is served
+/// after the reply (by `serve_receive`).
+fn accept_receive(cmd: pb::ReceiveWorkspaceCommand) -> Handled {
+    if cmd.workspace.is_none() || cmd.up.is_none() || cmd.down.is_none() {
+        return error_reply(
+            pb::AgentErrorCode::BadCommand,
+            "receive workspace: incomplete command".into(),
+        )
+        .into();
+    }
+    Handled {
+        reply: pb::AgentReply {
+            result: Some(Reply::Opened(pb::StreamOpened {})),
+        },
+        stream: None,
+        tunnel: None,
+        receive: Some(cmd),
+    }
+}
+
 /// The container a command is about; `None` for node-wide commands.
 fn container_id(cmd: &Command) -> Option<String> {
     match cmd {
@@ -477,6 +556,17 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
         Command::Pull(c) => Some(c.id.clone()),
+        // A workspace's commands are serialized under a key no container
+        // id can be.
+        Command::RemoveWorkspace(c) => Some(format!("workspace/{}", c.name)),
+        Command::SendWorkspace(c) => Some(format!("workspace/{}", c.name)),
+        Command::ReceiveWorkspace(c) => Some(format!(
+            "workspace/{}",
+            c.workspace
+                .as_ref()
+                .map(|w| w.name.as_str())
+                .unwrap_or_default()
+        )),
         Command::Inventory(_) => None,
     }
 }
@@ -512,6 +602,25 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inspect(c) => Reply::Status(runtime.inspect(&c.id).await?),
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
+            // Volumes are listed after the containers: one made meanwhile
+            // is reported, never one removed meanwhile as present.
+            workspaces: match runtime.workspaces().await {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing workspace volumes failed; the inventory fails with it");
+                    return Err(e);
+                }
+            },
+        }),
+        Command::RemoveWorkspace(c) => {
+            tracing::info!(workspace = %c.name, "remove workspace");
+            runtime.remove_workspace(&c.name).await?;
+            Reply::Removed(pb::RemovedReply { id: c.name })
+        }
+        // Routed to open_send_workspace/accept_receive before it gets here.
+        Command::SendWorkspace(_) | Command::ReceiveWorkspace(_) => Reply::Error(pb::AgentError {
+            code: pb::AgentErrorCode::BadCommand as i32,
+            message: "streams are opened elsewhere".into(),
         }),
         // Routed to open_logs/open_exec/open_tunnel/open_pull before it
         // gets here.

@@ -39,6 +39,7 @@ pub mod runtime;
 pub mod ssh;
 pub mod stats;
 pub mod tunnel;
+pub mod workspaces;
 
 use std::{
     collections::HashMap,
@@ -154,7 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     )
     .await?
-    .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit));
+    .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit))
+    .with_allowed_binds(config.allow_binds.clone())
+    .with_workspace_measure_interval(config.workspace_measure_interval);
     tokio::pin!(shutdown);
     let bus = tokio::select! {
         bus = bus::Bus::connect(&config.nats, &config.node, &tls_dir) => bus?,
@@ -323,8 +326,35 @@ pub async fn serve<R: ContainerRuntime>(
                 },
                 None => None,
             };
+            // A workspace to receive, likewise.
+            let receive = match handled.receive {
+                Some(r) => {
+                    let (up, down) = (
+                        r.up.clone().unwrap_or_default(),
+                        r.down.clone().unwrap_or_default(),
+                    );
+                    match bus.tunnel_pipes(&up, &down).await {
+                        Ok(pipes) => Some((r, pipes)),
+                        Err(e) => {
+                            reply =
+                                dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             if let Err(e) = bus.reply(&incoming, &reply).await {
                 tracing::error!(error = %e, "could not send reply");
+            }
+            if let Some((r, pipes)) = receive {
+                streams.spawn(workspaces::serve_receive(
+                    Arc::clone(&dispatcher),
+                    r,
+                    pipes,
+                    stop_streams.clone(),
+                    count.clone(),
+                ));
             }
             if let Some(listening) = stream {
                 let bus = bus.clone();
@@ -524,6 +554,7 @@ impl HeartbeatLoop {
             open_streams: self.streams.get(),
             leaving,
             ssh_host_key: self.ssh_host_key.clone(),
+            workspaces: true,
         }
     }
 

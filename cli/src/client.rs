@@ -80,6 +80,8 @@ pub struct Client {
     pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
     /// RegistryService (registry credentials).
     pub registries: devctl_proto::pb::registry_service_client::RegistryServiceClient<Svc>,
+    /// WorkspaceService.
+    pub workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -208,7 +210,10 @@ impl Client {
             registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(
                 svc.clone(),
             ),
-            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc),
+            tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc.clone()),
+            workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient::new(
+                svc,
+            ),
         })
     }
 }

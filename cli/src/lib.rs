@@ -107,6 +107,10 @@ pub enum Command {
     Audit(commands::audit::Args),
     /// Registry credentials the agents pull images with (admin only).
     Registries(commands::registries::Args),
+    /// Workspaces: the volumes containers keep their work in (ls, get, rm,
+    /// move).
+    #[command(visible_alias = "ws")]
+    Workspaces(commands::workspaces::Args),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -175,9 +175,10 @@ pub struct ServeArgs {
     /// node before it is removed.
     #[arg(long, env = "DEVCTL_ORPHAN_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub orphan_grace: Duration,
-    /// Quota of a role: ROLE:containers=N,cpus=X,memory=SIZE (any subset;
-    /// repeatable). Counts every container an identity owns, running or
-    /// stopped. Setting any role quota replaces the default one;
+    /// Quota of a role: ROLE:containers=N,cpus=X,memory=SIZE,workspaces=N,
+    /// workspace-size=SIZE (any subset; repeatable). Counts every container
+    /// an identity owns, running or stopped, and every workspace it keeps
+    /// (sizes as their nodes last measured them). Setting any role quota replaces the default one;
     /// `developer:` (nothing after the colon) means no quota.
     #[arg(long = "role-quota", env = "DEVCTL_ROLE_QUOTAS", value_delimiter = ';', value_parser = parse_role_quota, default_value = DEFAULT_ROLE_QUOTA)]
     pub role_quotas: Vec<(devctl_proto::identity::Role, crate::quota::Limits)>,

@@ -58,6 +58,8 @@ pub enum Change {
     /// A node record or state changed. Nodes carry their record and state
     /// (see [`stable_view`]); live figures are read with GetNode.
     Node(Diff<pb::Node>),
+    /// A workspace record was added, changed or deleted.
+    Workspace(Diff<pb::Workspace>),
 }
 
 /// A change with its revision.

@@ -160,6 +160,8 @@ struct Entry {
     /// A digest of the host key line last read (so a line is parsed, and
     /// a bad one logged, once per change, not at every heartbeat).
     ssh_host_key_digest: u64,
+    /// The agent manages workspace volumes (its heartbeat says so).
+    workspaces: bool,
 }
 
 /// Nodes by name. A cheap clone handle is not needed: the registry lives in
@@ -213,6 +215,7 @@ impl Registry {
                         reported: Some(pb::NodeState::Unknown),
                         ssh_host_key: None,
                         ssh_host_key_digest: digest(""),
+                        workspaces: false,
                     },
                 )
             })
@@ -252,6 +255,7 @@ impl Registry {
             reported: None,
             ssh_host_key: None,
             ssh_host_key_digest: digest(""),
+            workspaces: false,
         });
         let durable = |n: &pb::Node| {
             (
@@ -286,6 +290,7 @@ impl Registry {
         entry.node.platform = hb.platform.clone();
         entry.node.last_seen = hb.time.or_else(|| Some(SystemTime::now().into()));
         entry.node.open_streams = hb.open_streams;
+        entry.workspaces = hb.workspaces;
         let key_digest = digest(&hb.ssh_host_key);
         if entry.ssh_host_key_digest != key_digest {
             entry.ssh_host_key_digest = key_digest;
@@ -534,6 +539,13 @@ impl Registry {
     pub fn ssh_host_key(&self, name: &str) -> Option<PublicKey> {
         let entries = self.entries.read().expect("registry lock poisoned");
         entries.get(name)?.ssh_host_key.clone()
+    }
+
+    /// Whether `name`'s agent manages workspace volumes (an agent from
+    /// before workspaces neither mounts nor reports them).
+    pub fn knows_workspaces(&self, name: &str) -> bool {
+        let entries = self.entries.read().expect("registry lock poisoned");
+        entries.get(name).is_some_and(|e| e.workspaces)
     }
 
     /// Whether `name` is ready.

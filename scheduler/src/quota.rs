@@ -22,6 +22,10 @@ pub struct Limits {
     pub milli_cpus: Option<i64>,
     /// Memory, bytes.
     pub memory_bytes: Option<i64>,
+    /// Workspaces (kept or in use).
+    pub workspaces: Option<u64>,
+    /// The workspaces' measured sizes together, bytes.
+    pub workspace_bytes: Option<i64>,
 }
 
 impl FromStr for Limits {
@@ -43,9 +47,16 @@ impl FromStr for Limits {
                 }
                 "cpus" => l.milli_cpus = Some(parse_cpus(v)?),
                 "memory" => l.memory_bytes = Some(parse_memory(v)?),
+                "workspaces" => {
+                    l.workspaces = Some(
+                        v.parse()
+                            .map_err(|_| format!("workspaces={v}: use a whole number"))?,
+                    )
+                }
+                "workspace-size" => l.workspace_bytes = Some(parse_memory(v)?),
                 other => {
                     return Err(format!(
-                        "unknown quota {other:?}: use containers, cpus or memory"
+                        "unknown quota {other:?}: use containers, cpus, memory, workspaces or workspace-size"
                     ));
                 }
             }
@@ -84,6 +95,13 @@ pub struct Exceeded {
 
 impl fmt::Display for Exceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.what.starts_with("workspace") {
+            return write!(
+                f,
+                "quota exceeded for {}: {} limit {}, {} in use, this container's new workspace asks {}; delete workspaces you no longer need (devctl workspaces ls, devctl workspaces rm), attach an existing one (--workspace), or ask an admin for a larger quota",
+                self.owner, self.what, self.limit, self.held, self.asked
+            );
+        }
         write!(
             f,
             "quota exceeded for {}: {} limit {}, {} in use, this container asks {}; remove containers you no longer need (devctl ls, devctl rm) or ask an admin for a larger quota",
@@ -178,6 +196,53 @@ impl Quotas {
     }
 }
 
+impl Quotas {
+    /// Checks that `owner` (`role`), holding `count` workspaces of
+    /// `bytes` together (as last measured), may make one more.
+    pub fn check_workspace(
+        &self,
+        owner: &str,
+        role: Role,
+        count: u64,
+        bytes: i64,
+    ) -> Result<(), Box<Exceeded>> {
+        let Some((subject, l)) = self.limits_of(owner, role) else {
+            return Ok(());
+        };
+        let exceeded = |what, limit: String, held: String, asked: String| {
+            Box::new(Exceeded {
+                owner: owner.to_string(),
+                subject: subject.clone(),
+                what,
+                limit,
+                held,
+                asked,
+            })
+        };
+        if let Some(max) = l.workspaces
+            && count + 1 > max
+        {
+            return Err(exceeded(
+                "workspaces",
+                max.to_string(),
+                count.to_string(),
+                "1 more".into(),
+            ));
+        }
+        if let Some(max) = l.workspace_bytes
+            && bytes >= max
+        {
+            return Err(exceeded(
+                "workspace size",
+                format_bytes(max),
+                zero_or(bytes, format_bytes),
+                "1 more".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// "0" for nothing held (the table formatters print "-").
 fn zero_or(v: i64, format: fn(i64) -> String) -> String {
     if v <= 0 { "0".into() } else { format(v) }
@@ -196,6 +261,7 @@ mod tests {
                 containers: Some(3),
                 milli_cpus: Some(1500),
                 memory_bytes: Some(2 << 30),
+                ..Default::default()
             }
         );
         assert!(
@@ -245,5 +311,23 @@ mod tests {
             .check("alice", Role::Developer, held(5, 0), 0, 0)
             .unwrap_err();
         assert_eq!((e.subject.as_str(), e.what), ("user:alice", "containers"));
+    }
+
+    #[test]
+    fn workspaces_count_against_their_own_quota() {
+        let mut q = Quotas::default();
+        q.roles.insert(
+            Role::Developer,
+            "workspaces=2,workspace-size=1g".parse().unwrap(),
+        );
+        assert!(q.check_workspace("bob", Role::Developer, 1, 0).is_ok());
+        let e = q.check_workspace("bob", Role::Developer, 2, 0).unwrap_err();
+        assert_eq!(e.what, "workspaces");
+        assert!(e.to_string().contains("devctl workspaces rm"), "{e}");
+        let e = q
+            .check_workspace("bob", Role::Developer, 0, 1 << 30)
+            .unwrap_err();
+        assert_eq!(e.what, "workspace size");
+        assert!(q.check_workspace("root", Role::Admin, 9, 0).is_ok());
     }
 }

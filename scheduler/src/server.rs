@@ -44,6 +44,7 @@ use crate::{
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
 use devctl_proto::pb::registry_service_server::RegistryServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
+use devctl_proto::pb::workspace_service_server::WorkspaceServiceServer;
 use devctl_proto::pb::{
     enroll_service_server::EnrollServiceServer, token_service_server::TokenServiceServer,
 };
@@ -282,6 +283,10 @@ pub async fn serve(
         .add_service(authenticated!(
             WatchServiceServer,
             WatchApi::new(store, streaming.clone())
+        ))
+        .add_service(authenticated!(
+            WorkspaceServiceServer,
+            crate::api::workspaces::WorkspaceApi::new(cluster.clone())
         ))
         // Our own listener (port 0 support): set TCP_NODELAY on it here, as
         // the builder's setting only applies to listeners tonic binds.

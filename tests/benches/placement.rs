@@ -65,6 +65,7 @@ fn heartbeat(i: usize) -> pb::Heartbeat {
         agent_version: "0.1.0".into(),
         platform: "linux/amd64".into(),
         time: Some(SystemTime::now().into()),
+        workspaces: true,
         ..Default::default()
     }
 }
@@ -505,6 +506,15 @@ fn fleet(
                                             }
                                             .into(),
                                             image: c.spec().image.clone(),
+                                            ..Default::default()
+                                        })
+                                        .collect(),
+                                    workspaces: by_node[&node]
+                                        .iter()
+                                        .filter(|c| !c.spec().workspace.is_empty())
+                                        .map(|c| pb::EngineWorkspace {
+                                            name: c.spec().workspace.clone(),
+                                            size_bytes: -1,
                                             ..Default::default()
                                         })
                                         .collect(),

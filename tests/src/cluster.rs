@@ -14,7 +14,8 @@ use tempfile::TempDir;
 
 use crate::{
     IMAGE, Nats, Proc, bin, docker_inspect_by_label, ensure_prerequisites, init_data_dir,
-    issue_cert_into, remove_by_label, remove_networks_by_label, wait_until,
+    issue_cert_into, remove_by_label, remove_networks_by_label, remove_volumes_by_label,
+    wait_until,
 };
 
 /// A running devctl cluster: nats-server, scheduler and agents.
@@ -546,6 +547,7 @@ impl Drop for TestCluster {
         for node in nodes {
             remove_by_label(&format!("io.devctl.node={node}"));
             remove_networks_by_label(&format!("io.devctl.node={node}"));
+            remove_volumes_by_label(&format!("io.devctl.node={node}"));
         }
     }
 }

@@ -58,6 +58,24 @@ pub fn remove_networks_by_label(label: &str) {
     }
 }
 
+/// Removes every engine volume with `label` (after its containers).
+pub fn remove_volumes_by_label(label: &str) {
+    if let Ok(names) = docker(&["volume", "ls", "-q", "--filter", &format!("label={label}")]) {
+        for name in names.split_whitespace() {
+            let _ = docker(&["volume", "rm", "-f", name]);
+        }
+    }
+}
+
+/// The names of the engine volumes with `label`, sorted.
+pub fn volume_names_by_label(label: &str) -> Vec<String> {
+    let out = docker(&["volume", "ls", "-q", "--filter", &format!("label={label}")])
+        .expect("docker volume ls");
+    let mut names: Vec<String> = out.split_whitespace().map(String::from).collect();
+    names.sort();
+    names
+}
+
 /// The names of the engine networks with `label`, sorted.
 pub fn network_names_by_label(label: &str) -> Vec<String> {
     let out = docker(&[

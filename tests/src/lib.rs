@@ -15,11 +15,13 @@
 //! - [`cluster`]: [`TestCluster`] (nats-server, scheduler, agents) and the CLI.
 //! - [`engine`]: what the Docker engine holds (inspect, remove by label).
 //! - [`registry`]: [`TestRegistry`], a real image registry with htpasswd.
+//! - [`engine2`]: [`SecondEngine`], a second real dockerd (a second host).
 //! - [`ssh`]: [`SshUser`], a person using `devctl` and OpenSSH's `ssh`.
 
 pub mod certs;
 pub mod cluster;
 pub mod engine;
+pub mod engine2;
 pub mod nats;
 pub mod proc;
 pub mod registry;
@@ -28,6 +30,7 @@ pub mod ssh;
 pub use certs::*;
 pub use cluster::*;
 pub use engine::*;
+pub use engine2::*;
 pub use nats::*;
 pub use proc::*;
 pub use registry::*;

@@ -211,6 +211,7 @@ fn a_claim_of_4096_cpus_does_not_win_placement_and_is_an_event() {
         cpus: 4096,
         memory_bytes: 1 << 50,
         time: Some(std::time::SystemTime::now().into()),
+        workspaces: true,
         ..Default::default()
     };
     wait_until("a's claim seen", Duration::from_secs(15), || {

@@ -99,6 +99,7 @@ fn summary(changes: &[pb::WatchChangesResponse]) -> Vec<(u64, ChangeType, String
             let (name, state) = match &r.object {
                 Some(Object::Container(c)) => (c.name.clone(), c.status().state),
                 Some(Object::Node(n)) => (n.name.clone(), n.state),
+                Some(Object::Workspace(w)) => panic!("workspaces were not asked for: {w:?}"),
                 None => (String::new(), 0),
             };
             (r.revision, r.r#type(), name, state)
@@ -120,6 +121,7 @@ fn a_watch_gets_a_snapshot_then_every_change_in_order_and_resumes_without_gaps()
         .map(|o| match o {
             Object::Node(n) => (n.name.clone(), n.state()),
             Object::Container(c) => panic!("no container yet: {c:?}"),
+            Object::Workspace(w) => panic!("workspaces were not asked for: {w:?}"),
         })
         .collect();
     names.sort();
@@ -248,7 +250,7 @@ fn a_developer_watches_only_their_own_containers() {
         .iter()
         .filter_map(|o| match o {
             Object::Container(c) => Some(c.name.as_str()),
-            Object::Node(_) => None,
+            Object::Node(_) | Object::Workspace(_) => None,
         })
         .collect();
     assert_eq!(containers, ["alice-old"]);

@@ -72,6 +72,12 @@ pub enum RuntimeError {
     /// A pull: the registry has no such image or tag.
     #[error("{0}")]
     NotInRegistry(String),
+    /// A workspace that must exist has no volume here.
+    #[error("{0}")]
+    WorkspaceMissing(String),
+    /// A mount this agent does not allow.
+    #[error("{0}")]
+    MountRefused(String),
 }
 
 impl RuntimeError {
@@ -86,6 +92,8 @@ impl RuntimeError {
             RuntimeError::RegistryAuth(_) => pb::AgentErrorCode::RegistryAuthFailed,
             RuntimeError::RegistryUnreachable(_) => pb::AgentErrorCode::RegistryUnreachable,
             RuntimeError::NotInRegistry(_) => pb::AgentErrorCode::ImageNotFound,
+            RuntimeError::WorkspaceMissing(_) => pb::AgentErrorCode::WorkspaceMissing,
+            RuntimeError::MountRefused(_) => pb::AgentErrorCode::MountRefused,
         }
     }
 }
@@ -146,6 +154,47 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         id: &str,
         force: bool,
     ) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+
+    /// Deletes workspace `name`'s volume ([`RuntimeError::NotFound`]: it
+    /// has none).
+    fn remove_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Workspace `name`'s data as a tar archive.
+    fn send_workspace(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<OutputChunks, RuntimeError>> + Send {
+        let name = name.to_string();
+        async move { Err(RuntimeError::NotFound(format!("workspace {name}"))) }
+    }
+
+    /// Makes workspace `w`'s volume and unpacks the archive `data` into it
+    /// (deleting it again on failure).
+    fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: WorkspaceData,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        let _ = (w, data);
+        async {
+            Err(RuntimeError::Engine(
+                "this runtime keeps no workspaces".into(),
+            ))
+        }
+    }
+
+    /// Every devctl workspace volume of this node, with its size.
+    fn workspaces(
+        &self,
+    ) -> impl Future<Output = Result<Vec<pb::EngineWorkspace>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Every devctl container of this node.
     fn inventory(
@@ -235,6 +284,9 @@ pub struct LogOptions {
     /// Prefix lines with the engine's timestamps.
     pub timestamps: bool,
 }
+
+/// A workspace archive arriving from the scheduler.
+pub type WorkspaceData = futures::stream::BoxStream<'static, Result<Vec<u8>, std::io::Error>>;
 
 /// A container's output: (which stream, bytes).
 pub type OutputChunks =

@@ -71,6 +71,19 @@ pub struct Args {
     /// Time after start during which failures do not count.
     #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
     pub health_start_period: Option<Duration>,
+    /// The workspace to mount (a volume kept on its node across stop,
+    /// start and rm): an existing one is attached (the container goes to its
+    /// node), a new one is made. Default: the container's name.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Where the workspace is mounted (default /workspace).
+    #[arg(long)]
+    pub workspace_path: Option<String>,
+    /// An extra mount, SOURCE:TARGET[:ro]: SOURCE a volume name, or an
+    /// absolute host path the node's agent allows (--allow-bind).
+    /// Repeatable.
+    #[arg(long = "mount", value_parser = super::workspaces::parse_mount)]
+    pub mounts: Vec<pb::Mount>,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -155,6 +168,9 @@ impl Args {
                         "never" => pb::PullPolicy::Never,
                         _ => pb::PullPolicy::Missing,
                     } as i32,
+                    workspace: self.workspace.clone().unwrap_or_default(),
+                    workspace_path: self.workspace_path.clone().unwrap_or_default(),
+                    mounts: self.mounts.clone(),
                     ..Default::default()
                 }),
                 ..Default::default()

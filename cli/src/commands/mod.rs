@@ -24,6 +24,7 @@ pub mod stop;
 pub mod tokens;
 pub mod top;
 pub mod watch;
+pub mod workspaces;
 
 use anyhow::Result;
 
@@ -101,5 +102,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::ConfigSsh(args) => config_ssh::run(&mut client, &target, args).await,
         Command::PortForward(args) => port_forward::run(&mut client, args).await,
         Command::Open(args) => open::run(&mut client, &target, args).await,
+        Command::Workspaces(args) => workspaces::run(&mut client, o, args).await,
     }
 }

@@ -172,10 +172,22 @@ impl ContainerService for ContainerApi {
             &self.cluster.get(&req.get_ref().name)?,
         )?;
         let r = req.into_inner();
-        let container = self.cluster.delete(&r.name, r.force, &id.name).await?;
+        let container = self
+            .cluster
+            .delete(&r.name, r.force, r.purge, &id.name)
+            .await?;
+        let pending = container.spec().desired_state == pb::DesiredState::Removed as i32;
+        let ws = container.spec().workspace.clone();
+        let (workspace_kept, workspace_deleted) = match (ws.is_empty(), r.purge && !pending) {
+            (true, _) => (String::new(), String::new()),
+            (false, true) => (String::new(), ws),
+            (false, false) => (ws, String::new()),
+        };
         Ok(Response::new(pb::DeleteContainerResponse {
-            pending: container.spec().desired_state == pb::DesiredState::Removed as i32,
+            pending,
             container: Some(container),
+            workspace_kept,
+            workspace_deleted,
         }))
     }
 }

@@ -19,6 +19,7 @@ pub mod tunnel;
 #[cfg(test)]
 mod tunnel_tests;
 pub mod watch;
+pub mod workspaces;
 
 pub use status::ERROR_DOMAIN;
 use tonic::Status;

@@ -20,6 +20,8 @@ pub const ERROR_DOMAIN: &str = "devctl.dev";
 const NODE: &str = "NODE";
 /// The `PreconditionFailure` violation type of a container's state.
 const CONTAINER: &str = "CONTAINER";
+/// The `PreconditionFailure` violation type of a workspace.
+const WORKSPACE: &str = "WORKSPACE";
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -61,7 +63,8 @@ impl From<Error> for Status {
             | ErrorKind::AgentUnreachable { node }
             | ErrorKind::AgentShuttingDown { node }
             | ErrorKind::NoSshServer { node }
-            | ErrorKind::AgentTooOld { node } => {
+            | ErrorKind::AgentTooOld { node }
+            | ErrorKind::MountRefused { node } => {
                 put("node", node);
             }
             ErrorKind::TunnelRefused { node, name } => {
@@ -99,6 +102,23 @@ impl From<Error> for Status {
                 put("registry", host);
             }
             ErrorKind::NoNodes | ErrorKind::HistoryUnavailable | ErrorKind::Internal => {}
+            ErrorKind::WorkspaceInUse {
+                workspace,
+                container,
+            } => {
+                put("workspace", workspace);
+                put("container", container);
+                details.add_precondition_failure_violation(WORKSPACE, workspace, &msg);
+            }
+            ErrorKind::WorkspaceNodeUnavailable { workspace, node }
+            | ErrorKind::WorkspaceMissing { workspace, node } => {
+                put("workspace", workspace);
+                put("node", node);
+                details.add_precondition_failure_violation(WORKSPACE, workspace, &msg);
+            }
+            ErrorKind::WorkspaceNotYours { workspace } => {
+                put("workspace", workspace);
+            }
         }
         details.set_error_info(reason, ERROR_DOMAIN, meta);
         Status::with_error_details(code, msg, details)
@@ -148,6 +168,13 @@ fn code_and_reason(kind: &ErrorKind) -> (Code, &'static str) {
         ErrorKind::RegistryUnreachable { .. } => (Code::Unavailable, "REGISTRY_UNREACHABLE"),
         ErrorKind::HistoryUnavailable => (Code::Unavailable, "HISTORY_UNAVAILABLE"),
         ErrorKind::Internal => (Code::Internal, "INTERNAL"),
+        ErrorKind::WorkspaceInUse { .. } => (Code::FailedPrecondition, "WORKSPACE_IN_USE"),
+        ErrorKind::WorkspaceNodeUnavailable { .. } => {
+            (Code::FailedPrecondition, "WORKSPACE_NODE_UNAVAILABLE")
+        }
+        ErrorKind::WorkspaceMissing { .. } => (Code::FailedPrecondition, "WORKSPACE_MISSING"),
+        ErrorKind::MountRefused { .. } => (Code::FailedPrecondition, "MOUNT_REFUSED"),
+        ErrorKind::WorkspaceNotYours { .. } => (Code::PermissionDenied, "WORKSPACE_NOT_YOURS"),
     }
 }
 

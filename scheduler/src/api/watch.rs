@@ -56,6 +56,7 @@ struct View {
     scope: Scope,
     containers: bool,
     nodes: bool,
+    workspaces: bool,
     /// The cluster's idle window, set on every container sent.
     idle_timeout_seconds: i64,
 }
@@ -68,14 +69,18 @@ impl View {
             id,
             containers: kinds.is_empty(),
             nodes: kinds.is_empty(),
+            // Only when asked for: clients written before workspaces
+            // existed keep getting what they did.
+            workspaces: false,
         };
         for &k in kinds {
             match pb::ResourceKind::try_from(k) {
                 Ok(pb::ResourceKind::Container) => view.containers = true,
                 Ok(pb::ResourceKind::Node) => view.nodes = true,
+                Ok(pb::ResourceKind::Workspace) => view.workspaces = true,
                 _ => {
                     return Err(Status::invalid_argument(format!(
-                        "kinds: {k} is not a resource kind; use RESOURCE_KIND_CONTAINER or RESOURCE_KIND_NODE, or none for both"
+                        "kinds: {k} is not a resource kind; use RESOURCE_KIND_CONTAINER, RESOURCE_KIND_NODE or RESOURCE_KIND_WORKSPACE, or none for containers and nodes"
                     )));
                 }
             }
@@ -96,6 +101,11 @@ impl View {
         self.nodes.then(|| Object::Node(n.clone()))
     }
 
+    /// The workspace, if the caller may see it.
+    fn workspace(&self, w: &pb::Workspace) -> Option<Object> {
+        (self.workspaces && self.scope.allows(&w.owner)).then(|| Object::Workspace(w.clone()))
+    }
+
     /// The response for a feed entry, if the caller sees it.
     fn change(&self, e: &Entry) -> Option<pb::WatchChangesResponse> {
         let (ty, object) = match &e.change {
@@ -111,6 +121,13 @@ impl View {
                 (
                     change_type(d.before.is_some(), d.after.is_some()),
                     self.node(record)?,
+                )
+            }
+            Change::Workspace(d) => {
+                let record = d.after.as_ref().or(d.before.as_ref())?;
+                (
+                    change_type(d.before.is_some(), d.after.is_some()),
+                    self.workspace(record)?,
                 )
             }
         };
@@ -202,6 +219,7 @@ impl WatchService for WatchApi {
                     .iter()
                     .filter_map(|c| view.container(c))
                     .chain(s.nodes.iter().filter_map(|n| view.node(n)))
+                    .chain(s.workspaces.iter().filter_map(|w| view.workspace(w)))
                     .map(|o| response(pb::ChangeType::Snapshot, s.revision, Some(o)))
                     .chain([response(pb::ChangeType::SnapshotEnd, s.revision, None)]);
                 for item in records {

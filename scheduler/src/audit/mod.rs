@@ -63,6 +63,8 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.EnrollService/RenewCertificate",
     "/devctl.v1.RegistryService/AddRegistry",
     "/devctl.v1.RegistryService/RemoveRegistry",
+    "/devctl.v1.WorkspaceService/DeleteWorkspace",
+    "/devctl.v1.WorkspaceService/MoveWorkspace",
 ];
 
 /// The identity recorded for a call that carried no usable one.

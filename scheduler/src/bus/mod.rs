@@ -35,6 +35,7 @@ mod reports;
 mod request;
 mod stream;
 mod tunnel;
+mod workspace;
 
 pub use audit::{AUDIT_STREAM, AUDIT_SUBJECT, AuditReader};
 pub use jetstream::{

@@ -14,6 +14,7 @@ use super::{
     lease_from_now, now,
     observe::apply_status,
     validate_spec,
+    workspaces::WorkspacePlan,
 };
 use crate::{bus::BusError, events::Op, placement};
 
@@ -75,6 +76,8 @@ impl Cluster {
         let settings = &self.shared.settings;
         let name = spec.name;
         let mut spec = spec.spec.unwrap_or_default();
+        let admin = options.role == Some(devctl_proto::identity::Role::Admin);
+        let plan = self.plan_workspace(&name, owner, admin, &mut spec)?;
         let ttl = settings.leases.ttl_for_create(spec.ttl_seconds)?;
         let resources = spec.resources.get_or_insert_default();
         if resources.milli_cpus == 0 {
@@ -87,7 +90,10 @@ impl Cluster {
         spec.ttl_seconds = Some(ttl);
         spec.set_desired_state(pb::DesiredState::Running);
         let request = placement::Request {
-            node: (!spec.node.is_empty()).then(|| spec.node.clone()),
+            node: plan
+                .pin()
+                .map(str::to_string)
+                .or_else(|| (!spec.node.is_empty()).then(|| spec.node.clone())),
             milli_cpus: resources.milli_cpus,
             memory_bytes: resources.memory_bytes,
             constraints: spec.constraints.clone(),
@@ -125,6 +131,12 @@ impl Cluster {
                     resources.milli_cpus,
                     resources.memory_bytes,
                 )?;
+                if matches!(plan, WorkspacePlan::New(_)) {
+                    let w = self.store().workspace_usage(owner)?;
+                    settings
+                        .quotas
+                        .check_workspace(owner, role, w.count, w.size_bytes)?;
+                }
             }
             record.status_mut().node = match self.place(&request, None) {
                 Ok(node) => node,
@@ -144,9 +156,15 @@ impl Cluster {
             if options.dry_run {
                 return Ok(record);
             }
-            self.store()
+            self.claim_workspace(&plan, &record).await?;
+            if let Err(e) = self
+                .store()
                 .insert_container(record.clone(), options.request_id.clone())
-                .await?;
+                .await
+            {
+                self.settle_workspace(&plan, &record, false).await?;
+                return Err(e.into());
+            }
             break;
         }
         tracing::info!(name = %record.name, id = %record.id, node = %record.status().node, image = %record.spec().image, owner, "creating container");
@@ -155,10 +173,41 @@ impl Cluster {
         // created nothing on the node.
         if let Err(e) = self.pull_image(&record).await {
             self.forget_record(&record).await?;
+            // Forgotten: its workspace claim is released.
+            self.settle_workspace(&plan, &record, false).await?;
             return Err(e);
         }
 
-        let command = Command::Create(create_command(&record));
+        let mut command = create_command(&record);
+        command.workspace = self.workspace_attach(&record)?;
+        let command = Command::Create(command);
+        let placed = record.clone();
+        let outcome = self.create_on_node(record, command).await;
+        match &outcome {
+            Ok(c) => self.settle_workspace(&plan, c, true).await?,
+            // A record kept as failed keeps its workspace claimed; a
+            // forgotten one releases it.
+            Err(e) => {
+                if matches!(e.kind(), super::ErrorKind::WorkspaceMissing { .. }) {
+                    self.mark_workspace_missing(&placed.spec().workspace)
+                        .await?;
+                }
+                let kept = self.store().container(&placed.name)?;
+                if kept.is_none_or(|c| c.id != placed.id) {
+                    self.settle_workspace(&plan, &placed, false).await?;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Sends the create of `record` (recorded PENDING) to its node and
+    /// records the outcome.
+    async fn create_on_node(
+        &self,
+        mut record: pb::Container,
+        command: Command,
+    ) -> Result<pb::Container, Error> {
         match self.send_raw(&record.status().node, command, 0).await {
             Ok(Reply::Status(status)) => {
                 apply_status(&mut record, &status);
@@ -234,6 +283,8 @@ pub(super) fn create_command(c: &pb::Container) -> pb::CreateCommand {
         name: c.name.clone(),
         owner: c.owner.clone(),
         spec: c.spec.clone(),
+        // Filled in by the caller from the workspace's record.
+        workspace: None,
     }
 }
 

@@ -14,19 +14,64 @@ use super::{
 use crate::events::Op;
 
 impl Cluster {
-    /// Removes a container from its node and from the cluster.
+    /// Removes a container from its node and from the cluster. Its
+    /// workspace is kept, unless `purge` (then it is deleted too).
     pub async fn delete(
+        &self,
+        name: &str,
+        force: bool,
+        purge: bool,
+        actor: &str,
+    ) -> Result<pb::Container, Error> {
+        let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
+        self.detached(async move {
+            if purge {
+                return this.purge_now(&name, force, &actor).await;
+            }
+            this.delete_now(&name, force, &actor, Cause::User, None)
+                .await
+        })
+        .await
+    }
+
+    /// Removes a container and deletes its workspace. Refused before
+    /// anything is removed when either cannot be deleted now.
+    async fn purge_now(
         &self,
         name: &str,
         force: bool,
         actor: &str,
     ) -> Result<pb::Container, Error> {
-        let (this, name, actor) = (self.clone(), name.to_string(), actor.to_string());
-        self.detached(async move {
-            this.delete_now(&name, force, &actor, Cause::User, None)
-                .await
-        })
-        .await
+        let c = self.record(name)?;
+        let ws = c.spec().workspace.clone();
+        if !ws.is_empty()
+            && let Some(w) = self.store().workspace(&ws)?
+            && w.state() != pb::WorkspaceState::Missing
+            && !self.settles_ready(&w.node).await
+        {
+            return Err(error::node_not_ready(
+                &w.node,
+                format!(
+                    "node {:?} of workspace {ws:?} is down and its data can only be deleted there; retry when it is back, or remove the container without --purge",
+                    w.node
+                ),
+            ));
+        }
+        let c = self
+            .delete_now(name, force, actor, Cause::User, None)
+            .await?;
+        if c.spec().desired_state == pb::DesiredState::Removed as i32 || ws.is_empty() {
+            return Ok(c);
+        }
+        let _lock = self
+            .shared
+            .locks
+            .lock(&super::workspaces::workspace_lock(&ws))
+            .await;
+        if self.store().workspace(&ws)?.is_some() {
+            self.delete_workspace_now(&ws, Some(name), actor).await?;
+        }
+        Ok(c)
     }
 
     pub(super) async fn delete_now(
@@ -72,6 +117,7 @@ impl Cluster {
         }
         self.remove_on_node(&c, force).await?;
         self.forget_record(&c).await?;
+        self.release_workspace(&c).await?;
         self.shared.activity.forget(name);
         tracing::info!(name, reason = cause.word(), "container removed");
         Ok(c)
@@ -145,6 +191,7 @@ impl Cluster {
             }
             self.remove_on_node(&c, true).await?;
             self.forget_record(&c).await?;
+            self.release_workspace(&c).await?;
             tracing::info!(name, node, "recorded removal carried out: the node is back");
         }
         Ok(())

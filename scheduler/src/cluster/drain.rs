@@ -23,7 +23,7 @@ use crate::{
 
 impl Cluster {
     /// Removes `c`'s engine container from `node` (done if it is not there).
-    async fn remove_from(&self, node: &str, c: &pb::Container) -> Result<(), Error> {
+    pub(super) async fn remove_from(&self, node: &str, c: &pb::Container) -> Result<(), Error> {
         let remove = Command::Remove(pb::RemoveCommand {
             id: c.id.clone(),
             force: true,
@@ -121,15 +121,17 @@ impl Cluster {
     /// the container is removed from its old node first (one engine may
     /// serve several nodes, and names are unique per engine), then created
     /// on the new one with the same id and definition. Called with the
-    /// container's lock held.
+    /// container's lock held. `pin`: the node it must go to (its
+    /// workspace's, after a move).
     pub(super) async fn replace_and_start(
         &self,
         mut c: pb::Container,
         actor: &str,
+        pin: Option<String>,
     ) -> Result<pb::Container, Error> {
         let res = c.spec().resources.unwrap_or_default();
         let request = placement::Request {
-            node: None,
+            node: pin,
             milli_cpus: res.milli_cpus,
             memory_bytes: res.memory_bytes,
             constraints: c.spec().constraints.clone(),
@@ -144,11 +146,18 @@ impl Cluster {
         let target = match self.place(&request, release) {
             Ok(n) => n,
             Err(e) => {
-                let message = format!(
-                    "node {:?} of container {:?} is cordoned and {e}",
-                    c.status().node,
-                    c.name
-                );
+                let message = if request.node.is_some() {
+                    format!(
+                        "container {:?} goes to its workspace's node, and {e}",
+                        c.name
+                    )
+                } else {
+                    format!(
+                        "node {:?} of container {:?} is cordoned and {e}",
+                        c.status().node,
+                        c.name
+                    )
+                };
                 return Err(Error::new(error::placement_kind(e), message));
             }
         };
@@ -168,7 +177,7 @@ impl Cluster {
             // back, is no longer the record's and is removed as unknown.
             tracing::warn!(name = %c.name, node = %c.status().node, "re-placing a container whose cordoned node is down; its old copy is removed when the node is back");
         }
-        tracing::info!(name = %c.name, from = %c.status().node, to = %target, "re-placing a container whose node is cordoned");
+        tracing::info!(name = %c.name, from = %c.status().node, to = %target, "re-placing a container on another node");
         // Engine events of both copies are about this container.
         self.shared
             .whereabouts
@@ -176,7 +185,9 @@ impl Cluster {
         self.shared.whereabouts.note(&c.id, &target, &c.name);
         let old_node = std::mem::replace(&mut c.status_mut().node, target);
         c.status_mut().runtime_id.clear();
-        let create = Command::Create(create_command(&c));
+        let mut create = create_command(&c);
+        create.workspace = self.workspace_attach(&c)?;
+        let create = Command::Create(create);
         let result = self.send_raw(&c.status().node, create, 0).await;
         c.update_time = now();
         match result {

@@ -144,6 +144,39 @@ pub enum ErrorKind {
     },
     /// The event history could not be read or written.
     HistoryUnavailable,
+    /// The workspace is used by a container (or being moved).
+    WorkspaceInUse {
+        /// The workspace.
+        workspace: String,
+        /// The container using it (empty: a move).
+        container: String,
+    },
+    /// The node a container's workspace lives on is cordoned or down: the
+    /// container is not started elsewhere without its data.
+    WorkspaceNodeUnavailable {
+        /// The workspace.
+        workspace: String,
+        /// Its node.
+        node: String,
+    },
+    /// The workspace's volume is gone from its node.
+    WorkspaceMissing {
+        /// The workspace.
+        workspace: String,
+        /// Its node.
+        node: String,
+    },
+    /// The node's agent does not allow one of the container's mounts (a
+    /// host path outside its --allow-bind list).
+    MountRefused {
+        /// The node.
+        node: String,
+    },
+    /// The workspace belongs to someone else.
+    WorkspaceNotYours {
+        /// The workspace.
+        workspace: String,
+    },
     /// The store, the engine or the scheduler itself failed.
     Internal,
 }
@@ -375,6 +408,18 @@ pub(super) fn agent_error(reply: Reply, c: &pb::Container) -> Error {
             ),
         ),
         pb::AgentErrorCode::Invalid => Error::new(ErrorKind::EngineRejected { node }, e.message),
+        pb::AgentErrorCode::WorkspaceMissing => Error::new(
+            ErrorKind::WorkspaceMissing {
+                workspace: c.spec().workspace.clone(),
+                node,
+            },
+            format!(
+                "{}; remove the workspace record (devctl workspaces rm {}) to start afresh",
+                e.message,
+                c.spec().workspace
+            ),
+        ),
+        pb::AgentErrorCode::MountRefused => Error::new(ErrorKind::MountRefused { node }, e.message),
         pb::AgentErrorCode::ShuttingDown => Error::new(
             ErrorKind::AgentShuttingDown { node },
             format!(

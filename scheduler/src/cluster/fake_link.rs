@@ -41,6 +41,7 @@ pub(crate) enum Kind {
     Inspect,
     Tunnel,
     Pull,
+    Workspace,
 }
 
 impl Kind {
@@ -57,6 +58,9 @@ impl Kind {
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
             Command::Pull(_) => Kind::Pull,
+            Command::RemoveWorkspace(_)
+            | Command::SendWorkspace(_)
+            | Command::ReceiveWorkspace(_) => Kind::Workspace,
         }
     }
 }
@@ -74,6 +78,9 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
         Command::Pull(c) => vec![&c.id],
+        Command::RemoveWorkspace(c) => vec![&c.name],
+        Command::SendWorkspace(c) => vec![&c.name],
+        Command::ReceiveWorkspace(c) => c.workspace.iter().map(|w| w.name.as_str()).collect(),
         Command::Inventory(_) => vec![],
     }
 }
@@ -128,6 +135,8 @@ struct Inner {
     commands: Vec<(String, Command)>,
     late: Vec<(String, Reply)>,
     inventories: HashMap<String, Vec<pb::EngineContainer>>,
+    // Workspace volumes each node's engine has (made by creates).
+    volumes: HashMap<String, Vec<pb::EngineWorkspace>>,
     events: Vec<pb::Event>,
     tunnels: Vec<FakeAgentEnd>,
     // What the next pull the script lets open reports (empty: the image
@@ -249,7 +258,18 @@ impl FakeLink {
             None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened {})),
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
-                Answer::Reply(Reply::Inventory(pb::Inventory { containers }))
+                let workspaces = inner.volumes.get(node).cloned().unwrap_or_default();
+                Answer::Reply(Reply::Inventory(pb::Inventory {
+                    containers,
+                    workspaces,
+                }))
+            }
+            // Deleting a volume succeeds unless scripted otherwise.
+            None if matches!(command, Command::RemoveWorkspace(_)) => {
+                let Command::RemoveWorkspace(c) = &command else {
+                    unreachable!()
+                };
+                Answer::Reply(Reply::Removed(pb::RemovedReply { id: c.name.clone() }))
             }
             None => {
                 inner.commands.push((node.into(), command));
@@ -283,6 +303,25 @@ impl FakeLink {
 impl Inner {
     /// What the agent did on its node when it answered `command` so.
     fn carry_out(&mut self, node: &str, command: &Command, reply: &Reply) {
+        let volumes = self.volumes.entry(node.into()).or_default();
+        match (command, reply) {
+            (Command::Create(c), Reply::Status(_)) => {
+                if let Some(w) = &c.workspace
+                    && !volumes.iter().any(|v| v.name == w.name)
+                {
+                    volumes.push(pb::EngineWorkspace {
+                        name: w.name.clone(),
+                        id: w.id.clone(),
+                        size_bytes: -1,
+                        ..Default::default()
+                    });
+                }
+            }
+            (Command::RemoveWorkspace(c), Reply::Removed(_)) => {
+                volumes.retain(|v| v.name != c.name)
+            }
+            _ => {}
+        }
         let engine = self.inventories.entry(node.into()).or_default();
         match (command, reply) {
             (Command::Create(c), Reply::Status(s)) => {
@@ -611,6 +650,7 @@ fn heartbeat() -> pb::Heartbeat {
         boot_id: "boot-1".into(),
         cpus: 4,
         memory_bytes: 8 << 30,
+        workspaces: true,
         ..Default::default()
     }
 }

@@ -147,6 +147,13 @@ impl Cluster {
             if still.is_some_and(|f| !f(&c)) {
                 return Ok(c);
             }
+            // A container keeps to its workspace's node: refused when that
+            // node is cordoned or down, placed there after a move.
+            if op == Lifecycle::Start
+                && let Some(node) = this.workspace_start_check(&c).await?
+            {
+                return this.replace_and_start(c, &actor, Some(node)).await;
+            }
             // A stopped container whose node is cordoned (drained, maybe
             // powered off since) starts elsewhere; a running one stays.
             if op == Lifecycle::Start
@@ -157,7 +164,7 @@ impl Cluster {
                     .get(&c.status().node)
                     .is_some_and(|n| n.cordoned)
             {
-                return this.replace_and_start(c, &actor).await;
+                return this.replace_and_start(c, &actor, None).await;
             }
             this.node_must_be_ready(&c).await?;
             let _intent = this

@@ -125,6 +125,22 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         command: pb::PullCommand,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Box<dyn super::registry::PullSource>, NotOpened>>;
+    /// Sends a workspace to `node` (ReceiveWorkspaceCommand `command`; the
+    /// link sets up both pipes): the scheduler's ends once the agent holds
+    /// its own. `up` carries only the agent's outcome.
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        let _ = (node, command, timeout);
+        Box::pin(async {
+            Err(Err(BusError::Nats(
+                "this link cannot send workspaces".into(),
+            )))
+        })
+    }
 
     /// Appends `event` to the history on `subject`; `id` de-duplicates
     /// retries. The event's sequence number.
@@ -203,6 +219,21 @@ impl AgentLink for Bus {
         Box::pin(super::registry::open_pull_on_bus(
             self, node, command, timeout,
         ))
+    }
+
+    fn open_receive<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ReceiveWorkspaceCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            let (up, down) = Bus::open_receive(self, node, command, timeout).await?;
+            Ok(TunnelPipes {
+                up: Box::new(up),
+                down: Box::new(down),
+            })
+        })
     }
 
     fn publish_event<'a>(

@@ -26,6 +26,8 @@
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
+//! - `workspaces`: the volume each container keeps its work in (placement
+//!   pin, start refusals, rm/purge, inventories' sizes);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
@@ -55,6 +57,8 @@ mod ssh;
 mod streams;
 mod supervise;
 mod tunnels;
+mod workspace_move;
+mod workspaces;
 
 pub use error::{Error, ErrorKind};
 pub(crate) use link::{TunnelSink, TunnelSource};
@@ -66,6 +70,8 @@ pub use spec::validate_spec;
 pub use streams::{Session, SessionWhat};
 pub use supervise::{ExpiryAction, LeasePolicy};
 pub use tunnels::{Tunnel, TunnelTarget, TunnelTo, tunnel_target};
+pub use workspace_move::Moving;
+pub use workspaces::{DEFAULT_WORKSPACE_PATH, volume_name};
 
 use std::{
     collections::{HashMap, HashSet},

@@ -229,6 +229,8 @@ impl Cluster {
         let Reply::Inventory(inventory) = reply else {
             return Err(agent_error(reply, &pb::Container::default()));
         };
+        self.sync_workspaces(node, &inventory.workspaces, asked_at)
+            .await?;
         let mut on_node: HashMap<String, pb::EngineContainer> = inventory
             .containers
             .into_iter()

@@ -32,6 +32,7 @@ pub fn validate_spec(spec: &pb::Container) -> Result<(), InvalidField> {
     if !s.node.is_empty() {
         validate::dns_label("container.spec.node", &s.node)?;
     }
+    super::workspaces::validate_workspace_fields(s)?;
     let r = s.resources.unwrap_or_default();
     if r.milli_cpus < 0
         || (r.milli_cpus > 0 && r.milli_cpus < MIN_MILLI_CPUS)

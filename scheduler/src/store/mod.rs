@@ -17,6 +17,7 @@
 //! - `identities`: see [`identities`]
 //! - `registries`: see [`registry`] (passwords encrypted at rest)
 //! - `meta`: the change feed's epoch (see [`crate::feed`])
+//! - `workspaces`: name → `Workspace` (see `workspaces.rs`)
 //!
 //! Beside the database, an in-memory [`Index`] summarises every container
 //! (per-node reservations, lease expiries, running set) so that placement
@@ -32,6 +33,9 @@ mod identities;
 mod index;
 mod legacy;
 mod registry;
+mod workspaces;
+
+pub use workspaces::WorkspaceUsage;
 
 pub use error::StoreError;
 
@@ -127,6 +131,8 @@ pub struct Snapshot {
     pub containers: Vec<pb::Container>,
     /// Every node as the feed shows it (record and state), by name.
     pub nodes: Vec<pb::Node>,
+    /// Every workspace, by name.
+    pub workspaces: Vec<pb::Workspace>,
 }
 
 /// Rewrites container records from before the spec/status split (see
@@ -188,6 +194,7 @@ impl Store {
         txn.open_table(access::API_TOKENS)?;
         txn.open_table(identities::IDENTITIES)?;
         txn.open_table(registry::REGISTRIES)?;
+        txn.open_table(workspaces::WORKSPACES)?;
         let epoch = {
             let mut meta = txn.open_table(META)?;
             let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
@@ -239,11 +246,13 @@ impl Store {
                 this.list_containers(None, usize::MAX, &ContainerFilter::default())?;
             // Node states change outside the write lock; the feed reads
             // them and its revision together.
+            let workspaces = this.workspaces()?;
             let (revision, nodes) = this.inner.feed.nodes_at();
             Ok(Snapshot {
                 revision,
                 containers,
                 nodes,
+                workspaces,
             })
         })
         .await

@@ -39,7 +39,9 @@ use super::{ContainerRuntime, EngineInfo, PullProgress, RuntimeError};
 
 mod networks;
 mod registry;
+mod workspaces;
 use networks::OwnerNetworks;
+use workspaces::Workspaces;
 
 /// A Docker engine, seen from one node.
 #[derive(Debug, Clone)]
@@ -49,6 +51,10 @@ pub struct DockerRuntime {
     log_policy: Option<HostConfigLogConfig>,
     pids_limit: Option<i64>,
     networks: OwnerNetworks,
+    workspaces: Workspaces,
+    // Host paths containers may bind-mount (spec.mounts), from
+    // --allow-bind; empty: none.
+    allowed_binds: Vec<std::path::PathBuf>,
 }
 
 /// Capabilities a dev container keeps; every other one is dropped. Enough
@@ -108,11 +114,78 @@ impl DockerRuntime {
         });
         Ok(Self {
             networks: OwnerNetworks::new(docker.clone(), node),
+            workspaces: Workspaces::new(docker.clone(), node),
+            allowed_binds: Vec::new(),
             docker,
             node: node.to_string(),
             log_policy,
             pids_limit: None,
         })
+    }
+
+    /// Measures each workspace volume's size at most once per `every`.
+    pub fn with_workspace_measure_interval(mut self, every: std::time::Duration) -> Self {
+        self.workspaces = self.workspaces.measure_every(every);
+        self
+    }
+
+    /// Lets containers bind-mount these host paths (and what is below
+    /// them); every other host path is refused.
+    pub fn with_allowed_binds(mut self, paths: Vec<std::path::PathBuf>) -> Self {
+        self.allowed_binds = paths;
+        self
+    }
+
+    /// The engine mounts of `cmd`: its workspace volume (`workspace`), its
+    /// named volumes and the host paths this agent allows.
+    fn mounts(
+        &self,
+        spec: &pb::ContainerSpec,
+        workspace: Option<&str>,
+    ) -> Result<Vec<bollard::models::Mount>, RuntimeError> {
+        use bollard::models::{Mount, MountType};
+        let mut out = Vec::new();
+        if let Some(volume) = workspace {
+            out.push(Mount {
+                target: Some(spec.workspace_path.clone()),
+                source: Some(volume.to_string()),
+                typ: Some(MountType::VOLUME),
+                ..Default::default()
+            });
+        }
+        for m in &spec.mounts {
+            let (source, typ) = match &m.source {
+                Some(pb::mount::Source::Volume(v)) => (v.clone(), MountType::VOLUME),
+                Some(pb::mount::Source::HostPath(p)) => {
+                    let path = std::path::Path::new(p);
+                    if !self.allowed_binds.iter().any(|a| path.starts_with(a)) {
+                        return Err(RuntimeError::MountRefused(format!(
+                            "host path {p} may not be mounted on node {}: its agent allows {} (devctl-agent --allow-bind)",
+                            self.node,
+                            if self.allowed_binds.is_empty() {
+                                "no host paths".to_string()
+                            } else {
+                                self.allowed_binds
+                                    .iter()
+                                    .map(|a| a.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            }
+                        )));
+                    }
+                    (p.clone(), MountType::BIND)
+                }
+                None => continue,
+            };
+            out.push(Mount {
+                target: Some(m.target.clone()),
+                source: Some(source),
+                typ: Some(typ),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            });
+        }
+        Ok(out)
     }
 
     /// Caps the processes of each container it creates (`None`: no cap).
@@ -179,8 +252,13 @@ impl DockerRuntime {
         Ok(status_of(&inspect))
     }
 
-    async fn create_new(&self, cmd: &pb::CreateCommand) -> Result<String, RuntimeError> {
+    async fn create_new(
+        &self,
+        cmd: &pb::CreateCommand,
+        workspace: Option<&str>,
+    ) -> Result<String, RuntimeError> {
         let spec = cmd.spec.clone().unwrap_or_default();
+        let mounts = self.mounts(&spec, workspace)?;
         match self.docker.inspect_image(&spec.image).await {
             Ok(_) => {}
             Err(BollardError::DockerResponseServerError {
@@ -234,6 +312,7 @@ impl DockerRuntime {
                 // The owner's network only: never the default bridge that
                 // every container of the engine shares.
                 network_mode: Some(network.clone()),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
@@ -264,6 +343,15 @@ impl DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Deletes the workspace volume a failed create made, if any.
+    async fn drop_made_workspace(&self, made: Option<String>) {
+        if let Some(name) = made
+            && let Err(e) = self.workspaces.remove(&name).await
+        {
+            tracing::warn!(error = %e, workspace = name, "deleting the volume a failed create made");
+        }
+    }
+
     /// Removes `owner`'s network if it is no longer used. A failure only
     /// leaves the network for the next inventory to collect.
     async fn collect_network(&self, owner: &str) {
@@ -302,9 +390,28 @@ impl ContainerRuntime for DockerRuntime {
         &self,
         spec: &pb::CreateCommand,
     ) -> Result<pb::EngineContainer, RuntimeError> {
+        // A workspace volume this call made is deleted again if the
+        // container does not come up (nothing is left half-made).
+        let mut made = None;
         let runtime_id = match self.find(&spec.id).await? {
             Some(existing) => existing,
-            None => self.create_new(spec).await?,
+            None => {
+                let volume = match &spec.workspace {
+                    Some(w) => {
+                        let (volume, new) = self.workspaces.ensure(w).await?;
+                        made = new.then(|| w.name.clone());
+                        Some(volume)
+                    }
+                    None => None,
+                };
+                match self.create_new(spec, volume.as_deref()).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.drop_made_workspace(made).await;
+                        return Err(e);
+                    }
+                }
+            }
         };
         let started = async {
             self.docker
@@ -331,6 +438,7 @@ impl ContainerRuntime for DockerRuntime {
         match removed {
             Ok(()) => {
                 self.collect_network(&spec.owner).await;
+                self.drop_made_workspace(made).await;
                 Err(err)
             }
             Err(e) => Err(RuntimeError::Engine(format!(
@@ -437,6 +545,26 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| map_err(e, id))?;
         self.collect_network(&owner).await;
         Ok(())
+    }
+
+    async fn remove_workspace(&self, name: &str) -> Result<(), RuntimeError> {
+        self.workspaces.remove(name).await
+    }
+
+    async fn send_workspace(&self, name: &str) -> Result<super::OutputChunks, RuntimeError> {
+        self.workspaces.send(name).await
+    }
+
+    async fn receive_workspace(
+        &self,
+        w: &pb::WorkspaceAttach,
+        data: super::WorkspaceData,
+    ) -> Result<(), RuntimeError> {
+        self.workspaces.receive(w, data).await
+    }
+
+    async fn workspaces(&self) -> Result<Vec<pb::EngineWorkspace>, RuntimeError> {
+        self.workspaces.list().await
     }
 
     async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
