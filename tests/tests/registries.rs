@@ -114,6 +114,17 @@ fn pulls_from_a_private_registry_with_stored_credentials() {
     let err = c.devctl_as(&dev, &["registries", "rm", &reg.host]).err();
     assert!(err.contains("admin role"), "{err}");
 
+    // Malformed input is refused before anything is stored.
+    let err = add(&c, "https://x.example.com", "bot", "pw").err();
+    assert!(
+        err.contains("(InvalidArgument)") && err.contains("host:"),
+        "{err}"
+    );
+    let err = add(&c, &reg.host, "bot", "").err();
+    assert!(err.contains("--password-stdin: stdin was empty"), "{err}");
+    let listed = c.devctl(&["registries", "ls", "-o", "json"]).ok().stdout;
+    assert!(!listed.contains("x.example.com"), "{listed}");
+
     // Wrong credentials: refused, nothing left.
     stderr.push_str(&add(&c, &reg.host, "bot", &wrong).ok().stderr);
     let (_, reason, _) = refused_create(&c, "wrong", &image);

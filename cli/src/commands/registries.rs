@@ -69,6 +69,10 @@ fn print(format: output::Format, list: &[pb::Registry]) -> Result<()> {
 /// `docker login --password-stdin`).
 fn password_from_stdin() -> Result<String> {
     let mut s = String::new();
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (end with Ctrl-D): ");
+        let _ = std::io::stderr().flush();
+    }
     std::io::stdin()
         .read_to_string(&mut s)
         .context("--password-stdin: reading stdin")?;

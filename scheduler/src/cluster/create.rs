@@ -178,6 +178,8 @@ impl Cluster {
         // created nothing on the node.
         if let Err(e) = self.pull_image(&record).await {
             self.forget_record(&record).await?;
+            // Forgotten: its workspace claim is released.
+            self.settle_workspace(&plan, &record, false).await?;
             return Err(e);
         }
 

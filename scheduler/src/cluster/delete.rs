@@ -177,6 +177,10 @@ impl Cluster {
     /// at the next sync.
     pub(super) async fn carry_out_removals(&self, node: &str) -> Result<(), Error> {
         for name in self.store().names_on_node(node) {
+            // Being created (perhaps pulling for minutes): not removed.
+            if self.being_created(&name).is_some() {
+                continue;
+            }
             let _lock = self.shared.locks.lock(&name).await;
             let Some(c) = self.store().container(&name)? else {
                 continue;

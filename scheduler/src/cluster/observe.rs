@@ -237,6 +237,13 @@ impl Cluster {
             .map(|s| (s.id.clone(), s))
             .collect();
         for name in self.store().names_on_node(node) {
+            // A create in progress holds the name's lock, for as long as
+            // its image takes to pull: skip it rather than wait (it records
+            // its own outcome; the next sync sees it).
+            if let Some(id) = self.being_created(&name) {
+                on_node.remove(&id);
+                continue;
+            }
             // Re-read under the lock: an operation may have finished since.
             let _lock = self.shared.locks.lock(&name).await;
             let Some(mut c) = self.store().container(&name)? else {

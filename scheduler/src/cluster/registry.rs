@@ -70,6 +70,22 @@ fn progress_text(p: &pb::PullProgress) -> String {
 }
 
 impl Cluster {
+    /// The id of container `name` if its create is in progress (recorded
+    /// `PENDING`, a create intent held): it holds the name's lock for as
+    /// long as its image takes to pull, so node-wide passes (inventory
+    /// sync, recorded removals) skip it instead of waiting; the create
+    /// records its own outcome.
+    pub(super) fn being_created(&self, name: &str) -> Option<String> {
+        let c = self.store().container(name).ok()??;
+        (c.status().state == pb::ContainerState::Pending as i32
+            && self
+                .shared
+                .intents
+                .get(&c.id)
+                .is_some_and(|i| i.op == crate::events::Op::Create))
+        .then_some(c.id)
+    }
+
     /// Pulls `c`'s image on its node as its spec's pull policy asks
     /// (nothing for NEVER), with the stored credentials of the image's
     /// registry. `Err`: the pull failed, and nothing was created.

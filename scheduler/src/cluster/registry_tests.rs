@@ -69,7 +69,13 @@ async fn a_pull_carries_the_stored_credentials_and_reports_progress() {
         (auth.username.as_str(), auth.password.as_str()),
         ("bot", "pw")
     );
-    let types: Vec<_> = f.link.events().iter().map(|e| e.r#type()).collect();
+    let types: Vec<_> = f
+        .link
+        .events()
+        .iter()
+        .map(|e| e.r#type())
+        .filter(|t| matches!(t, pb::EventType::ImagePulling | pb::EventType::ImagePulled))
+        .collect();
     assert_eq!(
         types,
         [pb::EventType::ImagePulling, pb::EventType::ImagePulled]
@@ -225,4 +231,49 @@ async fn a_pull_that_falls_silent_fails_and_leaves_no_record() {
     assert!(e.to_string().contains("stopped reporting progress"), "{e}");
     assert!(f.cluster.store().container("web").unwrap().is_none());
     assert!(f.link.kinds().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_inventory_sync_does_not_wait_for_a_pull() {
+    let f = fake_link::cluster();
+    f.link.pull_pace(std::time::Duration::from_secs(20));
+    f.link
+        .pull_reports(vec![progress(10, false), progress(100, true)]);
+    f.link.answer(
+        Kind::Create,
+        Answer::Reply(status(ContainerState::Running, None)),
+    );
+    let cluster = f.cluster.clone();
+    let create = tokio::spawn(async move {
+        cluster
+            .create(
+                private("web", pb::PullPolicy::Always),
+                "alice",
+                CreateOptions::default(),
+            )
+            .await
+    });
+    // The record is there, PENDING, while its image is pulled.
+    let pending = loop {
+        if let Some(c) = f.cluster.store().container("web").unwrap() {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(pending.status().state(), ContainerState::Pending);
+    let started = tokio::time::Instant::now();
+    f.cluster
+        .sync_inventory(fake_link::NODE)
+        .await
+        .expect("synced");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the sync waited for the pull: {:?}",
+        started.elapsed()
+    );
+    // Neither failed nor touched by the sync.
+    let c = f.cluster.store().container("web").unwrap().unwrap();
+    assert_eq!(c.status().state(), ContainerState::Pending);
+    let c = create.await.unwrap().expect("created");
+    assert_eq!(c.status().state(), ContainerState::Running);
 }
