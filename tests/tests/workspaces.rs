@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use devctl_tests::{IMAGE, TestCluster, bin, volume_names_by_label, wait_until};
+use devctl_tests::{IMAGE, SecondEngine, TestCluster, bin, volume_names_by_label, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -309,4 +309,103 @@ fn a_volume_deleted_by_hand_is_noticed_and_never_replaced_by_an_empty_one() {
     assert!(volumes(&c, "a", "box").is_empty(), "no empty volume made");
     c.devctl(&["workspaces", "rm", "box"]).ok();
     c.devctl(&["create", "box", "--image", IMAGE]).ok();
+}
+
+#[test]
+fn a_workspace_moves_to_another_engine_with_its_data_and_its_container_follows() {
+    // Declared first, dropped last: the agents end before their engine.
+    let engine = SecondEngine::start_seeded(&[IMAGE]);
+    let mut c = TestCluster::start(&["a"]);
+    c.add_node_on("b", &engine, &[]).unwrap();
+    let (a, b) = (c.node("a"), c.node("b"));
+    c.devctl(&["create", "box", "--image", IMAGE, "--node", &a])
+        .ok();
+    let (code, _) = sh(
+        &c,
+        "box",
+        "echo hello > /workspace/notes.txt && mkdir -p /workspace/src && head -c 200000 /dev/urandom > /workspace/src/blob && chown -R 1234:1234 /workspace/src && md5sum /workspace/src/blob > /workspace/sum",
+    );
+    assert_eq!(code, 0);
+
+    // A running container's workspace does not move.
+    let err = c.devctl(&["workspaces", "move", "box", "--to", &b]).err();
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("stop it first"),
+        "{err}"
+    );
+
+    c.devctl(&["nodes", "drain", &a]).ok();
+    let err = c.devctl(&["start", "box"]).err();
+    assert!(
+        err.contains("devctl workspaces move box --to NODE"),
+        "{err}"
+    );
+    let moved = c.devctl(&["workspaces", "move", "box", "--to", &b]).ok();
+    assert!(
+        moved
+            .stdout
+            .contains(&format!("moved workspace box to node {b}")),
+        "{}",
+        moved.stdout
+    );
+    assert!(
+        moved.stderr.contains("copied"),
+        "progress: {}",
+        moved.stderr
+    );
+    let w = c.devctl(&["workspaces", "get", "box", "-o", "json"]).json();
+    assert_eq!(w["node"], b.as_str(), "{w}");
+    assert_eq!(w["state"], "WORKSPACE_STATE_READY", "{w}");
+
+    // The container starts where its work now is, with all of it.
+    let started = c.devctl(&["start", "box", "-o", "json"]).json();
+    assert_eq!(started["status"]["node"], b.as_str(), "{started}");
+    assert_eq!(read_file(&c, "box"), "hello\n");
+    let (code, out) = sh(
+        &c,
+        "box",
+        "md5sum -c /workspace/sum && stat -c %u /workspace/src/blob",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim_end().ends_with("1234"), "owner kept: {out}");
+    assert_eq!(
+        engine
+            .inspect_by_label(&format!("io.devctl.node={b}"))
+            .len(),
+        1
+    );
+
+    // Nothing left behind: the old volume and container on a, the
+    // helpers on either engine.
+    assert!(volumes(&c, "a", "box").is_empty());
+    assert!(
+        c.engine_container("box")
+            .is_none_or(|e| { e["Config"]["Labels"]["io.devctl.node"] == b.as_str() })
+    );
+    let on_b = engine
+        .docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=io.devctl.workspace=box",
+        ])
+        .unwrap();
+    assert!(on_b.contains(&format!("devctl-ws_{b}_box")), "{on_b}");
+    wait_until("helpers removed", Duration::from_secs(20), || {
+        let main = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.devctl.workspace-helper"])
+            .output()
+            .unwrap();
+        let second = engine
+            .docker(&["ps", "-aq", "--filter", "label=io.devctl.workspace-helper"])
+            .unwrap();
+        (main.stdout.is_empty() && second.trim().is_empty()).then_some(())
+    });
+    let evs = c.events(&[]);
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "EVENT_TYPE_WORKSPACE_MOVED" && e["node"] == b.as_str()),
+        "{evs:?}"
+    );
 }
