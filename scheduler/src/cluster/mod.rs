@@ -55,6 +55,8 @@ mod streams;
 mod supervise;
 mod tunnels;
 mod workspace_move;
+#[cfg(test)]
+mod workspace_tests;
 mod workspaces;
 
 pub use error::{Error, ErrorKind};
