@@ -409,3 +409,68 @@ fn a_workspace_moves_to_another_engine_with_its_data_and_its_container_follows()
         "{evs:?}"
     );
 }
+
+#[test]
+fn extra_mounts_named_volumes_and_only_allowed_host_paths() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello"), "from the host\n").unwrap();
+    let allowed = shared.path().to_str().unwrap().to_string();
+    let c = TestCluster::start_with(&["a"], &["--allow-bind", &allowed]).unwrap();
+    let cache = format!("{}-cache", c.prefix);
+    let mount_cache = format!("{cache}:/cache");
+    let mount_shared = format!("{allowed}:/shared:ro");
+    c.devctl(&[
+        "create",
+        "m1",
+        "--image",
+        IMAGE,
+        "--mount",
+        &mount_cache,
+        "--mount",
+        &mount_shared,
+    ])
+    .ok();
+    let (code, out) = sh(&c, "m1", "cat /shared/hello && echo kept > /cache/x");
+    assert_eq!((code, out.as_str()), (0, "from the host\n"));
+    let (code, _) = sh(&c, "m1", "touch /shared/nope");
+    assert_ne!(code, 0, "a read-only bind is read-only");
+    c.devctl(&["rm", "--force", "--purge", "m1"]).ok();
+    // The named volume outlives its container, as on Docker.
+    c.devctl(&["create", "m2", "--image", IMAGE, "--mount", &mount_cache])
+        .ok();
+    let (code, out) = sh(&c, "m2", "cat /cache/x");
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+    c.devctl(&["rm", "--force", "--purge", "m2"]).ok();
+
+    // A host path the agent does not allow: refused, nothing left.
+    let err = c
+        .devctl(&["create", "m3", "--image", IMAGE, "--mount", "/etc:/hostetc"])
+        .err();
+    assert!(
+        err.contains("FailedPrecondition")
+            && err.contains("host path /etc may not be mounted")
+            && err.contains("--allow-bind"),
+        "{err}"
+    );
+    assert!(c.devctl(&["get", "m3"]).err().contains("NotFound"));
+    assert!(c.engine_container("m3").is_none());
+    assert!(
+        volumes(&c, "a", "m3").is_empty(),
+        "its new workspace went too"
+    );
+    // Shapes the scheduler refuses before any node is asked.
+    let err = c
+        .devctl(&["create", "m4", "--image", IMAGE, "--mount", "v:/workspace"])
+        .err();
+    assert!(
+        err.contains("InvalidArgument") && err.contains("container.spec.mounts[0].target"),
+        "{err}"
+    );
+    let err = c
+        .devctl(&["create", "m4", "--image", IMAGE, "--workspace-path", "rel"])
+        .err();
+    assert!(err.contains("container.spec.workspace_path"), "{err}");
+    let _ = Command::new("docker")
+        .args(["volume", "rm", &cache])
+        .output();
+}
