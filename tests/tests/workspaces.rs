@@ -60,6 +60,8 @@ fn work_survives_stop_start_a_scheduler_kill_and_rm_until_purged() {
     let (code, _) = sh(&c, "box", "echo hello > /workspace/notes.txt");
     assert_eq!(code, 0);
     assert_eq!(volumes(&c, "a", "box").len(), 1);
+    let shown = c.devctl(&["get", "box"]).ok().stdout;
+    assert!(shown.contains("box at /workspace"), "{shown}");
 
     c.devctl(&["stop", "box"]).ok();
     c.devctl(&["start", "box"]).ok();
