@@ -154,6 +154,7 @@ pub async fn serve(
         config.settings.clone(),
         ssh_ca,
     );
+    cluster.recover_moves().await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

@@ -79,7 +79,7 @@ fn a_lost_agent_makes_its_containers_lost_and_its_return_reconciles_them() {
 }
 
 #[test]
-fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
+fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere_with_their_workspace() {
     let c = TestCluster::start(&["a", "b"]);
     let (a, b) = (c.node("a"), c.node("b"));
     let node_of = |name: &str| {
@@ -124,7 +124,15 @@ fn cordon_stops_placements_and_drain_stops_containers_that_start_elsewhere() {
         "{evs:?}"
     );
 
-    // Started again: b is cordoned, so it is placed on a, same definition.
+    // b is cordoned, and w1's workspace lives there: it is not started
+    // elsewhere without it. Once the workspace is moved to a, it starts
+    // there, same definition.
+    let err = c.devctl(&["start", "w1"]).err();
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("devctl workspaces move w1 --to NODE"),
+        "{err}"
+    );
+    c.devctl(&["workspaces", "move", "w1", "--to", &a]).ok();
     let started = c.devctl(&["start", "w1", "-o", "json"]).json();
     assert_eq!(
         started["status"]["state"], "CONTAINER_STATE_RUNNING",

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use devctl_tests::{IMAGE, TestCluster, bin, volume_names_by_label, wait_until};
+use devctl_tests::{IMAGE, SecondEngine, TestCluster, bin, volume_names_by_label, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -60,6 +60,8 @@ fn work_survives_stop_start_a_scheduler_kill_and_rm_until_purged() {
     let (code, _) = sh(&c, "box", "echo hello > /workspace/notes.txt");
     assert_eq!(code, 0);
     assert_eq!(volumes(&c, "a", "box").len(), 1);
+    let shown = c.devctl(&["get", "box"]).ok().stdout;
+    assert!(shown.contains("box at /workspace"), "{shown}");
 
     c.devctl(&["stop", "box"]).ok();
     c.devctl(&["start", "box"]).ok();
@@ -309,4 +311,168 @@ fn a_volume_deleted_by_hand_is_noticed_and_never_replaced_by_an_empty_one() {
     assert!(volumes(&c, "a", "box").is_empty(), "no empty volume made");
     c.devctl(&["workspaces", "rm", "box"]).ok();
     c.devctl(&["create", "box", "--image", IMAGE]).ok();
+}
+
+#[test]
+fn a_workspace_moves_to_another_engine_with_its_data_and_its_container_follows() {
+    // Declared first, dropped last: the agents end before their engine.
+    let engine = SecondEngine::start_seeded(&[IMAGE]);
+    let mut c = TestCluster::start(&["a"]);
+    c.add_node_on("b", &engine, &[]).unwrap();
+    let (a, b) = (c.node("a"), c.node("b"));
+    c.devctl(&["create", "box", "--image", IMAGE, "--node", &a])
+        .ok();
+    let (code, _) = sh(
+        &c,
+        "box",
+        "echo hello > /workspace/notes.txt && mkdir -p /workspace/src && head -c 200000 /dev/urandom > /workspace/src/blob && chown -R 1234:1234 /workspace/src && md5sum /workspace/src/blob > /workspace/sum",
+    );
+    assert_eq!(code, 0);
+
+    // A running container's workspace does not move.
+    let err = c.devctl(&["workspaces", "move", "box", "--to", &b]).err();
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("stop it first"),
+        "{err}"
+    );
+
+    c.devctl(&["nodes", "drain", &a]).ok();
+    let err = c.devctl(&["start", "box"]).err();
+    assert!(
+        err.contains("devctl workspaces move box --to NODE"),
+        "{err}"
+    );
+    let moved = c.devctl(&["workspaces", "move", "box", "--to", &b]).ok();
+    assert!(
+        moved
+            .stdout
+            .contains(&format!("moved workspace box to node {b}")),
+        "{}",
+        moved.stdout
+    );
+    assert!(
+        moved.stderr.contains("copied"),
+        "progress: {}",
+        moved.stderr
+    );
+    let w = c.devctl(&["workspaces", "get", "box", "-o", "json"]).json();
+    assert_eq!(w["node"], b.as_str(), "{w}");
+    assert_eq!(w["state"], "WORKSPACE_STATE_READY", "{w}");
+
+    // The container starts where its work now is, with all of it.
+    let started = c.devctl(&["start", "box", "-o", "json"]).json();
+    assert_eq!(started["status"]["node"], b.as_str(), "{started}");
+    assert_eq!(read_file(&c, "box"), "hello\n");
+    let (code, out) = sh(
+        &c,
+        "box",
+        "md5sum -c /workspace/sum && stat -c %u /workspace/src/blob",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.trim_end().ends_with("1234"), "owner kept: {out}");
+    assert_eq!(
+        engine
+            .inspect_by_label(&format!("io.devctl.node={b}"))
+            .len(),
+        1
+    );
+
+    // Nothing left behind: the old volume and container on a, the
+    // helpers on either engine.
+    assert!(volumes(&c, "a", "box").is_empty());
+    assert!(
+        c.engine_container("box")
+            .is_none_or(|e| { e["Config"]["Labels"]["io.devctl.node"] == b.as_str() })
+    );
+    let on_b = engine
+        .docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=io.devctl.workspace=box",
+        ])
+        .unwrap();
+    assert!(on_b.contains(&format!("devctl-ws_{b}_box")), "{on_b}");
+    wait_until("helpers removed", Duration::from_secs(20), || {
+        let main = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "label=io.devctl.workspace-helper"])
+            .output()
+            .unwrap();
+        let second = engine
+            .docker(&["ps", "-aq", "--filter", "label=io.devctl.workspace-helper"])
+            .unwrap();
+        (main.stdout.is_empty() && second.trim().is_empty()).then_some(())
+    });
+    let evs = c.events(&[]);
+    assert!(
+        evs.iter()
+            .any(|e| e["type"] == "EVENT_TYPE_WORKSPACE_MOVED" && e["node"] == b.as_str()),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn extra_mounts_named_volumes_and_only_allowed_host_paths() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("hello"), "from the host\n").unwrap();
+    let allowed = shared.path().to_str().unwrap().to_string();
+    let c = TestCluster::start_with(&["a"], &["--allow-bind", &allowed]).unwrap();
+    let cache = format!("{}-cache", c.prefix);
+    let mount_cache = format!("{cache}:/cache");
+    let mount_shared = format!("{allowed}:/shared:ro");
+    c.devctl(&[
+        "create",
+        "m1",
+        "--image",
+        IMAGE,
+        "--mount",
+        &mount_cache,
+        "--mount",
+        &mount_shared,
+    ])
+    .ok();
+    let (code, out) = sh(&c, "m1", "cat /shared/hello && echo kept > /cache/x");
+    assert_eq!((code, out.as_str()), (0, "from the host\n"));
+    let (code, _) = sh(&c, "m1", "touch /shared/nope");
+    assert_ne!(code, 0, "a read-only bind is read-only");
+    c.devctl(&["rm", "--force", "--purge", "m1"]).ok();
+    // The named volume outlives its container, as on Docker.
+    c.devctl(&["create", "m2", "--image", IMAGE, "--mount", &mount_cache])
+        .ok();
+    let (code, out) = sh(&c, "m2", "cat /cache/x");
+    assert_eq!((code, out.as_str()), (0, "kept\n"));
+    c.devctl(&["rm", "--force", "--purge", "m2"]).ok();
+
+    // A host path the agent does not allow: refused, nothing left.
+    let err = c
+        .devctl(&["create", "m3", "--image", IMAGE, "--mount", "/etc:/hostetc"])
+        .err();
+    assert!(
+        err.contains("FailedPrecondition")
+            && err.contains("host path /etc may not be mounted")
+            && err.contains("--allow-bind"),
+        "{err}"
+    );
+    assert!(c.devctl(&["get", "m3"]).err().contains("NotFound"));
+    assert!(c.engine_container("m3").is_none());
+    assert!(
+        volumes(&c, "a", "m3").is_empty(),
+        "its new workspace went too"
+    );
+    // Shapes the scheduler refuses before any node is asked.
+    let err = c
+        .devctl(&["create", "m4", "--image", IMAGE, "--mount", "v:/workspace"])
+        .err();
+    assert!(
+        err.contains("InvalidArgument") && err.contains("container.spec.mounts[0].target"),
+        "{err}"
+    );
+    let err = c
+        .devctl(&["create", "m4", "--image", IMAGE, "--workspace-path", "rel"])
+        .err();
+    assert!(err.contains("container.spec.workspace_path"), "{err}");
+    let _ = Command::new("docker")
+        .args(["volume", "rm", &cache])
+        .output();
 }

@@ -236,6 +236,12 @@ pub(super) fn container(c: &pb::Container) -> String {
     if c.status().state() == pb::ContainerState::Running {
         rows.push(("Idle", idle_text(c)));
     }
+    if !c.spec().workspace.is_empty() {
+        rows.push((
+            "Workspace",
+            format!("{} at {}", c.spec().workspace, c.spec().workspace_path),
+        ));
+    }
     if let Some(h) = &c.spec().health_check {
         rows.push((
             "Health",

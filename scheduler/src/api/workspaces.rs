@@ -16,6 +16,9 @@ use super::{
 };
 use crate::cluster::Cluster;
 
+/// How often a move reports its progress at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The workspace service over a cluster.
 #[derive(Debug, Clone)]
 pub struct WorkspaceApi {
@@ -121,6 +124,10 @@ impl WorkspaceService for WorkspaceApi {
             let expected = moving.expected();
             let done = cluster.finish_move(moving);
             tokio::pin!(done);
+            // At most a few progress messages a second, however small the
+            // chunks.
+            let mut last_sent: Option<tokio::time::Instant> = None;
+            let mut progress_open = true;
             loop {
                 tokio::select! {
                     result = &mut done => {
@@ -135,11 +142,17 @@ impl WorkspaceService for WorkspaceApi {
                         let _ = tx.send(item).await;
                         break;
                     }
-                    changed = progress.changed() => {
+                    changed = progress.changed(), if progress_open => {
                         if changed.is_err() {
+                            // The copy is over: only the outcome is left.
+                            progress_open = false;
                             continue;
                         }
                         let copied = *progress.borrow_and_update();
+                        if last_sent.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+                            continue;
+                        }
+                        last_sent = Some(tokio::time::Instant::now());
                         // A client that went away does not stop the move:
                         // it completes (or fails and rolls back) anyway.
                         let _ = tx.try_send(Ok(pb::MoveWorkspaceProgress {

@@ -228,6 +228,18 @@ impl FakeLink {
             .collect()
     }
 
+    /// The workspace attach of each create received so far, in order.
+    pub(crate) fn create_attaches(&self) -> Vec<Option<pb::WorkspaceAttach>> {
+        self.inner()
+            .commands
+            .iter()
+            .filter_map(|(_, c)| match c {
+                Command::Create(c) => Some(c.workspace.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The answers given after their caller's deadline, by node.
     pub(crate) fn late_answers(&self) -> Vec<(String, Reply)> {
         self.inner().late.clone()

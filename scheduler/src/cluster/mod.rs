@@ -62,6 +62,8 @@ mod supervise;
 mod templates;
 mod tunnels;
 mod workspace_move;
+#[cfg(test)]
+mod workspace_tests;
 mod workspaces;
 
 pub use build::{BuildEvent, BuildJob, DEFAULT_MAX_BUILD_CONTEXT, check_build};

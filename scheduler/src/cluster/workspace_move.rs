@@ -40,6 +40,26 @@ impl Moving {
 }
 
 impl Cluster {
+    /// At start: moves the previous scheduler process left unfinished
+    /// (MOVING) are over. The record switches node only after the copy
+    /// succeeded, so each workspace is whole where its record says: it is
+    /// READY there again (a partial copy on the target is replaced by the
+    /// next move there).
+    pub async fn recover_moves(&self) -> Result<(), crate::store::StoreError> {
+        for w in self.store().workspaces()? {
+            if w.state() == pb::WorkspaceState::Moving {
+                tracing::warn!(workspace = %w.name, node = %w.node, "a move was interrupted by the scheduler's stop; the workspace stays where it was");
+                self.store()
+                    .modify_workspace(&w.name, |w| {
+                        w.state = pb::WorkspaceState::Ready as i32;
+                        true
+                    })
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that workspace `name` can move to node `to` now and marks it
     /// MOVING (so no create or start uses it meanwhile).
     pub async fn begin_move(&self, name: &str, to: &str, actor: &str) -> Result<Moving, Error> {

@@ -297,6 +297,9 @@ impl Cluster {
                 self.store().put_workspace(w).await?;
             }
             WorkspacePlan::Existing(w) => {
+                // A DeleteWorkspace in flight finishes first (then the
+                // record is gone and the create fails as not found).
+                let _ws = self.shared.locks.lock(&workspace_lock(&w.name)).await;
                 let name = c.name.clone();
                 let taken = std::sync::Arc::new(std::sync::Mutex::new(None));
                 let seen = std::sync::Arc::clone(&taken);
