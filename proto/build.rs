@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/audit.proto",
         "devctl/v1/watch.proto",
         "devctl/v1/ssh.proto",
+        "devctl/v1/image.proto",
     ];
     // Type names (`prost::Name`) let code find a message's descriptor, e.g.
     // to print it as canonical proto JSON (devctl_proto::json).

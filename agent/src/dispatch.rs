@@ -437,6 +437,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
+        Command::ListImages(_) => None,
     }
 }
 
@@ -472,6 +473,13 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         Command::Inventory(_) => Reply::Inventory(pb::Inventory {
             containers: runtime.inventory().await?,
         }),
+        Command::ListImages(_) => {
+            let images = runtime.images().await?;
+            Reply::Images(pb::ImageList {
+                digest: crate::images::digest(&images),
+                images,
+            })
+        }
         // Routed to open_logs/open_exec/open_tunnel before it gets here.
         Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {
             code: pb::AgentErrorCode::BadCommand as i32,

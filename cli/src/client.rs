@@ -78,6 +78,8 @@ pub struct Client {
     pub ssh: devctl_proto::pb::ssh_service_client::SshServiceClient<Svc>,
     /// TunnelService (ssh and port-forward bytes).
     pub tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient<Svc>,
+    /// ImageService (images on the nodes).
+    pub images: devctl_proto::pb::image_service_client::ImageServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -203,6 +205,7 @@ impl Client {
             audit: devctl_proto::pb::audit_service_client::AuditServiceClient::new(svc.clone()),
             watch: devctl_proto::pb::watch_service_client::WatchServiceClient::new(svc.clone()),
             ssh: devctl_proto::pb::ssh_service_client::SshServiceClient::new(svc.clone()),
+            images: devctl_proto::pb::image_service_client::ImageServiceClient::new(svc.clone()),
             tunnel: devctl_proto::pb::tunnel_service_client::TunnelServiceClient::new(svc),
         })
     }

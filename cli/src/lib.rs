@@ -73,6 +73,8 @@ pub enum Command {
     Extend(commands::extend::Args),
     /// List the cluster's nodes or show one; cordon, uncordon or drain one.
     Nodes(commands::nodes::Args),
+    /// Images on the nodes: list them (docs/images.md).
+    Images(commands::images::Args),
     /// Show the cluster's events (-f to follow).
     Events(commands::events::Args),
     /// Follow every change to containers and nodes: a snapshot, then each

@@ -140,6 +140,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<pb::EngineContainer>, RuntimeError>> + Send;
 
+    /// Every image on the engine, ordered by id. (Fakes have none.)
+    fn images(&self) -> impl Future<Output = Result<Vec<pb::Image>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
 

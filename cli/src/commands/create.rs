@@ -66,6 +66,11 @@ pub struct Args {
     /// Time after start during which failures do not count.
     #[arg(long, value_parser = humantime::parse_duration, requires = "health_cmd")]
     pub health_start_period: Option<Duration>,
+    /// When the node pulls the image: missing (default), always, or never
+    /// (only nodes that already hold it are considered; see `devctl images
+    /// push`).
+    #[arg(long, value_parser = ["missing", "always", "never"])]
+    pub pull: Option<String>,
     /// Command and arguments (after `--`); default: the image's.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -123,6 +128,12 @@ impl Args {
                     env: pairs("--env", &self.env)?,
                     labels: pairs("--label", &self.labels)?,
                     constraints: pairs("--constraint", &self.constraints)?,
+                    pull_policy: match self.pull.as_deref() {
+                        Some("always") => pb::PullPolicy::Always as i32,
+                        Some("never") => pb::PullPolicy::Never as i32,
+                        Some(_) => pb::PullPolicy::Missing as i32,
+                        None => 0,
+                    },
                     ttl_seconds: self.ttl.map(|d| d.as_secs() as i64),
                     health_check: match &self.health_cmd {
                         None => None,

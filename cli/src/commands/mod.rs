@@ -8,6 +8,7 @@ pub mod events;
 pub mod exec;
 pub mod extend;
 pub mod get;
+pub mod images;
 pub mod login;
 pub mod logs;
 pub mod ls;
@@ -84,6 +85,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&mut client, o, args).await,
         Command::Extend(args) => extend::run(&mut client, o, args).await,
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
+        Command::Images(args) => images::run(&mut client, o, args).await,
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
         Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,
         Command::Stats(args) => stats::run(&mut client, o, args).await,

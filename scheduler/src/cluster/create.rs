@@ -47,6 +47,9 @@ impl Cluster {
                 v.reserved_milli_cpus -= r.milli_cpus;
                 v.reserved_memory_bytes -= r.memory_bytes;
             }
+            for v in views.iter_mut() {
+                v.has_image = self.node_has_image(v.name, &request.image);
+            }
             placement::place(views, request).map(|n| n.name.to_string())
         })
     }
@@ -94,6 +97,8 @@ impl Cluster {
             strategy: options.strategy.unwrap_or(settings.strategy),
             memory_threshold_percent: settings.memory_threshold_percent,
             cpu_overcommit: settings.cpu_overcommit,
+            image: spec.image.clone(),
+            image_required: spec.pull_policy() == pb::PullPolicy::Never,
         };
         let mut record = pb::Container {
             name,

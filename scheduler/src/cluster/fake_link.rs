@@ -40,6 +40,7 @@ pub(crate) enum Kind {
     Exec,
     Inspect,
     Tunnel,
+    ListImages,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
+            Command::ListImages(_) => Kind::ListImages,
         }
     }
 }
@@ -71,7 +73,7 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
-        Command::Inventory(_) => vec![],
+        Command::Inventory(_) | Command::ListImages(_) => vec![],
     }
 }
 
@@ -211,6 +213,11 @@ impl FakeLink {
         });
         let answer = match wanted {
             Some(i) => inner.script.remove(i).answer,
+            // Fake agents have no images.
+            None if kind == Kind::ListImages => Answer::Reply(Reply::Images(pb::ImageList {
+                images: vec![],
+                digest: "none".into(),
+            })),
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
                 Answer::Reply(Reply::Inventory(pb::Inventory { containers }))

@@ -26,6 +26,7 @@
 //! - `supervise`: the scheduler's own initiatives (leases, inactivity,
 //!   health, lost nodes, reconciliation);
 //! - `drain`: cordon, drain, re-placement on start;
+//! - `images`: which image is on which node (agents' reports);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
@@ -39,6 +40,7 @@ mod drain;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake_link;
+mod images;
 #[cfg(test)]
 mod inventory_tests;
 mod lifecycle;
@@ -122,6 +124,8 @@ struct Shared {
     whereabouts: crate::events::Whereabouts,
     // Warnings about what a node sent and was refused, per node.
     refused: crate::events::Throttle,
+    // Which image is on which node, as the agents report.
+    images: images::ImageCatalog,
 }
 
 fn now() -> Option<prost_types::Timestamp> {
@@ -166,6 +170,7 @@ impl Cluster {
                 orphans: Mutex::default(),
                 whereabouts: Default::default(),
                 refused: Default::default(),
+                images: Default::default(),
                 settings,
             }),
         }

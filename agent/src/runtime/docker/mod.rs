@@ -37,6 +37,7 @@ use futures::StreamExt;
 
 use super::{ContainerRuntime, EngineInfo, RuntimeError};
 
+mod images;
 mod networks;
 use networks::OwnerNetworks;
 
@@ -427,6 +428,10 @@ impl ContainerRuntime for DockerRuntime {
             .map_err(|e| map_err(e, id))?;
         self.collect_network(&owner).await;
         Ok(())
+    }
+
+    async fn images(&self) -> Result<Vec<pb::Image>, RuntimeError> {
+        images::list(&self.docker).await
     }
 
     async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
