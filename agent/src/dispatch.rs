@@ -437,7 +437,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
         Command::Inventory(_) => None,
-        Command::ListImages(_) => None,
+        Command::ListImages(_) | Command::RemoveImage(_) => None,
     }
 }
 
@@ -479,6 +479,10 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
                 digest: crate::images::digest(&images),
                 images,
             })
+        }
+        Command::RemoveImage(c) => {
+            tracing::info!(image = %c.image, "remove image");
+            Reply::ImageRemoved(runtime.remove_image(&c.image).await?)
         }
         // Routed to open_logs/open_exec/open_tunnel before it gets here.
         Command::Logs(_) | Command::Exec(_) | Command::Tunnel(_) => Reply::Error(pb::AgentError {

@@ -157,4 +157,35 @@ fn images_ls_shows_where_each_image_is_and_pull_never_places_only_there() {
             .len(),
         1
     );
+
+    // images rm: admin only.
+    let dev = c.issue_cert("dana", "developer");
+    let e = c
+        .devctl_as(&dev, &["images", "rm", IMAGE, "--node", &b])
+        .err();
+    assert!(e.contains("PermissionDenied") || e.contains("admin"), "{e}");
+    // Refused while a container uses it, as docker rmi.
+    let e = c.devctl(&["images", "rm", IMAGE, "--node", &b]).err();
+    assert!(
+        e.contains("in use on node") && e.contains("FailedPrecondition"),
+        "{e}"
+    );
+    assert!(engine.has_image(IMAGE));
+    // Once its container is gone, it goes from node b only.
+    c.devctl(&["rm", "--force", "never-b"]).ok();
+    let out = c
+        .devctl(&["images", "rm", IMAGE, "--node", &b, "-o", "json"])
+        .json();
+    assert_eq!(out["removals"][0]["node"], b.as_str(), "{out}");
+    assert!(!engine.has_image(IMAGE), "gone from node b's engine");
+    wait_until(
+        "node b's image list without it",
+        Duration::from_secs(20),
+        || (nodes_with(&c, IMAGE) == [a.clone()]).then_some(()),
+    );
+    let e = c.devctl(&["images", "rm", IMAGE, "--node", &b]).err();
+    assert!(
+        e.contains("is not on node") && e.contains("NotFound"),
+        "{e}"
+    );
 }

@@ -145,6 +145,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         async { Ok(Vec::new()) }
     }
 
+    /// Removes an image as `docker rmi` (never forced). (Fakes have none.)
+    fn remove_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<pb::ImageRemoval, RuntimeError>> + Send {
+        let image = image.to_string();
+        async move {
+            Err(RuntimeError::ImageNotFound {
+                image,
+                node: String::new(),
+            })
+        }
+    }
+
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
 

@@ -1,4 +1,5 @@
-//! `devctl images ls [--node N]`: which image is on which node.
+//! `devctl images ls [--node N]`: which image is on which node;
+//! `devctl images rm IMAGE [--node N]` (admin).
 
 use anyhow::Result;
 use devctl_proto::pb;
@@ -26,6 +27,16 @@ pub enum Action {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Remove IMAGE from one node, or from every node holding it (admin;
+    /// refused for an image a container uses, as docker rmi).
+    #[command(alias = "rmi", alias = "remove")]
+    Rm {
+        /// A tag (devctl/busybox:latest), an id or an id prefix.
+        image: String,
+        /// Only from this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
 }
 
 /// Runs `images ACTION`.
@@ -45,6 +56,29 @@ pub async fn run(client: &mut Client, format: Format, args: Args) -> Result<()> 
             print!("{}", table(&r));
             for n in &r.unknown_nodes {
                 eprintln!("note: node {n} has not reported its images (down, or just started)");
+            }
+            Ok(())
+        }
+        Action::Rm { image, node } => {
+            let r = client
+                .images
+                .remove_image(pb::RemoveImageRequest {
+                    image,
+                    node: node.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if format != Format::Table {
+                return output::print_api(format, &r);
+            }
+            for rm in &r.removals {
+                let node = output::escape::escape_line(&rm.node);
+                for t in &rm.untagged {
+                    println!("{node}: Untagged: {}", output::escape::escape_line(t));
+                }
+                for d in &rm.deleted {
+                    println!("{node}: Deleted: {}", output::escape::escape_line(d));
+                }
             }
             Ok(())
         }

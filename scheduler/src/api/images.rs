@@ -3,7 +3,10 @@
 use devctl_proto::pb::{self, image_service_server::ImageService};
 use tonic::{Request, Response, Status};
 
-use super::auth::caller;
+use super::{
+    audit,
+    auth::{caller, must_be_admin},
+};
 use crate::cluster::Cluster;
 
 /// The image service over a cluster.
@@ -30,6 +33,21 @@ impl ImageService for ImageApi {
         caller(&req)?;
         Ok(Response::new(
             self.cluster.list_images(&req.get_ref().node)?,
+        ))
+    }
+
+    /// Admin only: an image removed from a node is gone for every user of
+    /// that node.
+    async fn remove_image(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let id = caller(&req)?;
+        audit::target(&req, &req.get_ref().image);
+        must_be_admin(&id, "RemoveImage", "removing an image")?;
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.cluster.remove_image(&r.image, &r.node).await?,
         ))
     }
 }

@@ -41,6 +41,7 @@ pub(crate) enum Kind {
     Inspect,
     Tunnel,
     ListImages,
+    RemoveImage,
 }
 
 impl Kind {
@@ -57,6 +58,7 @@ impl Kind {
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
             Command::ListImages(_) => Kind::ListImages,
+            Command::RemoveImage(_) => Kind::RemoveImage,
         }
     }
 }
@@ -73,7 +75,7 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Exec(c) => vec![&c.id],
         Command::Inspect(c) => vec![&c.id],
         Command::Tunnel(c) => vec![&c.id],
-        Command::Inventory(_) | Command::ListImages(_) => vec![],
+        Command::Inventory(_) | Command::ListImages(_) | Command::RemoveImage(_) => vec![],
     }
 }
 

@@ -8,9 +8,12 @@
 
 use std::collections::BTreeMap;
 
-use devctl_proto::pb::{self, agent_command::Command, agent_reply::Result as Reply};
+use devctl_proto::{
+    container::ContainerExt,
+    pb::{self, agent_command::Command, agent_reply::Result as Reply},
+};
 
-use super::{Cluster, Error};
+use super::{Cluster, Error, ErrorKind, error::agent_error};
 
 /// The images of every node that reported them (std lock: map operations
 /// only, never held across an await).
@@ -165,10 +168,93 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Removes `image` from `node` (empty: from every node holding it), as
+    /// `docker rmi` on each. Stops at the first node that refuses (a
+    /// container uses the image there): what was removed before stays
+    /// removed, as with `docker rmi` on several hosts.
+    pub async fn remove_image(
+        &self,
+        image: &str,
+        node: &str,
+    ) -> Result<pb::RemoveImageResponse, Error> {
+        if image.trim().is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidSpec {
+                    field: "image".into(),
+                },
+                "image: give the image to remove (a tag like devctl/busybox:latest, or an id)",
+            ));
+        }
+        let targets: Vec<String> = if node.is_empty() {
+            self.shared
+                .nodes
+                .snapshot()
+                .into_iter()
+                .map(|n| n.name)
+                .filter(|n| self.node_has_image(n, image) == Some(true))
+                .collect()
+        } else {
+            let n = self.node(node)?.name;
+            if self.node_has_image(&n, image) == Some(false) {
+                return Err(image_not_on(image, Some(&n)));
+            }
+            vec![n]
+        };
+        if targets.is_empty() {
+            return Err(image_not_on(image, None));
+        }
+        let mut out = pb::RemoveImageResponse::default();
+        for n in targets {
+            let reply = self
+                .send(
+                    &n,
+                    Command::RemoveImage(pb::RemoveImageCommand {
+                        image: image.to_string(),
+                    }),
+                    0,
+                )
+                .await?;
+            match reply {
+                Reply::ImageRemoved(r) => {
+                    tracing::info!(node = %n, image, "image removed");
+                    out.removals.push(r);
+                }
+                other => {
+                    let mut on = pb::Container::default();
+                    on.status_mut().node = n.clone();
+                    let e = agent_error(other, &on);
+                    let message = match e.kind() {
+                        ErrorKind::EngineConflict { .. } => format!(
+                            "image {image:?} is in use on node {n}: {e} (remove the containers using it first, as with docker rmi)"
+                        ),
+                        _ => e.to_string(),
+                    };
+                    return Err(Error::new(e.kind().clone(), message));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether `node` holds `image` (None: not known).
     pub(crate) fn node_has_image(&self, node: &str, image: &str) -> Option<bool> {
         self.shared.images.has(node, image)
     }
+}
+
+/// No such image on `node` (or on any node).
+fn image_not_on(image: &str, node: Option<&str>) -> Error {
+    let message = match node {
+        Some(n) => format!("image {image:?} is not on node {n} (see devctl images ls --node {n})"),
+        None => format!("no node holds image {image:?} (see devctl images ls)"),
+    };
+    Error::new(
+        ErrorKind::NotFound {
+            what: "image",
+            name: image.to_string(),
+        },
+        message,
+    )
 }
 
 #[cfg(test)]

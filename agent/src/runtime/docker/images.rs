@@ -1,6 +1,10 @@
 //! The engine's images, as the agent reports them (`devctl images ls`).
 
-use bollard::{Docker, query_parameters::ListImagesOptions};
+use bollard::{
+    Docker,
+    errors::Error as BollardError,
+    query_parameters::{ListImagesOptions, RemoveImageOptions},
+};
 use devctl_proto::pb;
 
 use super::{RuntimeError, engine};
@@ -36,5 +40,48 @@ pub(super) async fn list(docker: &Docker) -> Result<Vec<pb::Image>, RuntimeError
         })
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Removes `image` as `docker rmi` does (not forced, pruning its untagged
+/// parents): refused with [`RuntimeError::Conflict`] while a container uses
+/// it; [`RuntimeError::ImageNotFound`] when the engine has no such image.
+pub(super) async fn remove(
+    docker: &Docker,
+    node: &str,
+    image: &str,
+) -> Result<pb::ImageRemoval, RuntimeError> {
+    let items = docker
+        .remove_image(
+            image,
+            Some(RemoveImageOptions {
+                force: false,
+                noprune: false,
+                ..Default::default()
+            }),
+            None,
+        )
+        .await
+        .map_err(|e| match e {
+            BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            } => RuntimeError::ImageNotFound {
+                image: image.to_string(),
+                node: node.to_string(),
+            },
+            BollardError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } => RuntimeError::Conflict(message),
+            other => engine(other),
+        })?;
+    let mut out = pb::ImageRemoval {
+        node: node.to_string(),
+        ..Default::default()
+    };
+    for i in items {
+        out.untagged.extend(i.untagged);
+        out.deleted.extend(i.deleted);
+    }
     Ok(out)
 }

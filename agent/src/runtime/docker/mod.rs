@@ -434,6 +434,10 @@ impl ContainerRuntime for DockerRuntime {
         images::list(&self.docker).await
     }
 
+    async fn remove_image(&self, image: &str) -> Result<pb::ImageRemoval, RuntimeError> {
+        images::remove(&self.docker, &self.node, image).await
+    }
+
     async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
         // Networks whose last container went while nobody looked.
         if let Err(e) = self.networks.collect_all().await {
