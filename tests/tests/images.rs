@@ -65,6 +65,22 @@ fn images_ls_shows_where_each_image_is_and_pull_never_places_only_there() {
     let e = c.devctl(&["images", "ls", "--node", "nope"]).err();
     assert!(e.contains("nope"), "{e}");
 
+    // Kept in memory only: a restarted scheduler relearns every node's list
+    // from the first heartbeats' digests.
+    let mut s = c.scheduler.take().unwrap();
+    s.signal(nix::sys::signal::Signal::SIGKILL);
+    s.wait_exit(Duration::from_secs(10));
+    c.start_scheduler().unwrap();
+    wait_until(
+        "node a's images after a restart",
+        Duration::from_secs(30),
+        || {
+            let r = c.devctl(&["images", "ls", "-o", "json"]);
+            let v: Value = serde_json::from_str(&r.stdout).ok()?;
+            (v.get("unknownNodes").is_none() && nodes_with(&c, IMAGE) == [a.clone()]).then_some(())
+        },
+    );
+
     // --pull never: node b is emptier, but only node a has the image.
     for i in 0..2 {
         let got = c
