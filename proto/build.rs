@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/workspace.proto",
         "devctl/v1/registry.proto",
         "devctl/v1/template.proto",
+        "devctl/v1/image.proto",
     ];
     // Type names (`prost::Name`) let code find a message's descriptor, e.g.
     // to print it as canonical proto JSON (devctl_proto::json).

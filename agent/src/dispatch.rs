@@ -595,6 +595,7 @@ fn container_id(cmd: &Command) -> Option<String> {
                 .unwrap_or_default()
         )),
         Command::Pull(c) => Some(c.id.clone()),
+        Command::ListImages(_) | Command::RemoveImage(_) => None,
     }
 }
 
@@ -649,6 +650,17 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
             code: pb::AgentErrorCode::BadCommand as i32,
             message: "streams are opened elsewhere".into(),
         }),
+        Command::ListImages(_) => {
+            let images = runtime.images().await?;
+            Reply::Images(pb::ImageList {
+                digest: crate::images::digest(&images),
+                images,
+            })
+        }
+        Command::RemoveImage(c) => {
+            tracing::info!(image = %c.image, "remove image");
+            Reply::ImageRemoved(runtime.remove_image(&c.image).await?)
+        }
         // Routed to open_logs/open_exec/open_tunnel/open_pull before it
         // gets here.
         Command::Logs(_)

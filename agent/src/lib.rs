@@ -31,6 +31,7 @@ pub mod config;
 pub mod dispatch;
 pub mod forward;
 pub mod host;
+pub mod images;
 pub mod join;
 pub mod limit;
 pub mod netns;
@@ -560,7 +561,7 @@ struct HeartbeatLoop {
 }
 
 impl HeartbeatLoop {
-    fn heartbeat(&self, running: i32, leaving: bool) -> pb::Heartbeat {
+    fn heartbeat(&self, running: i32, leaving: bool, images_digest: &str) -> pb::Heartbeat {
         pb::Heartbeat {
             node: self.config.node.clone(),
             boot_id: self.boot_id.clone(),
@@ -576,6 +577,7 @@ impl HeartbeatLoop {
             leaving,
             ssh_host_key: self.ssh_host_key.clone(),
             workspaces: true,
+            images_digest: images_digest.to_string(),
         }
     }
 
@@ -589,6 +591,9 @@ impl HeartbeatLoop {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut engine_ok = true;
+        // The last digest of the engine's images (kept when a listing
+        // fails: the scheduler's copy is then as good as any).
+        let mut images_digest = String::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -602,7 +607,12 @@ impl HeartbeatLoop {
                         tracing::info!("engine answers again");
                         engine_ok = true;
                     }
-                    if let Err(e) = self.bus.heartbeat(&self.heartbeat(running, false)).await {
+                    match dispatcher.runtime().images().await {
+                        Ok(list) => images_digest = images::digest(&list),
+                        Err(e) => tracing::debug!(error = %e, "listing images"),
+                    }
+                    let hb = self.heartbeat(running, false, &images_digest);
+                    if let Err(e) = self.bus.heartbeat(&hb).await {
                         tracing::warn!(error = %e, "heartbeat not sent");
                     }
                 }
@@ -613,7 +623,11 @@ impl HeartbeatLoop {
                 Err(_) => {}
             }
         }
-        if let Err(e) = self.bus.heartbeat(&self.heartbeat(0, true)).await {
+        if let Err(e) = self
+            .bus
+            .heartbeat(&self.heartbeat(0, true, &images_digest))
+            .await
+        {
             tracing::warn!(error = %e, "leaving heartbeat not sent");
         }
     }

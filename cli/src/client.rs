@@ -86,6 +86,8 @@ pub struct Client {
     pub workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient<Svc>,
     /// RegistryService (registry credentials).
     pub registries: devctl_proto::pb::registry_service_client::RegistryServiceClient<Svc>,
+    /// ImageService (images on the nodes).
+    pub images: devctl_proto::pb::image_service_client::ImageServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -220,7 +222,10 @@ impl Client {
             workspaces: devctl_proto::pb::workspace_service_client::WorkspaceServiceClient::new(
                 svc.clone(),
             ),
-            registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(svc),
+            registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(
+                svc.clone(),
+            ),
+            images: devctl_proto::pb::image_service_client::ImageServiceClient::new(svc),
         })
     }
 }

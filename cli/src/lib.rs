@@ -73,6 +73,8 @@ pub enum Command {
     Extend(commands::extend::Args),
     /// List the cluster's nodes or show one; cordon, uncordon or drain one.
     Nodes(commands::nodes::Args),
+    /// Images on the nodes: list them (docs/images.md).
+    Images(commands::images::Args),
     /// Show the cluster's events (-f to follow).
     Events(commands::events::Args),
     /// Follow every change to containers and nodes: a snapshot, then each
@@ -110,8 +112,6 @@ pub enum Command {
     Up(commands::devcontainer::Args),
     /// Container templates: apply, ls, get, rm (use with `create --template`).
     Templates(commands::templates::Args),
-    /// Images on the nodes: build.
-    Images(commands::images_build::ImagesArgs),
     /// Workspaces: the volumes containers keep their work in (ls, get, rm,
     /// move).
     #[command(visible_alias = "ws")]

@@ -519,6 +519,8 @@ impl Registry {
                         .filter(|(_, at)| fresh_since.is_none_or(|s| *at > s))
                         .map(|(p, _)| p),
                     containers: u.containers,
+                    // Set by the cluster, which knows the images.
+                    has_image: None,
                 }
             })
             .collect();

@@ -4,7 +4,8 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use devctl_proto::pb::{
-    self, container_service_server::ContainerServiceServer, node_service_server::NodeServiceServer,
+    self, container_service_server::ContainerServiceServer,
+    image_service_server::ImageServiceServer, node_service_server::NodeServiceServer,
 };
 use devctl_proto::pb::{
     event_service_server::EventServiceServer, exec_service_server::ExecServiceServer,
@@ -28,6 +29,7 @@ use crate::{
         auth::Authenticator,
         containers::ContainerApi,
         enroll::{CertPolicy, EnrollApi},
+        images::ImageApi,
         nodes::NodeApi,
         ssh::SshApi,
         tokens::TokenApi,
@@ -161,6 +163,7 @@ pub async fn serve(
         .set_serving::<ContainerServiceServer<ContainerApi>>()
         .await;
     health.set_serving::<NodeServiceServer<NodeApi>>().await;
+    health.set_serving::<ImageServiceServer<ImageApi>>().await;
     health.set_serving::<EventServiceServer<StreamApi>>().await;
     health.set_serving::<LogServiceServer<StreamApi>>().await;
     health.set_serving::<StatsServiceServer<StreamApi>>().await;
@@ -269,6 +272,10 @@ pub async fn serve(
         .add_service(authenticated!(
             NodeServiceServer,
             NodeApi::new(cluster.clone())
+        ))
+        .add_service(authenticated!(
+            ImageServiceServer,
+            ImageApi::new(cluster.clone())
         ))
         .add_service(authenticated!(EventServiceServer, streaming.clone()))
         .add_service(authenticated!(LogServiceServer, streaming.clone()))

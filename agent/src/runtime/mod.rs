@@ -201,6 +201,25 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
     ) -> impl Future<Output = Result<Vec<pb::EngineContainer>, RuntimeError>> + Send;
 
+    /// Every image on the engine, ordered by id. (Fakes have none.)
+    fn images(&self) -> impl Future<Output = Result<Vec<pb::Image>, RuntimeError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Removes an image as `docker rmi` (never forced). (Fakes have none.)
+    fn remove_image(
+        &self,
+        image: &str,
+    ) -> impl Future<Output = Result<pb::ImageRemoval, RuntimeError>> + Send {
+        let image = image.to_string();
+        async move {
+            Err(RuntimeError::ImageNotFound {
+                image,
+                node: String::new(),
+            })
+        }
+    }
+
     /// How many devctl containers of this node are running.
     fn running_count(&self) -> impl Future<Output = Result<i32, RuntimeError>> + Send;
 

@@ -19,22 +19,6 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Client;
 
-/// `devctl images …`.
-#[derive(Debug, clap::Args)]
-pub struct ImagesArgs {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: ImagesCommand,
-}
-
-/// Subcommands of `devctl images`.
-#[derive(Debug, clap::Subcommand)]
-pub enum ImagesCommand {
-    /// Build an image on nodes from a local context directory (like docker
-    /// build; nothing is pulled: FROM images must be on the nodes).
-    Build(Args),
-}
-
 /// Flags of `images build`.
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -9,6 +9,7 @@ pub mod events;
 pub mod exec;
 pub mod extend;
 pub mod get;
+pub mod images;
 pub mod images_build;
 pub mod login;
 pub mod logs;
@@ -91,6 +92,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Rm(args) => rm::run(&mut client, o, args).await,
         Command::Extend(args) => extend::run(&mut client, o, args).await,
         Command::Nodes(args) => nodes::run(&mut client, o, args).await,
+        Command::Images(args) => images::run(&mut client, o, args).await,
         Command::Events(_) => events::run(&mut client, o, events.expect("built above")).await,
         Command::Logs(_) => logs::run(&mut client, logs.expect("built above")).await,
         Command::Stats(args) => stats::run(&mut client, o, args).await,
@@ -108,9 +110,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Open(args) => open::run(&mut client, &target, args).await,
         Command::Up(args) => devcontainer::run(&mut client, args).await,
         Command::Templates(args) => templates::run(&mut client, o, args).await,
-        Command::Images(args) => match args.command {
-            images_build::ImagesCommand::Build(args) => images_build::run(&mut client, args).await,
-        },
         Command::Workspaces(args) => workspaces::run(&mut client, o, args).await,
     }
 }

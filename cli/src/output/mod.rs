@@ -13,7 +13,7 @@
 //! - `render`: the tables and text lines for people;
 //! - `escape`: untrusted strings made safe for a terminal.
 
-mod escape;
+pub(crate) mod escape;
 mod render;
 pub mod view;
 

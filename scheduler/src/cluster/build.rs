@@ -151,6 +151,8 @@ impl Cluster {
             strategy: placement::Strategy::Spread,
             memory_threshold_percent: settings.memory_threshold_percent,
             cpu_overcommit: settings.cpu_overcommit,
+            image: String::new(),
+            image_required: false,
         };
         Ok(vec![self.place(&request, None)?])
     }

@@ -48,6 +48,9 @@ impl Cluster {
                 v.reserved_milli_cpus -= r.milli_cpus;
                 v.reserved_memory_bytes -= r.memory_bytes;
             }
+            for v in views.iter_mut() {
+                v.has_image = self.node_has_image(v.name, &request.image);
+            }
             placement::place(views, request).map(|n| n.name.to_string())
         })
     }
@@ -100,6 +103,10 @@ impl Cluster {
             strategy: options.strategy.unwrap_or(settings.strategy),
             memory_threshold_percent: settings.memory_threshold_percent,
             cpu_overcommit: settings.cpu_overcommit,
+            image: spec.image.clone(),
+            // A template's image is built on the chosen node, never pulled.
+            image_required: spec.pull_policy() == pb::PullPolicy::Never
+                && spec.image_recipe.is_none(),
         };
         let mut record = pb::Container {
             name,

@@ -138,6 +138,9 @@ impl Cluster {
             strategy: self.shared.settings.strategy,
             memory_threshold_percent: self.shared.settings.memory_threshold_percent,
             cpu_overcommit: self.shared.settings.cpu_overcommit,
+            image: c.spec().image.clone(),
+            image_required: c.spec().pull_policy() == pb::PullPolicy::Never
+                && c.spec().image_recipe.is_none(),
         };
         let _placing = self.shared.placement.lock().await;
         // Its own reservation is on the old node: it does not count there.

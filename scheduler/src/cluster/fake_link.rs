@@ -43,6 +43,8 @@ pub(crate) enum Kind {
     Build,
     Workspace,
     Pull,
+    ListImages,
+    RemoveImage,
 }
 
 impl Kind {
@@ -63,6 +65,8 @@ impl Kind {
             | Command::SendWorkspace(_)
             | Command::ReceiveWorkspace(_) => Kind::Workspace,
             Command::Pull(_) => Kind::Pull,
+            Command::ListImages(_) => Kind::ListImages,
+            Command::RemoveImage(_) => Kind::RemoveImage,
         }
     }
 }
@@ -83,7 +87,10 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::SendWorkspace(c) => vec![&c.name],
         Command::ReceiveWorkspace(c) => c.workspace.iter().map(|w| w.name.as_str()).collect(),
         Command::Pull(c) => vec![&c.id],
-        Command::Inventory(_) | Command::Build(_) => vec![],
+        Command::Inventory(_)
+        | Command::Build(_)
+        | Command::ListImages(_)
+        | Command::RemoveImage(_) => vec![],
     }
 }
 
@@ -270,6 +277,11 @@ impl FakeLink {
             Some(i) => inner.script.remove(i).answer,
             // Unscripted pulls find the image present (see `open_pull`).
             None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened {})),
+            // Fake agents have no images.
+            None if kind == Kind::ListImages => Answer::Reply(Reply::Images(pb::ImageList {
+                images: vec![],
+                digest: "none".into(),
+            })),
             None if kind == Kind::Inventory => {
                 let containers = inner.inventories.get(node).cloned().unwrap_or_default();
                 let workspaces = inner.volumes.get(node).cloned().unwrap_or_default();

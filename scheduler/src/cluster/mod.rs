@@ -30,6 +30,7 @@
 //! - `templates`: templates (parsing, storage, what a create takes from one);
 //! - `workspaces`: the volume each container keeps its work in (placement
 //!   pin, start refusals, rm/purge, inventories' sizes);
+//! - `images`: which image is on which node (agents' reports);
 //! - `link`: `AgentLink`, what the cluster sends over
 //!   the bus (the [`Bus`] implements it), and the pipe ends of a tunnel;
 //! - tests only: `fake_link` (scripted agents, the fixture cluster),
@@ -44,6 +45,7 @@ mod drain;
 mod error;
 #[cfg(test)]
 pub(crate) mod fake_link;
+mod images;
 #[cfg(test)]
 mod inventory_tests;
 mod lifecycle;
@@ -142,6 +144,8 @@ struct Shared {
     whereabouts: crate::events::Whereabouts,
     // Warnings about what a node sent and was refused, per node.
     refused: crate::events::Throttle,
+    // Which image is on which node, as the agents report.
+    images: images::ImageCatalog,
 }
 
 fn now() -> Option<prost_types::Timestamp> {
@@ -186,6 +190,7 @@ impl Cluster {
                 orphans: Mutex::default(),
                 whereabouts: Default::default(),
                 refused: Default::default(),
+                images: Default::default(),
                 settings,
             }),
         }

@@ -72,6 +72,7 @@ impl Cluster {
             tracing::info!(node = %hb.node, "node is leaving");
         }
         self.report_transitions(Some(&hb.node)).await;
+        self.observe_images(hb);
         if observed.needs_sync {
             let (this, node, boot) = (self.clone(), hb.node.clone(), hb.boot_id.clone());
             self.shared.tasks.spawn(async move {

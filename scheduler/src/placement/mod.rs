@@ -4,12 +4,14 @@
 //! Feasibility, in order (the first failing check is the node's reason):
 //! the node is ready; it is not cordoned; it carries every label the request constrains; its
 //! unreserved CPU and memory cover the request; its live memory use is
-//! below the admission threshold.
+//! below the admission threshold; with pull policy NEVER, it holds the image.
 //!
 //! Scoring: `spread` prefers the node with the smallest share of its
 //! capacity reserved (then the fewest containers), `binpack` the largest
-//! (filling nodes before starting new ones). Ties go to the name that sorts
-//! first, so decisions are deterministic.
+//! (filling nodes before starting new ones). Among equally loaded nodes, one
+//! that already holds the image wins (no pull, no push); then the fewest
+//! containers; then the name that sorts first, so decisions are
+//! deterministic.
 
 use std::{collections::HashMap, fmt};
 
@@ -49,6 +51,8 @@ pub struct NodeView<'a> {
     pub memory_used_percent: Option<f64>,
     /// devctl containers placed on it.
     pub containers: usize,
+    /// It holds the request's image (`None`: its images are not known yet).
+    pub has_image: Option<bool>,
 }
 
 /// What a container asks for.
@@ -71,6 +75,10 @@ pub struct Request {
     /// day can hold more than the node has); 1 or less: none. Memory is
     /// never overcommitted.
     pub cpu_overcommit: f64,
+    /// The image (for the reasons' words).
+    pub image: String,
+    /// Pull policy NEVER: only a node holding the image will do.
+    pub image_required: bool,
 }
 
 impl Request {
@@ -160,6 +168,9 @@ enum Unfit<'a> {
     Cpu,
     Memory,
     Hot(f64),
+    NoImage {
+        known: bool,
+    },
 }
 
 /// The request's label constraints in the order they are checked.
@@ -200,9 +211,16 @@ fn check<'a>(
     if req.memory_bytes > node.memory_bytes - node.reserved_memory_bytes {
         return Some(Unfit::Memory);
     }
-    match node.memory_used_percent {
-        Some(used) if used > req.memory_threshold_percent => Some(Unfit::Hot(used)),
-        _ => None,
+    if let Some(used) = node.memory_used_percent
+        && used > req.memory_threshold_percent
+    {
+        return Some(Unfit::Hot(used));
+    }
+    match node.has_image {
+        _ if !req.image_required => None,
+        Some(true) => None,
+        Some(false) => Some(Unfit::NoImage { known: true }),
+        None => Some(Unfit::NoImage { known: false }),
     }
 }
 
@@ -267,6 +285,20 @@ fn reason(unfit: Unfit<'_>, node: &NodeView<'_>, req: &Request) -> (String, bool
             ),
             true,
         ),
+        Unfit::NoImage { known: true } => (
+            format!(
+                "image {} is not on this node and pull policy is never (devctl images push {} --node {})",
+                req.image, req.image, node.name
+            ),
+            false,
+        ),
+        Unfit::NoImage { known: false } => (
+            format!(
+                "the node has not reported its images yet and pull policy is never (retry, or check devctl images ls --node {})",
+                node.name
+            ),
+            false,
+        ),
     }
 }
 
@@ -317,18 +349,30 @@ pub fn place<'v, 'a>(
     let feasible = candidates
         .iter()
         .filter(|n| check(n, req, &wanted).is_none())
-        .map(|n| (n, (load_after(n, req), n.containers)));
-    let by_name = |a: &&NodeView<'_>, b: &&NodeView<'_>| a.name.cmp(b.name);
+        .map(|n| (n, load_after(n, req)));
+    // Equal loads: the node holding the image, then fewer containers
+    // (spread) or more (binpack), then the name.
+    let ties = |a: &&NodeView<'_>, b: &&NodeView<'_>| {
+        let missing = |n: &NodeView<'_>| n.has_image != Some(true);
+        let containers = match req.strategy {
+            Strategy::Spread => a.containers.cmp(&b.containers),
+            Strategy::Binpack => b.containers.cmp(&a.containers),
+        };
+        missing(a)
+            .cmp(&missing(b))
+            .then(containers)
+            .then_with(|| a.name.cmp(b.name))
+    };
     let best = match req.strategy {
-        Strategy::Spread => feasible.min_by(|(a, ka), (b, kb)| {
-            ka.partial_cmp(kb)
+        Strategy::Spread => feasible.min_by(|(a, la), (b, lb)| {
+            la.partial_cmp(lb)
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| by_name(a, b))
+                .then_with(|| ties(a, b))
         }),
-        Strategy::Binpack => feasible.min_by(|(a, ka), (b, kb)| {
-            kb.partial_cmp(ka)
+        Strategy::Binpack => feasible.min_by(|(a, la), (b, lb)| {
+            lb.partial_cmp(la)
                 .unwrap_or(std::cmp::Ordering::Equal)
-                .then_with(|| by_name(a, b))
+                .then_with(|| ties(a, b))
         }),
     };
     match best {
@@ -370,6 +414,47 @@ mod tests {
             memory_threshold_percent: 90.0,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn pull_never_needs_the_image_and_otherwise_the_image_breaks_ties() {
+        let with = |name, has| NodeView {
+            has_image: has,
+            ..node(name, 0)
+        };
+        let nodes = [
+            with("a", Some(false)),
+            with("b", Some(true)),
+            with("c", None),
+        ];
+        // Equal loads: the node holding the image wins over the name.
+        assert_eq!(place(&nodes, &req()).unwrap().name, "b");
+        let never = Request {
+            image: "x:1".into(),
+            image_required: true,
+            ..req()
+        };
+        assert_eq!(place(&nodes, &never).unwrap().name, "b");
+        // A lighter node still wins when the image may be pulled.
+        let mut busy_b = with("b", Some(true));
+        busy_b.reserved_milli_cpus = 1000;
+        let nodes = [with("a", Some(false)), busy_b, with("c", None)];
+        assert_eq!(place(&nodes, &req()).unwrap().name, "a");
+        let nodes = [with("a", Some(false)), with("c", None)];
+        let Err(PlacementError::NoFit(r)) = place(&nodes, &never) else {
+            panic!("placed without the image");
+        };
+        assert_eq!(r.len(), 2);
+        assert!(
+            r[0].reason.contains("image x:1 is not on this node"),
+            "{r:?}"
+        );
+        assert!(
+            r[0].reason.contains("devctl images push x:1 --node a"),
+            "{r:?}"
+        );
+        assert!(r[1].reason.contains("not reported its images"), "{r:?}");
+        assert!(r.iter().all(|r| !r.capacity));
     }
 
     #[test]

@@ -38,6 +38,7 @@ use futures::StreamExt;
 use super::{ContainerRuntime, EngineInfo, PullProgress, RuntimeError};
 
 mod build;
+mod images;
 mod networks;
 mod registry;
 mod workspaces;
@@ -566,6 +567,14 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn workspaces(&self) -> Result<Vec<pb::EngineWorkspace>, RuntimeError> {
         self.workspaces.list().await
+    }
+
+    async fn images(&self) -> Result<Vec<pb::Image>, RuntimeError> {
+        images::list(&self.docker).await
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<pb::ImageRemoval, RuntimeError> {
+        images::remove(&self.docker, &self.node, image).await
     }
 
     async fn inventory(&self) -> Result<Vec<pb::EngineContainer>, RuntimeError> {
