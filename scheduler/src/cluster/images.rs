@@ -49,7 +49,7 @@ impl ImageCatalog {
 
     /// Records a fetch's outcome (`None`: it failed; the next heartbeat
     /// retries).
-    fn fetched(&self, node: &str, list: Option<pb::ImageList>) {
+    pub(super) fn fetched(&self, node: &str, list: Option<pb::ImageList>) {
         let mut nodes = self.nodes.lock().expect("catalog lock");
         let entry = nodes.entry(node.to_string()).or_default();
         entry.fetching = false;

@@ -143,6 +143,17 @@ async fn a_pull_that_fails_while_it_runs_leaves_no_record() {
 #[tokio::test]
 async fn policy_never_pulls_nothing() {
     let f = fake_link::cluster();
+    // Placement takes only a node that holds the image: node-1 does.
+    f.cluster.shared.images.fetched(
+        "node-1",
+        Some(pb::ImageList {
+            digest: "d1".into(),
+            images: vec![pb::Image {
+                tags: vec!["reg.example.com:5000/team/dev:1".into()],
+                ..Default::default()
+            }],
+        }),
+    );
     f.link.answer(
         Kind::Create,
         Answer::Reply(status(ContainerState::Running, None)),
