@@ -38,7 +38,7 @@ fn bad_input_is_refused_with_the_right_code_and_leaves_nothing() {
             ],
             &[
                 "FailedPrecondition",
-                "not present on node",
+                "is not on this node and pull policy is never",
                 "--pull missing",
             ],
         ),

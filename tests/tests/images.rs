@@ -134,7 +134,7 @@ fn images_ls_shows_where_each_image_is_and_pull_never_places_only_there() {
         assert!(
             why.contains("image devctl/nowhere:1 is not on this node")
                 && why.contains(&format!(
-                    "devctl images push devctl/nowhere:1 --node {want}"
+                    "devctl images build CONTEXT -t devctl/nowhere:1 --node {want}"
                 )),
             "{why}"
         );

@@ -29,14 +29,12 @@ use devctl_proto::{
 use thiserror::Error;
 
 mod audit;
-mod build;
 mod jetstream;
 mod renew;
 mod reports;
 mod request;
 mod stream;
 mod tunnel;
-mod workspace;
 
 pub use audit::{AUDIT_STREAM, AUDIT_SUBJECT, AuditReader};
 pub use jetstream::{

@@ -287,7 +287,7 @@ fn reason(unfit: Unfit<'_>, node: &NodeView<'_>, req: &Request) -> (String, bool
         ),
         Unfit::NoImage { known: true } => (
             format!(
-                "image {} is not on this node and pull policy is never (devctl images push {} --node {})",
+                "image {} is not on this node and pull policy is never (build it there with devctl images build CONTEXT -t {} --node {}, or pull it with --pull missing)",
                 req.image, req.image, node.name
             ),
             false,
@@ -450,7 +450,8 @@ mod tests {
             "{r:?}"
         );
         assert!(
-            r[0].reason.contains("devctl images push x:1 --node a"),
+            r[0].reason
+                .contains("devctl images build CONTEXT -t x:1 --node a"),
             "{r:?}"
         );
         assert!(r[1].reason.contains("not reported its images"), "{r:?}");
