@@ -13,6 +13,9 @@
 //! the script lets open fails as a broken bus would; refusals come back as
 //! scripted. Tunnels are the exception: one the script lets open gets
 //! in-memory pipes whose agent end ([`FakeAgentEnd`]) the test drives.
+//!
+//! One piece: the scripted fake `AgentLink` for unit tests (one trait impl),
+//! with the script it answers from and the record of what it was sent.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

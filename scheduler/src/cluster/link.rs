@@ -220,11 +220,9 @@ impl AgentLink for Bus {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
         Box::pin(async move {
-            let (up, down) = Bus::open_tunnel(self, node, command, timeout).await?;
-            Ok(TunnelPipes {
-                up: Box::new(up),
-                down: Box::new(down),
-            })
+            Bus::open_tunnel(self, node, command, timeout)
+                .await
+                .map(boxed)
         })
     }
 
@@ -235,11 +233,9 @@ impl AgentLink for Bus {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
         Box::pin(async move {
-            let (up, down) = Bus::open_build(self, node, command, timeout).await?;
-            Ok(TunnelPipes {
-                up: Box::new(up),
-                down: Box::new(down),
-            })
+            Bus::open_build(self, node, command, timeout)
+                .await
+                .map(boxed)
         })
     }
 
@@ -250,11 +246,9 @@ impl AgentLink for Bus {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
         Box::pin(async move {
-            let (up, down) = Bus::open_receive(self, node, command, timeout).await?;
-            Ok(TunnelPipes {
-                up: Box::new(up),
-                down: Box::new(down),
-            })
+            Bus::open_receive(self, node, command, timeout)
+                .await
+                .map(boxed)
         })
     }
 
@@ -308,5 +302,18 @@ impl TunnelSink for PipeSender {
 
     fn finish(&mut self, error: Option<String>) -> BoxFuture<'_, ()> {
         Box::pin(async move { PipeSender::finish(self, error.as_deref()).await })
+    }
+}
+
+/// The bus's ends of a duplex stream, as the cluster holds them.
+fn boxed(
+    (up, down): (
+        devctl_proto::pipe::PipeReceiver,
+        devctl_proto::pipe::PipeSender,
+    ),
+) -> TunnelPipes {
+    TunnelPipes {
+        up: Box::new(up),
+        down: Box::new(down),
     }
 }

@@ -14,6 +14,10 @@
 //! `rm --purge` and DeleteWorkspace delete it. Nodes' inventories report the
 //! volumes and their sizes: sizes are recorded, and a volume gone from its
 //! node marks the record MISSING.
+//!
+//! One piece: a workspace's life in the cluster. It covers the plan at
+//! create, the settle after it, start refusals, purge and move, all under the
+//! same workspace record transitions.
 
 use std::{collections::HashMap, time::SystemTime};
 

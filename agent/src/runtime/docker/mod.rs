@@ -13,6 +13,12 @@
 //!
 //! Containers join their owner's network on this node (`networks.rs`),
 //! never the default bridge.
+//!
+//! One piece for now: the Docker `ContainerRuntime` impl (one trait impl
+//! block). Concerns that keep their own state live in submodules (networks,
+//! workspaces, images, build, registry), and the impl delegates to them.
+//! Known debt: the create/inspect/exec bodies should move into submodules of
+//! their own the same way.
 
 use std::{collections::HashMap, time::SystemTime};
 
