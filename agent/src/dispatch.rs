@@ -78,6 +78,9 @@ pub struct Handled {
     /// A workspace to receive once its pipes are open and the reply is
     /// sent.
     pub receive: Option<pb::ReceiveWorkspaceCommand>,
+    /// An image archive to receive and load once its pipes are open and
+    /// the reply is sent.
+    pub import: Option<crate::import::OpenedImport>,
 }
 
 impl From<pb::AgentReply> for Handled {
@@ -88,6 +91,7 @@ impl From<pb::AgentReply> for Handled {
             tunnel: None,
             build: None,
             receive: None,
+            import: None,
         }
     }
 }
@@ -136,6 +140,7 @@ pub struct Dispatcher<R> {
     limit: EngineLimit,
     settle: Duration,
     tunnels: TunnelSettings,
+    imports: crate::import::Imports,
 }
 
 pub(crate) fn error_reply(code: pb::AgentErrorCode, message: String) -> pb::AgentReply {
@@ -167,7 +172,14 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             limit,
             settle: Duration::ZERO,
             tunnels: TunnelSettings::default(),
+            imports: crate::import::Imports::default(),
         }
+    }
+
+    /// Receives pushed image archives in `imports`' directory.
+    pub fn with_imports(mut self, imports: crate::import::Imports) -> Self {
+        self.imports = imports;
+        self
     }
 
     /// Gives tunnels their host key and `/proc`.
@@ -207,12 +219,13 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                     tracing::info!(tag = %build.command.tag, session = %build.command.session, bytes = build.command.context_size, "build");
                     Handled {
                         reply: pb::AgentReply {
-                            result: Some(Reply::Opened(pb::StreamOpened {})),
+                            result: Some(Reply::Opened(pb::StreamOpened::default())),
                         },
                         stream: None,
                         tunnel: None,
                         build: Some(build),
                         receive: None,
+                        import: None,
                     }
                 }
                 Err(e) => error_reply(pb::AgentErrorCode::BadCommand, e).into(),
@@ -226,6 +239,26 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             Ok(pb::AgentCommand {
                 command: Some(Command::Pull(pull)),
             }) => self.open_pull(pull),
+            Ok(pb::AgentCommand {
+                command: Some(Command::ImportImage(import)),
+            }) => match self.imports.accept(import) {
+                Ok(import) => {
+                    tracing::info!(sha256 = %import.command.sha256, image = %import.command.image_id, bytes = import.command.size_bytes, offset = import.offset, "import image");
+                    Handled {
+                        reply: pb::AgentReply {
+                            result: Some(Reply::Opened(pb::StreamOpened {
+                                offset: import.offset,
+                            })),
+                        },
+                        stream: None,
+                        tunnel: None,
+                        build: None,
+                        receive: None,
+                        import: Some(import),
+                    }
+                }
+                Err((code, e)) => error_reply(code, e).into(),
+            },
             other => self.execute_one(other).await.into(),
         }
     }
@@ -249,7 +282,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         match self.limit.run(self.runtime.logs(&cmd.id, options)).await {
             Ok(chunks) => Handled {
                 reply: pb::AgentReply {
-                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                    result: Some(Reply::Opened(pb::StreamOpened::default())),
                 },
                 stream: Some(OpenedStream {
                     setup,
@@ -259,6 +292,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 tunnel: None,
                 build: None,
                 receive: None,
+                import: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -277,7 +311,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         match self.runtime.send_workspace(&cmd.name).await {
             Ok(chunks) => Handled {
                 reply: pb::AgentReply {
-                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                    result: Some(Reply::Opened(pb::StreamOpened::default())),
                 },
                 stream: Some(OpenedStream {
                     setup,
@@ -286,6 +320,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 }),
                 tunnel: None,
                 receive: None,
+                import: None,
                 build: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
@@ -336,7 +371,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         let progress = self.runtime.pull(&cmd.image, policy, cmd.auth);
         Handled {
             reply: pb::AgentReply {
-                result: Some(Reply::Opened(pb::StreamOpened {})),
+                result: Some(Reply::Opened(pb::StreamOpened::default())),
             },
             stream: Some(OpenedStream {
                 setup,
@@ -345,6 +380,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             }),
             tunnel: None,
             receive: None,
+            import: None,
             build: None,
         }
     }
@@ -362,7 +398,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         match self.limit.run(self.runtime.exec(&cmd.id, &start)).await {
             Ok(session) => Handled {
                 reply: pb::AgentReply {
-                    result: Some(Reply::Opened(pb::StreamOpened {})),
+                    result: Some(Reply::Opened(pb::StreamOpened::default())),
                 },
                 stream: Some(OpenedStream {
                     setup,
@@ -376,6 +412,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
                 tunnel: None,
                 build: None,
                 receive: None,
+                import: None,
             },
             Err(e) => error_reply(e.code(), e.to_string()).into(),
         }
@@ -402,7 +439,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
         tracing::info!(id = %cmd.id, session = %cmd.session, kind = ?cmd.kind(), port = cmd.port, "tunnel");
         Handled {
             reply: pb::AgentReply {
-                result: Some(Reply::Opened(pb::StreamOpened {})),
+                result: Some(Reply::Opened(pb::StreamOpened::default())),
             },
             stream: None,
             tunnel: Some(OpenedTunnel {
@@ -414,6 +451,7 @@ impl<R: ContainerRuntime> Dispatcher<R> {
             }),
             build: None,
             receive: None,
+            import: None,
         }
     }
 
@@ -566,11 +604,12 @@ fn accept_receive(cmd: pb::ReceiveWorkspaceCommand) -> Handled {
     }
     Handled {
         reply: pb::AgentReply {
-            result: Some(Reply::Opened(pb::StreamOpened {})),
+            result: Some(Reply::Opened(pb::StreamOpened::default())),
         },
         stream: None,
         tunnel: None,
         receive: Some(cmd),
+        import: None,
         build: None,
     }
 }
@@ -587,7 +626,7 @@ fn container_id(cmd: &Command) -> Option<String> {
         Command::Exec(c) => Some(c.id.clone()),
         Command::Inspect(c) => Some(c.id.clone()),
         Command::Tunnel(c) => Some(c.id.clone()),
-        Command::Inventory(_) | Command::Build(_) => None,
+        Command::Inventory(_) | Command::Build(_) | Command::ImportImage(_) => None,
         // A workspace's commands are serialized under a key no container
         // id can be.
         Command::RemoveWorkspace(c) => Some(format!("workspace/{}", c.name)),
@@ -672,7 +711,8 @@ async fn execute<R: ContainerRuntime>(runtime: &R, cmd: Command) -> Result<Reply
         | Command::Exec(_)
         | Command::Tunnel(_)
         | Command::Pull(_)
-        | Command::Build(_) => Reply::Error(pb::AgentError {
+        | Command::Build(_)
+        | Command::ImportImage(_) => Reply::Error(pb::AgentError {
             code: pb::AgentErrorCode::BadCommand as i32,
             message: "streams are opened elsewhere".into(),
         }),

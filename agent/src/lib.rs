@@ -37,6 +37,7 @@ pub mod dispatch;
 pub mod forward;
 pub mod host;
 pub mod images;
+pub mod import;
 pub mod join;
 pub mod limit;
 pub mod netns;
@@ -233,13 +234,23 @@ pub async fn serve<R: ContainerRuntime>(
     // Listen before announcing ourselves: the scheduler asks for our
     // inventory as soon as it hears the first heartbeat.
     let mut commands = bus.commands().await?;
+    // Pushed image archives are received here; a transfer cut by a restart
+    // continues from what the directory holds.
+    let imports = import::Imports::new(match &config.data_dir {
+        Some(dir) => dir.join("imports"),
+        None => std::env::temp_dir()
+            .join(format!("devctl-agent-{}", config.node))
+            .join("imports"),
+    });
+    imports.sweep();
     let dispatcher = Arc::new(
         Dispatcher::new(runtime, limit::EngineLimit::new(config.max_engine_ops))
             .with_settle(config.create_settle)
             .with_tunnels(dispatch::TunnelSettings {
                 host_key: Some(Arc::new(host_key)),
                 proc_root: config.proc_root.clone(),
-            }),
+            })
+            .with_imports(imports),
     );
     let stop_heartbeats = CancellationToken::new();
     let stream_count = bus::StreamCount::default();
@@ -344,6 +355,17 @@ pub async fn serve<R: ContainerRuntime>(
                 },
                 None => None,
             };
+            // An image archive to receive, likewise.
+            let import = match handled.import {
+                Some(i) => match bus.tunnel_pipes(&i.up, &i.down).await {
+                    Ok(pipes) => Some((i, pipes)),
+                    Err(e) => {
+                        reply = dispatch::error_reply(pb::AgentErrorCode::Engine, e.to_string());
+                        None
+                    }
+                },
+                None => None,
+            };
             // A workspace to receive, likewise.
             let receive = match handled.receive {
                 Some(r) => {
@@ -379,6 +401,15 @@ pub async fn serve<R: ContainerRuntime>(
                 streams.spawn(serve_stream(
                     bus,
                     listening,
+                    stop_streams.clone(),
+                    count.clone(),
+                ));
+            }
+            if let Some((i, pipes)) = import {
+                streams.spawn(import::serve(
+                    i,
+                    pipes,
+                    Arc::clone(&dispatcher),
                     stop_streams.clone(),
                     count.clone(),
                 ));

@@ -168,13 +168,19 @@ pub fn agent_permissions(node: &str) -> Permissions {
     }
 }
 
+/// The JetStream object store bucket of pushed image archives (the
+/// scheduler's alone: agents get archives through pipes).
+pub const IMAGE_BUCKET: &str = "devctl-images";
+
 /// What the scheduler may do: every devctl subject, the JetStream API
-/// (streams, consumers, acknowledgements) and its own inbox.
+/// (streams, consumers, acknowledgements), the image archive bucket's
+/// chunks and metadata, and its own inbox.
 pub fn scheduler_permissions() -> Permissions {
     Permissions {
         publish: vec![
             format!("{ROOT}.>"),
             "$JS.API.>".into(),
+            format!("$O.{IMAGE_BUCKET}.>"),
             "$JS.ACK.>".into(),
             "$JS.FC.>".into(),
             // Renewal answers: a reload between a request and its answer
@@ -376,6 +382,8 @@ mod tests {
         let p = scheduler_permissions();
         assert!(may(&p.publish, &command_subject("node-a")));
         assert!(may(&p.publish, "$JS.API.CONSUMER.CREATE.DEVCTL_EVENTS"));
+        assert!(may(&p.publish, "$O.devctl-images.C.abc"));
+        assert!(!may(&p.publish, "$O.other.C.abc"));
         assert!(may(&p.subscribe, ALL_HEARTBEATS));
         assert!(may(&p.subscribe, "_INBOX.scheduler.abc.1"));
         assert!(!may(&p.subscribe, "_INBOX.node.node-a.x"));

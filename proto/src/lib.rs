@@ -24,6 +24,7 @@
 
 pub mod bus;
 pub mod container;
+pub mod digest;
 pub mod enroll;
 pub mod identity;
 pub mod json;

@@ -201,6 +201,12 @@ pub struct ServeArgs {
     /// at start, so it must fit in the store's free space.
     #[arg(long, env = "DEVCTL_AUDIT_MAX_SIZE", default_value = "256m", value_parser = parse_memory_or_zero)]
     pub audit_max_size: i64,
+    /// Most space image archives pushed without a registry (`devctl images
+    /// push`) take in the bus's object store (8g, 20g; 0: pushes off): the
+    /// largest archive a push may send, and past it the oldest archives are
+    /// deleted. JetStream reserves it at start, as the audit log's.
+    #[arg(long, env = "DEVCTL_IMAGE_STORE_SIZE", default_value = "8g", value_parser = parse_memory_or_zero)]
+    pub image_store_size: i64,
     /// API calls per second allowed to each identity on average (0.5, 50);
     /// 0: no limit. A call over it is RESOURCE_EXHAUSTED ("retry in N ms",
     /// and the `retry-after-ms` response metadata).

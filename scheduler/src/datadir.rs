@@ -161,6 +161,12 @@ impl DataDir {
         self.nats_dir().join("agents")
     }
 
+    /// Image archives being uploaded by `devctl images push` (one
+    /// `<sha256>.part` each, until stored in the bus's object store).
+    pub fn uploads_dir(&self) -> PathBuf {
+        self.root.join("uploads")
+    }
+
     /// The store file.
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.redb")
@@ -426,6 +432,21 @@ impl DataDir {
             )?;
         }
         Ok(())
+    }
+
+    /// Rewrites the bus's users when this version's permissions differ
+    /// from what the file holds (a data directory made by an older
+    /// version), and tells the running nats-server to reload. Returns
+    /// whether it rewrote them.
+    pub fn refresh_bus_users(&self) -> Result<bool, DataDirError> {
+        let current = fs::read_to_string(self.nats_users()).unwrap_or_default();
+        if current == render_users(&self.agents_with_serials()?) {
+            return Ok(false);
+        }
+        self.update_users(|_| Ok(()))?;
+        tracing::info!(path = %self.nats_users().display(), "bus permissions updated to this version's");
+        self.reload_nats()?;
+        Ok(true)
     }
 
     /// Lets `node`'s agent onto the bus: adds its user (confined by

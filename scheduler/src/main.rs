@@ -178,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 event_retention: args.event_retention,
                 audit_retention: args.audit_retention,
                 audit_max_bytes: args.audit_max_size,
+                image_store_bytes: args.image_store_size.max(0) as u64,
                 rate_limit: Limit::new(args.rate_limit, args.rate_burst),
                 anonymous_rate_limit: Limit::new(
                     args.anonymous_rate_limit,

@@ -75,6 +75,8 @@ pub struct ServeConfig {
     pub audit_retention: Duration,
     /// Most bytes the audit log keeps (oldest entries go first); 0: no cap.
     pub audit_max_bytes: i64,
+    /// Most bytes of pushed image archives kept; 0: pushes off.
+    pub image_store_bytes: u64,
     /// The per-identity rate limit of API calls; `None`: unlimited.
     pub rate_limit: Option<crate::ratelimit::Limit>,
     /// The limit per source address on calls without usable credentials,
@@ -138,6 +140,7 @@ pub async fn serve(
     .map_err(DataDirError::from)?;
     let tokens = TokenApi::new(store.clone(), auth.clone());
     config.data_dir.ensure_bus()?;
+    config.data_dir.refresh_bus_users()?;
     let bus = Bus::connect(&config.nats, &config.data_dir.bus_dir()).await?;
     let heartbeats = bus.heartbeats().await?;
     bus.ensure_streams(config.event_retention).await?;
@@ -237,6 +240,15 @@ pub async fn serve(
     };
 
     let streaming = StreamApi::new(cluster.clone(), auth.clone(), stop.clone(), streams.clone());
+    let images = ImageApi::new(cluster.clone());
+    let images = match image_pushes(&bus, &config).await {
+        Ok(Some(pushes)) => images.with_push(streaming.clone(), pushes),
+        Ok(None) => images,
+        Err(e) => {
+            tracing::warn!(error = %e, "image pushes are off: the image archive store is unusable");
+            images
+        }
+    };
     let authenticate = {
         let auth = auth.clone();
         move |req| auth.authenticate(req)
@@ -273,10 +285,7 @@ pub async fn serve(
             NodeServiceServer,
             NodeApi::new(cluster.clone())
         ))
-        .add_service(authenticated!(
-            ImageServiceServer,
-            ImageApi::new(cluster.clone())
-        ))
+        .add_service(authenticated!(ImageServiceServer, images))
         .add_service(authenticated!(EventServiceServer, streaming.clone()))
         .add_service(authenticated!(LogServiceServer, streaming.clone()))
         .add_service(authenticated!(ExecServiceServer, streaming.clone()))
@@ -472,4 +481,22 @@ async fn heartbeat_loop(cluster: Cluster, mut heartbeats: Heartbeats, stop: Canc
             tracing::error!(node = %hb.node, error = %e, "recording heartbeat failed");
         }
     }
+}
+
+/// The image archive store of pushes, unless `--image-store-size 0` turned
+/// them off.
+async fn image_pushes(
+    bus: &Bus,
+    config: &ServeConfig,
+) -> Result<Option<crate::api::push::Pushes>, String> {
+    if config.image_store_bytes == 0 {
+        return Ok(None);
+    }
+    let archives = bus
+        .image_archives(config.image_store_bytes)
+        .await
+        .map_err(|e| e.to_string())?;
+    crate::api::push::Pushes::new(archives, config.data_dir.uploads_dir())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }

@@ -269,6 +269,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         }))
     }
 
+    /// Loads the image archive in file `archive` (as `docker load`): the
+    /// engine's output as it comes; the stream ends with an error when the
+    /// load failed. Runtimes that cannot load (test fakes) refuse.
+    fn load_image(&self, archive: std::path::PathBuf) -> BuildOutput {
+        let _ = archive;
+        Box::pin(futures::stream::once(async {
+            Err(RuntimeError::Engine(
+                "this runtime cannot load images".into(),
+            ))
+        }))
+    }
+
     /// Whether the engine has an image tagged `tag`.
     fn image_present(&self, tag: &str) -> impl Future<Output = Result<bool, RuntimeError>> + Send {
         let _ = tag;

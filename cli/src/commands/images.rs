@@ -1,5 +1,6 @@
 //! `devctl images ls [--node N]`: which image is on which node;
-//! `devctl images rm IMAGE [--node N]` (admin).
+//! `devctl images rm IMAGE [--node N]` (admin); `build` and `push` are in
+//! their own files.
 
 use anyhow::Result;
 use devctl_proto::pb;
@@ -40,12 +41,17 @@ pub enum Action {
     /// Build an image on nodes from a local context directory (like docker
     /// build; nothing is pulled: FROM images must be on the nodes).
     Build(super::images_build::Args),
+    /// Send an image from this machine's engine (or a docker save archive)
+    /// to nodes, without a registry: docker save | docker load on each,
+    /// through the cluster's bus, resuming a transfer an agent restart cut.
+    Push(super::images_push::Args),
 }
 
 /// Runs `images ACTION`.
 pub async fn run(client: &mut Client, format: Format, args: Args) -> Result<()> {
     match args.action {
         Action::Build(args) => super::images_build::run(client, args).await,
+        Action::Push(args) => super::images_push::run(client, format, args).await,
         Action::Ls { node } => {
             let r = client
                 .images

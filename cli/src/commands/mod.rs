@@ -11,6 +11,7 @@ pub mod extend;
 pub mod get;
 pub mod images;
 pub mod images_build;
+pub mod images_push;
 pub mod login;
 pub mod logs;
 pub mod ls;

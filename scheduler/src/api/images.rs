@@ -1,11 +1,15 @@
-//! `devctl.v1.ImageService`: which image is on which node.
+//! `devctl.v1.ImageService`: which image is on which node, and pushes of
+//! images to nodes without a registry (in `push`).
+
+use std::sync::Arc;
 
 use devctl_proto::pb::{self, image_service_server::ImageService};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{
-    audit,
+    StreamApi, audit,
     auth::{caller, must_be_admin},
+    push::{PushStream, Pushes},
 };
 use crate::cluster::Cluster;
 
@@ -13,17 +17,45 @@ use crate::cluster::Cluster;
 #[derive(Debug, Clone)]
 pub struct ImageApi {
     cluster: Cluster,
+    push: Option<Arc<(StreamApi, Pushes)>>,
 }
 
 impl ImageApi {
-    /// The service for `cluster`.
+    /// The service for `cluster` (pushes refused).
     pub fn new(cluster: Cluster) -> Self {
-        Self { cluster }
+        Self {
+            cluster,
+            push: None,
+        }
+    }
+
+    /// Takes pushes too: their streams run as `streaming`'s, their
+    /// archives are kept by `pushes`.
+    pub fn with_push(mut self, streaming: StreamApi, pushes: Pushes) -> Self {
+        self.push = Some(Arc::new((streaming, pushes)));
+        self
     }
 }
 
 #[tonic::async_trait]
 impl ImageService for ImageApi {
+    type PushImageStream = PushStream;
+
+    /// Developers and admins (as a build): the image goes to the nodes,
+    /// not to anyone's container.
+    async fn push_image(
+        &self,
+        req: Request<Streaming<pb::PushImageInput>>,
+    ) -> Result<Response<Self::PushImageStream>, Status> {
+        let Some(push) = &self.push else {
+            return Err(Status::unimplemented(
+                "this server keeps no image archives: pushes are off",
+            ));
+        };
+        let (streaming, pushes) = push.as_ref();
+        Ok(Response::new(streaming.push_image(pushes, req).await?))
+    }
+
     /// Any caller: images are no secret to those who may create containers
     /// from them (as `devctl nodes`).
     async fn list_images(

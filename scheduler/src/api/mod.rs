@@ -12,6 +12,7 @@ pub mod exec;
 pub mod images;
 pub mod logs;
 pub mod nodes;
+pub mod push;
 pub mod registry;
 pub mod ssh;
 pub mod stats;

@@ -13,7 +13,8 @@
 //! - `reports`: subscriptions to what agents report (heartbeats, stats);
 //! - `renew`: agents' certificate renewal requests and their answers;
 //! - `jetstream`: the engine-event work queue and the event history;
-//! - `audit`: the audit log's stream.
+//! - `audit`: the audit log's stream;
+//! - `objects`: the object store of pushed image archives.
 
 use std::{
     path::Path,
@@ -30,6 +31,7 @@ use thiserror::Error;
 
 mod audit;
 mod jetstream;
+mod objects;
 mod renew;
 mod reports;
 mod request;
@@ -41,6 +43,7 @@ pub use jetstream::{
     ENGINE_EVENT_MAX_DELIVER, ENGINE_EVENTS_IN_FLIGHT, EngineEventMsg, EngineEvents, EventReader,
     EventStart,
 };
+pub use objects::{IMAGE_BUCKET, ImageArchives, StoredArchive};
 pub use renew::{RenewRequestMsg, RenewRequests};
 pub use reports::{Heartbeats, StatsReports};
 pub use stream::{ExecInputSender, StreamReader};

@@ -1,6 +1,6 @@
-//! Duplex streams (tunnels, image builds, workspace receives; see
-//! `TunnelCommand`, `BuildCommand` and `ReceiveWorkspaceCommand` in
-//! bus.proto): a byte stream each way between the scheduler and an agent,
+//! Duplex streams (tunnels, image builds and imports, workspace receives;
+//! see `TunnelCommand`, `BuildCommand`, `ImportImageCommand` and
+//! `ReceiveWorkspaceCommand` in bus.proto): a byte stream each way between the scheduler and an agent,
 //! each one a flow-controlled pipe (`devctl_proto::pipe`). The scheduler
 //! receives on the `up` pipe (`….stream.<id>.data`, credit on `….control`)
 //! and sends on the `down` pipe (`….stream.<id>.down`, the agent's credit on
@@ -19,9 +19,11 @@ use devctl_proto::{
 
 use super::{Bus, BusError};
 
-/// The scheduler's ends of a duplex stream (`up`, `down`), or why there are
-/// none: `Err(Ok(reply))`, the agent refused with `reply`.
-pub(crate) type Duplex = Result<(PipeReceiver, PipeSender), Result<Reply, BusError>>;
+/// The scheduler's ends of a duplex stream (`up`, `down`) and what the
+/// agent said opening it, or why there are none: `Err(Ok(reply))`, the
+/// agent refused with `reply`.
+pub(crate) type Duplex =
+    Result<(PipeReceiver, PipeSender, pb::StreamOpened), Result<Reply, BusError>>;
 
 impl Bus {
     /// Opens tunnel `command` on `node`: `command.session` (a fresh id the
@@ -55,6 +57,26 @@ impl Bus {
         let id = command.session.clone();
         self.open_duplex(node, &id, timeout, "the build", |up, down| {
             Command::Build(pb::BuildCommand {
+                up: Some(up),
+                down: Some(down),
+                ..command
+            })
+        })
+        .await
+    }
+
+    /// Sends image archive `command` to `node` (named by
+    /// `command.session`): `down` carries the archive from the offset the
+    /// agent answers with, `up` its progress and outcome.
+    pub async fn open_import(
+        &self,
+        node: &str,
+        command: pb::ImportImageCommand,
+        timeout: Duration,
+    ) -> Duplex {
+        let id = command.session.clone();
+        self.open_duplex(node, &id, timeout, "the image transfer", |up, down| {
+            Command::ImportImage(pb::ImportImageCommand {
                 up: Some(up),
                 down: Some(down),
                 ..command
@@ -111,8 +133,8 @@ impl Bus {
         let reply = self
             .command(node, with(up_setup, down_setup), timeout)
             .await;
-        if let Ok(Reply::Opened(_)) = reply {
-            return Ok((up, down));
+        if let Ok(Reply::Opened(opened)) = reply {
+            return Ok((up, down, opened));
         }
         // An agent that answered after the deadline holds its ends: they
         // hear that this side is gone.

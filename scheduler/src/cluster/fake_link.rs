@@ -63,7 +63,7 @@ impl Kind {
             Command::Exec(_) => Kind::Exec,
             Command::Inspect(_) => Kind::Inspect,
             Command::Tunnel(_) => Kind::Tunnel,
-            Command::Build(_) => Kind::Build,
+            Command::Build(_) | Command::ImportImage(_) => Kind::Build,
             Command::RemoveWorkspace(_)
             | Command::SendWorkspace(_)
             | Command::ReceiveWorkspace(_) => Kind::Workspace,
@@ -92,6 +92,7 @@ fn targets(command: &Command) -> Vec<&str> {
         Command::Pull(c) => vec![&c.id],
         Command::Inventory(_)
         | Command::Build(_)
+        | Command::ImportImage(_)
         | Command::ListImages(_)
         | Command::RemoveImage(_) => vec![],
     }
@@ -279,7 +280,7 @@ impl FakeLink {
         let answer = match wanted {
             Some(i) => inner.script.remove(i).answer,
             // Unscripted pulls find the image present (see `open_pull`).
-            None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened {})),
+            None if kind == Kind::Pull => Answer::Reply(Reply::Opened(pb::StreamOpened::default())),
             // Fake agents have no images.
             None if kind == Kind::ListImages => Answer::Reply(Reply::Images(pb::ImageList {
                 images: vec![],
@@ -558,13 +559,14 @@ impl FakeLink {
                 cancel_told: false,
                 finished: false,
             }),
+            opened: pb::StreamOpened::default(),
         }
     }
 }
 
 /// The reply of an agent that opened a stream or a tunnel.
 pub(crate) fn opened() -> Reply {
-    Reply::Opened(pb::StreamOpened {})
+    Reply::Opened(pb::StreamOpened::default())
 }
 
 impl AgentLink for FakeLink {

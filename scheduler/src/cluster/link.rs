@@ -74,6 +74,8 @@ pub(crate) struct TunnelPipes {
     pub(crate) up: Box<dyn TunnelSource>,
     /// Scheduler -> agent.
     pub(crate) down: Box<dyn TunnelSink>,
+    /// What the agent answered opening them (an import's offset).
+    pub(crate) opened: pb::StreamOpened,
 }
 
 /// What the cluster needs from the bus: its agents, and the event history.
@@ -131,6 +133,25 @@ pub(crate) trait AgentLink: std::fmt::Debug + Send + Sync {
         Box::pin(async move {
             Err(Err(BusError::Nats(format!(
                 "this link cannot build on node {node:?}"
+            ))))
+        })
+    }
+
+    /// Sends an image archive to `node` (ImportImageCommand `command`, its
+    /// `session` naming it; the link sets up both pipes): the scheduler's
+    /// ends once the agent holds its own, `opened.offset` the bytes it
+    /// holds already. Links that carry no archives (unit-test fakes)
+    /// refuse.
+    fn open_import<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ImportImageCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        let _ = (command, timeout);
+        Box::pin(async move {
+            Err(Err(BusError::Nats(format!(
+                "this link cannot send images to node {node:?}"
             ))))
         })
     }
@@ -239,6 +260,19 @@ impl AgentLink for Bus {
         })
     }
 
+    fn open_import<'a>(
+        &'a self,
+        node: &'a str,
+        command: pb::ImportImageCommand,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<TunnelPipes, NotOpened>> {
+        Box::pin(async move {
+            Bus::open_import(self, node, command, timeout)
+                .await
+                .map(boxed)
+        })
+    }
+
     fn open_receive<'a>(
         &'a self,
         node: &'a str,
@@ -307,13 +341,15 @@ impl TunnelSink for PipeSender {
 
 /// The bus's ends of a duplex stream, as the cluster holds them.
 fn boxed(
-    (up, down): (
+    (up, down, opened): (
         devctl_proto::pipe::PipeReceiver,
         devctl_proto::pipe::PipeSender,
+        pb::StreamOpened,
     ),
 ) -> TunnelPipes {
     TunnelPipes {
         up: Box::new(up),
         down: Box::new(down),
+        opened,
     }
 }

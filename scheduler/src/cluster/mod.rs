@@ -52,6 +52,7 @@ mod lifecycle;
 mod link;
 mod nodes;
 mod observe;
+mod push;
 mod query;
 mod registry;
 #[cfg(test)]
@@ -71,6 +72,8 @@ mod workspaces;
 pub use build::{BuildEvent, BuildJob, DEFAULT_MAX_BUILD_CONTEXT, check_build};
 pub use error::{Error, ErrorKind};
 pub(crate) use link::{TunnelSink, TunnelSource};
+pub(crate) use push::ArchiveSource;
+pub use push::{PushJob, check_push, is_sha256_hex};
 pub use settings::{
     CreateOptions, DEFAULT_PAGE_SIZE, DEFAULT_SSH_CERT_TTL, HOST_CERT_TTL, MAX_PAGE_BYTES,
     MAX_PAGE_SIZE, MAX_PUBLIC_KEY_LEN, MIN_MEMORY_BYTES, MIN_MILLI_CPUS, Settings,

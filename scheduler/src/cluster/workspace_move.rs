@@ -267,17 +267,18 @@ impl Cluster {
             up: None,
             down: None,
         };
-        let TunnelPipes { mut up, mut down } =
-            match self.shared.link.open_receive(to, receive, timeout).await {
-                Ok(p) => p,
-                Err(not) => {
-                    reader.close().await;
-                    return Err(match not {
-                        Ok(reply) => agent_error(reply, &stand_in(to)),
-                        Err(e) => e.into(),
-                    });
-                }
-            };
+        let TunnelPipes {
+            mut up, mut down, ..
+        } = match self.shared.link.open_receive(to, receive, timeout).await {
+            Ok(p) => p,
+            Err(not) => {
+                reader.close().await;
+                return Err(match not {
+                    Ok(reply) => agent_error(reply, &stand_in(to)),
+                    Err(e) => e.into(),
+                });
+            }
+        };
         let failed = |what: String| Error::new(ErrorKind::Internal, what);
         let mut copied = 0i64;
         // The receiver's early end (a failure) stops the relay.

@@ -742,6 +742,10 @@ impl ContainerRuntime for DockerRuntime {
         self.build_stream(build)
     }
 
+    fn load_image(&self, archive: std::path::PathBuf) -> super::BuildOutput {
+        self.load_stream(archive)
+    }
+
     async fn image_present(&self, tag: &str) -> Result<bool, RuntimeError> {
         self.has_image(tag).await
     }
