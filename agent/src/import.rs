@@ -192,7 +192,7 @@ pub async fn serve<R: ContainerRuntime>(
     let started = std::time::Instant::now();
     let (sha, image) = (&import.command.sha256, &import.command.image_id);
     let (outcome, keep) = tokio::select! {
-        _ = stop.cancelled() => (Err("the agent is stopping".to_string()), Keep::Yes),
+        _ = stop.cancelled() => (Err(devctl_proto::bus::AGENT_STOPPING.to_string()), Keep::Yes),
         done = run(&import, &mut up, &mut down, dispatcher.runtime()) => done,
     };
     match &outcome {

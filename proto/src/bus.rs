@@ -168,6 +168,10 @@ pub fn agent_permissions(node: &str) -> Permissions {
     }
 }
 
+/// How an agent ends a transfer (an image import) it drops because it is
+/// shutting down: the scheduler resumes it once the agent is back.
+pub const AGENT_STOPPING: &str = "the agent is stopping";
+
 /// The JetStream object store bucket of pushed image archives (the
 /// scheduler's alone: agents get archives through pipes).
 pub const IMAGE_BUCKET: &str = "devctl-images";

@@ -95,6 +95,21 @@ fn up_builds_copies_and_runs_the_lifecycle_of_the_sample() {
     ] {
         assert!(inside.contains(want), "{want} missing: {inside}");
     }
+    // The project is in the container's workspace volume, mounted at the
+    // workspace folder; the devcontainer's `mounts` volume is mounted too.
+    let ws = c.devctl(&["workspaces", "get", &name, "-o", "json"]).json();
+    assert_eq!(ws["node"], b.as_str(), "{ws}");
+    assert_eq!(
+        got["spec"]["workspacePath"], "/workspaces/devcontainer-sample",
+        "{got}"
+    );
+    let mounts = c
+        .devctl(&["exec", &name, "--", "cat", "/proc/mounts"])
+        .ok()
+        .stdout;
+    for target in [" /workspaces/devcontainer-sample ", " /cache "] {
+        assert!(mounts.contains(target), "{target} is not a mount: {mounts}");
+    }
 
     // Again: the same container, no second post-create.
     let r = c

@@ -292,6 +292,16 @@ spec:
         inside,
         "curl\nlibhdf5-dev=1.10.8\nrequests[socks]\nnumpy>=1.26,<3\npost-create ran\nenv=hello/8888\n"
     );
+    // The template's volume `./data` is the container's own named volume
+    // at /data.
+    let mounts = exec_out(&c, &box1, "grep ' /data ' /proc/mounts | wc -l");
+    assert_eq!(mounts.trim(), "1", "/data is a mount");
+    let got = c.devctl(&["get", &box1, "-o", "json"]).json();
+    assert_eq!(
+        got["spec"]["mounts"][0]["volume"],
+        format!("{box1}-data").as_str(),
+        "{got}"
+    );
     // Commands can run as another user (ExecStart.user, as docker exec -u).
     let r = c
         .devctl(&[

@@ -87,6 +87,7 @@ struct Config {
     milli_cpus: i64,
     memory_bytes: i64,
     override_command: bool,
+    mounts: Vec<pb::Mount>,
     warnings: Vec<String>,
 }
 
@@ -192,6 +193,70 @@ fn string_map(
         .collect()
 }
 
+/// One of devcontainer.json's mounts: `"source=S,target=T,type=volume"`
+/// (Docker's --mount syntax) or `{"source", "target", "type"}`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MountSpec {
+    kind: String,
+    source: Option<String>,
+    target: Option<String>,
+    read_only: bool,
+}
+
+fn parse_mount(v: &Value, what: &str, sub: &dyn Fn(&str) -> String) -> Result<MountSpec> {
+    let mut m = MountSpec {
+        kind: "volume".into(),
+        ..Default::default()
+    };
+    let mut set = |k: &str, val: Option<&str>| -> Result<()> {
+        match (k.trim(), val) {
+            ("type", Some(t)) => m.kind = t.trim().to_string(),
+            ("source" | "src", Some(s)) => m.source = Some(sub(s.trim())),
+            ("target" | "destination" | "dst", Some(t)) => m.target = Some(sub(t.trim())),
+            ("readonly" | "ro", None) => m.read_only = true,
+            ("readonly" | "ro", Some(b)) => m.read_only = b.trim() != "false" && b.trim() != "0",
+            ("consistency", _) => {}
+            (other, _) => {
+                bail!("{what}: {other:?} is not a mount option (source, target, type, readonly)")
+            }
+        }
+        Ok(())
+    };
+    match v {
+        Value::String(text) => {
+            for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, val) = match part.split_once('=') {
+                    Some((k, val)) => (k, Some(val)),
+                    None => (part, None),
+                };
+                set(k, val)?;
+            }
+        }
+        Value::Object(o) => {
+            for (k, val) in o {
+                match val {
+                    Value::Bool(b) => set(k, Some(if *b { "true" } else { "false" }))?,
+                    other => set(
+                        k,
+                        Some(
+                            other
+                                .as_str()
+                                .ok_or_else(|| anyhow!("{what}.{k}: must be a string"))?,
+                        ),
+                    )?,
+                }
+            }
+        }
+        _ => bail!("{what}: must be a string (source=…,target=…,type=…) or an object"),
+    }
+    if let Some(t) = &m.target
+        && !t.starts_with('/')
+    {
+        bail!("{what}: target {t:?} must be an absolute path in the container");
+    }
+    Ok(m)
+}
+
 /// Reads and checks `path` (the project being `local`).
 fn parse(path: &Path, local: &Path) -> Result<Config> {
     let text =
@@ -209,10 +274,17 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // workspaceMount's target is where the project goes when
+    // workspaceFolder does not say (its source is copied, not bound).
+    let mount_target = match obj.get("workspaceMount") {
+        Some(m) => parse_mount(m, "workspaceMount", &|s| substitute(s, local, ""))?.target,
+        None => None,
+    };
     let folder = obj
         .get("workspaceFolder")
         .and_then(Value::as_str)
         .map(|s| substitute(s, local, ""))
+        .or(mount_target)
         .unwrap_or_else(|| format!("/workspaces/{basename}"));
     if !folder.starts_with('/') {
         bail!("workspaceFolder: {folder:?} must be an absolute path in the container");
@@ -222,7 +294,11 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
     let mut unsupported = Vec::new();
     for (key, v) in obj {
         match key.as_str() {
-            "image" => c.image = Some(sub(v.as_str().ok_or_else(|| anyhow!("image: must be a string"))?)),
+            "image" => {
+                c.image = Some(sub(v
+                    .as_str()
+                    .ok_or_else(|| anyhow!("image: must be a string"))?))
+            }
             "build" | "dockerFile" => {
                 let (dockerfile, context, args) = if key == "dockerFile" {
                     (v.as_str(), obj.get("context").and_then(Value::as_str), None)
@@ -233,7 +309,8 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
                         v.get("args"),
                     )
                 };
-                let dockerfile = dockerfile.ok_or_else(|| anyhow!("build.dockerfile: is required with build"))?;
+                let dockerfile = dockerfile
+                    .ok_or_else(|| anyhow!("build.dockerfile: is required with build"))?;
                 let args = match args {
                     Some(a) => string_map(a, "build.args", &sub)?,
                     None => HashMap::new(),
@@ -260,7 +337,9 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
                 c.remote_env.sort();
             }
             "remoteUser" | "containerUser" => {
-                let user = v.as_str().ok_or_else(|| anyhow!("{key}: must be a string"))?;
+                let user = v
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{key}: must be a string"))?;
                 if key == "remoteUser" || c.remote_user.is_empty() {
                     c.remote_user = sub(user);
                 }
@@ -282,11 +361,14 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
             "postAttachCommand" => c.lifecycle.push(("postAttachCommand", v.clone())),
             "hostRequirements" => {
                 if let Some(cpus) = v.get("cpus") {
-                    let n = cpus.as_f64().ok_or_else(|| anyhow!("hostRequirements.cpus: must be a number"))?;
+                    let n = cpus
+                        .as_f64()
+                        .ok_or_else(|| anyhow!("hostRequirements.cpus: must be a number"))?;
                     c.milli_cpus = (n * 1000.0).round() as i64;
                 }
                 if let Some(m) = v.get("memory").and_then(Value::as_str) {
-                    c.memory_bytes = units::parse_memory(m).map_err(|e| anyhow!("hostRequirements.memory: {e}"))?;
+                    c.memory_bytes = units::parse_memory(m)
+                        .map_err(|e| anyhow!("hostRequirements.memory: {e}"))?;
                 }
                 for k in v.as_object().into_iter().flat_map(|o| o.keys()) {
                     if !["cpus", "memory"].contains(&k.as_str()) {
@@ -295,9 +377,36 @@ fn parse(path: &Path, local: &Path) -> Result<Config> {
                 }
             }
             "overrideCommand" => c.override_command = v.as_bool().unwrap_or(true),
-            "workspaceMount" | "mounts" => c.warnings.push(format!(
-                "{key} is not carried out: the project's files are copied into {folder} instead (mounts need workspaces)"
-            )),
+            // The project is copied into the container's workspace volume,
+            // mounted at the folder: its files persist as a bind's would.
+            "workspaceMount" => {}
+            "mounts" => {
+                let list = v
+                    .as_array()
+                    .ok_or_else(|| anyhow!("mounts: must be a list"))?;
+                for (i, m) in list.iter().enumerate() {
+                    let what = format!("mounts[{i}]");
+                    let m = parse_mount(m, &what, &sub)?;
+                    match (m.kind.as_str(), m.source, m.target) {
+                        (_, _, None) => bail!("{what}: needs a target (an absolute path in the container)"),
+                        ("volume", Some(source), Some(target)) => c.mounts.push(pb::Mount {
+                            source: Some(pb::mount::Source::Volume(source)),
+                            target,
+                            read_only: m.read_only,
+                        }),
+                        ("bind", Some(source), Some(target)) => c.mounts.push(pb::Mount {
+                            // A path on the node's host (the agent allows
+                            // only its --allow-bind paths), not this machine.
+                            source: Some(pb::mount::Source::HostPath(source)),
+                            target,
+                            read_only: m.read_only,
+                        }),
+                        (kind, _, Some(target)) => c.warnings.push(format!(
+                            "{what} ({kind} at {target}) is not carried out: devctl mounts named volumes (type=volume) and the node's allowed host paths (type=bind)"
+                        )),
+                    }
+                }
+            }
             k if SUPPORTED.contains(&k) => {}
             other => unsupported.push(other.to_string()),
         }
@@ -472,6 +581,10 @@ pub async fn run(client: &mut Client, args: Args) -> Result<()> {
                             memory_bytes: config.memory_bytes,
                         }),
                         ports: config.forward_ports.clone(),
+                        // The project goes into the workspace volume: it
+                        // survives the container's removal and re-creation.
+                        workspace_path: folder.clone(),
+                        mounts: config.mounts.clone(),
                         ..Default::default()
                     }),
                     ..Default::default()

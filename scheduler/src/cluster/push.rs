@@ -110,9 +110,13 @@ pub fn is_sha256_hex(s: &str) -> bool {
 enum Attempt {
     /// The image is loaded: the engine's report, and the bytes sent.
     Loaded(Vec<String>, u64),
-    /// The agent went away (or never answered): worth another attempt once
-    /// the node is back; `sent` bytes went out this time.
+    /// The agent went away mid-transfer: worth another attempt once the
+    /// node is back; `sent` bytes went out this time.
     Lost(String, u64),
+    /// The agent did not answer (not connected, restarting, stopping): worth
+    /// another attempt once the node is back, without counting against
+    /// [`MAX_ATTEMPTS`] (the wait for the node bounds it).
+    Unanswered(String),
     /// Failed for good (the agent refused, the archive is bad, the load
     /// failed).
     Failed(String),
@@ -167,36 +171,49 @@ impl Cluster {
         let started = Instant::now();
         let mut sent_total = 0u64;
         let mut attempt = 0;
+        // Since when the agent has not answered (reset by an answer).
+        let mut unanswered: Option<Instant> = None;
         let outcome = loop {
-            attempt += 1;
             let result = tokio::select! {
                 _ = stop.cancelled() => break Err("the push was cancelled".to_string()),
                 r = self.push_attempt(node, job, source, out) => r,
             };
-            match result {
+            let why = match result {
                 Attempt::Loaded(loaded, sent) => break Ok((loaded, sent_total + sent)),
                 Attempt::Failed(e) => break Err(e),
-                Attempt::Lost(why, sent) => {
-                    sent_total += sent;
-                    if attempt >= MAX_ATTEMPTS {
-                        break Err(format!("{why} (gave up after {attempt} attempts)"));
-                    }
-                    tracing::info!(node, sha256 = %job.sha256, error = %why, "image transfer cut; waiting for the node to come back");
-                    let _ = out
-                        .send(pb::PushProgress {
-                            node: node.to_string(),
-                            phase: pb::PushPhase::Waiting as i32,
-                            bytes_total: job.size,
-                            message: why.clone(),
-                            ..Default::default()
-                        })
-                        .await;
-                    if !self.wait_ready_again(node, stop).await {
+                Attempt::Unanswered(why) => {
+                    let since = *unanswered.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= NODE_RETURN_WAIT {
                         break Err(format!(
-                            "{why}; node {node:?} did not come back within {NODE_RETURN_WAIT:?}"
+                            "{why}; node {node:?} did not answer within {NODE_RETURN_WAIT:?}"
                         ));
                     }
+                    why
                 }
+                Attempt::Lost(why, sent) => {
+                    unanswered = None;
+                    attempt += 1;
+                    sent_total += sent;
+                    if attempt >= MAX_ATTEMPTS {
+                        break Err(format!("{why} (gave up after {attempt} cut transfers)"));
+                    }
+                    why
+                }
+            };
+            tracing::info!(node, sha256 = %job.sha256, error = %why, "image transfer cut; waiting for the node to come back");
+            let _ = out
+                .send(pb::PushProgress {
+                    node: node.to_string(),
+                    phase: pb::PushPhase::Waiting as i32,
+                    bytes_total: job.size,
+                    message: why.clone(),
+                    ..Default::default()
+                })
+                .await;
+            if !self.wait_ready_again(node, stop).await {
+                break Err(format!(
+                    "{why}; node {node:?} did not come back within {NODE_RETURN_WAIT:?}"
+                ));
             }
         };
         let result = match outcome {
@@ -279,7 +296,7 @@ impl Cluster {
             Err(Ok(pb::agent_reply::Result::Error(e)))
                 if e.code == pb::AgentErrorCode::ShuttingDown as i32 =>
             {
-                return Attempt::Lost(format!("node {node:?}: {}", e.message), 0);
+                return Attempt::Unanswered(format!("node {node:?}: {}", e.message));
             }
             Err(Ok(pb::agent_reply::Result::Error(e))) => {
                 return Attempt::Failed(format!("node {node:?}: {}", e.message));
@@ -289,7 +306,7 @@ impl Cluster {
                     "the agent of node {node:?} sent an unexpected reply: {other:?}"
                 ));
             }
-            Err(Err(e)) => return Attempt::Lost(Error::from(e).to_string(), 0),
+            Err(Err(e)) => return Attempt::Unanswered(Error::from(e).to_string()),
         };
         let offset = opened.offset.min(job.size);
         let progress = |phase: pb::PushPhase, done: u64, message: String| pb::PushProgress {
@@ -375,6 +392,10 @@ impl Cluster {
                         Ok(()) => Err(Err(format!(
                             "the agent of node {node:?} ended the transfer before it had the archive"
                         ))),
+                        // Stopping, it kept what it received: resume.
+                        Err(Ok(remote)) if remote == devctl_proto::bus::AGENT_STOPPING => {
+                            Err(Ok(format!("node {node:?}: {remote}")))
+                        }
                         Err(Ok(remote)) => Err(Err(remote)),
                         Err(Err(pipe)) => Err(Ok(format!(
                             "node {node:?} went away: {pipe}"

@@ -137,9 +137,66 @@ fn check_host(s: &str) -> Result<(), String> {
         Err("must not be empty".into())
     } else if s.contains('\0') || s.len() > limits::MAX_PATH_LEN {
         Err("is not a usable path".into())
+    } else if !s.starts_with('/') && volume_of(s).is_none() {
+        Err(format!(
+            "{s:?} is neither an absolute host path (/srv/data, mounted if the node's agent allows it) nor a volume name (data or ./data: letters, digits, '_', '.', '-')"
+        ))
     } else {
         Ok(())
     }
+}
+
+/// The volume a template volume's non-absolute `host` names: `data` and
+/// `./data` are volume `data` (made per container, see
+/// [`template_mounts`]).
+fn volume_of(host: &str) -> Option<&str> {
+    let name = host.strip_prefix("./").unwrap_or(host);
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    ok.then_some(name)
+}
+
+/// The mounts a template's volumes give container `container`: an
+/// absolute `host` is that path on the node's host (the agent mounts only
+/// paths its --allow-bind lists); a name (`data`, `./data`) is the engine
+/// volume `CONTAINER-data` on the node, the container's own (a container
+/// created again under the same name gets it back, as its workspace).
+pub(super) fn template_mounts(
+    container: &str,
+    volumes: &[pb::TemplateVolume],
+) -> Result<Vec<pb::Mount>, InvalidField> {
+    volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let source = if v.host.starts_with('/') {
+                pb::mount::Source::HostPath(v.host.clone())
+            } else {
+                let name = volume_of(&v.host).ok_or_else(|| {
+                    InvalidField::new(
+                        format!("template.spec.volumes[{i}].host"),
+                        format!(
+                            "{:?} is not a volume name or an absolute path: fix the template",
+                            v.host
+                        ),
+                    )
+                })?;
+                pb::mount::Source::Volume(format!("{container}-{name}"))
+            };
+            Ok(pb::Mount {
+                source: Some(source),
+                target: v.container.clone(),
+                read_only: v.mode == "ro",
+            })
+        })
+        .collect()
 }
 
 fn check_abs(s: &str) -> Result<(), String> {
@@ -607,8 +664,9 @@ impl Cluster {
     }
 
     /// `c` made from template `name`: what its spec leaves unset comes from
-    /// the template (image, environment per key, ports, post_create), and
-    /// the template's image recipe when it has packages.
+    /// the template (image, environment per key, ports, post_create, a
+    /// mount per volume whose target the spec does not mount), and the
+    /// template's image recipe when it has packages.
     pub fn from_template(&self, name: &str, mut c: pb::Container) -> Result<pb::Container, Error> {
         let t = match self.template(name) {
             Err(e) if matches!(e.kind(), ErrorKind::InvalidSpec { .. }) => {
@@ -632,6 +690,12 @@ impl Cluster {
         }
         if s.post_create.is_empty() {
             s.post_create = spec.post_create;
+        }
+        for m in template_mounts(&c.name, &spec.volumes)? {
+            let s = c.spec_mut();
+            if !s.mounts.iter().any(|have| have.target == m.target) {
+                s.mounts.push(m);
+            }
         }
         Ok(c)
     }

@@ -88,6 +88,9 @@ fn invalid_templates_name_the_field_and_line() {
     let r = refusal(&SEED.replace("name: python-ml-stack", "name: Python_ML"));
     assert!(r.starts_with("metadata.name | "), "{r}");
     assert!(r.contains("line 4"), "{r}");
+    let r = refusal(&SEED.replace("host: ./data", "host: ../etc"));
+    assert!(r.starts_with("spec.volumes[0].host | "), "{r}");
+    assert!(r.contains("line 21"), "{r}");
     let r = refusal("apiVersion: [");
     assert!(r.contains("line 1"), "{r}");
 }
@@ -115,6 +118,15 @@ async fn a_template_image_that_cannot_be_built_leaves_nothing() {
     assert!(c.spec().image_recipe.is_some());
     assert_eq!(c.spec().env["JUPYTER_PORT"], "8888");
     assert_eq!(c.spec().post_create.len(), 2);
+    // The template's volume is the container's own named volume.
+    assert_eq!(
+        c.spec().mounts,
+        vec![pb::Mount {
+            source: Some(pb::mount::Source::Volume("web-data".into())),
+            target: "/data".into(),
+            read_only: false,
+        }]
+    );
     // The fake link cannot build: the create fails before the agent is
     // asked to create anything, and no record is left.
     let e = f

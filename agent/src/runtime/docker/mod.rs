@@ -185,11 +185,23 @@ impl DockerRuntime {
                 }
                 None => continue,
             };
+            // A volume the engine makes for this mount carries the node's
+            // label (as every devctl object on the engine does); an
+            // existing volume keeps its own.
+            let volume_options =
+                (typ == MountType::VOLUME).then(|| bollard::models::MountVolumeOptions {
+                    labels: Some(HashMap::from([(
+                        labels::NODE.to_string(),
+                        self.node.clone(),
+                    )])),
+                    ..Default::default()
+                });
             out.push(Mount {
                 target: Some(m.target.clone()),
                 source: Some(source),
                 typ: Some(typ),
                 read_only: Some(m.read_only),
+                volume_options,
                 ..Default::default()
             });
         }
