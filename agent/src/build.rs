@@ -145,7 +145,9 @@ async fn run<R: ContainerRuntime>(
     Ok(())
 }
 
-async fn send(up: &mut PipeSender, data: &[u8]) -> Result<(), String> {
+/// Sends `data` up, the error as the scheduler's side caused it (also for
+/// image imports).
+pub(crate) async fn send(up: &mut PipeSender, data: &[u8]) -> Result<(), String> {
     up.send(data).await.map_err(|e: PipeError| match e {
         PipeError::Cancelled => "the scheduler stopped reading".to_string(),
         other => other.to_string(),

@@ -95,6 +95,13 @@ pub struct Config {
     #[arg(long, env = "DEVCTL_PIDS_LIMIT", default_value_t = 4096)]
     pub pids_limit: i64,
 
+    /// Let this node's containers gain privileges through setuid binaries
+    /// such as sudo (as `docker run` does): their processes start without
+    /// `no-new-privileges`. Capabilities stay the minimal set. Off by
+    /// default: a container user becomes root inside it with sudo.
+    #[arg(long, env = "DEVCTL_ALLOW_PRIVILEGE_ESCALATION")]
+    pub allow_privilege_escalation: bool,
+
     /// A host path containers may bind-mount (spec.mounts), with what is
     /// below it (repeatable; comma-separated in the variable). Every other
     /// host path is refused. Default: none.

@@ -22,13 +22,13 @@ use std::{
 
 use devctl_proto::{
     pb,
-    pipe::{PipeError, PipeReceiver, PipeSender},
+    pipe::{PipeReceiver, PipeSender},
 };
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{bus, dispatch::Dispatcher, runtime::ContainerRuntime};
+use crate::{build::send, bus, dispatch::Dispatcher, runtime::ContainerRuntime};
 
 /// The largest archive an agent takes.
 pub const MAX_ARCHIVE: u64 = 64 << 30;
@@ -59,22 +59,7 @@ impl Imports {
 
     /// Deletes archives abandoned over a day ago (at start).
     pub fn sweep(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let day = std::time::Duration::from_secs(24 * 3600);
-        for entry in entries.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > day);
-            if old {
-                tracing::info!(path = %entry.path().display(), "deleting an image archive abandoned over a day ago");
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        devctl_proto::archive::remove_stale(&self.dir, std::time::Duration::from_secs(24 * 3600));
     }
 
     /// Checks `command` and claims its archive: the transfer to serve once
@@ -222,12 +207,15 @@ async fn run<R: ContainerRuntime>(
     }
     let _ = send(up, b"received; checking the archive\n").await;
     let path = import.path.clone();
-    let digest =
-        match tokio::task::spawn_blocking(move || devctl_proto::digest::sha256_file(&path)).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => return (Err(format!("reading the archive: {e}")), Keep::No),
-            Err(e) => return (Err(e.to_string()), Keep::Yes),
-        };
+    let digest = match tokio::task::spawn_blocking(move || {
+        devctl_proto::archive::sha256_file(&path)
+    })
+    .await
+    {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return (Err(format!("reading the archive: {e}")), Keep::No),
+        Err(e) => return (Err(e.to_string()), Keep::Yes),
+    };
     if digest != import.command.sha256 {
         return (
             Err(format!(
@@ -310,13 +298,6 @@ async fn receive(
     }
     file.get_ref().sync_data().await.map_err(io)?;
     Ok(())
-}
-
-async fn send(up: &mut PipeSender, data: &[u8]) -> Result<(), String> {
-    up.send(data).await.map_err(|e: PipeError| match e {
-        PipeError::Cancelled => "the scheduler stopped reading".to_string(),
-        other => other.to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -165,6 +165,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     .await?
     .with_pids_limit((config.pids_limit > 0).then_some(config.pids_limit))
     .with_allowed_binds(config.allow_binds.clone())
+    .with_privilege_escalation(config.allow_privilege_escalation)
     .with_workspace_measure_interval(config.workspace_measure_interval);
     tokio::pin!(shutdown);
     let bus = tokio::select! {

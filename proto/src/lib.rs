@@ -22,9 +22,9 @@
 //! - [`process`]: logging set-up and the shutdown signal of every binary.
 //! - [`registry`]: registry hosts of image references; no password in Debug.
 
+pub mod archive;
 pub mod bus;
 pub mod container;
-pub mod digest;
 pub mod enroll;
 pub mod identity;
 pub mod json;

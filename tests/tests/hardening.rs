@@ -60,3 +60,45 @@ fn created_containers_are_hardened_as_docker_inspect_shows() {
     let mknod = c.devctl(&["exec", "hard", "--", "mknod", "/tmp/dev", "c", "1", "3"]);
     assert!(!mknod.status.success(), "mknod succeeded without CAP_MKNOD");
 }
+
+#[test]
+fn privilege_escalation_is_off_unless_the_node_allows_it() {
+    let mut c = TestCluster::start(&["a"]);
+    c.start_agent("b", &["--allow-privilege-escalation"])
+        .unwrap();
+    let (a, b) = (c.node("a"), c.node("b"));
+    c.wait_nodes_ready(std::slice::from_ref(&b));
+    let no_new_privs = |name: &str, node: &str| {
+        c.devctl(&[
+            "create", name, "--image", IMAGE, "--node", node, "--", "sleep", "600",
+        ])
+        .ok();
+        c.devctl(&[
+            "exec",
+            name,
+            "--",
+            "grep",
+            "NoNewPrivs",
+            "/proc/self/status",
+        ])
+        .ok()
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+    };
+    // As the kernel sees the container's processes: setuid binaries (sudo)
+    // gain nothing on node a, and work on node b, whose admin allowed it.
+    assert_eq!(no_new_privs("strict", &a), "1");
+    assert_eq!(no_new_privs("sudoer", &b), "0");
+    let e = c.engine_container("sudoer").expect("on the engine");
+    assert!(
+        !e["HostConfig"]["SecurityOpt"]
+            .to_string()
+            .contains("no-new-privileges"),
+        "{e}"
+    );
+    // The capability set stays the minimal one.
+    assert_eq!(e["HostConfig"]["CapDrop"], serde_json::json!(["ALL"]));
+}

@@ -166,7 +166,7 @@ pub async fn run(client: &mut Client, format: Format, args: Args) -> Result<()> 
     let size = std::fs::metadata(&path)?.len();
     let sha256 = {
         let path = path.clone();
-        tokio::task::spawn_blocking(move || devctl_proto::digest::sha256_file(&path)).await??
+        tokio::task::spawn_blocking(move || devctl_proto::archive::sha256_file(&path)).await??
     };
     let name = match (&args.image, image.tags.first()) {
         (Some(i), _) => i.clone(),

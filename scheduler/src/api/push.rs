@@ -46,19 +46,7 @@ impl Pushes {
     /// `uploads` (made 0700 if missing; parts older than a day deleted).
     pub fn new(archives: ImageArchives, uploads: PathBuf) -> Result<Self, std::io::Error> {
         devctl_proto::pki::create_private_dir(&uploads).map_err(std::io::Error::other)?;
-        let day = std::time::Duration::from_secs(24 * 3600);
-        for entry in std::fs::read_dir(&uploads)?.flatten() {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > day);
-            if old {
-                tracing::info!(path = %entry.path().display(), "deleting an upload abandoned over a day ago");
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
+        devctl_proto::archive::remove_stale(&uploads, std::time::Duration::from_secs(24 * 3600));
         Ok(Self {
             archives,
             uploads,
@@ -402,7 +390,7 @@ async fn receive(
         .into());
     }
     let path = part.to_path_buf();
-    let digest = tokio::task::spawn_blocking(move || devctl_proto::digest::sha256_file(&path))
+    let digest = tokio::task::spawn_blocking(move || devctl_proto::archive::sha256_file(&path))
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(io)?;

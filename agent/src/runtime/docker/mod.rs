@@ -63,6 +63,9 @@ pub struct DockerRuntime {
     // Host paths containers may bind-mount (spec.mounts), from
     // --allow-bind; empty: none.
     allowed_binds: Vec<std::path::PathBuf>,
+    // Containers may gain privileges through setuid binaries (sudo): no
+    // `no-new-privileges`, from --allow-privilege-escalation.
+    privilege_escalation: bool,
 }
 
 /// Capabilities a dev container keeps; every other one is dropped. Enough
@@ -124,6 +127,7 @@ impl DockerRuntime {
             networks: OwnerNetworks::new(docker.clone(), node),
             workspaces: Workspaces::new(docker.clone(), node),
             allowed_binds: Vec::new(),
+            privilege_escalation: false,
             docker,
             node: node.to_string(),
             log_policy,
@@ -134,6 +138,14 @@ impl DockerRuntime {
     /// Measures each workspace volume's size at most once per `every`.
     pub fn with_workspace_measure_interval(mut self, every: std::time::Duration) -> Self {
         self.workspaces = self.workspaces.measure_every(every);
+        self
+    }
+
+    /// Lets containers gain privileges through setuid binaries such as
+    /// sudo (their processes start without `no-new-privileges`); the
+    /// capability set stays the minimal one.
+    pub fn with_privilege_escalation(mut self, allow: bool) -> Self {
+        self.privilege_escalation = allow;
         self
     }
 
@@ -322,9 +334,15 @@ impl DockerRuntime {
                 // zombies, so `stop` does not wait out its timeout.
                 init: Some(true),
                 // Hardened by default: no privilege gain through setuid
-                // binaries, a minimal capability set, a process cap. devctl
-                // offers no privileged mode, host network or host paths.
-                security_opt: Some(vec!["no-new-privileges:true".into()]),
+                // binaries (unless this node's admin allows it, for sudo), a
+                // minimal capability set, a process cap. devctl offers no
+                // privileged mode, host network, or host paths beyond the
+                // agent's --allow-bind list.
+                security_opt: Some(if self.privilege_escalation {
+                    Vec::new()
+                } else {
+                    vec!["no-new-privileges:true".into()]
+                }),
                 cap_drop: Some(vec!["ALL".into()]),
                 cap_add: Some(CAPABILITIES.map(String::from).to_vec()),
                 pids_limit: self.pids_limit,

@@ -1,6 +1,6 @@
-//! SHA-256 of image archives, as `devctl images push` names them: the
-//! client, the scheduler and the agent compute it the same way (lower-case
-//! hex).
+//! Image archives as `devctl images push` moves them: their SHA-256 (the
+//! client, the scheduler and the agent compute it the same way, lower-case
+//! hex), and the partial files a cut transfer leaves.
 
 use std::{io::Read, path::Path};
 
@@ -53,6 +53,28 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hash.hex())
 }
 
+/// Deletes the files in `dir` last written over `max_age` ago (transfers
+/// abandoned long ago); the number deleted. A missing `dir` has none.
+pub fn remove_stale(dir: &Path, max_age: std::time::Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "deleted a partial image archive abandoned long ago");
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +96,22 @@ mod tests {
         let f = dir.path().join("f");
         std::fs::write(&f, b"abc").unwrap();
         assert_eq!(sha256_file(&f).unwrap(), h_abc());
+    }
+
+    #[test]
+    fn only_stale_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("new.part"), b"x").unwrap();
+        assert_eq!(
+            remove_stale(dir.path(), std::time::Duration::from_secs(60)),
+            0
+        );
+        assert_eq!(remove_stale(dir.path(), std::time::Duration::ZERO), 1);
+        assert!(!dir.path().join("new.part").exists());
+        assert_eq!(
+            remove_stale(&dir.path().join("missing"), std::time::Duration::ZERO),
+            0
+        );
     }
 
     fn h_abc() -> String {
