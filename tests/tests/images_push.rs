@@ -245,3 +245,39 @@ fn a_push_cut_by_an_agent_kill_resumes_after_its_restart() {
     });
     assert_eq!(run_marker(&c, "resumed", &b, &tag), "pushed-ok\n");
 }
+
+#[test]
+fn an_archive_over_the_store_cap_or_pushes_off_are_refused_with_the_flag() {
+    let scratch = tempfile::tempdir().unwrap();
+    devctl_tests::ensure_prerequisites();
+    let archive = scratch.path().join("busybox.tar");
+    let saved = Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&archive)
+        .arg(IMAGE)
+        .status()
+        .unwrap();
+    assert!(saved.success());
+    let input = archive.to_str().unwrap();
+
+    // A cap smaller than the archive: refused before any byte is sent,
+    // naming the field and the flag.
+    let small = TestCluster::start_opts(&["a"], &[], &["--image-store-size", "64k"]).unwrap();
+    let e = small
+        .devctl(&["images", "push", "--input", input, "--all", "--force"])
+        .err();
+    assert!(e.contains("start.size_bytes"), "{e}");
+    assert!(e.contains("--image-store-size"), "{e}");
+    drop(small);
+
+    // Pushes off: the caller is told why and what to use instead.
+    let off = TestCluster::start_opts(&["a"], &[], &["--image-store-size", "0"]).unwrap();
+    let e = off
+        .devctl(&["images", "push", "--input", input, "--all", "--force"])
+        .err();
+    assert!(e.contains("pushes are off"), "{e}");
+    assert!(
+        e.contains("FailedPrecondition") || e.contains("--image-store-size 0"),
+        "{e}"
+    );
+}

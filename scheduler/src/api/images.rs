@@ -48,8 +48,8 @@ impl ImageService for ImageApi {
         req: Request<Streaming<pb::PushImageInput>>,
     ) -> Result<Response<Self::PushImageStream>, Status> {
         let Some(push) = &self.push else {
-            return Err(Status::unimplemented(
-                "this server keeps no image archives: pushes are off",
+            return Err(Status::failed_precondition(
+                "image pushes are off on this scheduler: it runs with --image-store-size 0, or its image archive store could not be made (see its log); use a registry or devctl images build meanwhile",
             ));
         };
         let (streaming, pushes) = push.as_ref();
