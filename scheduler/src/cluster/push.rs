@@ -293,8 +293,12 @@ impl Cluster {
                     e.message
                 ));
             }
+            // Stopping; or still holding the archive for an earlier attempt
+            // it has not yet seen abandoned (it lets go once that pipe falls
+            // silent): both worth asking again.
             Err(Ok(pb::agent_reply::Result::Error(e)))
-                if e.code == pb::AgentErrorCode::ShuttingDown as i32 =>
+                if e.code == pb::AgentErrorCode::ShuttingDown as i32
+                    || e.code == pb::AgentErrorCode::Conflict as i32 =>
             {
                 return Attempt::Unanswered(format!("node {node:?}: {}", e.message));
             }
