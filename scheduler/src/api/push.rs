@@ -316,28 +316,17 @@ async fn receive(
     offset: u64,
     job: &PushJob,
 ) -> Result<(), Status> {
+    let io = |e: std::io::Error| Status::internal(format!("{}: {e}", part.display()));
+    // Appended to, from `offset` (what the plan told the client).
     let file = tokio::fs::OpenOptions::new()
         .create(true)
-        .write(true)
-        .truncate(offset == 0)
+        .append(true)
         .open(part)
         .await
-        .map_err(|e| Status::internal(format!("{}: {e}", part.display())))?;
-    if offset > 0 {
-        file.set_len(offset)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-    }
-    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, {
-        use tokio::io::AsyncSeekExt;
-        let mut f = file;
-        f.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        f
-    });
+        .map_err(io)?;
+    file.set_len(offset).await.map_err(io)?;
+    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut total = offset;
-    let io = |e: std::io::Error| Status::internal(format!("{}: {e}", part.display()));
     loop {
         match inbound.message().await {
             Ok(Some(pb::PushImageInput {

@@ -141,15 +141,9 @@ impl Cluster {
         let (mut send, mut skip) = (Vec::new(), Vec::new());
         for n in nodes {
             let held = self.shared.images.images_of(&n).is_some_and(|images| {
-                images.iter().any(|i| {
-                    i.id == image_id
-                        && tags.iter().all(|t| {
-                            let t = super::images::normalize(t);
-                            i.tags
-                                .iter()
-                                .any(|have| super::images::normalize(have) == t)
-                        })
-                })
+                images
+                    .iter()
+                    .any(|i| i.id == image_id && tags.iter().all(|t| super::images::matches(i, t)))
             });
             if held { skip.push(n) } else { send.push(n) }
         }
