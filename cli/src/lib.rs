@@ -118,6 +118,11 @@ pub enum Command {
     Workspaces(commands::workspaces::Args),
     /// Registry credentials the agents pull images with (admin only).
     Registries(commands::registries::Args),
+    /// Analytics from the cluster's graph: images, users, hosts
+    /// (docs/graph.md).
+    Insights(commands::insights::Args),
+    /// The graph projection: status (lag), resync (admin).
+    Graph(commands::insights::GraphArgs),
 }
 
 /// A status as `MESSAGE: CAUSE… (CODE)`. Transport failures carry their

@@ -55,6 +55,9 @@ pub enum Command {
     },
     /// Serve the gRPC API (mutual TLS) and manage the cluster.
     Serve(Box<ServeArgs>),
+    /// The graph projection.
+    #[command(subcommand)]
+    Graph(GraphCommand),
     /// Join tokens: one-time credentials that let an agent
     /// (`devctl-agent join`) or a person (`devctl login`) get a certificate
     /// without any key leaving their machine.
@@ -248,6 +251,54 @@ pub struct ServeArgs {
     /// nodes build.
     #[arg(long, env = "DEVCTL_MAX_BUILD_CONTEXT", default_value = "256m", value_parser = parse_memory_or_zero)]
     pub max_build_context: i64,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+/// Where the graph projection writes (`serve`, `graph resync`). The
+/// password is read from a file or from DEVCTL_NEO4J_PASSWORD, never from
+/// the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GraphArgs {
+    /// The Bolt/Cypher server to project the cluster into, e.g.
+    /// bolt://graph:7687 (Neo4j 4.4 or 5.x). Unset: no graph projection,
+    /// and `devctl insights` answers how to enable it.
+    #[arg(long, env = "DEVCTL_NEO4J_URI")]
+    pub neo4j_uri: Option<String>,
+    /// The graph server's user.
+    #[arg(long, env = "DEVCTL_NEO4J_USER", default_value = "neo4j")]
+    pub neo4j_user: String,
+    /// A file holding the graph user's password (keep it 0600). Without
+    /// it, the password is read from the environment variable
+    /// DEVCTL_NEO4J_PASSWORD.
+    #[arg(long, env = "DEVCTL_NEO4J_PASSWORD_FILE")]
+    pub neo4j_password_file: Option<PathBuf>,
+    /// The database to write (unset: the server's default).
+    #[arg(long, env = "DEVCTL_NEO4J_DATABASE")]
+    pub neo4j_database: Option<String>,
+    /// How long one call to the graph server may take.
+    #[arg(long, env = "DEVCTL_NEO4J_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub neo4j_timeout: Duration,
+}
+
+/// `devctl-scheduler graph …`.
+#[derive(Debug, Subcommand)]
+pub enum GraphCommand {
+    /// Re-project the whole cluster into the graph (idempotent): every
+    /// container and node of the store, and every event of the retained
+    /// history. Run it while the scheduler is stopped (a running
+    /// scheduler does the same on `devctl graph resync`).
+    Resync {
+        /// Data directory.
+        #[arg(long, env = "DEVCTL_DATA_DIR")]
+        data_dir: PathBuf,
+        /// NATS URL.
+        #[arg(long, env = "DEVCTL_NATS_URL", default_value = "tls://127.0.0.1:4222")]
+        nats: String,
+        /// The graph server.
+        #[command(flatten)]
+        graph: GraphArgs,
+    },
 }
 
 /// The quota of a developer unless the cluster sets role quotas: room for
@@ -299,4 +350,69 @@ fn parse_cpus_or_zero(s: &str) -> Result<i64, String> {
 
 fn parse_memory_or_zero(s: &str) -> Result<i64, String> {
     devctl_proto::units::parse_memory(s)
+}
+
+impl GraphArgs {
+    /// The graph configuration, if `--neo4j-uri` is set: the URI checked,
+    /// the password read from `--neo4j-password-file` or
+    /// DEVCTL_NEO4J_PASSWORD.
+    pub fn config(&self) -> Result<Option<crate::graph::GraphConfig>, String> {
+        let Some(uri) = self.neo4j_uri.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        let scheme = uri.split_once("://").map(|(s, _)| s);
+        if !matches!(
+            scheme,
+            Some("bolt" | "bolt+s" | "bolt+ssc" | "neo4j" | "neo4j+s" | "neo4j+ssc")
+        ) {
+            return Err(format!(
+                "--neo4j-uri: {uri:?} is not a Bolt address; use bolt://HOST:7687"
+            ));
+        }
+        if uri.split_once("://").is_some_and(|(_, rest)| {
+            rest.split('/')
+                .next()
+                .is_some_and(|auth| auth.contains('@'))
+        }) {
+            return Err(
+                "--neo4j-uri: put no credentials in the URI (they would show in the process list); use --neo4j-user and --neo4j-password-file".into(),
+            );
+        }
+        if self.neo4j_timeout.is_zero() {
+            return Err("--neo4j-timeout must be longer than zero (e.g. 10s)".into());
+        }
+        let password = match &self.neo4j_password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    format!("--neo4j-password-file: cannot read {}: {e}", path.display())
+                })?;
+                warn_if_readable_by_others(path);
+                text.trim_end_matches(['\r', '\n']).to_string()
+            }
+            None => std::env::var("DEVCTL_NEO4J_PASSWORD").map_err(|_| {
+                "--neo4j-uri is set but no password: use --neo4j-password-file FILE or the environment variable DEVCTL_NEO4J_PASSWORD".to_string()
+            })?,
+        };
+        if let Some(db) = &self.neo4j_database
+            && (db.is_empty() || db.len() > 63)
+        {
+            return Err("--neo4j-database: use a database name of 1 to 63 characters".into());
+        }
+        Ok(Some(crate::graph::GraphConfig {
+            uri: uri.to_string(),
+            user: self.neo4j_user.clone(),
+            password: crate::graph::Secret::new(password),
+            database: self.neo4j_database.clone(),
+            timeout: self.neo4j_timeout,
+        }))
+    }
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the graph password file is readable by other users; chmod 600 it");
+    }
 }

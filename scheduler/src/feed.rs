@@ -67,6 +67,9 @@ pub enum Change {
 pub struct Entry {
     /// Where the change sits in the feed.
     pub revision: u64,
+    /// When it was published (the graph projection records it as the
+    /// change's time and measures its lag by it).
+    pub time: std::time::SystemTime,
     /// What changed.
     pub change: Change,
 }
@@ -264,6 +267,7 @@ impl State {
         }
         self.ring.push_back(Arc::new(Entry {
             revision: self.latest,
+            time: std::time::SystemTime::now(),
             change,
         }));
     }

@@ -14,6 +14,7 @@
 //! - [`stats`]: the latest usage samples (memory only).
 //! - [`store`]: the embedded store; nothing else touches its file.
 //! - [`feed`]: the change feed of every committed record change.
+//! - [`graph`]: the Neo4j graph projection and its analytics (neo4rs).
 //! - [`revocation`]: revoked certificates (`revoke`, checked on every call).
 //! - [`tokens`]: API tokens (bearer credentials).
 //! - [`bus`]: the only module that speaks NATS.
@@ -35,6 +36,7 @@ pub mod datadir;
 pub mod event_workers;
 pub mod events;
 pub mod feed;
+pub mod graph;
 pub mod nodes;
 pub mod placement;
 pub mod quota;

@@ -7,7 +7,7 @@ use devctl_scheduler::{
     activity::IdlePolicy,
     api::enroll::CertPolicy,
     cluster::{ExpiryAction, LeasePolicy, Settings},
-    config::{Cli, Command, TokenCommand},
+    config::{Cli, Command, GraphCommand, TokenCommand},
     datadir::{AGENT_CERT_VALIDITY, DataDir, USER_CERT_VALIDITY},
     placement::Strategy,
     quota::Quotas,
@@ -96,6 +96,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+        }
+        Command::Graph(GraphCommand::Resync {
+            data_dir,
+            nats,
+            graph,
+        }) => {
+            let config = graph.config().map_err(anyhow::Error::msg)?.context(
+                "--neo4j-uri: name the graph server to re-project into (bolt://HOST:7687)",
+            )?;
+            let dir = DataDir::new(data_dir);
+            let store = match Store::open(&dir.state_file()) {
+                Ok(s) => s,
+                Err(e) if e.is_held_elsewhere() => anyhow::bail!(
+                    "a running scheduler holds {}: ask it instead with `devctl graph resync` (admin), or stop it first",
+                    dir.state_file().display()
+                ),
+                Err(e) => return Err(e.into()),
+            };
+            let bus = devctl_scheduler::bus::Bus::connect(&nats, &dir.bus_dir()).await?;
+            let done = devctl_scheduler::graph::project::resync_once(config, store, bus).await?;
+            println!(
+                "re-projected {} containers and {} events",
+                done.containers, done.events
+            );
         }
         Command::Token {
             command:
@@ -189,6 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     agent_ttl: args.agent_cert_ttl,
                     user_ttl: args.user_cert_ttl,
                 },
+                graph: args.graph.config().map_err(anyhow::Error::msg)?,
                 settings: Settings {
                     command_timeout: args.command_timeout,
                     strategy: if args.placement == "binpack" {

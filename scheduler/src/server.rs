@@ -43,8 +43,10 @@ use crate::{
     store::{Store, StoreError},
     tokens::ApiTokens,
 };
+use devctl_proto::identity::Identity;
 use devctl_proto::pb::audit_service_server::AuditServiceServer;
 use devctl_proto::pb::build_service_server::BuildServiceServer;
+use devctl_proto::pb::graph_service_server::GraphServiceServer;
 use devctl_proto::pb::registry_service_server::RegistryServiceServer;
 use devctl_proto::pb::template_service_server::TemplateServiceServer;
 use devctl_proto::pb::watch_service_server::WatchServiceServer;
@@ -86,6 +88,8 @@ pub struct ServeConfig {
     pub max_streams_per_identity: usize,
     /// Validity of the certificates it signs.
     pub certs: CertPolicy,
+    /// The graph to project the cluster into, if any.
+    pub graph: Option<crate::graph::GraphConfig>,
 }
 
 /// Why the scheduler could not serve.
@@ -177,6 +181,9 @@ pub async fn serve(
     health.set_serving::<TokenServiceServer<TokenApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    health
+        .set_serving::<GraphServiceServer<crate::api::graph::GraphApi>>()
+        .await;
     health.set_serving::<BuildServiceServer<StreamApi>>().await;
     health
         .set_serving::<TemplateServiceServer<crate::api::templates::TemplateApi>>()
@@ -239,6 +246,14 @@ pub async fn serve(
         }
     };
 
+    let (projection, graph_task) = match config.graph.clone() {
+        Some(g) => {
+            let (p, task) =
+                crate::graph::project::start(g, store.clone(), bus.clone(), stop.clone());
+            (Some(p), Some(task))
+        }
+        None => (None, None),
+    };
     let streaming = StreamApi::new(cluster.clone(), auth.clone(), stop.clone(), streams.clone());
     let images = ImageApi::new(cluster.clone());
     let images = match image_pushes(&bus, &config).await {
@@ -250,8 +265,15 @@ pub async fn serve(
         }
     };
     let authenticate = {
-        let auth = auth.clone();
-        move |req| auth.authenticate(req)
+        let (auth, projection) = (auth.clone(), projection.clone());
+        move |req| {
+            let req = auth.authenticate(req)?;
+            // The graph notes callers' roles and activity (never waits).
+            if let (Some(p), Some(id)) = (&projection, req.extensions().get::<Identity>()) {
+                p.saw(id);
+            }
+            Ok(req)
+        }
     };
     let (audit_sink, audit_writer) = AuditWriter::spawn(bus.clone());
     let limiter = config.rate_limit.map(RateLimiter::new);
@@ -313,6 +335,10 @@ pub async fn serve(
             WatchApi::new(store, streaming.clone())
         ))
         .add_service(authenticated!(
+            GraphServiceServer,
+            crate::api::graph::GraphApi::new(projection)
+        ))
+        .add_service(authenticated!(
             WorkspaceServiceServer,
             crate::api::workspaces::WorkspaceApi::new(cluster.clone())
         ))
@@ -336,7 +362,10 @@ pub async fn serve(
         ("supervisor", supervise_task),
         ("revocation watcher", revocation_task),
         ("renewal loop", renew_task),
-    ] {
+    ]
+    .into_iter()
+    .chain(graph_task.map(|t| ("graph projection", t)))
+    {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "{name} failed");
         }

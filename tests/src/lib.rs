@@ -17,11 +17,14 @@
 //! - [`engine2`]: [`SecondEngine`], a second real dockerd (a second host).
 //! - [`registry`]: [`TestRegistry`], a real image registry with htpasswd.
 //! - [`ssh`]: [`SshUser`], a person using `devctl` and OpenSSH's `ssh`.
+//! - [`graph`]: [`GraphServer`], a real Bolt/Cypher server (ArcadeDB), or an
+//!   external one (`DEVCTL_TEST_NEO4J_URI`).
 
 pub mod certs;
 pub mod cluster;
 pub mod engine;
 pub mod engine2;
+pub mod graph;
 pub mod nats;
 pub mod proc;
 pub mod registry;
@@ -31,6 +34,7 @@ pub use certs::*;
 pub use cluster::*;
 pub use engine::*;
 pub use engine2::*;
+pub use graph::*;
 pub use nats::*;
 pub use proc::*;
 pub use registry::*;

@@ -12,6 +12,7 @@ pub mod get;
 pub mod images;
 pub mod images_build;
 pub mod images_push;
+pub mod insights;
 pub mod login;
 pub mod logs;
 pub mod ls;
@@ -52,6 +53,16 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(args) => Some(args.to_request()?),
         _ => None,
     };
+    if let Command::Insights(args) = &cli.command {
+        let w = match &args.report {
+            insights::Report::Images(w)
+            | insights::Report::Users(w)
+            | insights::Report::Hosts(w) => w,
+        };
+        if let Some(s) = &w.since {
+            events::parse_since(s)?;
+        }
+    }
     let audit = match &cli.command {
         Command::Audit(args) => Some(args.to_request()?),
         _ => None,
@@ -112,5 +123,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Up(args) => devcontainer::run(&mut client, args).await,
         Command::Templates(args) => templates::run(&mut client, o, args).await,
         Command::Workspaces(args) => workspaces::run(&mut client, o, args).await,
+        Command::Insights(args) => insights::run(&mut client, o, args).await,
+        Command::Graph(args) => insights::run_graph(&mut client, o, args).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod containers;
 pub mod enroll;
 pub mod events;
 pub mod exec;
+pub mod graph;
 pub mod images;
 pub mod logs;
 pub mod nodes;

@@ -284,6 +284,7 @@ mod tests {
     fn entry(change: Change) -> Entry {
         Entry {
             revision: 7,
+            time: std::time::SystemTime::UNIX_EPOCH,
             change,
         }
     }

@@ -1,0 +1,218 @@
+//! The analytics: fixed, parameterised Cypher over the projected graph
+//! (docs/graph.md lists each query). The caller's text never reaches the
+//! server: a window start and, for a developer, their own name are the only
+//! parameters.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use chrono::{DateTime, FixedOffset};
+use devctl_proto::pb;
+use neo4rs::{Row, query};
+
+use super::{
+    GraphError,
+    client::{Client, datetime, system_time},
+};
+
+/// Who the rows are for: everyone's (admins) or one user's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rows {
+    /// Every user's containers and sessions.
+    All,
+    /// Only this user's.
+    Own(String),
+}
+
+impl Rows {
+    fn owner(&self) -> &str {
+        match self {
+            Rows::All => "",
+            Rows::Own(name) => name,
+        }
+    }
+}
+
+/// Containers per image, running now, distinct users, last creation.
+pub const IMAGES: &str = "
+MATCH (u:User)-[:CREATED]->(c:Container)-[:USES]->(i:Image)
+WHERE c.created_at >= $since AND ($owner = '' OR u.username = $owner)
+RETURN i.ref AS image, count(DISTINCT c) AS containers,
+       sum(CASE WHEN c.status = 'running' THEN 1 ELSE 0 END) AS running,
+       count(DISTINCT u) AS users, max(c.created_at) AS last_created
+ORDER BY containers DESC, image";
+
+/// The latest session start per image.
+pub const IMAGE_SESSIONS: &str = "
+MATCH (u:User)-[:STARTED]->(s:Session)-[:IN_CONTAINER]->(c:Container)-[:USES]->(i:Image)
+WHERE s.started_at >= $since AND ($owner = '' OR u.username = $owner)
+RETURN i.ref AS image, max(s.started_at) AS last_session";
+
+/// Sessions per user: how many, how long (ended ones).
+pub const USER_SESSIONS: &str = "
+MATCH (u:User)-[:STARTED]->(s:Session)
+WHERE s.started_at >= $since AND ($owner = '' OR u.username = $owner)
+RETURN u.username AS username, count(s) AS sessions,
+       sum(coalesce(s.duration_seconds, 0)) AS total_seconds,
+       count(s.duration_seconds) AS ended";
+
+/// Containers created per user.
+pub const USER_CONTAINERS: &str = "
+MATCH (u:User)-[:CREATED]->(c:Container)
+WHERE c.created_at >= $since AND ($owner = '' OR u.username = $owner)
+RETURN u.username AS username, count(c) AS containers";
+
+/// Every user with their role and last activity.
+pub const USERS: &str = "
+MATCH (u:User)
+WHERE $owner = '' OR u.username = $owner
+RETURN u.username AS username, coalesce(u.role, '') AS role, u.last_active AS last_active
+ORDER BY username";
+
+/// Per host: containers placed (in the window) and running now.
+pub const HOSTS: &str = "
+MATCH (h:Host)
+OPTIONAL MATCH (u:User)-[:CREATED]->(c:Container)-[:RUNS_ON]->(h)
+WHERE $owner = '' OR u.username = $owner
+RETURN h.hostname AS host, coalesce(h.total_cpu, 0) AS total_cpu,
+       coalesce(h.total_memory, 0) AS total_memory,
+       sum(CASE WHEN c.created_at >= $since THEN 1 ELSE 0 END) AS placed,
+       sum(CASE WHEN c.status = 'running' THEN 1 ELSE 0 END) AS running,
+       sum(CASE WHEN c.status = 'running' THEN c.cpus ELSE 0.0 END) AS running_cpus,
+       sum(CASE WHEN c.status = 'running' THEN c.memory_bytes ELSE 0 END) AS running_memory
+ORDER BY host";
+
+fn params(q: &str, since: SystemTime, rows: &Rows) -> neo4rs::Query {
+    query(q)
+        .param("since", datetime(since))
+        .param("owner", rows.owner())
+}
+
+fn count(row: &Row, key: &str) -> u64 {
+    // Aggregates come back as integers, or as floats from some servers.
+    row.get::<i64>(key)
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .or_else(|_| row.get::<f64>(key).map(|f| f.max(0.0).round() as u64))
+        .unwrap_or(0)
+}
+
+fn float(row: &Row, key: &str) -> f64 {
+    row.get::<f64>(key)
+        .or_else(|_| row.get::<i64>(key).map(|n| n as f64))
+        .unwrap_or(0.0)
+}
+
+fn time(row: &Row, key: &str) -> Option<SystemTime> {
+    // Neo4j returns the datetime with its offset; some servers (ArcadeDB)
+    // return stored datetimes as local ones, in UTC.
+    row.get::<DateTime<FixedOffset>>(key)
+        .map(system_time)
+        .or_else(|_| {
+            row.get::<chrono::NaiveDateTime>(key)
+                .map(|t| t.and_utc().into())
+        })
+        .ok()
+}
+
+fn timestamp(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
+    t.map(prost_types::Timestamp::from)
+}
+
+fn later(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    a.max(b)
+}
+
+/// Images by use.
+pub async fn images(
+    client: &Client,
+    since: SystemTime,
+    rows: &Rows,
+) -> Result<Vec<pb::ImageInsight>, GraphError> {
+    let created = client.rows(params(IMAGES, since, rows)).await?;
+    let sessions = client.rows(params(IMAGE_SESSIONS, since, rows)).await?;
+    let last_session: BTreeMap<String, Option<SystemTime>> = sessions
+        .iter()
+        .filter_map(|r| Some((r.get::<String>("image").ok()?, time(r, "last_session"))))
+        .collect();
+    Ok(created
+        .iter()
+        .filter_map(|r| {
+            let image = r.get::<String>("image").ok()?;
+            let last = later(
+                time(r, "last_created"),
+                last_session.get(&image).copied().flatten(),
+            );
+            Some(pb::ImageInsight {
+                containers: count(r, "containers"),
+                running: count(r, "running"),
+                users: count(r, "users"),
+                last_used: timestamp(last),
+                image,
+            })
+        })
+        .collect())
+}
+
+/// Users by name.
+pub async fn users(
+    client: &Client,
+    since: SystemTime,
+    rows: &Rows,
+) -> Result<Vec<pb::UserInsight>, GraphError> {
+    let users = client.rows(params(USERS, since, rows)).await?;
+    let sessions = client.rows(params(USER_SESSIONS, since, rows)).await?;
+    let containers = client.rows(params(USER_CONTAINERS, since, rows)).await?;
+    fn by_name(rows: &[Row]) -> BTreeMap<String, &Row> {
+        rows.iter()
+            .filter_map(|r| Some((r.get::<String>("username").ok()?, r)))
+            .collect()
+    }
+    let (sessions, containers) = (by_name(&sessions), by_name(&containers));
+    Ok(users
+        .iter()
+        .filter_map(|r| {
+            let username = r.get::<String>("username").ok()?;
+            let s = sessions.get(&username);
+            let n = s.map_or(0, |s| count(s, "sessions"));
+            let total = s.map_or(0.0, |s| float(s, "total_seconds"));
+            let ended = s.map_or(0, |s| count(s, "ended"));
+            Some(pb::UserInsight {
+                role: r.get::<String>("role").unwrap_or_default(),
+                sessions: n,
+                total_session_seconds: total,
+                average_session_seconds: if ended == 0 {
+                    0.0
+                } else {
+                    total / ended as f64
+                },
+                containers_created: containers
+                    .get(&username)
+                    .map_or(0, |c| count(c, "containers")),
+                last_active: timestamp(time(r, "last_active")),
+                username,
+            })
+        })
+        .collect())
+}
+
+/// Hosts by name.
+pub async fn hosts(
+    client: &Client,
+    since: SystemTime,
+    rows: &Rows,
+) -> Result<Vec<pb::HostInsight>, GraphError> {
+    let found = client.rows(params(HOSTS, since, rows)).await?;
+    Ok(found
+        .iter()
+        .filter_map(|r| {
+            Some(pb::HostInsight {
+                host: r.get::<String>("host").ok()?,
+                containers_placed: count(r, "placed"),
+                running: count(r, "running"),
+                running_cpus: float(r, "running_cpus"),
+                running_memory_bytes: count(r, "running_memory"),
+                total_cpus: float(r, "total_cpu"),
+                total_memory_bytes: count(r, "total_memory"),
+            })
+        })
+        .collect())
+}
