@@ -2,7 +2,7 @@
 # Runs devctl's benchmarks on release builds and prints markdown rows for
 # docs/benchmarks.md, after a line describing this machine.
 #
-#   deploy/bench.sh [launch|api|stats|stats-load|placement|ssh|images|all]
+#   deploy/bench.sh [launch|api|stats|stats-load|placement|ssh|images|graph|all]
 #
 # stats-load (not in `all`: about 5 minutes, 100 containers) measures what
 # devctl's stats cost the engine; DEVCTL_BENCH_SECS sets each window (60).
@@ -21,6 +21,7 @@ case "${1:-all}" in
   placement) cargo bench -q -p devctl-tests --bench placement ;;
   ssh) cargo bench -q -p devctl-tests --bench ssh ;;
   images) cargo bench -q -p devctl-tests --bench images ;;
+  graph) need_arcadedb; cargo bench -q -p devctl-tests --bench graph ;;
   all) for b in launch api stats placement ssh; do cargo bench -q -p devctl-tests --bench $b; done ;;
-  *) echo "usage: $0 [launch|api|stats|stats-load|placement|ssh|images|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [launch|api|stats|stats-load|placement|ssh|images|graph|all]" >&2; exit 2 ;;
 esac

@@ -15,16 +15,27 @@ const QUIET_TARGETS: &[&str] = &[
     "tower",
 ];
 
-/// The `RUST_LOG` filter `spec` with [`QUIET_TARGETS`] held at `info`
-/// unless it names them.
+/// Crates that log every connection and internal retry at `info`/`warn`
+/// (neo4rs: a line per pooled Bolt connection, one per retry while the
+/// graph server is down, and its debug output carries the login): held at
+/// `error` unless `RUST_LOG` names them; the graph projection logs its own
+/// state and lag.
+const NOISY_TARGETS: &[&str] = &["neo4rs"];
+
+/// The `RUST_LOG` filter `spec` with [`QUIET_TARGETS`] held at `info` and
+/// [`NOISY_TARGETS`] at `error`, unless it names them.
 pub fn log_filter(spec: &str) -> String {
     let mut filter = spec.to_string();
-    for target in QUIET_TARGETS {
+    let levels = QUIET_TARGETS
+        .iter()
+        .map(|t| (t, "info"))
+        .chain(NOISY_TARGETS.iter().map(|t| (t, "error")));
+    for (target, level) in levels {
         let named = spec
             .split(',')
             .any(|d| d.trim().split(['=', '[']).next() == Some(*target));
         if !named {
-            filter.push_str(&format!(",{target}=info"));
+            filter.push_str(&format!(",{target}={level}"));
         }
     }
     filter
@@ -69,5 +80,7 @@ mod tests {
         );
         let f = log_filter("debug,bollard=trace");
         assert!(!f.contains("bollard=info") && f.contains("h2=info"), "{f}");
+        assert!(f.contains(",neo4rs=error"), "{f}");
+        assert!(!log_filter("neo4rs=debug").contains("neo4rs=error"));
     }
 }

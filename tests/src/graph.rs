@@ -163,6 +163,27 @@ impl GraphServer {
         Ok(())
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing
+    /// answers, as with a hung server. An error for an external server.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a [`pause`](Self::pause)d server run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(nix::sys::signal::Signal::SIGCONT)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) -> Result<()> {
+        let proc = self
+            .local
+            .as_ref()
+            .and_then(|l| l.proc.as_ref())
+            .context("no graph server process of this test runs")?;
+        proc.signal(sig);
+        Ok(())
+    }
+
     /// Starts the server again (stopping it first if it runs), on the same
     /// ports with the same data, and waits until it serves again. An error
     /// for an external server.

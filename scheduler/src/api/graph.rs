@@ -10,7 +10,7 @@ use devctl_proto::{
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    auth::{caller, must_be_admin},
+    auth::{Scope, caller, must_be_admin},
     status::refusal,
 };
 use crate::graph::{
@@ -44,11 +44,12 @@ impl GraphApi {
     }
 }
 
-/// Admins see every row; everyone else their own.
+/// Who sees which rows: as for containers everywhere else (admins and
+/// viewers every row, developers and own-only tokens their own).
 fn rows_for(id: &Identity) -> Rows {
-    match id.role {
-        Role::Admin if !id.own_only => Rows::All,
-        _ => Rows::Own(id.name.clone()),
+    match Scope::of(id) {
+        Scope::All => Rows::All,
+        Scope::Owner(name) => Rows::Own(name),
     }
 }
 
@@ -72,11 +73,19 @@ impl GraphService for GraphApi {
         &self,
         req: Request<pb::GetGraphStatusRequest>,
     ) -> Result<Response<pb::GraphStatus>, Status> {
-        caller(&req)?;
-        Ok(Response::new(match &self.projection {
+        let id = caller(&req)?;
+        let mut status = match &self.projection {
             Some(p) => p.status(),
             None => pb::GraphStatus::default(),
-        }))
+        };
+        // Where the graph server is and what it said are for admins.
+        if id.role != Role::Admin {
+            status.uri.clear();
+            if !status.last_error.is_empty() {
+                status.last_error = "the graph server is not reachable (an admin sees why)".into();
+            }
+        }
+        Ok(Response::new(status))
     }
 
     async fn list_image_insights(
@@ -87,8 +96,9 @@ impl GraphService for GraphApi {
         let id = caller(&req)?;
         let p = self.projection(M)?;
         let since = since(req.into_inner().since)?;
-        let client = p.client().map_err(|e| failed(M, e))?;
-        let images = insights::images(&client, since, &rows_for(&id))
+        let rows = rows_for(&id);
+        let images = p
+            .read(|c| async move { insights::images(&c, since, &rows).await })
             .await
             .map_err(|e| failed(M, e))?;
         Ok(Response::new(pb::ListImageInsightsResponse { images }))
@@ -102,8 +112,9 @@ impl GraphService for GraphApi {
         let id = caller(&req)?;
         let p = self.projection(M)?;
         let since = since(req.into_inner().since)?;
-        let client = p.client().map_err(|e| failed(M, e))?;
-        let users = insights::users(&client, since, &rows_for(&id))
+        let rows = rows_for(&id);
+        let users = p
+            .read(|c| async move { insights::users(&c, since, &rows).await })
             .await
             .map_err(|e| failed(M, e))?;
         Ok(Response::new(pb::ListUserInsightsResponse { users }))
@@ -117,8 +128,9 @@ impl GraphService for GraphApi {
         let id = caller(&req)?;
         let p = self.projection(M)?;
         let since = since(req.into_inner().since)?;
-        let client = p.client().map_err(|e| failed(M, e))?;
-        let hosts = insights::hosts(&client, since, &rows_for(&id))
+        let rows = rows_for(&id);
+        let hosts = p
+            .read(|c| async move { insights::hosts(&c, since, &rows).await })
             .await
             .map_err(|e| failed(M, e))?;
         Ok(Response::new(pb::ListHostInsightsResponse { hosts }))

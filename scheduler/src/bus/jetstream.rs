@@ -91,6 +91,26 @@ impl Bus {
         Ok(ack.sequence)
     }
 
+    /// The event history's first and last sequence numbers now, and when
+    /// the stream was created (a stream made again starts its numbers
+    /// again).
+    pub async fn event_history_bounds(
+        &self,
+    ) -> Result<(u64, u64, std::time::SystemTime), BusError> {
+        let nats = |e: &dyn std::fmt::Display| BusError::Nats(format!("JetStream: {e}"));
+        let mut stream = self
+            .jetstream
+            .get_stream(bus::EVENTS_STREAM)
+            .await
+            .map_err(|e| nats(&e))?;
+        let info = stream.info().await.map_err(|e| nats(&e))?;
+        Ok((
+            info.state.first_sequence,
+            info.state.last_sequence,
+            info.created.into(),
+        ))
+    }
+
     /// Reads the event history matching `filter` (a subject filter) from
     /// `start`, in order.
     pub async fn watch_events(

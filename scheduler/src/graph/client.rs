@@ -16,14 +16,15 @@ use neo4rs::{BoltType, Query, query};
 
 use super::{
     GraphConfig, GraphError,
-    model::{Batch, image_parts},
+    model::{Batch, ContainerRow, DeletedRow, SessionRow, image_ref},
 };
 
 /// Rows sent per statement: large enough to amortise a round trip, small
 /// enough to keep one transaction's parameters in the low megabytes.
 pub const ROWS_PER_STATEMENT: usize = 500;
 
-/// The constraints the projection needs (created at start if missing).
+/// The constraints and indexes the projection needs (created at start if
+/// missing).
 const SCHEMA: &[&str] = &[
     "CREATE CONSTRAINT devctl_user_username IF NOT EXISTS FOR (u:User) REQUIRE u.username IS UNIQUE",
     "CREATE CONSTRAINT devctl_container_id IF NOT EXISTS FOR (c:Container) REQUIRE c.id IS UNIQUE",
@@ -31,55 +32,104 @@ const SCHEMA: &[&str] = &[
     "CREATE CONSTRAINT devctl_host_hostname IF NOT EXISTS FOR (h:Host) REQUIRE h.hostname IS UNIQUE",
     "CREATE CONSTRAINT devctl_session_id IF NOT EXISTS FOR (s:Session) REQUIRE s.id IS UNIQUE",
     "CREATE CONSTRAINT devctl_projection_key IF NOT EXISTS FOR (p:DevctlProjection) REQUIRE p.key IS UNIQUE",
+    // Predecessors are looked up by name and by workspace.
+    "CREATE INDEX devctl_container_name IF NOT EXISTS FOR (c:Container) ON (c.name)",
+    "CREATE INDEX devctl_container_workspace IF NOT EXISTS FOR (c:Container) ON (c.workspace)",
 ];
 
-/// Containers: the record, its creator, its image and (for new ones) the
-/// container it succeeds: the latest older container of the same name or
-/// workspace that has no successor yet.
+/// Containers: the record (a resync stamps its generation on each).
 const UPSERT_CONTAINERS: &str = "
 UNWIND $rows AS r
 MERGE (c:Container {id: r.id})
 SET c.name = r.name, c.image = r.image, c.status = r.status, c.host_name = r.host,
     c.owner = r.owner, c.workspace = r.workspace, c.created_at = r.created_at,
-    c.updated_at = r.updated_at, c.cpus = r.cpus, c.memory_bytes = r.memory_bytes
+    c.updated_at = r.updated_at, c.cpus = r.cpus, c.memory_bytes = r.memory_bytes,
+    c.resync = coalesce(r.generation, c.resync)";
+
+/// New containers: their creator and image (these never change).
+const LINK_CONTAINERS: &str = "
+UNWIND $rows AS r
+MATCH (c:Container {id: r.id})
 MERGE (u:User {username: r.owner})
 SET u.created_at = coalesce(u.created_at, r.created_at),
     u.last_active = CASE WHEN u.last_active IS NULL OR u.last_active < r.created_at
                          THEN r.created_at ELSE u.last_active END
 MERGE (u)-[cr:CREATED]->(c)
 SET cr.at = r.created_at
-MERGE (i:Image {ref: r.image})
-SET i.name = r.image_name, i.tag = r.image_tag
+MERGE (i:Image {ref: r.image_ref})
+SET i.name = r.image_name, i.tag = r.image_tag,
+    i.digest = CASE WHEN r.image_digest = '' THEN i.digest ELSE r.image_digest END
 MERGE (c)-[:USES]->(i)";
 
-/// The current host of each placed container: a move replaces the edge.
-const RUNS_ON: &str = "
+/// Images built from a known base (a template's recipe).
+const BASED_ON: &str = "
 UNWIND $rows AS r
-MATCH (c:Container {id: r.id})
-OPTIONAL MATCH (c)-[old:RUNS_ON]->(h:Host)
-WHERE h.hostname <> r.host
-DELETE old
-WITH DISTINCT c, r
-MERGE (h2:Host {hostname: r.host})
-MERGE (c)-[:RUNS_ON]->(h2)";
-
-const SUCCEEDED_BY: &str = "
-UNWIND $rows AS r
-MATCH (n:Container {id: r.id})
-MATCH (o:Container)
-WHERE o.id <> r.id AND o.created_at < r.created_at
-  AND (o.name = r.name OR (r.workspace <> '' AND o.workspace = r.workspace))
-  AND NOT (o)-[:SUCCEEDED_BY]->()
-WITH n, o ORDER BY o.created_at DESC
-WITH n, collect(o) AS older
-WHERE size(older) > 0
-WITH n, older[0] AS prev
-MERGE (prev)-[:SUCCEEDED_BY]->(n)";
+MERGE (i:Image {ref: r.image_ref})
+MERGE (b:Image {ref: r.base_ref})
+SET b.name = r.base_name, b.tag = r.base_tag
+MERGE (i)-[:BASED_ON]->(b)";
 
 const DELETED: &str = "
 UNWIND $rows AS r
 MATCH (c:Container {id: r.id})
 SET c.status = 'deleted', c.deleted_at = coalesce(c.deleted_at, r.at)";
+
+/// A container that moved keeps its old host as history (RAN_ON, until
+/// when).
+const MOVED_OFF: &str = "
+UNWIND $rows AS r
+MATCH (c:Container {id: r.id})-[old:RUNS_ON]->(h:Host)
+WHERE h.hostname <> r.host
+MERGE (c)-[ran:RAN_ON]->(h)
+SET ran.until = r.updated_at
+DELETE old";
+
+/// The current host of each new or moved container.
+const RUNS_ON: &str = "
+UNWIND $rows AS r
+MATCH (c:Container {id: r.id})
+MERGE (h:Host {hostname: r.host})
+MERGE (c)-[:RUNS_ON]->(h)";
+
+/// A new container succeeds the latest older, removed container of the
+/// same owner with its name or workspace that has no successor yet.
+const SUCCEEDED_BY: &str = "
+UNWIND $rows AS r
+MATCH (n:Container {id: r.id})
+OPTIONAL MATCH (a:Container {name: r.name})
+WHERE a.id <> r.id AND a.owner = r.owner AND a.status = 'deleted'
+  AND a.created_at < r.created_at AND NOT (a)-[:SUCCEEDED_BY]->()
+WITH n, r, collect(a) AS by_name
+OPTIONAL MATCH (b:Container {workspace: r.workspace})
+WHERE r.workspace <> '' AND b.id <> r.id AND b.owner = r.owner AND b.status = 'deleted'
+  AND b.created_at < r.created_at AND NOT (b)-[:SUCCEEDED_BY]->()
+WITH n, by_name, collect(b) AS by_workspace
+WITH n, by_name + by_workspace AS older
+UNWIND older AS o
+WITH n, o ORDER BY o.created_at DESC
+WITH n, collect(o)[0] AS prev
+WHERE prev IS NOT NULL
+MERGE (prev)-[:SUCCEEDED_BY]->(n)";
+
+/// Containers created and removed while the projection was away, from the
+/// event history (image and resources unknown).
+const GONE_CREATED: &str = "
+UNWIND $rows AS r
+MERGE (c:Container {id: r.id})
+ON CREATE SET c.name = r.name, c.host_name = r.host, c.owner = r.actor,
+    c.created_at = r.at, c.updated_at = r.at, c.status = 'deleted'
+WITH c, r
+WHERE r.actor <> 'system'
+MERGE (u:User {username: r.actor})
+MERGE (u)-[cr:CREATED]->(c)
+SET cr.at = r.at";
+
+const GONE_HOST: &str = "
+UNWIND $rows AS r
+MATCH (c:Container {id: r.id})
+WHERE NOT (c)-[:RUNS_ON]->()
+MERGE (h:Host {hostname: r.host})
+MERGE (c)-[:RUNS_ON]->(h)";
 
 const HOSTS: &str = "
 UNWIND $rows AS r
@@ -98,6 +148,7 @@ SET u.created_at = coalesce(u.created_at, r.at),
                          THEN r.at ELSE u.last_active END
 MERGE (u)-[:STARTED]->(s)
 MERGE (c:Container {id: r.container_id})
+ON CREATE SET c.status = 'unknown'
 MERGE (s)-[:IN_CONTAINER]->(c)";
 
 const SESSIONS_ENDED: &str = "
@@ -108,33 +159,47 @@ WITH s
 WHERE s.started_at IS NOT NULL
 SET s.duration_seconds = duration.inSeconds(s.started_at, s.ended_at).seconds";
 
+/// Callers the API saw: their role (certificates only; a token's role may
+/// be narrower) and their latest activity.
 const USERS: &str = "
 UNWIND $rows AS r
 MERGE (u:User {username: r.username})
-SET u.role = r.role, u.created_at = coalesce(u.created_at, r.at)";
+SET u.role = CASE WHEN r.role = '' THEN u.role ELSE r.role END,
+    u.created_at = coalesce(u.created_at, r.at),
+    u.last_active = CASE WHEN u.last_active IS NULL OR u.last_active < r.at
+                         THEN r.at ELSE u.last_active END";
 
-/// Containers the store no longer holds (removed while the projection was
-/// not following the feed) become history.
+/// After a resync: containers it did not write (the store no longer holds
+/// them) become history.
 const MARK_GONE: &str = "
 MATCH (c:Container)
-WHERE c.status <> 'deleted' AND NOT c.id IN $live
+WHERE coalesce(c.status, '') <> 'deleted' AND coalesce(c.resync, '') <> $generation
 SET c.status = 'deleted', c.deleted_at = coalesce(c.deleted_at, $now)";
 
 const SAVE_CURSOR: &str = "
 MERGE (p:DevctlProjection {key: 'cursor'})
-SET p.revision = $revision, p.event_sequence = $event_sequence, p.updated_at = $now";
+SET p.revision = $revision, p.event_sequence = $event_sequence, p.store = $store,
+    p.event_stream = $event_stream, p.updated_at = $now";
 
 const READ_CURSOR: &str = "
 MATCH (p:DevctlProjection {key: 'cursor'})
-RETURN p.revision AS revision, p.event_sequence AS event_sequence";
+RETURN p.revision AS revision, p.event_sequence AS event_sequence,
+       coalesce(p.store, '') AS store, coalesce(p.event_stream, '') AS event_stream";
 
 /// Where the projection stands, as the graph itself records it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// The last feed revision written.
     pub revision: u64,
     /// The last event-history sequence written.
     pub event_sequence: u64,
+    /// The store the revision belongs to (its id, in hex): a cursor of
+    /// another store (a data directory made again, another cluster writing
+    /// to this database) is not resumed.
+    pub store: String,
+    /// The event history the sequence belongs to (its creation time): a
+    /// stream made again numbers from 1 again.
+    pub event_stream: String,
 }
 
 /// `t` as a Cypher datetime.
@@ -235,23 +300,24 @@ impl Client {
         Ok(Cursor {
             revision: get("revision"),
             event_sequence: get("event_sequence"),
+            store: row.get::<String>("store").unwrap_or_default(),
+            event_stream: row.get::<String>("event_stream").unwrap_or_default(),
         })
     }
 
     /// Writes `batch` and the cursor it reaches in one transaction.
-    pub async fn write(&self, batch: &Batch, cursor: Cursor) -> Result<(), GraphError> {
+    pub async fn write(&self, batch: &Batch, cursor: &Cursor) -> Result<(), GraphError> {
         let mut queries = statements(batch);
         queries.push(save_cursor(cursor));
         self.transaction(queries).await
     }
 
-    /// Marks every container not in `live` (ids) deleted, and stores
-    /// `cursor`, in one transaction.
-    pub async fn mark_gone(&self, live: Vec<String>, cursor: Cursor) -> Result<(), GraphError> {
-        let live = list(live.into_iter().map(BoltType::from).collect());
+    /// Marks every container a resync of `generation` did not write
+    /// deleted, and stores `cursor`, in one transaction.
+    pub async fn mark_gone(&self, generation: &str, cursor: &Cursor) -> Result<(), GraphError> {
         self.transaction(vec![
             query(MARK_GONE)
-                .param("live", live)
+                .param("generation", generation)
                 .param("now", datetime(SystemTime::now())),
             save_cursor(cursor),
         ])
@@ -281,16 +347,18 @@ impl Client {
     }
 }
 
-fn save_cursor(cursor: Cursor) -> Query {
+fn save_cursor(cursor: &Cursor) -> Query {
     query(SAVE_CURSOR)
         .param("revision", int(cursor.revision))
         .param("event_sequence", int(cursor.event_sequence))
+        .param("store", cursor.store.as_str())
+        .param("event_stream", cursor.event_stream.as_str())
         .param("now", datetime(SystemTime::now()))
 }
 
 /// The statements writing `batch` (without the cursor), in dependency
 /// order: hosts and users before the containers and sessions that point at
-/// them, starts before ends.
+/// them, deletions before successions, starts before ends.
 fn statements(batch: &Batch) -> Vec<Query> {
     let mut out = Vec::new();
     let mut push = |stmt: &str, rows: Vec<BoltType>| {
@@ -331,14 +399,17 @@ fn statements(batch: &Batch) -> Vec<Query> {
             })
             .collect(),
     );
-    let container = |c: &super::model::ContainerRow| {
-        let (name, tag) = image_parts(&c.image);
+    let generation: BoltType = batch.generation.as_deref().into();
+    let container = |c: &ContainerRow| {
+        let image = image_ref(&c.image);
         map(vec![
             ("id", c.id.as_str().into()),
             ("name", c.name.as_str().into()),
             ("image", c.image.as_str().into()),
-            ("image_name", name.into()),
-            ("image_tag", tag.into()),
+            ("image_ref", image.reference.into()),
+            ("image_name", image.name.into()),
+            ("image_tag", image.tag.into()),
+            ("image_digest", image.digest.into()),
             ("status", c.status.as_str().into()),
             ("host", c.host.as_str().into()),
             ("owner", c.owner.as_str().into()),
@@ -347,36 +418,69 @@ fn statements(batch: &Batch) -> Vec<Query> {
             ("updated_at", datetime(c.updated_at)),
             ("cpus", c.cpus.into()),
             ("memory_bytes", c.memory_bytes.into()),
+            ("generation", generation.clone()),
         ])
     };
-    push(
-        UPSERT_CONTAINERS,
-        batch.containers().map(container).collect(),
-    );
-    push(
-        RUNS_ON,
+    let containers = |keep: fn(&ContainerRow) -> bool| -> Vec<BoltType> {
         batch
             .containers()
-            .filter(|c| !c.host.is_empty())
+            .filter(|c| keep(c))
             .map(container)
-            .collect(),
-    );
+            .collect()
+    };
+    push(UPSERT_CONTAINERS, containers(|_| true));
+    push(LINK_CONTAINERS, containers(|c| c.added));
     push(
-        SUCCEEDED_BY,
+        BASED_ON,
         batch
             .containers()
             .filter(|c| c.added)
-            .map(container)
+            .filter_map(|c| {
+                let base = image_ref(c.base_image.as_deref()?);
+                Some(map(vec![
+                    ("image_ref", image_ref(&c.image).reference.into()),
+                    ("base_ref", base.reference.into()),
+                    ("base_name", base.name.into()),
+                    ("base_tag", base.tag.into()),
+                ]))
+            })
             .collect(),
     );
+    let deleted = |d: &DeletedRow| map(vec![("id", d.id.as_str().into()), ("at", datetime(d.at))]);
+    push(DELETED, batch.deleted().map(deleted).collect());
+    push(MOVED_OFF, containers(|c| c.moved && !c.host.is_empty()));
+    push(RUNS_ON, containers(|c| c.moved && !c.host.is_empty()));
+    push(SUCCEEDED_BY, containers(|c| c.added));
+    let gone: Vec<BoltType> = batch
+        .gone_created()
+        .iter()
+        .map(|g| {
+            map(vec![
+                ("id", g.id.as_str().into()),
+                ("name", g.name.as_str().into()),
+                ("host", g.host.as_str().into()),
+                ("actor", g.actor.as_str().into()),
+                ("at", datetime(g.at)),
+            ])
+        })
+        .collect();
+    push(GONE_CREATED, gone.clone());
     push(
-        DELETED,
+        GONE_HOST,
         batch
-            .deleted()
-            .map(|d| map(vec![("id", d.id.as_str().into()), ("at", datetime(d.at))]))
+            .gone_created()
+            .iter()
+            .filter(|g| !g.host.is_empty())
+            .map(|g| {
+                map(vec![
+                    ("id", g.id.as_str().into()),
+                    ("host", g.host.as_str().into()),
+                ])
+            })
             .collect(),
     );
-    let session = |s: &super::model::SessionRow| {
+    push(DELETED, batch.gone_removed().iter().map(deleted).collect());
+    let session = |s: &SessionRow| {
         map(vec![
             ("id", s.id.as_str().into()),
             ("kind", s.kind.into()),

@@ -24,10 +24,10 @@ pub enum Rows {
 }
 
 impl Rows {
-    fn owner(&self) -> &str {
+    fn all_and_owner(&self) -> (bool, &str) {
         match self {
-            Rows::All => "",
-            Rows::Own(name) => name,
+            Rows::All => (true, ""),
+            Rows::Own(name) => (false, name),
         }
     }
 }
@@ -35,7 +35,7 @@ impl Rows {
 /// Containers per image, running now, distinct users, last creation.
 pub const IMAGES: &str = "
 MATCH (u:User)-[:CREATED]->(c:Container)-[:USES]->(i:Image)
-WHERE c.created_at >= $since AND ($owner = '' OR u.username = $owner)
+WHERE c.created_at >= $since AND ($all OR u.username = $owner)
 RETURN i.ref AS image, count(DISTINCT c) AS containers,
        sum(CASE WHEN c.status = 'running' THEN 1 ELSE 0 END) AS running,
        count(DISTINCT u) AS users, max(c.created_at) AS last_created
@@ -44,13 +44,13 @@ ORDER BY containers DESC, image";
 /// The latest session start per image.
 pub const IMAGE_SESSIONS: &str = "
 MATCH (u:User)-[:STARTED]->(s:Session)-[:IN_CONTAINER]->(c:Container)-[:USES]->(i:Image)
-WHERE s.started_at >= $since AND ($owner = '' OR u.username = $owner)
+WHERE s.started_at >= $since AND ($all OR u.username = $owner)
 RETURN i.ref AS image, max(s.started_at) AS last_session";
 
 /// Sessions per user: how many, how long (ended ones).
 pub const USER_SESSIONS: &str = "
 MATCH (u:User)-[:STARTED]->(s:Session)
-WHERE s.started_at >= $since AND ($owner = '' OR u.username = $owner)
+WHERE s.started_at >= $since AND ($all OR u.username = $owner)
 RETURN u.username AS username, count(s) AS sessions,
        sum(coalesce(s.duration_seconds, 0)) AS total_seconds,
        count(s.duration_seconds) AS ended";
@@ -58,33 +58,39 @@ RETURN u.username AS username, count(s) AS sessions,
 /// Containers created per user.
 pub const USER_CONTAINERS: &str = "
 MATCH (u:User)-[:CREATED]->(c:Container)
-WHERE c.created_at >= $since AND ($owner = '' OR u.username = $owner)
+WHERE c.created_at >= $since AND ($all OR u.username = $owner)
 RETURN u.username AS username, count(c) AS containers";
 
 /// Every user with their role and last activity.
 pub const USERS: &str = "
 MATCH (u:User)
-WHERE $owner = '' OR u.username = $owner
+WHERE $all OR u.username = $owner
 RETURN u.username AS username, coalesce(u.role, '') AS role, u.last_active AS last_active
 ORDER BY username";
 
-/// Per host: containers placed (in the window) and running now.
+/// Per host: containers placed there (in the window), its current or an
+/// earlier host (RAN_ON: moved away since).
 pub const HOSTS: &str = "
 MATCH (h:Host)
-OPTIONAL MATCH (u:User)-[:CREATED]->(c:Container)-[:RUNS_ON]->(h)
-WHERE $owner = '' OR u.username = $owner
+OPTIONAL MATCH (u:User)-[:CREATED]->(c:Container)-[:RUNS_ON|RAN_ON]->(h)
+WHERE ($all OR u.username = $owner) AND c.created_at >= $since
 RETURN h.hostname AS host, coalesce(h.total_cpu, 0) AS total_cpu,
-       coalesce(h.total_memory, 0) AS total_memory,
-       sum(CASE WHEN c.created_at >= $since THEN 1 ELSE 0 END) AS placed,
-       sum(CASE WHEN c.status = 'running' THEN 1 ELSE 0 END) AS running,
-       sum(CASE WHEN c.status = 'running' THEN c.cpus ELSE 0.0 END) AS running_cpus,
-       sum(CASE WHEN c.status = 'running' THEN c.memory_bytes ELSE 0 END) AS running_memory
+       coalesce(h.total_memory, 0) AS total_memory, count(DISTINCT c) AS placed
 ORDER BY host";
 
+/// Per host: what runs there now.
+pub const HOST_LOAD: &str = "
+MATCH (u:User)-[:CREATED]->(c:Container {status: 'running'})-[:RUNS_ON]->(h:Host)
+WHERE $all OR u.username = $owner
+RETURN h.hostname AS host, count(c) AS running, sum(c.cpus) AS running_cpus,
+       sum(c.memory_bytes) AS running_memory";
+
 fn params(q: &str, since: SystemTime, rows: &Rows) -> neo4rs::Query {
+    let (all, owner) = rows.all_and_owner();
     query(q)
         .param("since", datetime(since))
-        .param("owner", rows.owner())
+        .param("all", all)
+        .param("owner", owner)
 }
 
 fn count(row: &Row, key: &str) -> u64 {
@@ -201,17 +207,24 @@ pub async fn hosts(
     rows: &Rows,
 ) -> Result<Vec<pb::HostInsight>, GraphError> {
     let found = client.rows(params(HOSTS, since, rows)).await?;
+    let load = client.rows(params(HOST_LOAD, since, rows)).await?;
+    let load: BTreeMap<String, &Row> = load
+        .iter()
+        .filter_map(|r| Some((r.get::<String>("host").ok()?, r)))
+        .collect();
     Ok(found
         .iter()
         .filter_map(|r| {
+            let host = r.get::<String>("host").ok()?;
+            let now = load.get(&host);
             Some(pb::HostInsight {
-                host: r.get::<String>("host").ok()?,
                 containers_placed: count(r, "placed"),
-                running: count(r, "running"),
-                running_cpus: float(r, "running_cpus"),
-                running_memory_bytes: count(r, "running_memory"),
+                running: now.map_or(0, |l| count(l, "running")),
+                running_cpus: now.map_or(0.0, |l| float(l, "running_cpus")),
+                running_memory_bytes: now.map_or(0, |l| count(l, "running_memory")),
                 total_cpus: float(r, "total_cpu"),
                 total_memory_bytes: count(r, "total_memory"),
+                host,
             })
         })
         .collect())

@@ -123,6 +123,10 @@ pub enum GraphError {
     Unavailable(String),
 }
 
+/// Analytics queries running at once at most (each may read the whole
+/// graph; the projector's own connections are not shared with them).
+const READERS: usize = 4;
+
 /// The projector's progress, as it records it.
 #[derive(Debug, Default)]
 struct Progress {
@@ -131,8 +135,9 @@ struct Progress {
     event_sequence: u64,
     /// Events stored after the last one read, when it was read.
     events_pending: u64,
-    /// When the events started to be pending.
-    events_behind_since: Option<SystemTime>,
+    /// When the oldest event not yet written happened (while any is
+    /// pending).
+    events_oldest: Option<SystemTime>,
     last_write: Option<SystemTime>,
     last_error: String,
     resyncs: u64,
@@ -141,15 +146,35 @@ struct Progress {
     logged: Option<Instant>,
 }
 
+/// A caller the API saw: name, role (certificates only), when.
+type SeenUser = (String, Option<devctl_proto::identity::Role>, SystemTime);
+
 #[derive(Debug)]
 struct Shared {
     config: GraphConfig,
     store: Store,
     progress: Mutex<Progress>,
-    client: Mutex<Option<client::Client>>,
+    /// The analytics' own connection (pool), made on first use.
+    reader: tokio::sync::Mutex<Option<client::Client>>,
+    reads: tokio::sync::Semaphore,
     resync: Notify,
-    seen_tx: mpsc::Sender<(String, devctl_proto::identity::Role, SystemTime)>,
-    seen: Mutex<HashMap<String, (devctl_proto::identity::Role, Instant)>>,
+    seen_tx: mpsc::Sender<SeenUser>,
+    seen: Mutex<HashMap<String, (Option<devctl_proto::identity::Role>, Instant)>>,
+}
+
+impl Shared {
+    fn new(config: GraphConfig, store: Store, seen_tx: mpsc::Sender<SeenUser>) -> Self {
+        Self {
+            config,
+            store,
+            progress: Mutex::default(),
+            reader: tokio::sync::Mutex::new(None),
+            reads: tokio::sync::Semaphore::new(READERS),
+            resync: Notify::new(),
+            seen_tx,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// The running projection: its status, the analytics, and the note of API
@@ -171,13 +196,15 @@ impl Projection {
 
     /// Notes that `id` called the API (their role and activity), without
     /// waiting: when the queue is full the note is dropped (the next call
-    /// notes them again).
+    /// notes them again). A role is noted from certificates only: an API
+    /// token's role may be narrower than its owner's.
     pub fn saw(&self, id: &Identity) {
+        let role = (!id.serial.starts_with("token:")).then_some(id.role);
         let now = Instant::now();
         {
             let mut seen = self.shared.seen.lock().expect("graph seen lock");
-            if let Some((role, at)) = seen.get(&id.name)
-                && *role == id.role
+            if let Some((known, at)) = seen.get(&id.name)
+                && (role.is_none() || *known == role)
                 && now.duration_since(*at) < SEEN_AGAIN
             {
                 return;
@@ -185,12 +212,12 @@ impl Projection {
             if seen.len() > 10_000 {
                 seen.clear();
             }
-            seen.insert(id.name.clone(), (id.role, now));
+            seen.insert(id.name.clone(), (role, now));
         }
         let _ = self
             .shared
             .seen_tx
-            .try_send((id.name.clone(), id.role, SystemTime::now()));
+            .try_send((id.name.clone(), role, SystemTime::now()));
     }
 
     /// Asks for a full re-projection (store snapshot and every retained
@@ -199,21 +226,44 @@ impl Projection {
         self.shared.resync.notify_one();
     }
 
-    /// The connected client, for the analytics.
-    pub fn client(&self) -> Result<client::Client, GraphError> {
-        self.shared
-            .client
-            .lock()
-            .expect("graph client lock")
-            .clone()
-            .ok_or_else(|| {
-                let p = self.progress();
-                GraphError::Unavailable(if p.last_error.is_empty() {
-                    "still connecting".into()
-                } else {
-                    p.last_error.clone()
-                })
-            })
+    /// Runs an analytics read `f` on the readers' connection, at most
+    /// [`READERS`] at once; fails at once while the projection cannot
+    /// reach the server.
+    pub async fn read<T, F, Fut>(&self, f: F) -> Result<T, GraphError>
+    where
+        F: FnOnce(client::Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GraphError>>,
+    {
+        {
+            let p = self.progress();
+            if !p.connected && !p.last_error.is_empty() {
+                return Err(GraphError::Unavailable(p.last_error.clone()));
+            }
+        }
+        let _permit = self
+            .shared
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| GraphError::Unavailable("shutting down".into()))?;
+        let client = {
+            let mut reader = self.shared.reader.lock().await;
+            match reader.as_ref() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = client::Client::connect(&self.shared.config).await?;
+                    *reader = Some(c.clone());
+                    c
+                }
+            }
+        };
+        let out = f(client).await;
+        if out.is_err() {
+            // A timed-out query may leave its connection mid-reply: start
+            // the next read on fresh connections.
+            *self.shared.reader.lock().await = None;
+        }
+        out
     }
 
     /// How far behind the graph is.
@@ -237,9 +287,9 @@ impl Projection {
             };
         }
         if p.events_pending > 0
-            && let Some(since) = p.events_behind_since
+            && let Some(oldest) = p.events_oldest
         {
-            lag_seconds = lag_seconds.max(age(since));
+            lag_seconds = lag_seconds.max(age(oldest));
         }
         pb::GraphStatus {
             configured: true,

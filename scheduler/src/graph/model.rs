@@ -41,8 +41,14 @@ pub struct ContainerRow {
     pub cpus: f64,
     /// Memory reserved, in bytes.
     pub memory_bytes: i64,
-    /// Its record was added by this change (it may succeed an older one).
+    /// Its record was added by this change (it may succeed an older one):
+    /// its creator, image and predecessor are linked.
     pub added: bool,
+    /// It was placed on another node (or added): its host edge is written.
+    pub moved: bool,
+    /// The image its image was built from, where known (a template's
+    /// recipe).
+    pub base_image: Option<String>,
 }
 
 /// A host as the graph keeps it.
@@ -99,11 +105,32 @@ pub struct DeletedRow {
     pub at: SystemTime,
 }
 
+/// A container the history shows but the store no longer holds (created
+/// and removed while the projection was not following the feed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GoneRow {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its node.
+    pub host: String,
+    /// Who created it ("system" when the history does not say).
+    pub actor: String,
+    /// When it was created.
+    pub at: SystemTime,
+}
+
 /// The rows of one write, and where the write leaves the projection.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
     containers: BTreeMap<String, ContainerRow>,
     deleted: BTreeMap<String, DeletedRow>,
+    gone_created: Vec<GoneRow>,
+    gone_removed: Vec<DeletedRow>,
+    /// Set by a resync: every container it writes is stamped with it, and
+    /// those without it afterwards are marked deleted.
+    pub generation: Option<String>,
     hosts: BTreeMap<String, HostRow>,
     started: Vec<SessionRow>,
     ended: Vec<SessionRow>,
@@ -154,6 +181,11 @@ pub fn container_row(c: &pb::Container, at: SystemTime, added: bool) -> Containe
         cpus: res.milli_cpus as f64 / 1000.0,
         memory_bytes: res.memory_bytes,
         added,
+        moved: added,
+        base_image: spec
+            .image_recipe
+            .as_ref()
+            .and_then(|r| dockerfile_base(&r.dockerfile)),
     }
 }
 
@@ -172,27 +204,92 @@ pub fn host_row(n: &pb::Node) -> HostRow {
     }
 }
 
-/// Splits an image reference into the graph's `name` and `tag` (the tag
-/// defaults to `latest`; a digest reference keeps its digest as the tag).
-pub fn image_parts(image: &str) -> (String, String) {
-    if let Some((name, digest)) = image.split_once('@') {
-        return (name.to_string(), digest.to_string());
-    }
+/// An image reference as the graph keys it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The normalised reference (the key): Docker Hub's `docker.io/` and
+    /// `library/` prefixes dropped, `:latest` added when no tag or digest
+    /// is given, so `busybox`, `busybox:latest` and
+    /// `docker.io/library/busybox` are one image.
+    pub reference: String,
+    /// The repository (`devctl/dev`, `127.0.0.1:5000/team/img`).
+    pub name: String,
+    /// The tag (empty for a digest reference without one).
+    pub tag: String,
+    /// The digest (`sha256:…`), when the reference names one.
+    pub digest: String,
+}
+
+/// Parses and normalises an image reference.
+pub fn image_ref(image: &str) -> ImageRef {
+    let image = image.trim();
+    let image = image
+        .strip_prefix("docker.io/library/")
+        .or_else(|| image.strip_prefix("docker.io/"))
+        .unwrap_or(image);
+    let (named, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, d.to_string()),
+        None => (image, String::new()),
+    };
     // A ':' after the last '/' separates the tag (a registry port does not).
-    let slash = image.rfind('/').map_or(0, |i| i + 1);
-    match image[slash..].rfind(':') {
+    let slash = named.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match named[slash..].rfind(':') {
         Some(i) => (
-            image[..slash + i].to_string(),
-            image[slash + i + 1..].to_string(),
+            named[..slash + i].to_string(),
+            named[slash + i + 1..].to_string(),
         ),
-        None => (image.to_string(), "latest".to_string()),
+        None if digest.is_empty() => (named.to_string(), "latest".to_string()),
+        None => (named.to_string(), String::new()),
+    };
+    let mut reference = name.clone();
+    if !tag.is_empty() {
+        reference = format!("{reference}:{tag}");
     }
+    if !digest.is_empty() {
+        reference = format!("{reference}@{digest}");
+    }
+    ImageRef {
+        reference,
+        name,
+        tag,
+        digest,
+    }
+}
+
+/// The image a Dockerfile's final stage starts from, if it names one
+/// (stage names are followed to their image; `scratch` and images spelled
+/// with build arguments are not known).
+pub fn dockerfile_base(dockerfile: &str) -> Option<String> {
+    let mut stages: HashMap<String, Option<String>> = HashMap::new();
+    let mut last: Option<Option<String>> = None;
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let mut words = words.skip_while(|w| w.starts_with("--"));
+        let Some(image) = words.next() else {
+            continue;
+        };
+        let base = match stages.get(&image.to_ascii_lowercase()) {
+            Some(earlier) => earlier.clone(),
+            None if image.contains('$') || image.eq_ignore_ascii_case("scratch") => None,
+            None => Some(image.to_string()),
+        };
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))
+            && let Some(alias) = words.next()
+        {
+            stages.insert(alias.to_ascii_lowercase(), base.clone());
+        }
+        last = Some(base);
+    }
+    last.flatten()
 }
 
 impl Batch {
     /// Nothing to write (not even a cursor move).
     pub fn is_empty(&self) -> bool {
-        self.changes == 0 && self.users.is_empty()
+        self.changes == 0
     }
 
     /// Changes and events taken in.
@@ -254,12 +351,34 @@ impl Batch {
         self.hosts.insert(n.name.clone(), host_row(n));
     }
 
-    /// Takes in an event of the history (sessions; other events only move
-    /// the cursor).
-    pub fn add_event(&mut self, ev: &pb::Event) {
+    /// Takes in an event of the history: sessions, and the creation and
+    /// removal of containers the store no longer holds (`gone`: the
+    /// projector looked the id up); other events only move the cursor.
+    pub fn add_event(&mut self, ev: &pb::Event, gone: bool) {
         self.changes += 1;
         self.event_sequence = Some(ev.sequence);
         let ty = pb::EventType::try_from(ev.r#type).unwrap_or(pb::EventType::Unspecified);
+        let at = time_of(ev.time.as_ref(), SystemTime::now());
+        match ty {
+            pb::EventType::ContainerCreated if gone && !ev.container_id.is_empty() => {
+                self.gone_created.push(GoneRow {
+                    id: ev.container_id.clone(),
+                    name: ev.container.clone(),
+                    host: ev.node.clone(),
+                    actor: ev.actor.clone(),
+                    at,
+                });
+                return;
+            }
+            pb::EventType::ContainerRemoved if gone && !ev.container_id.is_empty() => {
+                self.gone_removed.push(DeletedRow {
+                    id: ev.container_id.clone(),
+                    at,
+                });
+                return;
+            }
+            _ => {}
+        }
         let (kind, start) = match ty {
             pb::EventType::ExecStarted => ("exec", true),
             pb::EventType::ExecEnded => ("exec", false),
@@ -269,7 +388,7 @@ impl Batch {
             pb::EventType::PortForwardEnded => ("port_forward", false),
             _ => return,
         };
-        if ev.session.is_empty() {
+        if ev.session.is_empty() || ev.container_id.is_empty() || ev.actor.is_empty() {
             return;
         }
         let row = SessionRow {
@@ -277,7 +396,7 @@ impl Batch {
             kind,
             actor: ev.actor.clone(),
             container_id: ev.container_id.clone(),
-            at: time_of(ev.time.as_ref(), SystemTime::now()),
+            at,
         };
         if start {
             self.started.push(row);
@@ -286,13 +405,25 @@ impl Batch {
         }
     }
 
-    /// Takes in a caller the API saw.
-    pub fn add_user(&mut self, username: &str, role: Role, at: SystemTime) {
+    /// Whether the history event `ev` concerns a container's existence (the
+    /// projector then tells [`Batch::add_event`] whether the store still
+    /// holds it).
+    pub fn asks_if_gone(ev: &pb::Event) -> bool {
+        matches!(
+            pb::EventType::try_from(ev.r#type),
+            Ok(pb::EventType::ContainerCreated | pb::EventType::ContainerRemoved)
+        ) && !ev.container_id.is_empty()
+    }
+
+    /// Takes in a caller the API saw (`role`: known from a certificate;
+    /// an API token's may be narrower than its owner's).
+    pub fn add_user(&mut self, username: &str, role: Option<Role>, at: SystemTime) {
+        self.changes += 1;
         self.users.insert(
             username.to_string(),
             UserRow {
                 username: username.to_string(),
-                role: role.to_string(),
+                role: role.map(|r| r.to_string()).unwrap_or_default(),
                 at,
             },
         );
@@ -326,6 +457,16 @@ impl Batch {
     /// Callers seen.
     pub fn users(&self) -> impl Iterator<Item = &UserRow> {
         self.users.values()
+    }
+
+    /// Containers created while the projection was away and gone since.
+    pub fn gone_created(&self) -> &[GoneRow] {
+        &self.gone_created
+    }
+
+    /// Their removals.
+    pub fn gone_removed(&self) -> &[DeletedRow] {
+        &self.gone_removed
     }
 }
 
@@ -387,6 +528,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].status, "running");
         assert!(rows[0].added, "still the container's first appearance");
+        assert!(rows[0].moved, "an added container gets its host edge");
         assert_eq!(rows[0].cpus, 1.5);
         assert_eq!(b.revision, Some(2));
         b.add_change(&entry(
@@ -399,6 +541,28 @@ mod tests {
         assert_eq!(b.deleted().count(), 1);
         assert_eq!(b.containers().count(), 1);
         assert_eq!(b.len(), 3);
+    }
+
+    #[test]
+    fn only_a_change_of_node_rewrites_the_host_edge() {
+        let running = container("c1", pb::ContainerState::Running);
+        let stopped = container("c1", pb::ContainerState::Stopped);
+        let mut moved = stopped.clone();
+        moved.status_mut().node = "n2".into();
+        let update = |before: &pb::Container, after: &pb::Container| {
+            let mut b = Batch::default();
+            b.add_change(&entry(
+                1,
+                Change::Container(Diff {
+                    before: Some(before.clone()),
+                    after: Some(after.clone()),
+                }),
+            ));
+            let row = b.containers().next().unwrap().clone();
+            (row.added, row.moved)
+        };
+        assert_eq!(update(&running, &stopped), (false, false));
+        assert_eq!(update(&stopped, &moved), (false, true));
     }
 
     #[test]
@@ -416,34 +580,76 @@ mod tests {
             }),
             ..Default::default()
         };
-        b.add_event(&ev(4, pb::EventType::ExecStarted));
-        b.add_event(&ev(5, pb::EventType::ContainerStopped));
-        b.add_event(&ev(6, pb::EventType::ExecEnded));
+        b.add_event(&ev(4, pb::EventType::ExecStarted), false);
+        b.add_event(&ev(5, pb::EventType::ContainerStopped), false);
+        b.add_event(&ev(6, pb::EventType::ExecEnded), false);
+        b.add_event(&ev(7, pb::EventType::ContainerCreated), false);
+        assert!(
+            b.gone_created().is_empty(),
+            "a live container comes from the feed"
+        );
+        b.add_event(&ev(8, pb::EventType::ContainerCreated), true);
+        b.add_event(&ev(9, pb::EventType::ContainerRemoved), true);
+        assert_eq!(b.gone_created().len(), 1);
+        assert_eq!(b.gone_removed().len(), 1);
         assert_eq!(b.started().len(), 1);
         assert_eq!(b.ended().len(), 1);
         assert_eq!(b.started()[0].kind, "exec");
-        assert_eq!(b.event_sequence, Some(6));
+        assert_eq!(b.event_sequence, Some(9));
         assert!(!b.is_empty());
     }
 
     #[test]
-    fn image_references_split_into_name_and_tag() {
+    fn image_references_are_normalised() {
+        let r = |s: &str| {
+            let i = image_ref(s);
+            (i.reference, i.name, i.tag, i.digest)
+        };
         assert_eq!(
-            image_parts("devctl/dev:1"),
-            ("devctl/dev".into(), "1".into())
+            r("devctl/dev:1"),
+            (
+                "devctl/dev:1".into(),
+                "devctl/dev".into(),
+                "1".into(),
+                "".into()
+            )
+        );
+        assert_eq!(image_ref("busybox").reference, "busybox:latest");
+        assert_eq!(
+            image_ref("docker.io/library/busybox").reference,
+            "busybox:latest"
         );
         assert_eq!(
-            image_parts("127.0.0.1:5000/team/img"),
-            ("127.0.0.1:5000/team/img".into(), "latest".into())
+            image_ref("127.0.0.1:5000/team/img").reference,
+            "127.0.0.1:5000/team/img:latest"
         );
         assert_eq!(
-            image_parts("reg:5000/img:2"),
-            ("reg:5000/img".into(), "2".into())
+            r("reg:5000/img:2@sha256:ab"),
+            (
+                "reg:5000/img:2@sha256:ab".into(),
+                "reg:5000/img".into(),
+                "2".into(),
+                "sha256:ab".into()
+            )
         );
+        assert_eq!(image_ref("img@sha256:ab").tag, "");
+    }
+
+    #[test]
+    fn a_dockerfile_base_is_its_final_stage_image() {
         assert_eq!(
-            image_parts("img@sha256:ab"),
-            ("img".into(), "sha256:ab".into())
+            dockerfile_base("FROM devctl/busybox:latest\nRUN true\n").as_deref(),
+            Some("devctl/busybox:latest")
         );
+        let multi = "FROM --platform=linux/amd64 golang:1 AS build\nRUN go build\nfrom build AS test\nFROM debian:12\nCOPY --from=build /x /x\n";
+        assert_eq!(dockerfile_base(multi).as_deref(), Some("debian:12"));
+        assert_eq!(
+            dockerfile_base("FROM golang:1 AS b\nFROM b\n").as_deref(),
+            Some("golang:1")
+        );
+        assert_eq!(dockerfile_base("FROM scratch\nCOPY x /\n"), None);
+        assert_eq!(dockerfile_base("ARG V\nFROM img:$V\n"), None);
+        assert_eq!(dockerfile_base("RUN true"), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - `join_tokens_used`, `api_tokens`: see [`access`]
 //! - `identities`: see [`identities`]
 //! - `registries`: see [`registry`] (passwords encrypted at rest)
-//! - `meta`: the change feed's epoch (see [`crate::feed`])
+//! - `meta`: the change feed's epoch (see [`crate::feed`]) and the
+//!   store's random id
 //! - `templates`: see [`templates`]
 //! - `workspaces`: name → `Workspace` (see `workspaces.rs`)
 //!
@@ -67,6 +68,9 @@ const NODES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("nodes");
 const REQUESTS: TableDefinition<'_, &str, &str> = TableDefinition::new("create_requests");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const FEED_EPOCH: &str = "feed_epoch";
+/// A random number made when the store is created: tells this store from
+/// another (a projection's cursor belongs to one store).
+const STORE_ID: &str = "store_id";
 
 /// Which containers a listing returns.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +104,7 @@ struct Inner {
     index: RwLock<Index>,
     feed: Feed,
     registry_key: registry::KeySlot,
+    id: u64,
 }
 
 /// What a write changed, applied once it has committed: the index entries
@@ -197,11 +202,20 @@ impl Store {
         txn.open_table(identities::IDENTITIES)?;
         txn.open_table(workspaces::WORKSPACES)?;
         txn.open_table(registry::REGISTRIES)?;
-        let epoch = {
+        let (epoch, id) = {
             let mut meta = txn.open_table(META)?;
             let epoch = meta.get(FEED_EPOCH)?.map_or(0, |v| v.value()) + 1;
             meta.insert(FEED_EPOCH, epoch)?;
-            epoch
+            let id = meta.get(STORE_ID)?.map(|v| v.value());
+            let id = match id {
+                Some(id) => id,
+                None => {
+                    let id = rand::random::<u64>();
+                    meta.insert(STORE_ID, id)?;
+                    id
+                }
+            };
+            (epoch, id)
         };
         migrate_containers(&txn)?;
         txn.commit()?;
@@ -223,10 +237,16 @@ impl Store {
                 index: RwLock::new(index),
                 feed,
                 registry_key: registry::KeySlot::beside(path),
+                id,
             }),
         };
         store.inner.feed.seed_nodes(store.nodes()?);
         Ok(store)
+    }
+
+    /// This store's identity (random, made when it was created).
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// The change feed of this store's commits.
