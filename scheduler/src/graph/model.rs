@@ -304,10 +304,16 @@ impl Batch {
         match &e.change {
             Change::Container(d) => match (&d.before, &d.after) {
                 (before, Some(after)) => {
-                    let added =
-                        before.is_none() || self.containers.get(&after.id).is_some_and(|r| r.added);
-                    self.containers
-                        .insert(after.id.clone(), container_row(after, e.time, added));
+                    let earlier = self.containers.get(&after.id);
+                    let added = before.is_none() || earlier.is_some_and(|r| r.added);
+                    let moved = added
+                        || earlier.is_some_and(|r| r.moved)
+                        || before
+                            .as_ref()
+                            .is_some_and(|b| b.status().node != after.status().node);
+                    let mut row = container_row(after, e.time, added);
+                    row.moved = moved;
+                    self.containers.insert(after.id.clone(), row);
                 }
                 (Some(before), None) => {
                     // The record's last state is written with its deletion.
