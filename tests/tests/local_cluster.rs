@@ -71,3 +71,67 @@ fn local_cluster_script_launches_a_dev_container_and_purges() {
     assert!(docker_inspect_by_label(&format!("io.devctl.node={node}")).is_empty());
     assert!(network_names_by_label(&label).is_empty());
 }
+
+#[test]
+fn local_cluster_script_with_a_graph_answers_insights() {
+    let home = tempfile::tempdir().unwrap();
+    let node = format!("lg{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let cluster = home.path().join("cluster");
+    let script = |action: &str| {
+        Command::new(repo_root().join("deploy/local-cluster.sh"))
+            .arg(action)
+            .env("DEVCTL_HOME", &cluster)
+            .env("DEVCTL_BIN_DIR", bin_dir())
+            .env("DEVCTL_PORT", "0")
+            .env("DEVCTL_NATS_PORT", "0")
+            .env("DEVCTL_GRAPH", "1")
+            .env("DEVCTL_GRAPH_PORT", "0")
+            .env("DEVCTL_NODE", &node)
+            .output()
+            .unwrap()
+    };
+    let _purge = Purge(&script);
+    let up = script("up");
+    let stdout = String::from_utf8_lossy(&up.stdout);
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(up.status.success(), "up failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("graph server up"), "{stderr}");
+
+    // The README's way in: source the env file, then devctl.
+    let devctl = |args: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source {}/env && devctl {args}", cluster.display()))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let images = devctl_tests::wait_until(
+        "the sample container in the graph",
+        std::time::Duration::from_secs(30),
+        || {
+            let (ok, out) = devctl("insights images -o json");
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (ok && v.as_array().is_some_and(|a| !a.is_empty())).then_some(v)
+        },
+    );
+    assert_eq!(images[0]["image"], "devctl/busybox:latest", "{images}");
+    assert_eq!(images[0]["running"], "1", "{images}");
+    let (ok, table) = devctl("graph status");
+    assert!(ok && table.contains("true"), "{table}");
+
+    // The password is in no command line.
+    let password = std::fs::read_to_string(cluster.join("graph-password")).unwrap();
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(password.trim()),
+        "the graph password shows in ps"
+    );
+    let status = String::from_utf8_lossy(&script("status").stdout).into_owned();
+    assert_eq!(status.matches("running").count(), 4, "{status}");
+    assert!(script("purge").status.success());
+    assert!(!cluster.exists());
+}

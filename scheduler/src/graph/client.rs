@@ -512,3 +512,16 @@ async fn deadline<T>(
         Err(_) => Err(GraphError::Timeout { what, limit }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_show_the_schema_as_it_is_created() {
+        let docs = include_str!("../../../docs/graph.md");
+        for stmt in SCHEMA {
+            assert!(docs.contains(stmt), "docs/graph.md lacks {stmt}");
+        }
+    }
+}

@@ -229,3 +229,28 @@ pub async fn hosts(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_show_every_analytics_query_as_it_runs() {
+        let docs = include_str!("../../../docs/graph.md");
+        for q in [
+            IMAGES,
+            IMAGE_SESSIONS,
+            USER_SESSIONS,
+            USER_CONTAINERS,
+            USERS,
+            HOSTS,
+            HOST_LOAD,
+        ] {
+            assert!(
+                docs.contains(q.trim()),
+                "docs/graph.md lacks this query as it runs:\n{}",
+                q.trim()
+            );
+        }
+    }
+}
