@@ -369,11 +369,8 @@ impl GraphArgs {
                 "--neo4j-uri: {uri:?} is not a Bolt address; use bolt://HOST:7687"
             ));
         }
-        if uri.split_once("://").is_some_and(|(_, rest)| {
-            rest.split('/')
-                .next()
-                .is_some_and(|auth| auth.contains('@'))
-        }) {
+        // Bolt addresses carry no '@' but in credentials (user:password@).
+        if uri.contains('@') {
             return Err(
                 "--neo4j-uri: put no credentials in the URI (they would show in the process list); use --neo4j-user and --neo4j-password-file".into(),
             );

@@ -356,6 +356,12 @@ fn two_users_on_two_nodes_appear_with_sessions_and_insights_count_them() {
     // Only admins resync.
     let refused = c.devctl_as(&bob, &["graph", "resync"]).err();
     assert!(refused.contains("PermissionDenied"), "{refused}");
+    // Where the graph server is, is for admins.
+    let theirs = c.devctl_as(&bob, &["graph", "status", "-o", "json"]).json();
+    assert_eq!(theirs["connected"], true, "{theirs}");
+    assert!(theirs.get("uri").is_none(), "{theirs}");
+    let admins = c.devctl(&["graph", "status", "-o", "json"]).json();
+    assert_eq!(admins["uri"], server.uri.as_str(), "{admins}");
 
     // A table for people.
     let table = c.devctl(&["insights", "users"]).ok().stdout;
@@ -442,14 +448,13 @@ fn a_graph_server_that_hangs_or_stops_slows_nothing_and_misses_nothing_and_a_kil
     prompt(&c, &["stop", "x3"]);
     prompt(&c, &["rm", "-f", "x1"]);
     prompt(&c, &["graph", "status"]);
-    let s = wait_until("the status to show the graph down", minute, || {
+    wait_until("the status to show the graph down", minute, || {
         let s = status(&c);
-        (s["connected"] != true && num(&s["lagChanges"]) > 0.0).then_some(s)
+        (s["connected"] != true
+            && num(&s["lagChanges"]) > 0.0
+            && s["lastError"].as_str().is_some_and(|e| !e.is_empty()))
+        .then_some(s)
     });
-    assert!(
-        s["lastError"].as_str().is_some_and(|e| !e.is_empty()),
-        "{s}"
-    );
     server.resume().unwrap();
     g.wait_count(
         "everything that happened while the graph hung",
@@ -587,5 +592,116 @@ fn without_a_graph_insights_say_how_to_enable_it_and_bad_flags_are_refused() {
     assert!(
         !out.status.success() && stderr.contains("--neo4j-password-file"),
         "{stderr}"
+    );
+}
+
+/// The projection's writes against the real server, below the scheduler:
+/// a template's image is BASED_ON its recipe's base, image references are
+/// normalised, a second write of the same rows changes nothing, and a
+/// resync generation marks what it did not write deleted.
+#[test]
+fn template_images_are_based_on_their_recipe_and_writes_are_idempotent() {
+    use devctl_proto::pb;
+    use devctl_scheduler::graph::{GraphConfig, Secret, client::Client, model::Batch};
+
+    let _serial = external_lock();
+    let (_tmp, dir) = graph_dir("client");
+    let server = GraphServer::start(&dir.join("server")).expect("graph server starts");
+    wipe_if_external(&server);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = GraphConfig {
+        uri: server.uri.clone(),
+        user: server.user.clone(),
+        password: Secret::new(server.password.clone()),
+        database: Some(server.database.clone()),
+        timeout: Duration::from_secs(20),
+    };
+    let container = |id: &str, image: &str, recipe: Option<&str>| pb::Container {
+        name: format!("c-{id}"),
+        id: id.into(),
+        owner: "alice".into(),
+        create_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+        spec: Some(pb::ContainerSpec {
+            image: image.into(),
+            image_recipe: recipe.map(|d| pb::ImageRecipe {
+                dockerfile: d.into(),
+            }),
+            ..Default::default()
+        }),
+        status: Some(pb::ContainerStatus {
+            state: pb::ContainerState::Running as i32,
+            node: "n1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let g = Graph::connect(&server);
+    let now = std::time::SystemTime::now();
+    let mut batch = Batch::default();
+    batch.add_container(
+        &container(
+            "t1",
+            "devctl-template/py:abc",
+            Some("FROM docker.io/library/debian:12 AS base\nRUN true\nFROM base\n"),
+        ),
+        now,
+    );
+    batch.add_container(&container("t2", "busybox", None), now);
+    batch.add_container(
+        &container("t3", "docker.io/library/busybox:latest", None),
+        now,
+    );
+    let client = rt.block_on(async {
+        let client = Client::connect(&config).await.expect("connects");
+        client.ensure_schema().await.expect("schema");
+        client
+            .ensure_schema()
+            .await
+            .expect("schema again: IF NOT EXISTS");
+        client
+            .write(&batch, &Default::default())
+            .await
+            .expect("write");
+        client
+    });
+    let first = counts(&g);
+    assert_eq!(first[0], 3, "{first:?}");
+    rt.block_on(client.write(&batch, &Default::default()))
+        .expect("write again");
+    assert_eq!(counts(&g), first, "a second write duplicates nothing");
+    assert_eq!(
+        g.strings("MATCH (:Image {ref: 'devctl-template/py:abc'})-[:BASED_ON]->(b:Image) RETURN b.ref AS s"),
+        vec!["debian:12".to_string()]
+    );
+    assert_eq!(
+        g.count(
+            "MATCH (c:Container)-[:USES]->(:Image {ref: 'busybox:latest'}) RETURN count(c) AS n"
+        ),
+        2,
+        "busybox and docker.io/library/busybox:latest are one image"
+    );
+    let mut batch = Batch::default();
+    batch.generation = Some("g2".into());
+    batch.add_container(
+        &container("t1", "devctl-template/py:abc", None),
+        std::time::SystemTime::now(),
+    );
+    rt.block_on(async {
+        client
+            .write(&batch, &Default::default())
+            .await
+            .expect("write");
+        client
+            .mark_gone("g2", &Default::default())
+            .await
+            .expect("mark gone");
+    });
+    assert_eq!(
+        g.strings("MATCH (c:Container {status: 'deleted'}) WHERE c.deleted_at IS NOT NULL RETURN c.id AS s"),
+        vec!["t2".to_string(), "t3".to_string()],
+        "what the resync did not write is history"
     );
 }
