@@ -68,6 +68,9 @@ const AUDITED_METHODS: &[&str] = &[
     "/devctl.v1.WorkspaceService/MoveWorkspace",
     "/devctl.v1.RegistryService/AddRegistry",
     "/devctl.v1.RegistryService/RemoveRegistry",
+    "/devctl.v1.ImageService/RemoveImage",
+    "/devctl.v1.ImageService/PushImage",
+    "/devctl.v1.GraphService/ResyncGraph",
 ];
 
 /// The identity recorded for a call that carried no usable one.

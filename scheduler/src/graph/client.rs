@@ -176,6 +176,15 @@ MATCH (c:Container)
 WHERE coalesce(c.status, '') <> 'deleted' AND coalesce(c.resync, '') <> $generation
 SET c.status = 'deleted', c.deleted_at = coalesce(c.deleted_at, $now)";
 
+/// Which of the given containers the graph holds (linked to their image:
+/// not a stub a session made), and their hosts.
+const KNOWN: &str = "
+UNWIND $ids AS id
+MATCH (c:Container {id: id})
+WHERE (c)-[:USES]->()
+OPTIONAL MATCH (c)-[:RUNS_ON]->(h:Host)
+RETURN c.id AS id, coalesce(h.hostname, '') AS host";
+
 const SAVE_CURSOR: &str = "
 MERGE (p:DevctlProjection {key: 'cursor'})
 SET p.revision = $revision, p.event_sequence = $event_sequence, p.store = $store,
@@ -310,6 +319,25 @@ impl Client {
         let mut queries = statements(batch);
         queries.push(save_cursor(cursor));
         self.transaction(queries).await
+    }
+
+    /// Which of `ids` the graph holds with their creator, and the host it
+    /// has for each.
+    pub async fn known(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<std::collections::HashMap<String, String>, GraphError> {
+        let ids = list(ids.into_iter().map(BoltType::from).collect());
+        let rows = self.rows(query(KNOWN).param("ids", ids)).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get::<String>("id").ok()?,
+                    r.get::<String>("host").unwrap_or_default(),
+                ))
+            })
+            .collect())
     }
 
     /// Marks every container a resync of `generation` did not write

@@ -346,9 +346,22 @@ impl Batch {
 
     /// Takes in a container record from a snapshot.
     pub fn add_container(&mut self, c: &pb::Container, at: SystemTime) {
+        self.add_known_container(c, at, None);
+    }
+
+    /// Takes in a container record from a snapshot that the graph may
+    /// already hold (`graph_host`: the host it has for it): one it holds
+    /// is only updated, and its host edge rewritten if the host differs.
+    pub fn add_known_container(
+        &mut self,
+        c: &pb::Container,
+        at: SystemTime,
+        graph_host: Option<&str>,
+    ) {
         self.changes += 1;
-        self.containers
-            .insert(c.id.clone(), container_row(c, at, true));
+        let mut row = container_row(c, at, graph_host.is_none());
+        row.moved = graph_host.is_none_or(|h| h != row.host);
+        self.containers.insert(c.id.clone(), row);
     }
 
     /// Takes in a node from a snapshot.

@@ -329,9 +329,16 @@ async fn resync(p: &Projection, client: &Client, cursor: &Cursor) -> Result<u64,
     snap.nodes.iter().for_each(|n| batch.add_node(n));
     client.write(&batch, &before).await?;
     for chunk in snap.containers.chunks(ROWS_PER_STATEMENT) {
+        // What the graph already holds is only updated (its creator,
+        // image and predecessor do not change).
+        let known = client
+            .known(chunk.iter().map(|c| c.id.clone()).collect())
+            .await?;
         let mut batch = Batch::default();
         batch.generation = Some(generation.clone());
-        chunk.iter().for_each(|c| batch.add_container(c, now));
+        chunk
+            .iter()
+            .for_each(|c| batch.add_known_container(c, now, known.get(&c.id).map(String::as_str)));
         client.write(&batch, &before).await?;
     }
     let done = Cursor {
