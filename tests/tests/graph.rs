@@ -538,6 +538,37 @@ fn a_graph_server_that_hangs_or_stops_slows_nothing_and_misses_nothing_and_a_kil
         "password in the scheduler's log"
     );
     assert!(!status(&c).to_string().contains(&server.password));
+
+    // `devctl-scheduler graph resync`, the offline re-projection: refused
+    // while a scheduler holds the store; with it stopped, it re-projects the
+    // store and the whole history, and duplicates nothing.
+    let offline = |c: &TestCluster| {
+        let out = Command::new(devctl_tests::bin("devctl-scheduler"))
+            .args(["graph", "resync", "--data-dir"])
+            .arg(c.data_dir())
+            .args(["--nats", c.nats_url()])
+            .args(graph_flags(&server, &dir))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = offline(&c);
+    assert!(!ok && err.contains("devctl graph resync"), "{err}");
+    let mut s = c.scheduler.take().expect("scheduler runs");
+    s.signal(Signal::SIGTERM);
+    s.wait_exit(Duration::from_secs(30));
+    let (ok, out, err) = offline(&c);
+    assert!(ok, "{err}");
+    assert!(out.contains("re-projected 3 containers"), "{out}");
+    assert_eq!(
+        counts(&g),
+        expected,
+        "the offline re-projection duplicates nothing"
+    );
 }
 
 #[test]
