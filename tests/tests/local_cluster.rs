@@ -9,6 +9,27 @@ use devctl_tests::{
 
 struct Purge<'a>(&'a dyn Fn(&str) -> std::process::Output);
 
+/// `deploy/local-cluster.sh ACTION` with its state in `cluster`, this
+/// build's binaries, free ports, node `node`, and `extra` settings.
+fn script<'a>(
+    cluster: &'a std::path::Path,
+    node: &'a str,
+    extra: &'a [(&'a str, &'a str)],
+) -> impl Fn(&str) -> std::process::Output + 'a {
+    move |action| {
+        Command::new(repo_root().join("deploy/local-cluster.sh"))
+            .arg(action)
+            .env("DEVCTL_HOME", cluster)
+            .env("DEVCTL_BIN_DIR", bin_dir())
+            .env("DEVCTL_PORT", "0")
+            .env("DEVCTL_NATS_PORT", "0")
+            .env("DEVCTL_NODE", node)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap()
+    }
+}
+
 impl Drop for Purge<'_> {
     fn drop(&mut self) {
         let _ = (self.0)("purge");
@@ -19,17 +40,8 @@ impl Drop for Purge<'_> {
 fn local_cluster_script_launches_a_dev_container_and_purges() {
     let home = tempfile::tempdir().unwrap();
     let node = format!("lc{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let script = |action: &str| {
-        Command::new(repo_root().join("deploy/local-cluster.sh"))
-            .arg(action)
-            .env("DEVCTL_HOME", home.path().join("cluster"))
-            .env("DEVCTL_BIN_DIR", bin_dir())
-            .env("DEVCTL_PORT", "0")
-            .env("DEVCTL_NATS_PORT", "0")
-            .env("DEVCTL_NODE", &node)
-            .output()
-            .unwrap()
-    };
+    let cluster = home.path().join("cluster");
+    let script = script(&cluster, &node, &[]);
     let _purge = Purge(&script);
 
     let up = script("up");
@@ -77,19 +89,11 @@ fn local_cluster_script_with_a_graph_answers_insights() {
     let home = tempfile::tempdir().unwrap();
     let node = format!("lg{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let cluster = home.path().join("cluster");
-    let script = |action: &str| {
-        Command::new(repo_root().join("deploy/local-cluster.sh"))
-            .arg(action)
-            .env("DEVCTL_HOME", &cluster)
-            .env("DEVCTL_BIN_DIR", bin_dir())
-            .env("DEVCTL_PORT", "0")
-            .env("DEVCTL_NATS_PORT", "0")
-            .env("DEVCTL_GRAPH", "1")
-            .env("DEVCTL_GRAPH_PORT", "0")
-            .env("DEVCTL_NODE", &node)
-            .output()
-            .unwrap()
-    };
+    let script = script(
+        &cluster,
+        &node,
+        &[("DEVCTL_GRAPH", "1"), ("DEVCTL_GRAPH_PORT", "0")],
+    );
     let _purge = Purge(&script);
     let up = script("up");
     let stdout = String::from_utf8_lossy(&up.stdout);

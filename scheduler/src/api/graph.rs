@@ -30,6 +30,26 @@ impl GraphApi {
         Self { projection }
     }
 
+    /// Runs the report `f` for `id` over the window from `since`.
+    async fn report<T, F, Fut>(
+        &self,
+        method: &str,
+        id: &Identity,
+        since: Option<prost_types::Timestamp>,
+        f: F,
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(crate::graph::client::Client, SystemTime, Rows) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GraphError>>,
+    {
+        let p = self.projection(method)?;
+        let since = window_start(since)?;
+        let rows = rows_for(id);
+        p.read(|c| f(c, since, rows))
+            .await
+            .map_err(|e| failed(method, e))
+    }
+
     fn projection(&self, method: &str) -> Result<&Projection, Status> {
         self.projection.as_ref().ok_or_else(|| {
             refusal(
@@ -53,7 +73,7 @@ fn rows_for(id: &Identity) -> Rows {
     }
 }
 
-fn since(t: Option<prost_types::Timestamp>) -> Result<SystemTime, Status> {
+fn window_start(t: Option<prost_types::Timestamp>) -> Result<SystemTime, Status> {
     t.map(|t| super::start_time("since", t))
         .transpose()
         .map(|t| t.unwrap_or(SystemTime::UNIX_EPOCH))
@@ -92,15 +112,16 @@ impl GraphService for GraphApi {
         &self,
         req: Request<pb::ListImageInsightsRequest>,
     ) -> Result<Response<pb::ListImageInsightsResponse>, Status> {
-        const M: &str = "ListImageInsights";
         let id = caller(&req)?;
-        let p = self.projection(M)?;
-        let since = since(req.into_inner().since)?;
-        let rows = rows_for(&id);
-        let images = p
-            .read(|c| async move { insights::images(&c, since, &rows).await })
-            .await
-            .map_err(|e| failed(M, e))?;
+        let since = req.into_inner().since;
+        let images = self
+            .report(
+                "ListImageInsights",
+                &id,
+                since,
+                |c, since, rows| async move { insights::images(&c, since, &rows).await },
+            )
+            .await?;
         Ok(Response::new(pb::ListImageInsightsResponse { images }))
     }
 
@@ -108,15 +129,16 @@ impl GraphService for GraphApi {
         &self,
         req: Request<pb::ListUserInsightsRequest>,
     ) -> Result<Response<pb::ListUserInsightsResponse>, Status> {
-        const M: &str = "ListUserInsights";
         let id = caller(&req)?;
-        let p = self.projection(M)?;
-        let since = since(req.into_inner().since)?;
-        let rows = rows_for(&id);
-        let users = p
-            .read(|c| async move { insights::users(&c, since, &rows).await })
-            .await
-            .map_err(|e| failed(M, e))?;
+        let since = req.into_inner().since;
+        let users = self
+            .report(
+                "ListUserInsights",
+                &id,
+                since,
+                |c, since, rows| async move { insights::users(&c, since, &rows).await },
+            )
+            .await?;
         Ok(Response::new(pb::ListUserInsightsResponse { users }))
     }
 
@@ -124,15 +146,16 @@ impl GraphService for GraphApi {
         &self,
         req: Request<pb::ListHostInsightsRequest>,
     ) -> Result<Response<pb::ListHostInsightsResponse>, Status> {
-        const M: &str = "ListHostInsights";
         let id = caller(&req)?;
-        let p = self.projection(M)?;
-        let since = since(req.into_inner().since)?;
-        let rows = rows_for(&id);
-        let hosts = p
-            .read(|c| async move { insights::hosts(&c, since, &rows).await })
-            .await
-            .map_err(|e| failed(M, e))?;
+        let since = req.into_inner().since;
+        let hosts = self
+            .report(
+                "ListHostInsights",
+                &id,
+                since,
+                |c, since, rows| async move { insights::hosts(&c, since, &rows).await },
+            )
+            .await?;
         Ok(Response::new(pb::ListHostInsightsResponse { hosts }))
     }
 
