@@ -438,6 +438,8 @@ pub fn translate(ev: &pb::EngineEvent, intent: Option<&Intent>, oom: bool) -> Tr
             },
             message,
             session: String::new(),
+            image: String::new(),
+            base_image: String::new(),
         }),
         change,
     }

@@ -248,6 +248,34 @@ fn two_users_on_two_nodes_appear_with_sessions_and_insights_count_them() {
         within,
     );
 
+    // An image built on a node is BASED_ON its Dockerfile's base.
+    let ctx = c.scratch().join("build-ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), format!("FROM {IMAGE}\nRUN true\n")).unwrap();
+    let built = Tag(format!("devctl/{}-graph:built", c.prefix));
+    c.devctl_as(
+        &alice,
+        &[
+            "images",
+            "build",
+            ctx.to_str().unwrap(),
+            "-t",
+            &built.0,
+            "--node",
+            &a,
+        ],
+    )
+    .ok();
+    g.wait_count(
+        "the built image based on the test image",
+        &format!(
+            "MATCH (i:Image {{ref: '{}'}})-[:BASED_ON]->(:Image {{ref: '{IMAGE}'}}) WHERE i.built_at IS NOT NULL RETURN count(i) AS n",
+            built.0
+        ),
+        1,
+        within,
+    );
+
     // Stop and remove update the status; a new container of the same name
     // succeeds the removed one, which stays as history.
     c.devctl_as(&bob, &["stop", "db"]).ok();

@@ -253,7 +253,40 @@ impl Cluster {
         let mut event = crate::events::node_event(node, ty, job.reason);
         event.actor = job.actor.clone();
         event.message = message;
+        event.image = job.tag.clone();
+        if outcome.is_ok() {
+            event.base_image = job.base_image().unwrap_or_default();
+        }
         let _ = self.emit(event, uuid::Uuid::new_v4().to_string()).await;
+    }
+}
+
+/// The most of a Dockerfile read to find its base image.
+const MAX_DOCKERFILE: u64 = 1 << 20;
+
+impl BuildJob {
+    /// The image the build starts from (its Dockerfile's final `FROM`),
+    /// where the context holds a readable Dockerfile that names one.
+    pub fn base_image(&self) -> Option<String> {
+        use std::io::Read;
+        let wanted = if self.dockerfile.is_empty() {
+            "Dockerfile"
+        } else {
+            self.dockerfile.as_str()
+        };
+        let wanted = std::path::Path::new(wanted.trim_start_matches("./"));
+        let mut archive = tar::Archive::new(self.context.as_slice());
+        for entry in archive.entries().ok()? {
+            let entry = entry.ok()?;
+            let path = entry.path().ok()?.into_owned();
+            if path.strip_prefix("./").unwrap_or(&path) != wanted {
+                continue;
+            }
+            let mut text = String::new();
+            entry.take(MAX_DOCKERFILE).read_to_string(&mut text).ok()?;
+            return crate::graph::model::dockerfile_base(&text);
+        }
+        None
     }
 }
 
@@ -287,6 +320,49 @@ mod tests {
                 other => panic!("{other:?}"),
             },
         }
+    }
+
+    fn job_with(files: &[(&str, &str)], dockerfile: &str) -> BuildJob {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, text) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, path, text.as_bytes()).unwrap();
+        }
+        BuildJob {
+            tag: "team/tool:1".into(),
+            dockerfile: dockerfile.into(),
+            build_args: HashMap::new(),
+            context: Arc::new(tar.into_inner().unwrap()),
+            skip_if_present: false,
+            actor: "alice".into(),
+            reason: "build",
+        }
+    }
+
+    #[test]
+    fn a_build_knows_its_base_from_the_dockerfile_in_its_context() {
+        let files = [
+            ("./Dockerfile", "FROM devctl/busybox:latest\nRUN true\n"),
+            (
+                "docker/Dockerfile.dev",
+                "FROM golang:1 AS b\nFROM debian:12\n",
+            ),
+        ];
+        assert_eq!(
+            job_with(&files, "").base_image().as_deref(),
+            Some("devctl/busybox:latest")
+        );
+        assert_eq!(
+            job_with(&files, "docker/Dockerfile.dev")
+                .base_image()
+                .as_deref(),
+            Some("debian:12")
+        );
+        assert_eq!(job_with(&files, "missing").base_image(), None);
+        assert_eq!(job_with(&[], "").base_image(), None);
     }
 
     #[test]

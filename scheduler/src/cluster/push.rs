@@ -438,6 +438,7 @@ impl Cluster {
         let mut event = crate::events::node_event(node, ty, "push");
         event.actor = job.actor.clone();
         event.message = message;
+        event.image = job.image.clone();
         let _ = self.emit(event, uuid::Uuid::new_v4().to_string()).await;
     }
 }

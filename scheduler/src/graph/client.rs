@@ -69,6 +69,14 @@ MERGE (b:Image {ref: r.base_ref})
 SET b.name = r.base_name, b.tag = r.base_tag
 MERGE (i)-[:BASED_ON]->(b)";
 
+/// Images built or pushed onto a node.
+const IMAGES_SEEN: &str = "
+UNWIND $rows AS r
+MERGE (i:Image {ref: r.image_ref})
+SET i.name = r.image_name, i.tag = r.image_tag,
+    i.digest = CASE WHEN r.image_digest = '' THEN i.digest ELSE r.image_digest END,
+    i.built_at = CASE WHEN r.built THEN r.at ELSE i.built_at END";
+
 const DELETED: &str = "
 UNWIND $rows AS r
 MATCH (c:Container {id: r.id})
@@ -467,6 +475,40 @@ fn statements(batch: &Batch) -> Vec<Query> {
                 let base = image_ref(c.base_image.as_deref()?);
                 Some(map(vec![
                     ("image_ref", image_ref(&c.image).reference.into()),
+                    ("base_ref", base.reference.into()),
+                    ("base_name", base.name.into()),
+                    ("base_tag", base.tag.into()),
+                ]))
+            })
+            .collect(),
+    );
+    push(
+        IMAGES_SEEN,
+        batch
+            .images()
+            .iter()
+            .map(|i| {
+                let image = image_ref(&i.image);
+                map(vec![
+                    ("image_ref", image.reference.into()),
+                    ("image_name", image.name.into()),
+                    ("image_tag", image.tag.into()),
+                    ("image_digest", image.digest.into()),
+                    ("built", i.built.into()),
+                    ("at", datetime(i.at)),
+                ])
+            })
+            .collect(),
+    );
+    push(
+        BASED_ON,
+        batch
+            .images()
+            .iter()
+            .filter_map(|i| {
+                let base = image_ref(i.base.as_deref()?);
+                Some(map(vec![
+                    ("image_ref", image_ref(&i.image).reference.into()),
                     ("base_ref", base.reference.into()),
                     ("base_name", base.name.into()),
                     ("base_tag", base.tag.into()),

@@ -121,6 +121,19 @@ pub struct GoneRow {
     pub at: SystemTime,
 }
 
+/// An image built or pushed onto a node (from the event history).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageEventRow {
+    /// The image's reference.
+    pub image: String,
+    /// What it was built from, where known.
+    pub base: Option<String>,
+    /// Built (or pushed).
+    pub built: bool,
+    /// When.
+    pub at: SystemTime,
+}
+
 /// The rows of one write, and where the write leaves the projection.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
@@ -128,6 +141,7 @@ pub struct Batch {
     deleted: BTreeMap<String, DeletedRow>,
     gone_created: Vec<GoneRow>,
     gone_removed: Vec<DeletedRow>,
+    images: Vec<ImageEventRow>,
     /// Set by a resync: every container it writes is stamped with it, and
     /// those without it afterwards are marked deleted.
     pub generation: Option<String>,
@@ -396,6 +410,15 @@ impl Batch {
                 });
                 return;
             }
+            pb::EventType::ImageBuilt | pb::EventType::ImagePushed if !ev.image.is_empty() => {
+                self.images.push(ImageEventRow {
+                    image: ev.image.clone(),
+                    base: (!ev.base_image.is_empty()).then(|| ev.base_image.clone()),
+                    built: ty == pb::EventType::ImageBuilt,
+                    at,
+                });
+                return;
+            }
             _ => {}
         }
         let (kind, start) = match ty {
@@ -486,6 +509,11 @@ impl Batch {
     /// Their removals.
     pub fn gone_removed(&self) -> &[DeletedRow] {
         &self.gone_removed
+    }
+
+    /// Images built or pushed onto nodes.
+    pub fn images(&self) -> &[ImageEventRow] {
+        &self.images
     }
 }
 
@@ -611,10 +639,22 @@ mod tests {
         b.add_event(&ev(9, pb::EventType::ContainerRemoved), true);
         assert_eq!(b.gone_created().len(), 1);
         assert_eq!(b.gone_removed().len(), 1);
+        b.add_event(
+            &pb::Event {
+                sequence: 10,
+                r#type: pb::EventType::ImageBuilt as i32,
+                image: "team/tool:1".into(),
+                base_image: "debian:12".into(),
+                ..Default::default()
+            },
+            false,
+        );
+        assert_eq!(b.images().len(), 1);
+        assert_eq!(b.images()[0].base.as_deref(), Some("debian:12"));
         assert_eq!(b.started().len(), 1);
         assert_eq!(b.ended().len(), 1);
         assert_eq!(b.started()[0].kind, "exec");
-        assert_eq!(b.event_sequence, Some(9));
+        assert_eq!(b.event_sequence, Some(10));
         assert!(!b.is_empty());
     }
 
