@@ -381,6 +381,13 @@ fn two_users_on_two_nodes_appear_with_sessions_and_insights_count_them() {
         0.0,
         "{bob_hosts}"
     );
+    // A viewer reads every row, as it reads every container.
+    let viewer = c.issue_cert("val", "viewer");
+    let all = c
+        .devctl_as(&viewer, &["insights", "users", "-o", "json"])
+        .json();
+    row(&all, "username", "alice");
+    row(&all, "username", "bob");
     // Only admins resync.
     let refused = c.devctl_as(&bob, &["graph", "resync"]).err();
     assert!(refused.contains("PermissionDenied"), "{refused}");

@@ -80,11 +80,11 @@ fn window_start(t: Option<prost_types::Timestamp>) -> Result<SystemTime, Status>
 }
 
 fn failed(method: &str, e: GraphError) -> Status {
-    let code = match e {
-        GraphError::Config(_) => Code::FailedPrecondition,
-        _ => Code::Unavailable,
+    let (code, reason) = match e {
+        GraphError::Config(_) => (Code::FailedPrecondition, "GRAPH_NOT_CONFIGURED"),
+        _ => (Code::Unavailable, "GRAPH_UNAVAILABLE"),
     };
-    Status::new(code, format!("{method}: {e}"))
+    refusal(code, format!("{method}: {e}"), reason, &[])
 }
 
 #[tonic::async_trait]
