@@ -532,6 +532,14 @@ fn a_graph_server_that_hangs_or_stops_slows_nothing_and_misses_nothing_and_a_kil
         1,
         minute,
     );
+    assert_eq!(
+        g.count(
+            "MATCH (gap:Container {name: 'gap'}), (n:Container {name: 'x1', status: 'running'}) \
+             WHERE gap.deleted_at < n.created_at RETURN count(gap) AS n"
+        ),
+        1,
+        "gap's removal time comes from the history, not from when the graph learnt of it"
+    );
     g.wait_count(
         "the new x1 succeeding the removed one",
         "MATCH (:Container {name: 'x1', status: 'deleted'})-[:SUCCEEDED_BY]->(c:Container {name: 'x1', status: 'running'}) RETURN count(c) AS n",

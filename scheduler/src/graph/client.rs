@@ -77,10 +77,14 @@ SET i.name = r.image_name, i.tag = r.image_tag,
     i.digest = CASE WHEN r.image_digest = '' THEN i.digest ELSE r.image_digest END,
     i.built_at = CASE WHEN r.built THEN r.at ELSE i.built_at END";
 
+/// Removals: the earliest time known wins (a resync stamps its own time
+/// on containers it finds gone; the history may know the real one).
 const DELETED: &str = "
 UNWIND $rows AS r
 MATCH (c:Container {id: r.id})
-SET c.status = 'deleted', c.deleted_at = coalesce(c.deleted_at, r.at)";
+SET c.status = 'deleted',
+    c.deleted_at = CASE WHEN c.deleted_at IS NULL OR c.deleted_at > r.at
+                        THEN r.at ELSE c.deleted_at END";
 
 /// A container that moved keeps its old host as history (RAN_ON, until
 /// when).
@@ -127,7 +131,7 @@ MERGE (c:Container {id: r.id})
 ON CREATE SET c.name = r.name, c.host_name = r.host, c.owner = r.actor,
     c.created_at = r.at, c.updated_at = r.at, c.status = 'deleted'
 WITH c, r
-WHERE r.actor <> 'system'
+WHERE r.actor <> 'system' AND NOT ()-[:CREATED]->(c)
 MERGE (u:User {username: r.actor})
 MERGE (u)-[cr:CREATED]->(c)
 SET cr.at = r.at";
