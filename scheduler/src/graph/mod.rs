@@ -33,6 +33,8 @@
 pub mod client;
 pub mod insights;
 pub mod model;
+#[cfg(test)]
+mod model_tests;
 pub mod project;
 
 use std::{
