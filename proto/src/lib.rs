@@ -37,6 +37,7 @@ pub mod registry;
 pub mod ssh;
 pub mod units;
 pub mod validate;
+pub mod words;
 
 /// The generated `devctl.v1` package.
 #[allow(unreachable_pub, missing_debug_implementations, clippy::all)]

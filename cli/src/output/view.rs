@@ -7,7 +7,7 @@
 use devctl_proto::container::ContainerExt;
 use std::{collections::BTreeMap, time::SystemTime};
 
-use devctl_proto::pb;
+use devctl_proto::{pb, words};
 
 /// A container as printed.
 #[derive(Debug)]
@@ -235,33 +235,24 @@ pub(super) fn idle_seconds(c: &pb::Container) -> Option<u64> {
 
 /// `CONTAINER_STATE_RUNNING` → `running`.
 pub fn state_word(s: pb::ContainerState) -> String {
-    s.as_str_name()
-        .trim_start_matches("CONTAINER_STATE_")
-        .to_lowercase()
+    words::container_state(s)
 }
 
 /// `DESIRED_STATE_RUNNING` → `running`.
 pub(super) fn desired_word(s: pb::DesiredState) -> String {
-    s.as_str_name()
-        .trim_start_matches("DESIRED_STATE_")
-        .to_lowercase()
+    words::word(s.as_str_name(), "DESIRED_STATE_")
 }
 
 /// `NODE_STATE_READY` → `ready`.
 pub(super) fn node_state_word(s: pb::NodeState) -> String {
-    s.as_str_name()
-        .trim_start_matches("NODE_STATE_")
-        .to_lowercase()
+    words::node_state(s)
 }
 
 /// `STOP_REASON_LEASE_EXPIRED` → `lease_expired` (empty when unset).
 pub fn stop_reason_word(r: pb::StopReason) -> String {
     match r {
         pb::StopReason::Unspecified => String::new(),
-        r => r
-            .as_str_name()
-            .trim_start_matches("STOP_REASON_")
-            .to_lowercase(),
+        r => words::word(r.as_str_name(), "STOP_REASON_"),
     }
 }
 
@@ -269,19 +260,13 @@ pub fn stop_reason_word(r: pb::StopReason) -> String {
 pub(super) fn health_word(h: pb::HealthStatus) -> String {
     match h {
         pb::HealthStatus::Unspecified => String::new(),
-        h => h
-            .as_str_name()
-            .trim_start_matches("HEALTH_STATUS_")
-            .to_lowercase(),
+        h => words::word(h.as_str_name(), "HEALTH_STATUS_"),
     }
 }
 
 /// `EVENT_TYPE_CONTAINER_STARTED` → `container.started`.
 pub fn event_word(t: pb::EventType) -> String {
-    let s = t
-        .as_str_name()
-        .trim_start_matches("EVENT_TYPE_")
-        .to_lowercase();
+    let s = words::word(t.as_str_name(), "EVENT_TYPE_");
     match s.split_once('_') {
         Some((kind, what)) => format!("{kind}.{what}"),
         None => s,

@@ -471,22 +471,6 @@ fn statements(batch: &Batch) -> Vec<Query> {
     push(UPSERT_CONTAINERS, containers(|_| true));
     push(LINK_CONTAINERS, containers(|c| c.added));
     push(
-        BASED_ON,
-        batch
-            .containers()
-            .filter(|c| c.added)
-            .filter_map(|c| {
-                let base = image_ref(c.base_image.as_deref()?);
-                Some(map(vec![
-                    ("image_ref", image_ref(&c.image).reference.into()),
-                    ("base_ref", base.reference.into()),
-                    ("base_name", base.name.into()),
-                    ("base_tag", base.tag.into()),
-                ]))
-            })
-            .collect(),
-    );
-    push(
         IMAGES_SEEN,
         batch
             .images()
@@ -504,20 +488,28 @@ fn statements(batch: &Batch) -> Vec<Query> {
             })
             .collect(),
     );
+    // Lineage: new containers' template recipes, and images built.
+    let based_on = |image: &str, base: &str| {
+        let base = image_ref(base);
+        map(vec![
+            ("image_ref", image_ref(image).reference.into()),
+            ("base_ref", base.reference.into()),
+            ("base_name", base.name.into()),
+            ("base_tag", base.tag.into()),
+        ])
+    };
     push(
         BASED_ON,
         batch
-            .images()
-            .iter()
-            .filter_map(|i| {
-                let base = image_ref(i.base.as_deref()?);
-                Some(map(vec![
-                    ("image_ref", image_ref(&i.image).reference.into()),
-                    ("base_ref", base.reference.into()),
-                    ("base_name", base.name.into()),
-                    ("base_tag", base.tag.into()),
-                ]))
-            })
+            .containers()
+            .filter(|c| c.added)
+            .filter_map(|c| Some(based_on(&c.image, c.base_image.as_deref()?)))
+            .chain(
+                batch
+                    .images()
+                    .iter()
+                    .filter_map(|i| Some(based_on(&i.image, i.base.as_deref()?))),
+            )
             .collect(),
     );
     let deleted = |d: &DeletedRow| map(vec![("id", d.id.as_str().into()), ("at", datetime(d.at))]);

@@ -119,6 +119,14 @@ fn time(row: &Row, key: &str) -> Option<SystemTime> {
         .ok()
 }
 
+/// `rows` by their string column `key` (the rows of a second query, joined
+/// to the first's in Rust).
+fn keyed<'a>(rows: &'a [Row], key: &str) -> BTreeMap<String, &'a Row> {
+    rows.iter()
+        .filter_map(|r| Some((r.get::<String>(key).ok()?, r)))
+        .collect()
+}
+
 fn timestamp(t: Option<SystemTime>) -> Option<prost_types::Timestamp> {
     t.map(prost_types::Timestamp::from)
 }
@@ -135,17 +143,14 @@ pub async fn images(
 ) -> Result<Vec<pb::ImageInsight>, GraphError> {
     let created = client.rows(params(IMAGES, since, rows)).await?;
     let sessions = client.rows(params(IMAGE_SESSIONS, since, rows)).await?;
-    let last_session: BTreeMap<String, Option<SystemTime>> = sessions
-        .iter()
-        .filter_map(|r| Some((r.get::<String>("image").ok()?, time(r, "last_session"))))
-        .collect();
+    let sessions = keyed(&sessions, "image");
     Ok(created
         .iter()
         .filter_map(|r| {
             let image = r.get::<String>("image").ok()?;
             let last = later(
                 time(r, "last_created"),
-                last_session.get(&image).copied().flatten(),
+                sessions.get(&image).and_then(|s| time(s, "last_session")),
             );
             Some(pb::ImageInsight {
                 containers: count(r, "containers"),
@@ -167,12 +172,7 @@ pub async fn users(
     let users = client.rows(params(USERS, since, rows)).await?;
     let sessions = client.rows(params(USER_SESSIONS, since, rows)).await?;
     let containers = client.rows(params(USER_CONTAINERS, since, rows)).await?;
-    fn by_name(rows: &[Row]) -> BTreeMap<String, &Row> {
-        rows.iter()
-            .filter_map(|r| Some((r.get::<String>("username").ok()?, r)))
-            .collect()
-    }
-    let (sessions, containers) = (by_name(&sessions), by_name(&containers));
+    let (sessions, containers) = (keyed(&sessions, "username"), keyed(&containers, "username"));
     Ok(users
         .iter()
         .filter_map(|r| {
@@ -208,10 +208,7 @@ pub async fn hosts(
 ) -> Result<Vec<pb::HostInsight>, GraphError> {
     let found = client.rows(params(HOSTS, since, rows)).await?;
     let load = client.rows(params(HOST_LOAD, since, rows)).await?;
-    let load: BTreeMap<String, &Row> = load
-        .iter()
-        .filter_map(|r| Some((r.get::<String>("host").ok()?, r)))
-        .collect();
+    let load = keyed(&load, "host");
     Ok(found
         .iter()
         .filter_map(|r| {

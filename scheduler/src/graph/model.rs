@@ -12,7 +12,7 @@ use std::{
     time::SystemTime,
 };
 
-use devctl_proto::{container::ContainerExt, identity::Role, pb};
+use devctl_proto::{container::ContainerExt, identity::Role, pb, words};
 
 use crate::feed::{Change, Entry};
 
@@ -159,19 +159,13 @@ pub struct Batch {
 
 /// `pb::ContainerState` as the graph's `status`.
 pub fn status_name(state: i32) -> String {
-    pb::ContainerState::try_from(state)
-        .unwrap_or(pb::ContainerState::Unspecified)
-        .as_str_name()
-        .trim_start_matches("CONTAINER_STATE_")
-        .to_ascii_lowercase()
+    words::container_state(
+        pb::ContainerState::try_from(state).unwrap_or(pb::ContainerState::Unspecified),
+    )
 }
 
 fn node_state_name(state: i32) -> String {
-    pb::NodeState::try_from(state)
-        .unwrap_or(pb::NodeState::Unspecified)
-        .as_str_name()
-        .trim_start_matches("NODE_STATE_")
-        .to_ascii_lowercase()
+    words::node_state(pb::NodeState::try_from(state).unwrap_or(pb::NodeState::Unspecified))
 }
 
 fn time_of(t: Option<&prost_types::Timestamp>, or: SystemTime) -> SystemTime {

@@ -162,12 +162,11 @@ async fn follow(
         || feed.read_after(cursor.revision, 0).is_err()
     {
         cursor.store = mine;
-        cursor.revision = resync(p, client, &cursor).await?;
+        cursor.revision = resync(p, client, &cursor).await?.0;
         carry.full = false;
     }
     p.progress().revision = cursor.revision;
-    let mut events = open_events(bus, cursor.event_sequence).await?;
-    note_events(p, events.pending, None);
+    let mut events = open_events(p, bus, cursor.event_sequence).await?;
     written(p, &cursor);
     let mut latest = feed.subscribe();
     let mut batch = Batch::default();
@@ -177,7 +176,7 @@ async fn follow(
             Ok(entries) => entries.iter().for_each(|e| batch.add_change(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "graph projection fell behind the change feed: resynchronising from the store");
-                cursor.revision = resync(p, client, &cursor).await?;
+                cursor.revision = resync(p, client, &cursor).await?.0;
                 continue;
             }
         }
@@ -221,9 +220,8 @@ async fn follow(
             },
             _ = p.shared.resync.notified() => {
                 cursor.event_sequence = 0;
-                cursor.revision = resync(p, client, &cursor).await?;
-                events = open_events(bus, 0).await?;
-                note_events(p, events.pending, None);
+                cursor.revision = resync(p, client, &cursor).await?.0;
+                events = open_events(p, bus, 0).await?;
                 written(p, &cursor);
             }
         }
@@ -245,15 +243,20 @@ fn take_event(p: &Projection, batch: &mut Batch, ev: &devctl_proto::pb::Event, l
     note_events(p, left, at);
 }
 
-async fn open_events(bus: &Bus, after: u64) -> Result<EventReader, GraphError> {
+/// Reads the history after event `after` (0: from its start), noting how
+/// many events wait.
+async fn open_events(p: &Projection, bus: &Bus, after: u64) -> Result<EventReader, GraphError> {
     let start = if after == 0 {
         EventStart::All
     } else {
         EventStart::Sequence(after + 1)
     };
-    bus.watch_events(String::new(), start)
+    let events = bus
+        .watch_events(String::new(), start)
         .await
-        .map_err(|e| GraphError::Source(e.to_string()))
+        .map_err(|e| GraphError::Source(e.to_string()))?;
+    note_events(p, events.pending, None);
+    Ok(events)
 }
 
 /// Notes that `pending` events wait in the history after the one read
@@ -306,10 +309,14 @@ fn written(p: &Projection, cursor: &Cursor) {
 
 /// Writes the store's snapshot (every container and node) again, stamped
 /// with a new generation, marks containers it did not write deleted, and
-/// returns the snapshot's revision, stored as the cursor with the last
-/// write. A failure midway leaves the old cursor: the next round resyncs
+/// returns the snapshot's revision (stored as the cursor with the last
+/// write) and how many containers it wrote. A failure midway leaves the old cursor: the next round resyncs
 /// again.
-async fn resync(p: &Projection, client: &Client, cursor: &Cursor) -> Result<u64, GraphError> {
+async fn resync(
+    p: &Projection,
+    client: &Client,
+    cursor: &Cursor,
+) -> Result<(u64, usize), GraphError> {
     let started = Instant::now();
     p.progress().resyncing = true;
     let snap = p
@@ -358,7 +365,7 @@ async fn resync(p: &Projection, client: &Client, cursor: &Cursor) -> Result<u64,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "graph projection resynchronised from the store"
     );
-    Ok(snap.revision)
+    Ok((snap.revision, snap.containers.len()))
 }
 
 /// What a one-off re-projection wrote.
@@ -394,15 +401,9 @@ pub async fn resync_once(
         event_stream: humantime::format_rfc3339_seconds(created).to_string(),
         ..Cursor::default()
     };
-    cursor.revision = resync(&p, &client, &cursor).await?;
-    let containers = p
-        .shared
-        .store
-        .snapshot()
-        .await
-        .map(|s| s.containers.len())
-        .unwrap_or(0);
-    let mut events = open_events(&bus, 0).await?;
+    let (revision, containers) = resync(&p, &client, &cursor).await?;
+    cursor.revision = revision;
+    let mut events = open_events(&p, &bus, 0).await?;
     let mut read = 0;
     let mut batch = Batch::default();
     let mut left = events.pending;
