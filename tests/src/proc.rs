@@ -41,6 +41,7 @@ impl Proc {
     /// Spawns `cmd`, logging to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
         use std::os::unix::process::CommandExt;
+        crate::start_watchdog();
         let out = fs::File::create(&log)?;
         // If the test process dies without dropping its guards, the kernel
         // still ends the child. (It fires when the spawning *thread* ends:

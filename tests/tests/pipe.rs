@@ -4,12 +4,13 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use async_nats::Client;
+use async_nats::{Client, RequestErrorKind};
 use devctl_proto::{
     bus, pb,
     pipe::{PipeError, PipeReceiver, PipeSender},
 };
 use devctl_tests::{Nats, bus_options, init_data_dir, issue_cert_into};
+use futures::StreamExt;
 use tempfile::TempDir;
 
 struct Bus {
@@ -49,14 +50,23 @@ impl Bus {
     }
 }
 
-/// Both directions of a tunnel `id` of node-a, set up in the order a
-/// tunnel sets them up: (scheduler's up receiver, scheduler's down sender,
-/// agent's down receiver, agent's up sender).
+/// Both directions of a tunnel `id` of node-a, set up as a tunnel sets
+/// them up: (scheduler's up receiver, scheduler's down sender, agent's
+/// down receiver, agent's up sender).
+///
+/// The order comes from the tunnel's command and reply: the server handles
+/// each connection's messages in order, so the agent that receives the
+/// command knows the scheduler's subscriptions made before it are in
+/// place, and the scheduler that receives the reply knows the same of the
+/// agent's. (A client's `flush()` is no such barrier: it says the bytes
+/// left this process, not that the server has handled them.)
 async fn tunnel(
     sched: &Client,
     agent: &Client,
     id: &str,
 ) -> (PipeReceiver, PipeSender, PipeReceiver, PipeSender) {
+    let subject = bus::command_subject("node-a");
+    let mut commands = agent.subscribe(subject.clone()).await.unwrap();
     let (up_data, up_control) = bus::stream_subjects("node-a", id);
     let (up_rx, up_setup) = PipeReceiver::open(sched.clone(), up_data, up_control)
         .await
@@ -68,20 +78,45 @@ async fn tunnel(
         initial_credit: bus::STREAM_WINDOW,
     };
     let down_tx = PipeSender::new(sched.clone(), &down_setup).await.unwrap();
-    let (down_rx, _) = PipeReceiver::open(
-        agent.clone(),
-        down_setup.data_subject.clone(),
-        down_setup.control_subject.clone(),
-    )
-    .await
-    .unwrap();
-    let up_tx = PipeSender::new(agent.clone(), &up_setup).await.unwrap();
-    // A tunnel's command and reply order each side's subscriptions before
-    // the other side publishes; here a flush (the server has processed
-    // them) stands in for that round trip.
-    sched.flush().await.unwrap();
-    agent.flush().await.unwrap();
+    // The command, again while the agent's subscription is not yet in
+    // place (the server answers "no responders" at once).
+    let command = async {
+        loop {
+            match sched.request(subject.clone(), "open".into()).await {
+                Ok(_) => return,
+                Err(e) if e.kind() == RequestErrorKind::NoResponders => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("the command: {e}"),
+            }
+        }
+    };
+    let answer = async {
+        let command = commands.next().await.expect("the command");
+        let (down_rx, _) = PipeReceiver::open(
+            agent.clone(),
+            down_setup.data_subject.clone(),
+            down_setup.control_subject.clone(),
+        )
+        .await
+        .unwrap();
+        let up_tx = PipeSender::new(agent.clone(), &up_setup).await.unwrap();
+        let to = command.reply.expect("a reply subject");
+        agent.publish(to, "opened".into()).await.unwrap();
+        (down_rx, up_tx)
+    };
+    let ((), (down_rx, up_tx)) = within("the command and its reply", async {
+        tokio::join!(command, answer)
+    })
+    .await;
     (up_rx, down_tx, down_rx, up_tx)
+}
+
+/// `f`, or a failure naming `what` after 30 seconds (never a hang).
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(30), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within 30 s"))
 }
 
 /// Deterministic bytes that differ at every position of a chunk.
@@ -147,7 +182,8 @@ async fn a_reader_that_stops_reading_stops_the_sender_at_the_window() {
     assert!(blocked.is_err(), "a chunk beyond the window went out");
     // Reading half the window moves it: the sender goes on.
     for _ in 0..bus::STREAM_WINDOW / 2 {
-        assert_eq!(down_rx.recv().await.unwrap().unwrap().len(), chunk.len());
+        let piece = within("a chunk", down_rx.recv()).await;
+        assert_eq!(piece.unwrap().unwrap().len(), chunk.len());
     }
     tokio::time::timeout(Duration::from_secs(10), down_tx.send(&chunk))
         .await
@@ -163,10 +199,10 @@ async fn an_end_with_an_error_a_cancel_and_silence_reach_the_other_side() {
     let (mut up_rx, mut down_tx, mut down_rx, mut up_tx) = tunnel(&sched, &agent, "t3").await;
     up_tx.finish(Some("the container stopped")).await;
     assert_eq!(
-        up_rx.recv().await,
+        within("the end", up_rx.recv()).await,
         Some(Err(PipeError::Remote("the container stopped".into())))
     );
-    assert_eq!(up_rx.recv().await, None);
+    assert_eq!(within("nothing more", up_rx.recv()).await, None);
     // A reader that cancels stops its sender.
     down_rx.cancel().await;
     let why = tokio::time::timeout(Duration::from_secs(10), down_tx.closed())
@@ -183,7 +219,6 @@ async fn an_end_with_an_error_a_cancel_and_silence_reach_the_other_side() {
     let mut tx = PipeSender::with_idle_limit(agent.clone(), &setup, Duration::from_secs(1))
         .await
         .unwrap();
-    agent.flush().await.unwrap();
     drop(gone);
     let why = tokio::time::timeout(Duration::from_secs(10), tx.closed())
         .await
