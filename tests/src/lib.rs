@@ -106,7 +106,7 @@ pub fn ensure_prerequisites() {
 
 /// How long one test binary may run before the watchdog ends it:
 /// `DEVCTL_TEST_BINARY_TIMEOUT` in seconds, 15 minutes unless set. The
-/// slowest binary takes under a minute on two cores.
+/// slowest binary takes about a minute on two cores.
 const BINARY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Starts (once per test binary) a thread that ends the binary with a

@@ -16,6 +16,7 @@ fn script<'a>(
     node: &'a str,
     extra: &'a [(&'a str, &'a str)],
 ) -> impl Fn(&str) -> std::process::Output + 'a {
+    devctl_tests::start_watchdog();
     move |action| {
         Command::new(repo_root().join("deploy/local-cluster.sh"))
             .arg(action)
