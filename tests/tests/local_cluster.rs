@@ -114,17 +114,19 @@ fn local_cluster_script_with_a_graph_answers_insights() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
+    // The graph follows the store: the container may show there first as
+    // created, then as running.
     let images = devctl_tests::wait_until(
-        "the sample container in the graph",
+        "the sample container running in the graph",
         std::time::Duration::from_secs(30),
         || {
             let (ok, out) = devctl("insights images -o json");
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            (ok && v.as_array().is_some_and(|a| !a.is_empty())).then_some(v)
+            (ok && v[0]["running"] == "1").then_some(v)
         },
     );
     assert_eq!(images[0]["image"], "devctl/busybox:latest", "{images}");
-    assert_eq!(images[0]["running"], "1", "{images}");
+    assert_eq!(images[0]["containers"], "1", "{images}");
     let (ok, table) = devctl("graph status");
     assert!(ok && table.contains("true"), "{table}");
 
