@@ -78,8 +78,8 @@ async fn tunnel(
         initial_credit: bus::STREAM_WINDOW,
     };
     let down_tx = PipeSender::new(sched.clone(), &down_setup).await.unwrap();
-    // The command, again while the agent's subscription is not yet in
-    // place (the server answers "no responders" at once).
+    // The command, sent again while the agent's subscription is not yet
+    // in place (the server then answers "no responders" at once).
     let command = async {
         loop {
             match sched.request(subject.clone(), "open".into()).await {
