@@ -6,15 +6,12 @@
 //! never reports a container halfway through an operation. Whatever the
 //! command, at most [`EngineLimit`]'s bound of engine operations run at once.
 //!
-//! One file on purpose (one concern): how a command becomes runtime calls
-//! (its route, its lock, the engine bound), the opening of tunnels included
-//! (what they then carry lives in `tunnel.rs`, `netns.rs` and `ssh/`); over
-//! a third of its length is unit tests over one fake runtime.
-//!
-//! One piece: the single dispatcher every bus command passes through (the
-//! per-container lock, the engine bound, the upgrade barrier) and the match
-//! from command to runtime call. Splitting the match would spread one locking
-//! discipline over several files. Its tests are in dispatch_tests.rs.
+//! One piece on purpose: the single dispatcher every bus command passes
+//! through (the per-container lock, the engine bound, the upgrade barrier)
+//! and the match from command to runtime call, the opening of tunnels
+//! included (what they then carry lives in `tunnel.rs`, `netns.rs` and
+//! `ssh/`). Splitting the match would spread one locking discipline over
+//! several files. Its tests are in dispatch_tests.rs.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -122,7 +122,6 @@ pub fn start_watchdog() {
             .ok()
             .and_then(|s| s.parse().ok())
             .map_or(BINARY_TIMEOUT, Duration::from_secs);
-        let started = Instant::now();
         std::thread::Builder::new()
             .name("devctl-test-watchdog".into())
             .spawn(move || {
@@ -135,7 +134,7 @@ pub fn start_watchdog() {
                     "\nwatchdog: {} still running after {:?} (DEVCTL_TEST_BINARY_TIMEOUT); \
                      a test hangs: see the test named above as running for over 60 seconds",
                     exe.display(),
-                    started.elapsed()
+                    limit
                 );
                 std::process::exit(101);
             })

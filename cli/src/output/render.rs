@@ -9,13 +9,14 @@ use comfy_table::{ContentArrangement, Table, presets};
 use devctl_proto::{
     pb,
     units::{format_bytes, format_cpus},
+    words,
 };
 
 use super::{
     escape::escape_line,
     view::{
-        ChangeView, EventView, desired_word, health_word, idle_seconds, node_state_word,
-        state_word, stop_reason_word, time, until,
+        ChangeView, EventView, desired_word, health_word, idle_seconds, stop_reason_word, time,
+        until,
     },
 };
 
@@ -101,7 +102,7 @@ fn state_text(c: &pb::Container) -> String {
     if c.spec().desired_state() == pb::DesiredState::Removed {
         return "removing (node down)".into();
     }
-    let state = state_word(c.status().state());
+    let state = words::container_state(c.status().state());
     let why = stop_reason_word(c.status().stop_reason());
     let health = health_word(c.status().health());
     if c.status().state() != pb::ContainerState::Running && !why.is_empty() {
@@ -291,7 +292,7 @@ pub(super) fn nodes(list: &[pb::Node]) -> String {
     for n in list {
         t.add_row(vec![
             n.name.clone(),
-            node_state_word(n.state()),
+            words::node_state(n.state()),
             if n.cordoned { "cordoned" } else { "enabled" }.to_string(),
             n.cpus.to_string(),
             n.usage
@@ -424,7 +425,7 @@ pub(super) fn top_nodes(nodes: &[pb::Node]) -> String {
         let u = n.usage.as_ref();
         t.add_row(vec![
             n.name.clone(),
-            node_state_word(n.state()),
+            words::node_state(n.state()),
             u.map_or("-".into(), |u| format!("{:.1}%", u.cpu_percent)),
             bytes_pair(u.map(|u| (u.memory_used_bytes, u.memory_total_bytes))),
             bytes_pair(u.map(|u| (u.disk_used_bytes, u.disk_total_bytes))),

@@ -57,7 +57,7 @@ impl From<&pb::Container> for ContainerView {
             id: c.id.clone(),
             image: c.spec().image.clone(),
             command: c.spec().command.clone(),
-            state: state_word(c.status().state()),
+            state: words::container_state(c.status().state()),
             desired_state: desired_word(c.spec().desired_state()),
             node: c.status().node.clone(),
             cpus: (r.milli_cpus > 0).then(|| r.milli_cpus as f64 / 1000.0),
@@ -110,7 +110,7 @@ impl From<&pb::Node> for NodeView {
     fn from(n: &pb::Node) -> Self {
         Self {
             name: n.name.clone(),
-            state: node_state_word(n.state()),
+            state: words::node_state(n.state()),
             cpus: n.cpus,
             memory_bytes: n.memory_bytes,
             containers: n.container_count,
@@ -233,19 +233,9 @@ pub(super) fn idle_seconds(c: &pb::Container) -> Option<u64> {
     until(c.status().last_active_time).map(|s| (-s).max(0) as u64)
 }
 
-/// `CONTAINER_STATE_RUNNING` → `running`.
-pub fn state_word(s: pb::ContainerState) -> String {
-    words::container_state(s)
-}
-
 /// `DESIRED_STATE_RUNNING` → `running`.
 pub(super) fn desired_word(s: pb::DesiredState) -> String {
     words::word(s.as_str_name(), "DESIRED_STATE_")
-}
-
-/// `NODE_STATE_READY` → `ready`.
-pub(super) fn node_state_word(s: pb::NodeState) -> String {
-    words::node_state(s)
 }
 
 /// `STOP_REASON_LEASE_EXPIRED` → `lease_expired` (empty when unset).

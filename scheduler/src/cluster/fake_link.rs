@@ -2,9 +2,6 @@
 //! script, per command kind and optionally per container; the fake records
 //! every command and event it got and keeps each node's inventory.
 //!
-//! One file on purpose: the fake stands in for the whole agent link, and
-//! its parts (commands, streams, tunnels) share one scripted state.
-//!
 //! What an answer does on the node follows the agent: a create answered
 //! with a status (at once or late) adds the container to its node's
 //! inventory, a remove answered `removed` takes it out. A late answer
@@ -14,8 +11,9 @@
 //! scripted. Tunnels are the exception: one the script lets open gets
 //! in-memory pipes whose agent end ([`FakeAgentEnd`]) the test drives.
 //!
-//! One piece: the scripted fake `AgentLink` for unit tests (one trait impl),
-//! with the script it answers from and the record of what it was sent.
+//! One piece: the fake stands in for the whole agent link (one trait impl),
+//! and its parts (commands, streams, tunnels) share one scripted state: the
+//! script it answers from and the record of what it was sent.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

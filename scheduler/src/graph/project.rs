@@ -310,8 +310,8 @@ fn written(p: &Projection, cursor: &Cursor) {
 /// Writes the store's snapshot (every container and node) again, stamped
 /// with a new generation, marks containers it did not write deleted, and
 /// returns the snapshot's revision (stored as the cursor with the last
-/// write) and how many containers it wrote. A failure midway leaves the old cursor: the next round resyncs
-/// again.
+/// write) and how many containers it wrote. A failure midway leaves the
+/// old cursor: the next round resyncs again.
 async fn resync(
     p: &Projection,
     client: &Client,

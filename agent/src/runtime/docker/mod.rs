@@ -1,10 +1,5 @@
-//! The Docker engine, through bollard. The only file of the agent that
-//! speaks to Docker.
-//!
-//! One piece on purpose: it is the only module that imports bollard (the
-//! house rule for outside systems), so every engine call and its error
-//! mapping stay in one place; only the owner networks, a concern of their
-//! own, live beside it in `networks.rs`.
+//! The Docker engine, through bollard. The only module of the agent that
+//! speaks to Docker (this file and its submodules).
 //!
 //! Each engine container devctl creates is named `devctl-<name>-<id8>` and
 //! labelled with [`devctl_proto::labels`]; lookups always filter on this
@@ -15,7 +10,8 @@
 //! never the default bridge.
 //!
 //! One piece for now: the Docker `ContainerRuntime` impl (one trait impl
-//! block). Concerns that keep their own state live in submodules (networks,
+//! block), so every engine call and its error mapping stay in one place.
+//! Concerns that keep their own state live in submodules (networks,
 //! workspaces, images, build, registry), and the impl delegates to them.
 //! Known debt: the create/inspect/exec bodies should move into submodules of
 //! their own the same way.
